@@ -1,0 +1,46 @@
+# edgefleet — every target creates .venv and installs the project when needed.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test lint typecheck pytest test-embedded demo bench clean
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "edgefleet needs Python 3.11+ (set PYTHON=...)")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[all,dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy device_agent toolchain fleet
+
+pytest: install
+	$(PY) -m pytest
+
+## test: lint, type-check and run the whole suite (what .ci/run calls)
+test: lint typecheck pytest
+
+## test-embedded: the MQTT tests against the embedded (amqtt) broker instead of mosquitto
+test-embedded: install
+	EDGEFLEET_TEST_BROKER=embedded $(PY) -m pytest tests/test_mqtt_transport.py
+
+## demo: build a real model, package, sign, verify and inspect it
+demo: install
+	$(PY) scripts/demo.py
+
+## bench: run the benchmarks and rewrite docs/benchmarks.md
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

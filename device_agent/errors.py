@@ -1,0 +1,213 @@
+"""The error hierarchy shared by every edgefleet part.
+
+Few roots, grouped by cause (after python-tuf): bad data (``BundleError``, ``ProtocolError``),
+bad local configuration (``ConfigError``), and transport trouble (``TransportError``). Each error
+carries a stable, kebab-case ``code`` that travels in deployment events as the ``reason``, so a
+device's refusal can be read by machines as well as people.
+"""
+
+from __future__ import annotations
+
+
+class EdgefleetError(Exception):
+    """Root of every error edgefleet raises on purpose."""
+
+    code = "error"
+
+
+class ConfigError(EdgefleetError):
+    """A local file or setting (key, trust store, agent.toml) is missing or malformed."""
+
+    code = "config"
+
+
+class KeyFileError(ConfigError):
+    """A key file cannot be read or is not an Ed25519 key."""
+
+    code = "key-file"
+
+
+class TransportError(EdgefleetError):
+    """A network peer (broker, HTTP server) could not be reached or misbehaved."""
+
+    code = "transport"
+
+
+# --- bundles -----------------------------------------------------------------------------------
+
+
+class BundleError(EdgefleetError):
+    """A bundle was refused. Subclasses say why; ``code`` is the machine-readable reason."""
+
+    code = "bundle"
+
+
+class BundleFormatError(BundleError):
+    """The bytes are not a readable ZIP archive, or a required member is missing."""
+
+    code = "bad-archive"
+
+
+class UnsafeEntryError(BundleError):
+    """An archive entry could escape or confuse the install directory."""
+
+    code = "unsafe-entry"
+
+
+class PathTraversalError(UnsafeEntryError):
+    """An entry name contains a ``..`` component."""
+
+    code = "path-traversal"
+
+
+class AbsolutePathError(UnsafeEntryError):
+    """An entry name is absolute (``/x``, ``C:\\x``) or uses backslashes."""
+
+    code = "absolute-path"
+
+
+class SymlinkError(UnsafeEntryError):
+    """An entry is a symbolic link (or another non-regular file)."""
+
+    code = "symlink"
+
+
+class DuplicateEntryError(BundleError):
+    """Two entries share one name; which one a tool extracts would be ambiguous."""
+
+    code = "duplicate-entry"
+
+
+class LimitExceededError(BundleError):
+    """The archive exceeds a size, count or compression-ratio limit (zip bomb defence)."""
+
+    code = "limit-exceeded"
+
+
+class EntryTooLargeError(LimitExceededError):
+    """One entry, or the whole archive, is larger than the configured cap."""
+
+    code = "oversized"
+
+
+class CompressionRatioError(LimitExceededError):
+    """An entry expands more than the allowed ratio: the signature of a zip bomb."""
+
+    code = "zip-bomb"
+
+
+class TooManyEntriesError(LimitExceededError):
+    """The archive has more entries than the configured cap."""
+
+    code = "too-many-entries"
+
+
+class SignatureError(BundleError):
+    """The manifest's signatures do not satisfy the trust store."""
+
+    code = "signature"
+
+
+class MissingSignatureError(SignatureError):
+    """``manifest.sig`` is absent or holds no signature."""
+
+    code = "missing-signature"
+
+
+class UnknownKeyError(SignatureError):
+    """No signature is from a key in the trust store."""
+
+    code = "unknown-key"
+
+
+class BadSignatureError(SignatureError):
+    """A signature from a trusted key does not match the manifest bytes."""
+
+    code = "bad-signature"
+
+
+class ThresholdError(SignatureError):
+    """Fewer valid trusted signatures than the threshold requires."""
+
+    code = "threshold"
+
+
+class ManifestError(BundleError):
+    """``manifest.json`` fails the schema (wrong type, missing field, bad value)."""
+
+    code = "bad-manifest"
+
+
+class UnsupportedFormatError(ManifestError):
+    """The manifest declares a bundle format version this reader does not know."""
+
+    code = "unsupported-format"
+
+
+class FileIntegrityError(BundleError):
+    """The archive's files disagree with the manifest."""
+
+    code = "integrity"
+
+
+class HashMismatchError(FileIntegrityError):
+    """A file's SHA-256 differs from the manifest."""
+
+    code = "hash-mismatch"
+
+
+class SizeMismatchError(FileIntegrityError):
+    """A file's size differs from the manifest."""
+
+    code = "size-mismatch"
+
+
+class UnexpectedFileError(FileIntegrityError):
+    """The archive holds a file the manifest does not list."""
+
+    code = "unexpected-file"
+
+
+class MissingFileError(FileIntegrityError):
+    """The manifest lists a file the archive does not hold."""
+
+    code = "missing-file"
+
+
+class DowngradeError(BundleError):
+    """The bundle's ``sequence`` is not above the device's highest committed one."""
+
+    code = "downgrade"
+
+
+class RequirementError(BundleError):
+    """The device cannot meet the bundle's runtime or resource requirements."""
+
+    code = "requirements"
+
+
+# --- MQTT protocol ------------------------------------------------------------------------------
+
+
+class ProtocolError(EdgefleetError):
+    """An MQTT topic or payload does not follow protocol version 1."""
+
+    code = "protocol"
+
+
+class TopicError(ProtocolError):
+    """A topic is not of the form ``edgefleet/v1/{fleet}/{device}/{kind}``."""
+
+    code = "bad-topic"
+
+
+class PayloadError(ProtocolError):
+    """A payload is not valid JSON of the expected shape."""
+
+    code = "bad-payload"
+
+
+class PayloadTooLargeError(PayloadError):
+    """A payload is larger than the limit for its topic."""
+
+    code = "payload-too-large"

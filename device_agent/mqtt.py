@@ -1,0 +1,228 @@
+"""A small, blocking MQTT client over paho-mqtt 2.x: the only module in edgefleet that imports paho.
+
+paho stays private; its return codes become ``TransportError`` at this boundary and no paho type
+appears in a public signature. paho's callbacks only resolve events and enqueue messages; nothing
+blocking runs on its network thread. Reconnection policy belongs to the caller's supervisor loop.
+"""
+
+from __future__ import annotations
+
+import queue
+import ssl
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from device_agent.errors import ConfigError, TransportError
+
+
+@dataclass(frozen=True)
+class BrokerURL:
+    """``mqtt://[user:pass@]host[:1883]`` or ``mqtts://host[:8883]``."""
+
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerURL:
+        """Raises: ConfigError for anything but an mqtt:// or mqtts:// URL with a host."""
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError(f"bad broker URL {url!r}: {exc}") from None
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ConfigError(f"broker URL {url!r} must look like mqtt://HOST:PORT or mqtts://HOST:PORT")
+        tls = parts.scheme == "mqtts"
+        return cls(
+            host=parts.hostname,
+            port=port or (8883 if tls else 1883),
+            tls=tls,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    url: str
+    client_id: str
+    username: str | None = None
+    password: str | None = None
+    cafile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    keepalive: int = 30  # seconds
+    connect_timeout: float = 10.0  # seconds
+    protocol: str = "auto"  # "auto" (MQTT 5, falling back to 3.1.1), "5" or "3.1.1"
+    clean_start: bool = False  # keep the session (and QoS 1 commands queued while offline)
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+class MqttClient:
+    """Connect, publish, subscribe; received messages land on ``self.messages`` (a bounded queue)."""
+
+    def __init__(self, config: MqttConfig, *, max_queued: int = 10_000) -> None:
+        self.config = config
+        self.broker = BrokerURL.parse(config.url)
+        self.messages: queue.Queue[Message] = queue.Queue(maxsize=max_queued)
+        self.dropped = 0  # messages dropped because the queue was full
+        self.protocol_version: str | None = None
+        self._connected = threading.Event()
+        self._connack: threading.Event = threading.Event()
+        self._connack_error: str | None = None
+        self._subacked: set[int] = set()
+        self._suback_cond = threading.Condition()
+        self._client: Any = None
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected.is_set()
+
+    def connect(self, will: Will | None = None) -> None:
+        """Connect and start the network thread.
+
+        Raises:
+            TransportError: the broker is unreachable, refuses us, or does not answer in time.
+        """
+        versions = {"auto": ["5", "3.1.1"], "5": ["5"], "3.1.1": ["3.1.1"]}.get(self.config.protocol)
+        if versions is None:
+            raise ConfigError(f"unknown MQTT protocol {self.config.protocol!r}")
+        error = "no protocol version tried"
+        for version in versions:
+            try:
+                self._connect_once(version, will)
+                self.protocol_version = version
+                return
+            except TransportError as exc:
+                error = str(exc)
+        raise TransportError(error)
+
+    def _connect_once(self, version: str, will: Will | None) -> None:
+        v5 = version == "5"
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.config.client_id,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+            clean_session=None if v5 else self.config.clean_start,
+        )
+        username = self.config.username or self.broker.username
+        if username:
+            client.username_pw_set(username, self.config.password or self.broker.password)
+        if self.broker.tls or self.config.cafile:
+            client.tls_set(
+                ca_certs=self.config.cafile,
+                certfile=self.config.certfile,
+                keyfile=self.config.keyfile,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        if will is not None:
+            client.will_set(will.topic, will.payload, will.qos, will.retain)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        self._connack.clear()
+        self._connack_error = None
+        try:
+            if v5:
+                client.connect(
+                    self.broker.host, self.broker.port, self.config.keepalive, clean_start=self.config.clean_start
+                )
+            else:
+                client.connect(self.broker.host, self.broker.port, self.config.keepalive)
+        except (OSError, ValueError) as exc:
+            raise TransportError(f"cannot reach broker {self.broker}: {exc}") from None
+        client.loop_start()
+        if not self._connack.wait(self.config.connect_timeout) or self._connack_error:
+            client.loop_stop()
+            client.disconnect()
+            raise TransportError(self._connack_error or f"broker {self.broker} did not answer CONNECT in time")
+        self._client = client
+
+    # paho callbacks: set events, enqueue; never block.
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            self._connack_error = f"broker {self.broker} refused the connection: {reason}"
+        else:
+            self._connected.set()
+        self._connack.set()
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self._connected.clear()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        try:
+            self.messages.put_nowait(Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain)))
+        except queue.Full:
+            self.dropped += 1
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        with self._suback_cond:
+            self._subacked.add(mid)
+            self._suback_cond.notify_all()
+
+    def _require(self) -> Any:
+        if self._client is None:
+            raise TransportError("not connected")
+        return self._client
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False, timeout: float = 10.0) -> None:
+        """Publish; for QoS ≥ 1 wait until the broker acknowledges.
+
+        Raises:
+            TransportError: not connected, or no acknowledgement within ``timeout`` seconds.
+        """
+        info = self._require().publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise TransportError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+        if qos > 0:
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError) as exc:
+                raise TransportError(f"publish to {topic} failed: {exc}") from None
+            if not info.is_published():
+                raise TransportError(f"publish to {topic} not acknowledged within {timeout}s")
+
+    def subscribe(self, filters: Iterable[tuple[str, int]], timeout: float = 10.0) -> None:
+        """Subscribe and wait for the SUBACK. Raises: TransportError."""
+        rc, mid = self._require().subscribe(list(filters))
+        if rc != paho.MQTT_ERR_SUCCESS:
+            raise TransportError(f"subscribe failed: {paho.error_string(rc)}")
+        with self._suback_cond:  # the SUBACK may already have arrived: it is recorded, not lost
+            if not self._suback_cond.wait_for(lambda: mid in self._subacked, timeout):
+                raise TransportError(f"subscription not acknowledged within {timeout}s")
+            self._subacked.discard(mid)
+
+    def disconnect(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.disconnect()
+            client.loop_stop()
+        self._connected.clear()

@@ -1,0 +1,111 @@
+"""LiteRT backend: ``ai_edge_litert`` (current), else ``tflite_runtime`` (legacy images).
+
+The only device_agent module that imports a TFLite interpreter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from device_agent.bundle.manifest import Quantization, TensorInfo
+from device_agent.runtime.base import Runtime, RuntimeLoadError, check_feed
+
+
+def _interpreter_module() -> tuple[Any, str]:
+    try:
+        import ai_edge_litert
+        from ai_edge_litert import interpreter
+
+        return interpreter, getattr(ai_edge_litert, "__version__", "0.0.0")
+    except ImportError:
+        pass
+    try:
+        import tflite_runtime
+        from tflite_runtime import interpreter
+
+        return interpreter, getattr(tflite_runtime, "__version__", "0.0.0")
+    except ImportError:
+        raise RuntimeLoadError("no TFLite runtime: install ai-edge-litert (or tflite-runtime)") from None
+
+
+def installed_version() -> str:
+    return _interpreter_module()[1]
+
+
+def _signature_names(interpreter: Any) -> dict[int, str]:
+    """Tensor index → signature name (``image`` rather than ``serving_default_image:0``), when the
+    model has exactly one signature; the converter's tensor names are an implementation detail."""
+    full: dict[str, Any] = getattr(interpreter, "_get_full_signature_list", dict)()
+    if len(full) != 1:
+        return {}
+    sig = next(iter(full.values()))
+    names = {int(i): n for n, i in {**sig.get("inputs", {}), **sig.get("outputs", {})}.items()}
+    return names if len(set(names.values())) == len(names) else {}
+
+
+def _spec(detail: dict[str, Any], names: dict[int, str]) -> TensorInfo:
+    shape = tuple(int(d) for d in detail.get("shape_signature", detail["shape"]))
+    q = detail.get("quantization_parameters") or {}
+    scales = [float(s) for s in q.get("scales", [])]
+    quant = None
+    if scales:
+        zps = [int(z) for z in q.get("zero_points", [])] or [0] * len(scales)
+        quant = Quantization(tuple(scales), tuple(zps), int(q.get("quantized_dimension", 0)))
+    name = names.get(int(detail["index"]), detail["name"])
+    return TensorInfo(name=name, dtype=np.dtype(detail["dtype"]).name, shape=shape, quantization=quant)
+
+
+class LiteRTRuntime(Runtime):
+    name = "tflite"
+
+    def __init__(self, path: str, threads: int) -> None:
+        module, self._version = _interpreter_module()
+        try:
+            self._it = module.Interpreter(model_path=path, num_threads=threads)
+            self._it.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise RuntimeLoadError(f"LiteRT cannot load {path}: {exc}") from None
+        self._in = self._it.get_input_details()
+        self._out = self._it.get_output_details()
+        names = _signature_names(self._it)
+        self._inputs = tuple(_spec(d, names) for d in self._in)
+        self._outputs = tuple(_spec(d, names) for d in self._out)
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def inputs(self) -> tuple[TensorInfo, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorInfo, ...]:
+        return self._outputs
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        resized = False
+        for spec, detail in zip(self._inputs, self._in, strict=True):
+            if spec.name not in feeds:
+                raise RuntimeLoadError(f"missing input {spec.name!r}")
+            array = np.asarray(feeds[spec.name])
+            check_feed(spec, array)
+            if tuple(detail["shape"]) != array.shape:
+                self._it.resize_tensor_input(detail["index"], array.shape)
+                detail["shape"] = np.array(array.shape)
+                resized = True
+        if resized:
+            self._it.allocate_tensors()
+        for spec, detail in zip(self._inputs, self._in, strict=True):
+            self._it.set_tensor(detail["index"], np.ascontiguousarray(feeds[spec.name]))
+        self._it.invoke()
+        return {
+            spec.name: self._it.get_tensor(d["index"]).copy() for spec, d in zip(self._outputs, self._out, strict=True)
+        }
+
+
+def load(path: str, threads: int) -> Runtime:
+    return LiteRTRuntime(path, threads)

@@ -1,0 +1,157 @@
+"""Start a local MQTT broker for first runs, demos and tests: ``mosquitto`` when it is on PATH,
+else the embedded amqtt broker (and the caller is told which, so output can say so).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from device_agent.errors import TransportError
+
+STARTUP_TIMEOUT = 15.0  # seconds for a broker to accept connections
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise TransportError(f"broker exited with status {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TransportError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+@dataclass
+class LocalBroker:
+    """A broker process on loopback that this process started and must stop."""
+
+    kind: str  # "mosquitto" or "embedded"
+    host: str
+    port: int
+    process: subprocess.Popen[bytes]
+    workdir: Path
+    log_path: Path
+    config_path: Path | None = None
+    _owned_dir: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._owned_dir is not None:
+            self._owned_dir.cleanup()
+            self._owned_dir = None
+
+    def __enter__(self) -> LocalBroker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def mosquitto_binary() -> str | None:
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None
+    )
+
+
+def _workdir(workdir: Path | None) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        return workdir, None
+    owned = tempfile.TemporaryDirectory(prefix="edgefleet-broker-")
+    return Path(owned.name), owned
+
+
+def start_mosquitto(
+    *, port: int | None = None, extra_config: str = "", workdir: Path | None = None, anonymous: bool = True
+) -> LocalBroker:
+    """Start ``mosquitto`` on 127.0.0.1 with its own config (``extra_config`` is appended).
+
+    Raises:
+        TransportError: no mosquitto binary, or it did not start listening.
+    """
+    binary = mosquitto_binary()
+    if binary is None:
+        raise TransportError("mosquitto is not installed (apt-get install mosquitto)")
+    port = port or free_port()
+    wd, owned = _workdir(workdir)
+    log_path = wd / "mosquitto.log"
+    config = wd / "mosquitto.conf"
+    lines = [
+        "per_listener_settings false",
+        f"listener {port} 127.0.0.1",
+        f"allow_anonymous {'true' if anonymous else 'false'}",
+        "persistence false",
+        f"log_dest file {log_path}",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "max_queued_messages 100000",
+        extra_config,
+    ]
+    config.write_text("\n".join(lines) + "\n")
+    proc = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    broker = LocalBroker("mosquitto", "127.0.0.1", port, proc, wd, log_path, config, owned)
+    try:
+        wait_for_port("127.0.0.1", port, STARTUP_TIMEOUT, proc)
+    except TransportError as exc:
+        text = broker.log()
+        broker.stop()
+        raise TransportError(f"{exc}; mosquitto log: {text[-500:]}") from None
+    return broker
+
+
+def start_embedded(*, port: int | None = None, workdir: Path | None = None) -> LocalBroker:
+    """Start the embedded amqtt broker in a child process on 127.0.0.1. Raises: TransportError."""
+    port = port or free_port()
+    wd, owned = _workdir(workdir)
+    log_path = wd / "embedded-broker.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fleet.embedded_broker", "--port", str(port)], stdout=log, stderr=log
+        )
+    broker = LocalBroker("embedded", "127.0.0.1", port, proc, wd, log_path, None, owned)
+    try:
+        wait_for_port("127.0.0.1", port, STARTUP_TIMEOUT, proc)
+    except TransportError as exc:
+        text = broker.log()
+        broker.stop()
+        raise TransportError(f"{exc}; embedded broker log: {text[-500:]}") from None
+    return broker
+
+
+def start_local_broker(prefer: str = "auto", *, workdir: Path | None = None) -> LocalBroker:
+    """``auto``: mosquitto if installed, else embedded; or force ``mosquitto`` / ``embedded``."""
+    if prefer == "embedded" or (prefer == "auto" and mosquitto_binary() is None):
+        return start_embedded(workdir=workdir)
+    return start_mosquitto(workdir=workdir)

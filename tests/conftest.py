@@ -1,0 +1,105 @@
+"""Shared fixtures: a real MQTT broker per test, session-cached tiny real models, release keys.
+
+Broker choice: ``EDGEFLEET_TEST_BROKER=auto|mosquitto|embedded`` (or ``pytest --broker=...``).
+``auto`` uses mosquitto when installed and falls back to the embedded amqtt broker, saying so in
+the pytest header; ``make test-embedded`` runs the MQTT tests against the embedded broker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from device_agent.bundle import PrivateKey, TrustStore
+from fleet.broker import LocalBroker, mosquitto_binary, start_embedded, start_local_broker, start_mosquitto
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--broker",
+        default=os.environ.get("EDGEFLEET_TEST_BROKER", "auto"),
+        choices=["auto", "mosquitto", "embedded"],
+        help="MQTT broker for tests (default: mosquitto if installed, else embedded amqtt).",
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    choice = config.getoption("--broker")
+    if choice == "auto":
+        choice = "mosquitto" if mosquitto_binary() else "embedded (mosquitto not found on PATH)"
+    return f"edgefleet test broker: {choice}"
+
+
+@pytest.fixture
+def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalBroker]:
+    """A fresh broker on a free loopback port, with its own config, stopped after the test."""
+    with start_local_broker(request.config.getoption("--broker"), workdir=tmp_path / "broker") as b:
+        yield b
+
+
+@pytest.fixture(params=["mosquitto", "embedded"])
+def each_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalBroker]:
+    """The same test against mosquitto and against the embedded broker."""
+    if request.param == "mosquitto" and mosquitto_binary() is None:
+        pytest.skip("mosquitto binary not installed (.ci/run installs it)")
+    start = start_mosquitto if request.param == "mosquitto" else start_embedded
+    with start(workdir=tmp_path / "broker") as b:
+        yield b
+
+
+def _models_fingerprint() -> str:
+    h = hashlib.sha256()
+    for rel in ("models/tiny.py", "models/__init__.py", "toolchain/backends/tensorflow.py", "toolchain/npzio.py"):
+        h.update((ROOT / rel).read_bytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(request: pytest.FixtureRequest) -> dict[str, Path]:
+    """tiny-digits as Keras, TFLite and ONNX with calib/eval data; cached across runs by source hash.
+
+    Built in a child process so tensorflow never enters the test process.
+    """
+    cache = Path(request.config.cache.mkdir("edgefleet-models")) / f"tiny-digits-{_models_fingerprint()}"
+    names = {
+        "keras": "model.keras",
+        "tflite": "model.tflite",
+        "onnx": "model.onnx",
+        "calibration": "calib.npz",
+        "eval": "eval.npz",
+        "labels": "labels.txt",
+    }
+    paths = {role: cache / name for role, name in names.items()}
+    if not all(p.exists() for p in paths.values()):
+        subprocess.run(
+            [sys.executable, "-m", "models", "build", "tiny-digits", "--out", str(cache)],
+            check=True,
+            cwd=ROOT,
+            capture_output=True,
+        )
+    return paths
+
+
+@pytest.fixture(scope="session")
+def release_key() -> PrivateKey:
+    return PrivateKey.generate()
+
+
+@pytest.fixture(scope="session")
+def trust(release_key: PrivateKey) -> TrustStore:
+    return TrustStore.of([release_key.public_key])
+
+
+@pytest.fixture
+def key_files(tmp_path: Path, release_key: PrivateKey) -> tuple[Path, Path]:
+    """The session release key written as files: (private .key, public .pub)."""
+    key_path, pub_path = release_key.save(tmp_path / "keys" / "release")
+    return key_path, pub_path

@@ -1,0 +1,40 @@
+"""Device-side code stays lean: importing it never pulls in tensorflow, keras or onnx."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def imported_modules(code: str) -> set[str]:
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, check=True)
+    return {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import device_agent",
+        "import device_agent.bundle, device_agent.protocol, device_agent.cli",
+        "import device_agent.runtime.litert",
+        "import device_agent.runtime.onnx",
+        "import device_agent.mqtt",
+    ],
+)
+def test_device_agent_never_imports_heavy_frameworks(code: str) -> None:
+    modules = imported_modules(code)
+    assert "device_agent" in modules
+    assert not {m for m in modules if m.split(".")[0] in {"tensorflow", "keras", "onnx", "tf2onnx"}}
+
+
+def test_plain_import_is_cheap() -> None:
+    """``import device_agent`` loads neither numpy, paho nor cryptography."""
+    modules = imported_modules("import device_agent")
+    assert not {m for m in modules if m.split(".")[0] in {"numpy", "paho", "cryptography"}}
+
+
+def test_toolchain_cli_does_not_import_tensorflow_to_verify() -> None:
+    modules = imported_modules("import toolchain.cli")
+    assert not {m for m in modules if m.split(".")[0] in {"tensorflow", "keras", "onnx"}}

@@ -1,0 +1,1 @@
+"""One module per heavy backend; each is imported only by the command that needs it."""

@@ -1,0 +1,93 @@
+"""Arrays in and out: loading user .npz/.npy data against a model's inputs, and writing
+byte-reproducible .npz files (``numpy.savez`` stamps the current time into its ZIP entries).
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from device_agent.bundle.archive import FIXED_DATE
+from device_agent.bundle.manifest import TensorInfo
+from device_agent.errors import ConfigError
+
+
+class DataError(ConfigError):
+    """A user-supplied data file is missing, unreadable, or does not fit the model's inputs."""
+
+    code = "data"
+
+
+def save_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """An .npz (readable by ``numpy.load``) whose bytes depend only on the arrays."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
+        for name in sorted(arrays):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=FIXED_DATE)
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue())
+    return out.getvalue()
+
+
+def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """Load an .npz, one .npy, or a directory of .npy files (loaded one by one, never pickles).
+
+    Raises:
+        DataError: missing or unreadable file.
+    """
+    path = Path(path)
+    try:
+        if path.is_dir():
+            files = sorted(path.glob("*.npy"))
+            if not files:
+                raise DataError(f"{path} holds no .npy files")
+            return {"x": np.concatenate([np.load(f, allow_pickle=False) for f in files])}
+        if path.suffix == ".npy":
+            return {"x": np.load(path, allow_pickle=False)}
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{path} is not a readable .npz/.npy file: {str(exc)[:200]}") from None
+
+
+def feeds_for(arrays: Mapping[str, np.ndarray], inputs: Sequence[TensorInfo], source: str) -> dict[str, np.ndarray]:
+    """Map arrays to model inputs: ``x`` for a single-input model, else one array per input name.
+
+    Samples run along axis 0. Floating data is cast to a floating input's precision; any other
+    dtype mismatch, a missing input, or a per-sample shape that does not fit is an error.
+
+    Raises:
+        DataError: naming the input and what was expected.
+    """
+    out: dict[str, np.ndarray] = {}
+    for spec in inputs:
+        if spec.name in arrays:
+            a = arrays[spec.name]
+        elif len(inputs) == 1 and "x" in arrays:
+            a = arrays["x"]
+        else:
+            raise DataError(f"{source} has no array for input {spec.name!r} (keys: {', '.join(arrays) or 'none'})")
+        want = np.dtype(spec.dtype)
+        if a.dtype != want:
+            if a.dtype.kind == "f" and want.kind == "f":
+                a = a.astype(want)
+            else:
+                raise DataError(f"{source}: input {spec.name!r} needs {want.name}, the data is {a.dtype.name}")
+        sample = spec.shape[1:] if spec.shape else ()
+        if a.ndim != len(spec.shape) or any(w not in (-1, g) for w, g in zip(sample, a.shape[1:], strict=True)):
+            raise DataError(
+                f"{source}: input {spec.name!r} needs samples of shape {list(sample)}, the data is {list(a.shape)}"
+            )
+        out[spec.name] = a
+    counts = {len(a) for a in out.values()}
+    if len(counts) != 1 or 0 in counts:
+        raise DataError(f"{source}: inputs need the same non-zero number of samples, got {sorted(counts)}")
+    return out
