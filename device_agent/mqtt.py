@@ -67,6 +67,7 @@ class MqttConfig:
     connect_timeout: float = 10.0  # seconds
     protocol: str = "auto"  # "auto" (MQTT 5, falling back to 3.1.1), "5" or "3.1.1"
     clean_start: bool = False  # keep the session (and QoS 1 commands queued while offline)
+    session_expiry: int = 0  # seconds an MQTT 5 broker keeps the session after a disconnect (0: ends with it)
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,11 @@ class MqttClient:
         try:
             if v5:
                 client.connect(
-                    self.broker.host, self.broker.port, self.config.keepalive, clean_start=self.config.clean_start
+                    self.broker.host,
+                    self.broker.port,
+                    self.config.keepalive,
+                    clean_start=self.config.clean_start,
+                    properties=self._connect_properties(),
                 )
             else:
                 client.connect(self.broker.host, self.broker.port, self.config.keepalive)
@@ -165,6 +170,16 @@ class MqttClient:
             client.disconnect()
             raise TransportError(self._connack_error or f"broker {self.broker} did not answer CONNECT in time")
         self._client = client
+
+    def _connect_properties(self) -> Any:
+        if not self.config.session_expiry:
+            return None
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.config.session_expiry
+        return props
 
     # paho callbacks: set events, enqueue; never block.
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:

@@ -145,15 +145,16 @@ class Store:
             self._ensure_device(conn, fleet, device, now)
             conn.execute(t.devices.update().where(t.devices.c.id == device).values(status=status, last_seen=now))
 
-    def touch(self, last_seen: dict[str, float]) -> None:
-        """Update last-seen times of known devices (one transaction for the batch)."""
+    def touch(self, fleet: str, last_seen: dict[str, float]) -> None:
+        """Update last-seen times, registering devices seen for the first time (one transaction)."""
         if not last_seen:
             return
+        c = t.devices.c
         with self.tx() as conn:
             for device, ts in last_seen.items():
-                conn.execute(
-                    t.devices.update().where(t.devices.c.id == device, t.devices.c.last_seen < ts).values(last_seen=ts)
-                )
+                done = conn.execute(t.devices.update().where(c.id == device).values(last_seen=ts))
+                if done.rowcount == 0:
+                    self._ensure_device(conn, fleet, device, ts)
 
     def devices(self, fleet: str | None = None) -> list[Row]:
         q = sa.select(t.devices).order_by(t.devices.c.id)
