@@ -138,7 +138,8 @@ def _release_routes(app: FastAPI, service: FleetService, actor: Any) -> None:
     def check(ref: str, selector: str = "") -> list[dict[str, Any]]:
         return service.check_release(ref, selector)
 
-    @app.api_route("/artifacts/{name}", methods=["GET", "HEAD"])
+    @app.head("/artifacts/{name}", include_in_schema=False)
+    @app.get("/artifacts/{name}")
     def artifact(name: str, range_: Annotated[str | None, Header(alias="range")] = None) -> Response:
         sha = name.removesuffix(".efb")
         if len(sha) != 64 or not all(c in "0123456789abcdef" for c in sha):
