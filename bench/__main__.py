@@ -10,9 +10,9 @@ from pathlib import Path
 
 import click
 
-from bench import verify
+from bench import fleet, verify
 
-SECTIONS = {"verify": verify.run}
+SECTIONS = {"verify": verify.run, "fleet": fleet.run}
 OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
