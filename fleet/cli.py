@@ -167,6 +167,17 @@ def parse_tokens(values: tuple[str, ...]) -> dict[str, str]:
     help="API token, SECRET or NAME=SECRET (repeatable; env FLEETCTL_TOKEN). Default: a random one, printed.",
 )
 @click.option("--public-url", help="Base URL devices use for artifacts (default http://LISTEN).")
+@click.option(
+    "--ingest-only",
+    is_flag=True,
+    help="Follower: share telemetry ingest with the main process (MQTT 5 $share); run no rollouts.",
+)
+@click.option(
+    "--instance",
+    default="main",
+    show_default=True,
+    help="Name of this process among the fleet's (MQTT client id fleetctl-FLEET-INSTANCE).",
+)
 def serve(**opts: Any) -> None:
     """Run the fleet manager: store, MQTT ingest, rollouts, HTTP API, /metrics."""
     from fleet.server import FleetServer, ServeConfig

@@ -11,10 +11,12 @@ import logging
 import queue
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from device_agent.bundle import TrustStore
+from device_agent.errors import ConfigError
 from device_agent.mqtt import MqttClient, MqttConfig
 from fleet.api import create_app
 from fleet.ingest import Ingest, IngestConfig, subscriptions
@@ -38,6 +40,8 @@ class ServeConfig:
     public_url: str | None = None  # how devices reach the artifacts; default http://HOST:PORT
     tick_interval: float = 0.5  # seconds between rollout steps
     session_expiry: int = 3600  # seconds the broker keeps our MQTT session (and queued events) while we are down
+    ingest_only: bool = False  # a follower: shares telemetry ingest (MQTT 5 $share), runs no rollouts
+    instance: str = "main"  # distinguishes processes of one fleet (MQTT client id fleetctl-FLEET-INSTANCE)
 
 
 def pump(client: MqttClient, ingest: Ingest, stop: threading.Event) -> None:
@@ -64,7 +68,11 @@ class FleetServer:
         trust = TrustStore.from_paths([str(p) for p in config.trust])
         self.service = FleetService(self.store, self.ingest, trust, config.artifacts)
         self.mqtt = MqttClient(
-            MqttConfig(url=config.broker, client_id=f"fleetctl-{config.fleet}", session_expiry=config.session_expiry),
+            MqttConfig(
+                url=config.broker,
+                client_id=f"fleetctl-{config.fleet}-{config.instance}",
+                session_expiry=config.session_expiry,
+            ),
             max_queued=100_000,
         )
         public = config.public_url or f"http://{config.host}:{config.port}"
@@ -77,13 +85,19 @@ class FleetServer:
 
         Raises:
             TransportError: the broker is unreachable.
+            ConfigError: ``ingest_only`` without MQTT 5.
         """
         self.mqtt.connect()
-        self.mqtt.subscribe(subscriptions(self.config.fleet, self.mqtt.protocol_version))
-        for name, target in (
-            ("ingest", lambda: pump(self.mqtt, self.ingest, self.stop)),
-            ("runner", lambda: self.runner.run(self.stop, self.config.tick_interval)),
-        ):
+        filters = subscriptions(self.config.fleet, self.mqtt.protocol_version)
+        if self.config.ingest_only:
+            if self.mqtt.protocol_version != "5":
+                raise ConfigError("--ingest-only needs an MQTT 5 broker (shared subscriptions)")
+            filters = [f for f in filters if f[0].startswith("$share/")]
+        self.mqtt.subscribe(filters)
+        parts: list[tuple[str, Callable[[], None]]] = [("ingest", lambda: pump(self.mqtt, self.ingest, self.stop))]
+        if not self.config.ingest_only:
+            parts.append(("runner", lambda: self.runner.run(self.stop, self.config.tick_interval)))
+        for name, target in parts:
             thread = threading.Thread(target=target, name=f"fleetctl-{name}", daemon=True)
             thread.start()
             self.threads.append(thread)
@@ -99,8 +113,9 @@ class FleetServer:
         try:
             self.start_background()
             log.warning(
-                "fleetctl serving fleet %s on http://%s:%s (broker %s, MQTT %s)",
+                "fleetctl serving fleet %s on http://%s:%s (broker %s, MQTT %s%s)",
                 self.config.fleet, self.config.host, self.config.port, self.config.broker, self.mqtt.protocol_version,
+                ", ingest only" if self.config.ingest_only else "",
             )  # fmt: skip
             server.run()
         finally:

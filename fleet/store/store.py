@@ -183,7 +183,17 @@ class Store:
     # --- telemetry rollups ----------------------------------------------------------------------
 
     def add_rollups(self, rollups: Sequence[Rollup]) -> None:
-        """Merge per-minute rollups into the store (sums add up, maxima take the max)."""
+        """Merge per-minute rollups into the store (sums add up, maxima take the max).
+
+        Several ingest processes may insert the same (device, minute) at once: the loser retries,
+        and then finds the row to add to.
+        """
+        try:
+            self._add_rollups(rollups)
+        except sa.exc.IntegrityError:
+            self._add_rollups(rollups)
+
+    def _add_rollups(self, rollups: Sequence[Rollup]) -> None:
         if not rollups:
             return
         c = t.telemetry_rollups.c
