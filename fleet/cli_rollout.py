@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -68,7 +69,7 @@ def rollout_start(ctx: click.Context, /, **opts: Any) -> None:
     }
     row = api(ctx).post("/rollouts", body)
     if as_json:
-        emit({"id": row["id"], **row}, True)
+        click.echo(json.dumps({"id": row["id"], **row}, indent=2, default=str))
     else:
         click.echo(f"rollout {row['id']} started: {row['release']} in stages {', '.join(row['stages'])}")
 
@@ -92,7 +93,8 @@ def rollout_status(ctx: click.Context, rollout_id: int, as_json: bool) -> None:
 @click.pass_context
 def rollout_ls(ctx: click.Context, as_json: bool) -> None:
     """List rollouts."""
-    emit(api(ctx).get("/rollouts"), as_json, STATUS_COLS)
+    rows = api(ctx).get("/rollouts")
+    emit(rows if as_json else [{**r, "stage": r["stage"] + 1} for r in rows], as_json, STATUS_COLS)
 
 
 def _verb(verb: str, help_text: str) -> click.Command:

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import queue
 import secrets
+import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +56,10 @@ def pump(client: MqttClient, ingest: Ingest, stop: threading.Event) -> None:
             ingest.flush()
             next_flush = ingest.clock() + interval
     ingest.flush()
+
+
+def _exit_warmly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 class FleetServer:
@@ -110,6 +115,8 @@ class FleetServer:
         server = uvicorn.Server(
             uvicorn.Config(app, host=self.config.host, port=self.config.port, log_level="warning", access_log=False)
         )
+        for sig in (signal.SIGTERM, signal.SIGINT):  # uvicorn re-raises the signal it caught once it has
+            signal.signal(sig, _exit_warmly)  # stopped: make that an exit that runs our `finally` blocks
         try:
             self.start_background()
             log.warning(

@@ -142,7 +142,7 @@ class FleetService:
     # --- rollouts -------------------------------------------------------------------------------
 
     def start_rollout(self, req: RolloutRequest, actor: str) -> int:
-        """Raises: NotFoundError (no such release), InvalidRequestError (bad stages or selector)."""
+        """Raises: NotFoundError (no such release), InvalidRequestError (bad stages or selector, no device)."""
         release = self.release(req.release)
         sizes = parse_stages(req.stages)
         stages = tuple(
@@ -150,6 +150,8 @@ class FleetService:
         )
         spec = RolloutSpec(f"{release['name']}@{release['version']}", release["sequence"], stages,
                            Selector.parse(req.selector))  # fmt: skip
+        if not self.targeted(spec.selector):
+            raise InvalidRequestError(f"no device matches the selector {str(spec.selector) or '(all)'!r}")
         return self.store.create_rollout(release, spec, actor, self.clock())
 
     def view(self, rollout_id: int) -> tuple[Row, RolloutView]:

@@ -97,6 +97,15 @@ def test_bad_requests_get_one_clear_line(h: Harness) -> None:
     assert h.api.get("/devices") == []  # no phantom device was created
 
 
+def test_a_rollout_that_targets_no_device_is_refused(h: Harness, tmp_path: Path, release_key: PrivateKey) -> None:
+    add_release(h, tmp_path, release_key, "2.0.0", 2)
+    code, out = fleetctl(h, "rollout", "start", "digits@2.0.0", "--selector", "sku=nope")
+    assert code == 1 and "no device matches the selector 'sku=nope'" in out
+    code, out = fleetctl(h, "rollout", "start", "digits@2.0.0", "--stages", "5,x")
+    assert code == 1 and "'x' is not a count or a percentage" in out
+    assert h.api.get("/rollouts") == []
+
+
 def test_server_unreachable_is_one_line() -> None:
     result = CliRunner().invoke(cli, ["--server", f"http://127.0.0.1:{free_port()}", "devices", "ls"])
     assert result.exit_code == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -110,3 +111,23 @@ def test_kill_9_mid_rollout_resumes_without_duplicates_or_skipped_stages(
         for d in devices:
             d.stop()
         serve.stop()
+
+
+def test_sigterm_stops_serve_warmly_with_its_local_broker(tmp_path: Path, key_files: tuple[Path, Path]) -> None:
+    """Without --broker, serve starts a local broker; SIGTERM exits 0 and stops that broker too."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen([FLEETCTL, "serve", "--db", f"sqlite:///{tmp_path / 'f.db'}", "--listen",
+                                 f"127.0.0.1:{port}", "--trust", str(key_files[1]), "--artifacts",
+                                 str(tmp_path / "a"), "--token", TOKEN], stdout=fh, stderr=fh)  # fmt: skip
+    try:
+        wait_until(lambda: "serving fleet default" in log.read_text(), 30, "serve to start")
+        broker_port = int(log.read_text().split("broker at mqtt://127.0.0.1:")[1].split()[0])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", broker_port)) != 0  # the local broker is gone
+    finally:
+        if proc.poll() is None:
+            proc.kill()
