@@ -42,6 +42,9 @@ class ScriptedDevice:
     fault: Fault = no_fault
     step_delay: float = 0.0  # seconds between deployment steps (widens windows for crash tests)
     telemetry: dict[str, float] = field(default_factory=lambda: {"lat_p95_ms": 10.0, "conf_mean": 0.9})
+    # telemetry_for(sku, "name@version") -> values the device reports while running that model
+    telemetry_for: Callable[[str, str], dict[str, float]] | None = None
+    telemetry_interval: float = 0.5  # seconds
     username: str | None = None
     password: str | None = None
     received: list[tuple[str, dict[str, object]]] = field(default_factory=list)  # (kind, payload)
@@ -85,7 +88,9 @@ class ScriptedDevice:
 
     def publish_telemetry(self) -> None:
         self._seq += 1
-        values = {"ts": int(time.time() * 1000), "seq": self._seq, "inferences": 100, "errors": 0, **self.telemetry}
+        extra = self.telemetry_for(self.sku, f"{self.model.name}@{self.model.version}") if self.telemetry_for else {}
+        values = {"ts": int(time.time() * 1000), "seq": self._seq, "inferences": 100, "errors": 0, **self.telemetry,
+                  **extra}  # fmt: skip
         self.client.publish(self.topic(P.TELEMETRY), P.encode(P.Telemetry(values)), qos=0)
 
     def event(self, deployment_id: str, state: D, reason: str = "") -> None:
@@ -93,7 +98,11 @@ class ScriptedDevice:
         self.client.publish(self.topic(P.EVENTS), P.encode(ev), qos=1)
 
     def _loop(self) -> None:
+        next_point = time.monotonic() + self.telemetry_interval
         while not self._stop.is_set():
+            if time.monotonic() >= next_point:
+                self.publish_telemetry()
+                next_point = time.monotonic() + self.telemetry_interval
             try:
                 msg = self.client.messages.get(timeout=0.1)
             except queue.Empty:

@@ -125,3 +125,30 @@ def test_pause_resume_and_manual_approval(
         assert all(d.model.version == "2.0.0" for d in devices)
     finally:
         stop_all(devices)
+
+
+def test_model_health_gate_trips_on_one_skus_latency_and_rolls_back(
+    fleet_env: Harness, broker: LocalBroker, tmp_path: Path, release_key: PrivateKey
+) -> None:
+    """Installs succeed everywhere, but on jetson the new model is 3x slower than jetsons still on 1.0.0."""
+    h = fleet_env
+
+    def telemetry(sku: str, release: str) -> dict[str, float]:
+        slow = sku == "jetson" and release == "digits@2.0.0"
+        return {"lat_p95_ms": 30.0 if slow else 10.0, "conf_mean": 0.9, "psi_max": 0.02}
+
+    devices = start_fleet(broker.url, "default", SKUS, OLD, telemetry_for=telemetry, telemetry_interval=0.2)
+    try:
+        devices_up(h, devices)
+        wait_until(lambda: all(h.server.ingest.health(d.device_id) for d in devices), what="baseline telemetry")
+        add_release(h, tmp_path, release_key, "2.0.0", 2)
+        rid = h.api.post("/rollouts", {"release": "digits@2.0.0", "stages": ["25%", "100%"],
+                                       "gates": {"bake_s": 30, "max_p95_ratio": 1.5}})["id"]  # fmt: skip
+        status = finished(h, rid, "ABORTED", "SUCCEEDED")
+        assert status["state"] == "ABORTED"
+        assert "model health: sku jetson: p95 latency 30.0 ms vs 10.0 ms" in str(status["reason"])
+        assert "pi4" not in str(status["reason"]) and "esp" not in str(status["reason"])
+        wait_until(lambda: all(d.model == OLD for d in devices), what="every device back on 1.0.0")
+        assert len(h.api.get(f"/rollouts/{rid}/deployments")) == 3  # stage 2 never started
+    finally:
+        stop_all(devices)
