@@ -7,7 +7,9 @@ from the fleet manager, read its manifest, and answer with events; failures are 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,10 +41,23 @@ def finished(h: Harness, rid: int, *states: str) -> dict[str, object]:
     )
 
 
-def stop_all(devices: list[ScriptedDevice]) -> None:
-    for d in devices:
-        d.stop()
+@contextmanager
+def scripted(h: Harness, broker: LocalBroker, **kw: Any) -> Iterator[list[ScriptedDevice]]:
+    """12 stand-in devices on digits 1.0.0, registered with the fleet manager; stopped afterwards."""
+    devices = start_fleet(broker.url, "default", SKUS, OLD, **kw)
+    try:
+        devices_up(h, devices)
+        yield devices
+    finally:
+        for d in devices:
+            d.stop()
     assert not [e for d in devices for e in d.errors]
+
+
+def start_rollout(h: Harness, tmp: Path, key: PrivateKey, **body: Any) -> int:
+    """Add digits 2.0.0 and roll it out with ``body`` (stages, gates, …); returns the rollout id."""
+    add_release(h, tmp, key, "2.0.0", 2)
+    return int(h.api.post("/rollouts", {"release": "digits@2.0.0", **body})["id"])
 
 
 def test_failures_on_one_sku_trip_the_gate_and_every_changed_device_rolls_back(
@@ -50,12 +65,9 @@ def test_failures_on_one_sku_trip_the_gate_and_every_changed_device_rolls_back(
 ) -> None:
     h = fleet_env
     fault = lambda sku, rel: (D.ROLLED_BACK, "selftest-mismatch") if sku == "esp" and rel == "digits@2.0.0" else None  # noqa: E731
-    devices = start_fleet(broker.url, "default", SKUS, OLD, fault=fault)
-    try:
-        devices_up(h, devices)
-        add_release(h, tmp_path, release_key, "2.0.0", 2)
-        rid = h.api.post("/rollouts", {"release": "digits@2.0.0", "stages": ["10%", "50%", "100%"],
-                                       "gates": {"failure": "20%", "retries": 0}})["id"]  # fmt: skip
+    with scripted(h, broker, fault=fault) as devices:
+        rid = start_rollout(h, tmp_path, release_key, stages=["10%", "50%", "100%"],
+                            gates={"failure": "20%", "retries": 0})  # fmt: skip
         status = finished(h, rid, "ABORTED")
         assert "failure threshold 20% tripped: 1 of 3" in str(status["reason"])
         deps = h.api.get(f"/rollouts/{rid}/deployments")
@@ -74,19 +86,14 @@ def test_failures_on_one_sku_trip_the_gate_and_every_changed_device_rolls_back(
         wait_until(fleet_back, what="the fleet view back on 1.0.0")
         actors = {a["actor"] for a in h.api.get(f"/rollouts/{rid}/audit")}
         assert actors == {"alice", "runner"}
-    finally:
-        stop_all(devices)
 
 
 def test_a_clean_release_completes_on_every_device_once(
     fleet_env: Harness, broker: LocalBroker, tmp_path: Path, release_key: PrivateKey
 ) -> None:
     h = fleet_env
-    devices = start_fleet(broker.url, "default", SKUS, OLD)
-    try:
-        devices_up(h, devices)
-        add_release(h, tmp_path, release_key, "2.0.0", 2)
-        rid = h.api.post("/rollouts", {"release": "digits@2.0.0", "stages": ["5%", "25%", "100%"]})["id"]
+    with scripted(h, broker) as devices:
+        rid = start_rollout(h, tmp_path, release_key, stages=["5%", "25%", "100%"])
         status = finished(h, rid, "SUCCEEDED", "ABORTED")
         assert status["state"] == "SUCCEEDED", status["reason"]
         assert status["progress"] == {"SUCCEEDED": 12, "targeted": 12}
@@ -95,20 +102,15 @@ def test_a_clean_release_completes_on_every_device_once(
         assert [s.split(": ")[1] for s in stages] == [
             "stage 1 deployed", "stage 1 baked", "stage 2 deployed", "stage 2 baked", "stage 3 deployed",
             "last stage baked"]  # fmt: skip
-    finally:
-        stop_all(devices)
 
 
 def test_pause_resume_and_manual_approval(
     fleet_env: Harness, broker: LocalBroker, tmp_path: Path, release_key: PrivateKey
 ) -> None:
     h = fleet_env
-    devices = start_fleet(broker.url, "default", SKUS, OLD, step_delay=0.1)
-    try:
-        devices_up(h, devices)
-        add_release(h, tmp_path, release_key, "2.0.0", 2)
-        rid = h.api.post("/rollouts", {"release": "digits@2.0.0", "stages": ["25%", "100%"], "approval": True,
-                                       "gates": {"max_concurrent": 2}})["id"]  # fmt: skip
+    with scripted(h, broker, step_delay=0.1) as devices:
+        rid = start_rollout(h, tmp_path, release_key, stages=["25%", "100%"], approval=True,
+                            gates={"max_concurrent": 2})  # fmt: skip
         finished(h, rid, "WAITING_APPROVAL")
         assert len(h.api.get(f"/rollouts/{rid}/deployments")) == 3  # the stage, and no more, until approved
         assert h.api.post(f"/rollouts/{rid}/approve")["state"] == "RUNNING"
@@ -123,8 +125,6 @@ def test_pause_resume_and_manual_approval(
         assert h.api.post(f"/rollouts/{rid}/resume")["state"] == "RUNNING"
         assert finished(h, rid, "SUCCEEDED", "ABORTED")["state"] == "SUCCEEDED"
         assert all(d.model.version == "2.0.0" for d in devices)
-    finally:
-        stop_all(devices)
 
 
 def test_model_health_gate_trips_on_one_skus_latency_and_rolls_back(
@@ -137,18 +137,13 @@ def test_model_health_gate_trips_on_one_skus_latency_and_rolls_back(
         slow = sku == "jetson" and release == "digits@2.0.0"
         return {"lat_p95_ms": 30.0 if slow else 10.0, "conf_mean": 0.9, "psi_max": 0.02}
 
-    devices = start_fleet(broker.url, "default", SKUS, OLD, telemetry_for=telemetry, telemetry_interval=0.2)
-    try:
-        devices_up(h, devices)
+    with scripted(h, broker, telemetry_for=telemetry, telemetry_interval=0.2) as devices:
         wait_until(lambda: all(h.server.ingest.health(d.device_id) for d in devices), what="baseline telemetry")
-        add_release(h, tmp_path, release_key, "2.0.0", 2)
-        rid = h.api.post("/rollouts", {"release": "digits@2.0.0", "stages": ["25%", "100%"],
-                                       "gates": {"bake_s": 30, "max_p95_ratio": 1.5}})["id"]  # fmt: skip
+        rid = start_rollout(h, tmp_path, release_key, stages=["25%", "100%"],
+                            gates={"bake_s": 30, "max_p95_ratio": 1.5})  # fmt: skip
         status = finished(h, rid, "ABORTED", "SUCCEEDED")
         assert status["state"] == "ABORTED"
         assert "model health: sku jetson: p95 latency 30.0 ms vs 10.0 ms" in str(status["reason"])
         assert "pi4" not in str(status["reason"]) and "esp" not in str(status["reason"])
         wait_until(lambda: all(d.model == OLD for d in devices), what="every device back on 1.0.0")
         assert len(h.api.get(f"/rollouts/{rid}/deployments")) == 3  # stage 2 never started
-    finally:
-        stop_all(devices)
