@@ -153,3 +153,35 @@ def test_openapi_document(h: Harness) -> None:
     doc = httpx.get(f"{h.url}/openapi.json").json()
     assert {"/api/v1/devices", "/api/v1/releases", "/api/v1/rollouts", "/artifacts/{name}"} <= set(doc["paths"])
     assert httpx.get(f"{h.url}/docs").status_code == 200
+
+
+def test_garbage_over_mqtt_is_counted_dropped_and_harmless(h: Harness, broker: LocalBroker) -> None:
+    """A misbehaving client floods the fleet's topics; the server counts, drops, and keeps working."""
+    from device_agent.mqtt import MqttClient, MqttConfig
+
+    dev = ScriptedDevice(broker.url, "default", "cam-1", "pi4", OLD).start()
+    rogue = MqttClient(MqttConfig(url=broker.url, client_id="rogue"))
+    rogue.connect()
+    try:
+        wait_until(lambda: [d for d in h.api.get("/devices") if d["sku"]], what="cam-1 registered")
+        before = h.api.get("/devices/cam-1")
+        for topic, payload in [
+            (P.topic("default", "cam-1", P.TELEMETRY), b"\x00" * 9000),  # oversized
+            (P.topic("default", "cam-1", P.TELEMETRY), b'{"ts": "soon"}'),
+            (P.topic("default", "cam-1", P.INFO), b"[]"),
+            (P.topic("default", "cam-1", P.STATUS), b"dead"),
+            (P.topic("default", "cam-1", P.EVENTS), b'{"deployment_id": "r7-cam-1", "state": "SUCCEEDED", "ts": 1}'),
+            ("edgefleet/v1/default/Not_An_Id/telemetry", b"{}"),
+        ]:
+            rogue.publish(topic, payload, qos=1)
+        dropped = wait_until(lambda: (d := h.api.get("/health")["dropped"]) and sum(d.values()) >= 6 and d,
+                             what="drops counted")  # fmt: skip
+        assert dropped == {"payload-too-large": 1, "bad-payload": 3, "unknown-or-stale-deployment": 1, "bad-topic": 1}
+        after = h.api.get("/devices/cam-1")
+        assert {k: after[k] for k in ("sku", "status", "info", "model_version")} == {
+            k: before[k] for k in ("sku", "status", "info", "model_version")}  # fmt: skip
+        assert [d["id"] for d in h.api.get("/devices")] == ["cam-1"]
+        assert 'edgefleet_ingest_dropped_total{reason="payload-too-large"} 1.0' in httpx.get(f"{h.url}/metrics").text
+    finally:
+        rogue.disconnect()
+        dev.stop()
