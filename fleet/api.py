@@ -5,6 +5,7 @@ artifact downloads with Range, and ``/metrics``. Mutating calls need ``Authoriza
 from __future__ import annotations
 
 import secrets
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -93,8 +94,9 @@ def create_app(service: FleetService, tokens: dict[str, str]) -> FastAPI:
     @app.get(f"{API}/health")
     def health() -> dict[str, Any]:
         ingest = service.ingest
+        leader = service.store.lease_holder("rollouts", time.time())
         return {"fleet": service.fleet, "devices_in_memory": len(ingest), "received": dict(ingest.received),
-                "dropped": dict(ingest.dropped)}  # fmt: skip
+                "dropped": dict(ingest.dropped), "rollout_leader": leader}  # fmt: skip
 
     _device_routes(app, service, actor)
     _release_routes(app, service, actor)

@@ -81,7 +81,7 @@ class FleetServer:
             max_queued=100_000,
         )
         public = config.public_url or f"http://{config.host}:{config.port}"
-        self.runner = Runner(self.service, self.mqtt, public)
+        self.runner = Runner(self.service, self.mqtt, public, holder=f"{config.fleet}/{config.instance}")
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
 

@@ -106,3 +106,16 @@ def test_rollups_merge(store_url: str) -> None:
     (row,) = store.rollups("cam-1")
     assert (row["points"], row["inferences"], row["lat_p95_max"], row["psi_max"]) == (3, 150.0, 9.0, 0.1)
     store.close()
+
+
+def test_one_process_leads_rollouts_and_another_takes_over_when_its_lease_expires(store_url: str) -> None:
+    a, b = Store(store_url), Store(store_url)
+    assert a.acquire_lease("rollouts", "default/main", NOW, ttl=10)
+    assert not b.acquire_lease("rollouts", "default/second", NOW + 1, ttl=10)
+    assert a.acquire_lease("rollouts", "default/main", NOW + 5, ttl=10)  # renewed until NOW + 15
+    assert not b.acquire_lease("rollouts", "default/second", NOW + 14, ttl=10)
+    assert b.lease_holder("rollouts", NOW + 14) == "default/main"
+    assert b.acquire_lease("rollouts", "default/second", NOW + 16, ttl=10)  # main stopped renewing
+    assert not a.acquire_lease("rollouts", "default/main", NOW + 17, ttl=10)
+    a.close()
+    b.close()

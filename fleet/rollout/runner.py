@@ -23,6 +23,7 @@ from fleet.service import FleetService
 
 log = logging.getLogger(__name__)
 RUNNER = "runner"  # the actor named in the audit log for automatic transitions
+LEASE = "rollouts"  # the lease whose holder leads rollouts
 LIVE = (RolloutState.RUNNING, RolloutState.ABORTED, RolloutState.ROLLED_BACK)
 
 
@@ -40,8 +41,18 @@ class Runner:
     """Advances every live rollout of one fleet, one ``step()`` at a time."""
 
     def __init__(
-        self, service: FleetService, publisher: Publisher, public_url: str, clock: Callable[[], float] = time.time
+        self,
+        service: FleetService,
+        publisher: Publisher,
+        public_url: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        holder: str = "main",
+        lease_ttl: float = 10.0,  # seconds another process waits after this one stops renewing
     ) -> None:
+        self.holder = holder
+        self.lease_ttl = lease_ttl
+        self.leading = False
         self.service = service
         self.store = service.store
         self.publisher = publisher
@@ -50,7 +61,13 @@ class Runner:
         self.sent = 0  # commands published, for metrics
 
     def step(self) -> int:
-        """Tick every live rollout once; returns the number of actions applied."""
+        """Tick every live rollout once if this process holds the rollout lease; returns actions applied.
+
+        One process of a fleet leads rollouts; the others take over when its lease expires.
+        """
+        self.leading = self.store.acquire_lease(LEASE, self.holder, self.clock(), self.lease_ttl)
+        if not self.leading:
+            return 0
         applied = 0
         for row in self.store.rollouts(states=LIVE):
             try:

@@ -97,6 +97,33 @@ class Store:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
+    # --- leadership -----------------------------------------------------------------------------
+
+    def acquire_lease(self, name: str, holder: str, now: float, ttl: float) -> bool:
+        """Take or renew lease ``name`` for ``holder`` until ``now + ttl``; False while another holds it."""
+        c = t.leases.c
+        with self.tx() as conn:
+            taken = conn.execute(
+                t.leases.update()
+                .where(c.name == name, sa.or_(c.holder == holder, c.expires_at < now))
+                .values(holder=holder, expires_at=now + ttl)
+            )
+            if taken.rowcount == 1:
+                return True
+            if conn.execute(sa.select(c.holder).where(c.name == name)).first() is not None:
+                return False
+        try:
+            with self.tx() as conn:
+                conn.execute(t.leases.insert().values(name=name, holder=holder, expires_at=now + ttl))
+        except sa.exc.IntegrityError:  # another process inserted it first
+            return False
+        return True
+
+    def lease_holder(self, name: str, now: float) -> str | None:
+        c = t.leases.c
+        rows = self._rows(sa.select(t.leases).where(c.name == name, c.expires_at >= now))
+        return rows[0]["holder"] if rows else None
+
     # --- audit ----------------------------------------------------------------------------------
 
     @staticmethod

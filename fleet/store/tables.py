@@ -103,3 +103,11 @@ audit = sa.Table(
     sa.Column("target", sa.String(200), nullable=False),
     sa.Column("detail", sa.String(1024), nullable=False),
 )
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(128), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
