@@ -154,18 +154,26 @@ class FleetService:
             raise InvalidRequestError(f"no device matches the selector {str(spec.selector) or '(all)'!r}")
         return self.store.create_rollout(release, spec, actor, self.clock())
 
-    def view(self, rollout_id: int) -> tuple[Row, RolloutView]:
-        """The stored rollout row and the engine's view of it now. Raises: NotFoundError."""
+    def view(self, rollout_id: int, *, finished_without_devices: bool = False) -> tuple[Row, RolloutView]:
+        """The stored rollout row and the engine's view of it now.
+
+        ``finished_without_devices`` leaves the device list out of finished rollouts (the engine only
+        needs their deployments, to send outstanding rollbacks), which keeps the runner's step cheap.
+
+        Raises: NotFoundError.
+        """
         row = self.store.rollout(rollout_id)
         spec = RolloutSpec.from_dict(row["spec"])
+        state = RolloutState(row["state"])
+        skip = finished_without_devices and not state.active
         view = RolloutView(
             id=row["id"],
             spec=spec,
-            state=RolloutState(row["state"]),
+            state=state,
             stage=row["stage"],
             phase=Phase(row["phase"]),
             phase_started_at=row["phase_started_at"],
-            devices=self.device_views(spec.selector),
+            devices=() if skip else self.device_views(spec.selector),
             deployments=self.store.deployment_views(rollout_id),
         )
         return row, view

@@ -77,7 +77,7 @@ class Runner:
         return applied
 
     def advance(self, rollout_id: int) -> int:
-        row, view = self.service.view(rollout_id)
+        row, view = self.service.view(rollout_id, finished_without_devices=True)
         actions = engine.tick(view, self.clock())
         release = self.service.release(row["release"]) if any(isinstance(a, Deploy) for a in actions) else {}
         for n, action in enumerate(actions):
