@@ -43,6 +43,7 @@ class ServeConfig:
     session_expiry: int = 3600  # seconds the broker keeps our MQTT session (and queued events) while we are down
     ingest_only: bool = False  # a follower: shares telemetry ingest (MQTT 5 $share), runs no rollouts
     instance: str = "main"  # distinguishes processes of one fleet (MQTT client id fleetctl-FLEET-INSTANCE)
+    lease_ttl: float = 10.0  # seconds before another process takes over rollouts from a silent leader
 
 
 def pump(client: MqttClient, ingest: Ingest, stop: threading.Event) -> None:
@@ -81,7 +82,8 @@ class FleetServer:
             max_queued=100_000,
         )
         public = config.public_url or f"http://{config.host}:{config.port}"
-        self.runner = Runner(self.service, self.mqtt, public, holder=f"{config.fleet}/{config.instance}")
+        self.runner = Runner(self.service, self.mqtt, public, holder=f"{config.fleet}/{config.instance}",
+                             lease_ttl=config.lease_ttl)  # fmt: skip
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
 

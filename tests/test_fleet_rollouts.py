@@ -7,7 +7,7 @@ from the fleet manager, read its manifest, and answer with events; failures are 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +147,25 @@ def test_model_health_gate_trips_on_one_skus_latency_and_rolls_back(
         assert "pi4" not in str(status["reason"]) and "esp" not in str(status["reason"])
         wait_until(lambda: all(d.model == OLD for d in devices), what="every device back on 1.0.0")
         assert len(h.api.get(f"/rollouts/{rid}/deployments")) == 3  # stage 2 never started
+
+
+def test_a_second_fleet_manager_takes_over_rollouts_when_the_leader_stops(
+    broker: LocalBroker, tmp_path: Path, key_files: tuple[Path, Path], release_key: PrivateKey
+) -> None:
+    """Two processes on one store: one leads (lease); stop it mid-rollout and the other finishes the job."""
+    with ExitStack() as stack:
+        kw = {"lease_ttl": 1.0, "db": f"sqlite:///{tmp_path / 'shared.db'}"}
+        a = stack.enter_context(running_fleet(broker.url, tmp_path / "a", key_files[1], instance="a", **kw))
+        b = stack.enter_context(running_fleet(broker.url, tmp_path / "b", key_files[1], instance="b", **kw))
+        leader = wait_until(lambda: a.api.get("/health")["rollout_leader"], what="a leader")
+        first, second = (a, b) if leader == "default/a" else (b, a)
+        with scripted(first, broker, step_delay=0.1) as devices:
+            rid = start_rollout(
+                first, tmp_path, release_key, stages=["25%", "50%", "100%"], gates={"max_concurrent": 2}
+            )
+            wait_until(lambda: len(first.api.get(f"/rollouts/{rid}/deployments")) >= 2, what="stage 1 under way")
+            first.server.stop.set()  # the leader stops stepping (its lease is no longer renewed)
+            wait_until(lambda: second.api.get("/health")["rollout_leader"] == second.server.runner.holder, 15,
+                       "the other process to lead")  # fmt: skip
+            assert finished(second, rid, "SUCCEEDED", "ABORTED")["state"] == "SUCCEEDED"
+            assert all(d.model.version == "2.0.0" and len(d.acted_on) == 1 for d in devices)
