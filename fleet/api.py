@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from device_agent.errors import BundleError, ConfigError, EdgefleetError
@@ -188,7 +188,7 @@ def ranged(path: Path, header: str | None) -> Response:
     size = path.stat().st_size
     base = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
     if not header:
-        return Response(path.read_bytes(), headers=base)
+        return FileResponse(path, headers={"Accept-Ranges": "bytes"}, media_type=base["Content-Type"])
     unit, _, spec = header.partition("=")
     start_s, dash, end_s = spec.strip().partition("-")
     try:
