@@ -17,6 +17,8 @@ from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from device_agent.errors import ConfigError, TransportError
 
@@ -67,6 +69,7 @@ class MqttConfig:
     connect_timeout: float = 10.0  # seconds
     protocol: str = "auto"  # "auto" (MQTT 5, falling back to 3.1.1), "5" or "3.1.1"
     clean_start: bool = False  # keep the session (and QoS 1 commands queued while offline)
+    session_expiry_s: int = 7 * 24 * 3600  # MQTT 5: how long the broker keeps that session
 
 
 @dataclass(frozen=True)
@@ -126,11 +129,13 @@ class MqttClient:
 
     def _connect_once(self, version: str, will: Will | None) -> None:
         v5 = version == "5"
+        self.disconnect()  # a previous, lost connection: stop its network thread first
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.config.client_id,
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             clean_session=None if v5 else self.config.clean_start,
+            reconnect_on_failure=False,  # the caller's supervisor owns the reconnection policy
         )
         username = self.config.username or self.broker.username
         if username:
@@ -161,8 +166,8 @@ class MqttClient:
             raise TransportError(f"cannot reach broker {self.broker}: {exc}") from None
         client.loop_start()
         if not self._connack.wait(self.config.connect_timeout) or self._connack_error:
-            client.loop_stop()
             client.disconnect()
+            client.loop_stop()
             raise TransportError(self._connack_error or f"broker {self.broker} did not answer CONNECT in time")
         self._client = client
 
