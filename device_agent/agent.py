@@ -39,7 +39,15 @@ from device_agent.updater import FaultPlan, Updater
 
 log = logging.getLogger("edge-agent")
 MAX_PENDING_EVENTS = 1000
-HA_METRICS = {"ips": "inferences/s", "lat_p95_ms": "ms", "errors": None, "conf_mean": None, "psi_max": None, "cpu_pct": "%", "rss_mb": "MB"}
+HA_METRICS = {
+    "ips": "inferences/s",
+    "lat_p95_ms": "ms",
+    "errors": None,
+    "conf_mean": None,
+    "psi_max": None,
+    "cpu_pct": "%",
+    "rss_mb": "MB",
+}
 
 
 @dataclass
@@ -147,9 +155,13 @@ class Agent:
             self._spawn("replay", self._replay)
         if self._want_api:
             host, _, port = self.config.api.listen.rpartition(":")
-            self.api = LocalApi(lambda: self._engine(), self.status, self.manual_rollback, host or "127.0.0.1", int(port or 0))
+            self.api = LocalApi(
+                lambda: self._engine(), self.status, self.manual_rollback, host or "127.0.0.1", int(port or 0)
+            )
             self.api.start()
-        atomic_write(self.home.run_file, json.dumps({"pid": os.getpid(), "api": self.api.url if self.api else None}).encode())
+        atomic_write(
+            self.home.run_file, json.dumps({"pid": os.getpid(), "api": self.api.url if self.api else None}).encode()
+        )
         if self.updater.state.pending is not None:
             self._work.set()  # a deployment interrupted by a restart: resume it
 
@@ -272,7 +284,15 @@ class Agent:
                 self._work.set()
         elif isinstance(cmd, P.RollbackCommand):
             if not self.updater.rollback("requested", cmd.reason or "cmd/rollback", cmd.deployment_id):
-                self._emit(P.DeploymentEvent(cmd.deployment_id or "manual", P.DeploymentState.FAILED, int(time.time() * 1000), "no-previous", "nothing to roll back to"))
+                self._emit(
+                    P.DeploymentEvent(
+                        cmd.deployment_id or "manual",
+                        P.DeploymentState.FAILED,
+                        int(time.time() * 1000),
+                        "no-previous",
+                        "nothing to roll back to",
+                    )
+                )
         elif isinstance(cmd, P.PingCommand):
             self.publish_info()
         elif isinstance(cmd, P.ConfigCommand):
@@ -405,7 +425,12 @@ class Agent:
                 "state_topic": self.topic(P.TELEMETRY),
                 "value_template": "{{ value_json.%s }}" % metric,
                 "availability_topic": self.topic(P.STATUS),
-                "device": {"identifiers": [f"edgefleet_{d.fleet}_{d.id}"], "name": d.id, "model": d.sku, "manufacturer": "edgefleet"},
+                "device": {
+                    "identifiers": [f"edgefleet_{d.fleet}_{d.id}"],
+                    "name": d.id,
+                    "model": d.sku,
+                    "manufacturer": "edgefleet",
+                },
             } | ({"unit_of_measurement": unit} if unit else {})
             topic = f"homeassistant/sensor/edgefleet_{d.fleet}_{d.id}/{metric}/config"
             self.mqtt.publish(topic, json.dumps(doc).encode(), qos=1, retain=True)
@@ -424,10 +449,21 @@ def status_document(home: Home, state: DeviceState, runtime_version: str | None 
     }
     if state.probation:
         pr = state.probation
-        doc["probation"] = {"deployment_id": pr.deployment_id, "version": pr.version, "started_ms": pr.started_ms, "boots": pr.boots}
+        doc["probation"] = {
+            "deployment_id": pr.deployment_id,
+            "version": pr.version,
+            "started_ms": pr.started_ms,
+            "boots": pr.boots,
+        }
     try:
         m = read_bundle(home.slot(state.active).read_bytes()).manifest
-        doc["model"] = {"name": m.name, "version": m.version, "sequence": m.sequence, "sha256": m.model.sha256, "runtime": m.runtime.name}
+        doc["model"] = {
+            "name": m.name,
+            "version": m.version,
+            "sequence": m.sequence,
+            "sha256": m.model.sha256,
+            "runtime": m.runtime.name,
+        }
         if runtime_version:
             doc["model"]["runtime_version"] = runtime_version
     except (OSError, EdgefleetError) as exc:

@@ -134,7 +134,10 @@ def _make_handler(
             body = self.rfile.read(length)
             if url.path == "/v1/rollback":
                 ok = rollback()
-                self._send(200 if ok else 409, {"rolled_back": ok} if ok else {"error": "nothing to roll back to", "code": "no-previous"})
+                self._send(
+                    200 if ok else 409,
+                    {"rolled_back": ok} if ok else {"error": "nothing to roll back to", "code": "no-previous"},
+                )
                 return
             if url.path != "/v1/predict":
                 self._send(404, {"error": f"no such endpoint {url.path}", "code": "not-found"})
@@ -179,7 +182,9 @@ class AgentClient:
         arrays = {"x": inputs} if isinstance(inputs, np.ndarray) else dict(inputs)
         buf = io.BytesIO()
         np.savez(buf, **arrays)
-        result: dict[str, Any] = self._call("POST", "/v1/predict" + ("?raw=1" if raw else ""), buf.getvalue(), "application/x-npz")
+        result: dict[str, Any] = self._call(
+            "POST", "/v1/predict" + ("?raw=1" if raw else ""), buf.getvalue(), "application/x-npz"
+        )
         return result
 
     def rollback(self) -> bool:

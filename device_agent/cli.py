@@ -38,7 +38,9 @@ def cli() -> None:
 
 @cli.command()
 @home_option
-@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
+)
 def run(home: Path, log_level: str) -> None:
     """Run the agent until SIGTERM/SIGINT (a second signal exits at once).
 
@@ -49,7 +51,9 @@ def run(home: Path, log_level: str) -> None:
     from device_agent.config import load_config
     from device_agent.home import Home
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     h = Home(home)
     agent = Agent(h, load_config(h.config))
     agent.start()
@@ -62,8 +66,11 @@ def run(home: Path, log_level: str) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    click.echo(f"edge-agent {__version__}: serving {agent.info().model.name if agent.info().model else '?'} "  # type: ignore[union-attr]
-               f"on {agent.api.url if agent.api else 'no local API'}", err=True)
+    click.echo(
+        f"edge-agent {__version__}: serving {agent.info().model.name if agent.info().model else '?'} "  # type: ignore[union-attr]
+        f"on {agent.api.url if agent.api else 'no local API'}",
+        err=True,
+    )
     agent.run()
 
 

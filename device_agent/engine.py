@@ -82,7 +82,9 @@ class InferenceEngine:
         cls = model.classify(floats)
         names = [s.name for s in model.manifest.inputs]
         inputs = dict(zip(names, feeds.values(), strict=False)) if len(feeds) == 1 == len(names) else feeds
-        tensors = {f"input:{k}": np.asarray(v) for k, v in inputs.items()} | {f"output:{k}": v for k, v in floats.items()}
+        tensors = {f"input:{k}": np.asarray(v) for k, v in inputs.items()} | {
+            f"output:{k}": v for k, v in floats.items()
+        }
         for w in windows:
             w.record(latency, top1=cls[0] if cls else None, conf=cls[1] if cls else None, tensors=tensors)
         return Prediction(

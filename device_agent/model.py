@@ -50,7 +50,9 @@ class LoadedModel:
         self._lock = threading.Lock()
         labels = bundle.read(self.manifest.postprocess.labels).decode() if self.manifest.postprocess.labels else ""
         self.labels = [line for line in labels.splitlines() if line]
-        self.drift_ref: dict[str, Any] | None = json.loads(bundle.read(self.manifest.drift)) if self.manifest.drift else None
+        self.drift_ref: dict[str, Any] | None = (
+            json.loads(bundle.read(self.manifest.drift)) if self.manifest.drift else None
+        )
 
     @classmethod
     def load(
@@ -145,7 +147,9 @@ class LoadedModel:
             have = np.concatenate(got[name]).astype(np.float64)
             want64 = want.astype(np.float64)
             if have.shape != want64.shape:
-                return SelfTestResult(False, float("inf"), None, f"output {name} has shape {have.shape}, expected {want64.shape}")
+                return SelfTestResult(
+                    False, float("inf"), None, f"output {name} has shape {have.shape}, expected {want64.shape}"
+                )
             worst = max(worst, float(np.abs(have - want64).max(initial=0.0)))
             close &= bool(np.allclose(have, want64, atol=spec.atol, rtol=spec.rtol))
         agreement = None

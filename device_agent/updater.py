@@ -64,7 +64,12 @@ def probation_verdict(
         p95 = snap.lat_ms.get("p95")
         if p95 is not None and cfg.latency_budget_ms and p95 > cfg.latency_budget_ms:
             return "rollback", f"probation-latency: p95 {p95:.2f} ms > budget {cfg.latency_budget_ms} ms"
-        if p95 is not None and baseline_p95_ms and cfg.max_latency_ratio and p95 > cfg.max_latency_ratio * baseline_p95_ms:
+        if (
+            p95 is not None
+            and baseline_p95_ms
+            and cfg.max_latency_ratio
+            and p95 > cfg.max_latency_ratio * baseline_p95_ms
+        ):
             return "rollback", (
                 f"probation-latency: p95 {p95:.2f} ms > {cfg.max_latency_ratio}x the previous model's {baseline_p95_ms:.2f} ms"
             )
@@ -133,10 +138,14 @@ class Updater:
     def _fall_back(self, error: Exception) -> LoadedModel:
         prev = self.state.previous
         if prev is None:
-            raise NoVerifiedModelError(f"active slot {self.state.active} does not verify ({error}) and there is no previous slot")
+            raise NoVerifiedModelError(
+                f"active slot {self.state.active} does not verify ({error}) and there is no previous slot"
+            )
         model = self._load_slot(prev)
         if self.state.probation is not None:
-            self._emit_event(self.state.probation.deployment_id, P.DeploymentState.ROLLED_BACK, "active-invalid", str(error))
+            self._emit_event(
+                self.state.probation.deployment_id, P.DeploymentState.ROLLED_BACK, "active-invalid", str(error)
+            )
         self.state.active, self.state.previous, self.state.probation = prev, None, None
         self.save()
         return model
@@ -159,7 +168,9 @@ class Updater:
             if busy:
                 self.state.remember_deployment(cmd.deployment_id, P.DeploymentState.REJECTED)
                 self.save()
-                self._emit_event(cmd.deployment_id, P.DeploymentState.REJECTED, "busy", "another deployment is in progress")
+                self._emit_event(
+                    cmd.deployment_id, P.DeploymentState.REJECTED, "busy", "another deployment is in progress"
+                )
                 return False
             slot = other(self.state.active)
             self.state.pending = Pending(cmd.deployment_id, cmd.request_id, cmd.url, cmd.sha256, cmd.size, slot)
@@ -204,7 +215,9 @@ class Updater:
         if slot_file.exists() and hashlib.sha256(slot_file.read_bytes()).hexdigest() == pending.sha256:
             return slot_file.read_bytes()  # installed before a restart
         self._step(pending.deployment_id, P.DeploymentState.DOWNLOADING)
-        path = self.fetcher.download(pending.url, self._download_path(pending.deployment_id), pending.size, pending.sha256)
+        path = self.fetcher.download(
+            pending.url, self._download_path(pending.deployment_id), pending.size, pending.sha256
+        )
         return path.read_bytes()
 
     def _install(self, pending: Pending, data: bytes, model: LoadedModel) -> None:
@@ -233,7 +246,9 @@ class Updater:
         m = model.manifest
         with self.lock:
             self.state.previous, self.state.active = self.state.active, pending.slot
-            self.state.probation = Probation(pending.slot, dep, m.name, m.version, m.sequence, self._now_ms(), 0, baseline)
+            self.state.probation = Probation(
+                pending.slot, dep, m.name, m.version, m.sequence, self._now_ms(), 0, baseline
+            )
             self.state.pending = None
             self.state.remember_deployment(dep, P.DeploymentState.PROBATION)
             self.save()
@@ -251,7 +266,9 @@ class Updater:
             if pr is None or engine is None:
                 return "none"
             snap = engine.model_window.snapshot(time.monotonic())
-            verdict, reason = probation_verdict(snap, self.config.probation, pr.baseline_p95_ms, (self._now_ms() - pr.started_ms) / 1000)
+            verdict, reason = probation_verdict(
+                snap, self.config.probation, pr.baseline_p95_ms, (self._now_ms() - pr.started_ms) / 1000
+            )
             if verdict == "commit":
                 self.state.committed[pr.name] = max(self.state.committed.get(pr.name, 0), pr.sequence)
                 self.state.probation = None
@@ -315,5 +332,7 @@ class Updater:
             self.save()
         self._emit_event(deployment_id, state, reason, detail)
 
-    def _emit_event(self, dep: str, state: P.DeploymentState, reason: str = "", detail: str = "", version: str | None = None) -> None:
+    def _emit_event(
+        self, dep: str, state: P.DeploymentState, reason: str = "", detail: str = "", version: str | None = None
+    ) -> None:
         self._emit(P.DeploymentEvent(dep, state, self._now_ms(), reason, detail[:1000], version))

@@ -7,7 +7,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from device_agent.bundle import PublicKey, TrustStore, verify_bundle
-from device_agent.config import AgentConfig, ApiSection, BrokerSection, DeviceSection, ReplaySection, TelemetrySection, TrustSection
+from device_agent.config import (
+    AgentConfig,
+    ApiSection,
+    BrokerSection,
+    DeviceSection,
+    ReplaySection,
+    TelemetrySection,
+    TrustSection,
+)
 from device_agent.errors import ConfigError
 from device_agent.fsutil import atomic_write
 from device_agent.home import DeviceState, Home
@@ -59,7 +67,10 @@ def flash(bundle_path: Path, target: Path, opts: FlashOptions) -> Home:
     home.create_dirs()
     for key in keys:
         atomic_write(home.trust / f"{key.keyid}.pub", key.to_pem())
-    tls = {name: _copy_tls(home, path) for name, path in (("cafile", opts.cafile), ("certfile", opts.certfile), ("keyfile", opts.keyfile))}
+    tls = {
+        name: _copy_tls(home, path)
+        for name, path in (("cafile", opts.cafile), ("certfile", opts.certfile), ("keyfile", opts.keyfile))
+    }
     config = AgentConfig(
         device=DeviceSection(id=opts.device_id, fleet=opts.fleet, sku=opts.sku, tags=opts.tags),
         broker=BrokerSection(url=opts.broker, username=opts.username, password=opts.password, **tls),
