@@ -8,6 +8,7 @@ only enqueues. ``stop()`` is warm (finish the current step); the CLI exits cold 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -155,9 +156,7 @@ class Agent:
             self._spawn("replay", self._replay)
         if self._want_api:
             host, _, port = self.config.api.listen.rpartition(":")
-            self.api = LocalApi(
-                lambda: self._engine(), self.status, self.manual_rollback, host or "127.0.0.1", int(port or 0)
-            )
+            self.api = LocalApi(self._engine, self.status, self.manual_rollback, host or "127.0.0.1", int(port or 0))
             self.api.start()
         atomic_write(
             self.home.run_file, json.dumps({"pid": os.getpid(), "api": self.api.url if self.api else None}).encode()
@@ -208,10 +207,8 @@ class Agent:
         for t in self._threads:
             t.join(timeout=30)
         if self.mqtt.is_connected:
-            try:
+            with contextlib.suppress(TransportError):
                 self.mqtt.publish(self.topic(P.STATUS), b"offline", qos=1, retain=True, timeout=2)
-            except TransportError:
-                pass
         self.mqtt.disconnect()
         if self.api is not None:
             self.api.stop()
@@ -423,7 +420,7 @@ class Agent:
                 "name": f"{d.id} {metric}",
                 "unique_id": f"edgefleet_{d.fleet}_{d.id}_{metric}",
                 "state_topic": self.topic(P.TELEMETRY),
-                "value_template": "{{ value_json.%s }}" % metric,
+                "value_template": f"{{{{ value_json.{metric} }}}}",
                 "availability_topic": self.topic(P.STATUS),
                 "device": {
                     "identifiers": [f"edgefleet_{d.fleet}_{d.id}"],

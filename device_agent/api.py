@@ -181,7 +181,7 @@ class AgentClient:
         """Send arrays as .npz (exact dtypes and shapes). Raises: ApiError, TransportError."""
         arrays = {"x": inputs} if isinstance(inputs, np.ndarray) else dict(inputs)
         buf = io.BytesIO()
-        np.savez(buf, **arrays)
+        np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub types the first kwarg as allow_pickle
         result: dict[str, Any] = self._call(
             "POST", "/v1/predict" + ("?raw=1" if raw else ""), buf.getvalue(), "application/x-npz"
         )

@@ -137,10 +137,13 @@ def _section(cls: type[Any], data: Any, name: str) -> Any:
     if unknown := sorted(set(data) - set(known)):
         raise ConfigError(f"agent.toml: unknown setting(s) in [{name}]: {', '.join(unknown)}")
     values: dict[str, Any] = {}
-    for key, value in data.items():
-        default = known[key].default
-        if default is dataclasses.MISSING and known[key].default_factory is not dataclasses.MISSING:
-            default = known[key].default_factory()
+    for key, raw in data.items():
+        value = raw
+        f = known[key]
+        default: Any = f.default
+        factory: Any = f.default_factory
+        if default is dataclasses.MISSING and factory is not dataclasses.MISSING:
+            default = factory()
         if isinstance(default, tuple):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"agent.toml: {name}.{key} must be a list of strings")

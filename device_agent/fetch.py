@@ -53,7 +53,7 @@ class Fetcher(ABC):
 
     @abstractmethod
     def _fetch(self, url: str, offset: int) -> Iterator[bytes]:
-        """Yield the resource's bytes from ``offset``; restart from 0 by raising ``RangeIgnored``.
+        """Yield the resource's bytes from ``offset``; restart from 0 by raising ``RangeIgnoredError``.
 
         Raises:
             TransportError: any network or server failure.
@@ -78,7 +78,7 @@ class Fetcher(ABC):
             try:
                 self._resume(url, part, size)
                 break
-            except RangeIgnored:
+            except RangeIgnoredError:
                 part.unlink(missing_ok=True)
                 last = DownloadError("server ignored the Range request; restarting from the beginning")
             except TransportError as exc:
@@ -113,7 +113,7 @@ class Fetcher(ABC):
             raise DownloadError(f"connection closed after {have} of {size} bytes")
 
 
-class RangeIgnored(TransportError):
+class RangeIgnoredError(TransportError):
     """The server answered a Range request with the whole resource."""
 
 
@@ -125,7 +125,7 @@ class HttpFetcher(Fetcher):
         try:
             with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
                 if offset and response.status != 206:
-                    raise RangeIgnored("Range ignored")
+                    raise RangeIgnoredError("Range ignored")
                 while chunk := response.read(CHUNK):
                     yield chunk
         except urllib.error.HTTPError as exc:

@@ -130,7 +130,7 @@ def test_rollback_command_reactivates_the_previous_slot(device, broker, server, 
 
 
 def test_each_deployment_id_is_acted_on_once(device, broker, server, bundles) -> None:
-    home, agent, watcher = device
+    _, _, watcher = device
     url, sha, size = server.publish("b.efb", bundles["v2"])
     cmd = P.DeployCommand("req-a", "dep-once", url, sha, size)
     send_command(broker.url, "test", "dev-1", cmd)
@@ -142,7 +142,7 @@ def test_each_deployment_id_is_acted_on_once(device, broker, server, bundles) ->
 
 
 def test_download_resumes_with_range_after_a_broken_connection(device, broker, server, bundles) -> None:
-    home, agent, watcher = device
+    _, _, watcher = device
     server.drop_after = 3000
     dep = deploy(broker, server, bundles["v2"])
     watcher.wait_event(dep, {S.SUCCEEDED})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from device_agent.bundle import PublicKey, TrustStore, verify_bundle
 from device_agent.config import (
@@ -40,7 +41,7 @@ class FlashOptions:
     replay_rate: float = 0.0
     api_listen: str = "127.0.0.1:0"
     force: bool = False
-    extra: dict[str, object] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # section name -> section dataclass
 
 
 def flash(bundle_path: Path, target: Path, opts: FlashOptions) -> Home:
@@ -67,13 +68,17 @@ def flash(bundle_path: Path, target: Path, opts: FlashOptions) -> Home:
     home.create_dirs()
     for key in keys:
         atomic_write(home.trust / f"{key.keyid}.pub", key.to_pem())
-    tls = {
-        name: _copy_tls(home, path)
-        for name, path in (("cafile", opts.cafile), ("certfile", opts.certfile), ("keyfile", opts.keyfile))
-    }
+    cafile, certfile, keyfile = (_copy_tls(home, p) for p in (opts.cafile, opts.certfile, opts.keyfile))
     config = AgentConfig(
         device=DeviceSection(id=opts.device_id, fleet=opts.fleet, sku=opts.sku, tags=opts.tags),
-        broker=BrokerSection(url=opts.broker, username=opts.username, password=opts.password, **tls),
+        broker=BrokerSection(
+            url=opts.broker,
+            username=opts.username,
+            password=opts.password,
+            cafile=cafile,
+            certfile=certfile,
+            keyfile=keyfile,
+        ),
         trust=TrustSection(threshold=opts.threshold),
         telemetry=TelemetrySection(interval_s=opts.telemetry_interval_s),
         api=ApiSection(listen=opts.api_listen),
