@@ -132,6 +132,7 @@ class Agent:
             keyfile=b.keyfile or None,
             keepalive=b.keepalive_s,
             protocol=b.protocol,
+            manual_ack=True,  # a command is acknowledged only once state.json records it
         )
 
     def topic(self, kind: str) -> str:
@@ -269,6 +270,7 @@ class Agent:
             self.handle_command(P.parse_command(kind, msg.payload))
         except ProtocolError as exc:
             log.warning("ignored malformed command on %s: %s", msg.topic, exc)
+        self.mqtt.ack(msg)
 
     def handle_command(self, cmd: P.Command) -> None:
         """Act on a command once per request id."""

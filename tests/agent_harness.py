@@ -198,6 +198,12 @@ class Watcher:
                 raise TimeoutError("condition not met")
             self._pump(0.1)
 
+    def drain(self, seconds: float = 0.3) -> None:
+        """Take in everything that arrives within ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self._pump(0.05)
+
     def states(self, deployment_id: str) -> list[str]:
         return [e.state.value for e in self.events if e.deployment_id == deployment_id]
 
