@@ -81,6 +81,9 @@ class Fetcher(ABC):
             except RangeIgnoredError:
                 part.unlink(missing_ok=True)
                 last = DownloadError("server ignored the Range request; restarting from the beginning")
+            except DownloadTooLargeError:
+                part.unlink(missing_ok=True)
+                raise  # retrying cannot help: the server sends something else than announced
             except TransportError as exc:
                 last = exc
         else:

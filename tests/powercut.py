@@ -36,7 +36,12 @@ from device_agent.home import Home, StateError
 from tests.agent_harness import ArtifactServer, Watcher, flash_device, package_tiny, send_deploy
 
 PHASES = ["DOWNLOADING", "VERIFYING", "INSTALLING", "SELFTEST", "PROBATION", "SUCCEEDED", "random"]
-TERMINAL = {P.DeploymentState.SUCCEEDED, P.DeploymentState.ROLLED_BACK, P.DeploymentState.REJECTED, P.DeploymentState.FAILED}
+TERMINAL = {
+    P.DeploymentState.SUCCEEDED,
+    P.DeploymentState.ROLLED_BACK,
+    P.DeploymentState.REJECTED,
+    P.DeploymentState.FAILED,
+}
 PROBATION = ProbationSection(min_inferences=30, seconds=3.0, max_error_rate=0.05, max_latency_ratio=0.0)
 
 
@@ -53,7 +58,11 @@ class KillResult:
 def start_agent(home: Home) -> subprocess.Popen[bytes]:
     exe = Path(sys.executable).parent / "edge-agent"
     home.run_file.unlink(missing_ok=True)
-    return subprocess.Popen([str(exe), "run", "--home", str(home.root), "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [str(exe), "run", "--home", str(home.root), "--log-level", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def wait_serving(home: Home, proc: subprocess.Popen[bytes], timeout: float = 30) -> str:
@@ -99,7 +108,15 @@ def run_power_cuts(
     rng = random.Random(seed)
     (workdir / "artifacts").mkdir(parents=True, exist_ok=True)
     server = ArtifactServer(workdir / "artifacts", throttle_bps=200_000)  # downloads take ~50 ms
-    home = flash_device(workdir, package_tiny(tiny, key, "1.0.0", 1), broker_url, pub, probation=PROBATION, replay_rate=100.0, telemetry_interval_s=1.0)
+    home = flash_device(
+        workdir,
+        package_tiny(tiny, key, "1.0.0", 1),
+        broker_url,
+        pub,
+        probation=PROBATION,
+        replay_rate=100.0,
+        telemetry_interval_s=1.0,
+    )
     trust = TrustStore.from_paths([pub])
     watcher = Watcher(broker_url)
     results: list[KillResult] = []

@@ -13,7 +13,11 @@ KILL_POINTS = 21  # three rounds over every phase; `make bench` runs 200
 
 
 def test_power_cuts_at_every_phase_leave_a_verified_model_and_valid_state(
-    tmp_path: Path, broker: LocalBroker, tiny_models: dict[str, Path], release_key: PrivateKey, key_files: tuple[Path, Path]
+    tmp_path: Path,
+    broker: LocalBroker,
+    tiny_models: dict[str, Path],
+    release_key: PrivateKey,
+    key_files: tuple[Path, Path],
 ) -> None:
     results = run_power_cuts(KILL_POINTS, 1234, tmp_path, broker.url, tiny_models, release_key, key_files[1])
     failures = [r for r in results if r.problem]
