@@ -15,6 +15,7 @@ a terminal state (it resumed, or rolled back, or was refused) with nothing left 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -160,8 +161,6 @@ def _wait_kill_point(watcher: Watcher, dep: str, target: str, rng: random.Random
     if target == "random":
         time.sleep(rng.uniform(0.0, 1.0))
         return
-    try:
+    with contextlib.suppress(TimeoutError):  # the deployment ended before that phase: kill wherever it is
         watcher.wait(lambda: target in watcher.states(dep), timeout=20)
-    except TimeoutError:
-        pass  # the deployment ended earlier than that phase; kill wherever it is
     time.sleep(rng.uniform(0.0, 0.03))
