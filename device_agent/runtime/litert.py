@@ -118,9 +118,12 @@ class LiteRTRuntime(Runtime):
                 resized = True
         if resized:
             self._it.allocate_tensors()
-        for spec, detail in zip(self._inputs, self._in, strict=True):
-            self._it.set_tensor(detail["index"], np.ascontiguousarray(feeds[spec.name]))
-        self._it.invoke()
+        try:
+            for spec, detail in zip(self._inputs, self._in, strict=True):
+                self._it.set_tensor(detail["index"], np.ascontiguousarray(feeds[spec.name]))
+            self._it.invoke()
+        except (RuntimeError, ValueError) as exc:  # the interpreter's own failures (bad op, bad tensor)
+            raise RuntimeLoadError(f"LiteRT failed to run the model: {str(exc)[:300]}") from None
         return {
             spec.name: self._it.get_tensor(d["index"]).copy() for spec, d in zip(self._outputs, self._out, strict=True)
         }

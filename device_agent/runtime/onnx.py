@@ -76,7 +76,10 @@ class OnnxRuntime(Runtime):
             if spec.name not in feeds:
                 raise RuntimeLoadError(f"missing input {spec.name!r}")
             check_feed(spec, np.asarray(feeds[spec.name]))
-        results = self._session.run(None, {s.name: np.asarray(feeds[s.name]) for s in self._inputs})
+        try:
+            results = self._session.run(None, {s.name: np.asarray(feeds[s.name]) for s in self._inputs})
+        except Exception as exc:  # onnxruntime raises untyped errors (Fail, InvalidArgument, ...)
+            raise RuntimeLoadError(f"ONNX Runtime failed to run the model: {str(exc)[:300]}") from None
         return {spec.name: np.asarray(r) for spec, r in zip(self._outputs, results, strict=True)}
 
 
