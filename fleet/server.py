@@ -77,7 +77,7 @@ class FleetServer:
             MqttConfig(
                 url=config.broker,
                 client_id=f"fleetctl-{config.fleet}-{config.instance}",
-                session_expiry=config.session_expiry,
+                session_expiry_s=config.session_expiry,
             ),
             max_queued=100_000,
         )

@@ -6,6 +6,7 @@ Used by the test-suite and the quick demo. Deterministic: fixed seeds, fixed spl
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ def digits_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 def build(out: Path) -> dict[str, Path]:
     import keras
 
-    from toolchain.backends.tensorflow import keras_to_onnx, keras_to_tflite, tf  # sets TF's log level first
+    from toolchain.backends.tensorflow import export_saved_model, keras_to_onnx, keras_to_tflite, tf  # log level first
 
     keras.utils.set_random_seed(SEED)
     tf.config.experimental.enable_op_determinism()
@@ -49,6 +50,7 @@ def build(out: Path) -> dict[str, Path]:
     paths = {
         "keras": out / "model.keras",
         "tflite": out / "model.tflite",
+        "tflite_int8": out / "model_int8.tflite",
         "onnx": out / "model.onnx",
         "calibration": out / "calib.npz",
         "eval": out / "eval.npz",
@@ -57,7 +59,20 @@ def build(out: Path) -> dict[str, Path]:
     model.save(paths["keras"])
     keras_to_tflite(model, paths["tflite"])
     keras_to_onnx(model, paths["onnx"])
+    paths["tflite_int8"].write_bytes(_full_int8(tf, export_saved_model(model, out / "saved_model"), x_train[:100]))
     paths["calibration"].write_bytes(save_npz({"x": x_train[:200]}))
     paths["eval"].write_bytes(save_npz({"x": x_test, "y": y_test}))
     paths["labels"].write_text("".join(f"{d}\n" for d in range(10)))
     return paths
+
+
+def _full_int8(tf: Any, saved_model: Path, calibration: np.ndarray) -> bytes:
+    """Full-integer TFLite with int8 input and output (exercises the agent's quantized I/O path)."""
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([calibration[i : i + 1]] for i in range(len(calibration)))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    data: bytes = converter.convert()
+    return data

@@ -73,6 +73,7 @@ def tiny_models(request: pytest.FixtureRequest) -> dict[str, Path]:
     names = {
         "keras": "model.keras",
         "tflite": "model.tflite",
+        "tflite_int8": "model_int8.tflite",
         "onnx": "model.onnx",
         "calibration": "calib.npz",
         "eval": "eval.npz",

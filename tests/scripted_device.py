@@ -57,7 +57,7 @@ class ScriptedDevice:
         self._stop = threading.Event()
         self._seq = 0
         cfg = MqttConfig(url=self.broker_url, client_id=self.device_id, username=self.username,
-                         password=self.password, session_expiry=600)  # fmt: skip
+                         password=self.password, session_expiry_s=600)  # fmt: skip
         self.client = MqttClient(cfg)
         self._thread = threading.Thread(target=self._loop, name=f"device-{self.device_id}", daemon=True)
 

@@ -14,6 +14,7 @@ import numpy as np
 from device_agent.bundle.archive import FIXED_DATE
 from device_agent.bundle.manifest import TensorInfo
 from device_agent.errors import ConfigError
+from device_agent.runtime.base import quantize
 
 
 class DataError(ConfigError):
@@ -61,8 +62,8 @@ def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
 def feeds_for(arrays: Mapping[str, np.ndarray], inputs: Sequence[TensorInfo], source: str) -> dict[str, np.ndarray]:
     """Map arrays to model inputs: ``x`` for a single-input model, else one array per input name.
 
-    Samples run along axis 0. Floating data is cast to a floating input's precision; any other
-    dtype mismatch, a missing input, or a per-sample shape that does not fit is an error.
+    Samples run along axis 0. Floating data is cast to a floating input's precision, or quantized
+    with a quantized input's scale and zero-point; any other dtype mismatch, a missing input, or a per-sample shape that does not fit is an error.
 
     Raises:
         DataError: naming the input and what was expected.
@@ -79,6 +80,8 @@ def feeds_for(arrays: Mapping[str, np.ndarray], inputs: Sequence[TensorInfo], so
         if a.dtype != want:
             if a.dtype.kind == "f" and want.kind == "f":
                 a = a.astype(want)
+            elif a.dtype.kind == "f" and spec.quantization is not None:
+                a = quantize(a, spec)  # float data for a quantized input: the input's own scale/zero-point
             else:
                 raise DataError(f"{source}: input {spec.name!r} needs {want.name}, the data is {a.dtype.name}")
         sample = spec.shape[1:] if spec.shape else ()

@@ -31,6 +31,7 @@ from device_agent.bundle import (
 )
 from device_agent.errors import ConfigError
 from device_agent.runtime import Runtime, load_runtime
+from device_agent.runtime.base import dequantize
 from toolchain.npzio import DataError, feeds_for, load_arrays, save_npz
 
 RUNTIME_BY_SUFFIX = {".tflite": "tflite", ".onnx": "onnx"}
@@ -201,11 +202,14 @@ def _histogram(values: np.ndarray, edges: np.ndarray | None = None) -> dict[str,
 def drift_reference(runtime: Runtime, feeds: Mapping[str, np.ndarray], post: Postprocess) -> bytes:
     """Reference histograms (inner bin edges and fractions) of inputs and outputs, for PSI on the device."""
     sample = {k: v[:DRIFT_SAMPLES] for k, v in feeds.items()}
-    outputs = run_samples(runtime, sample)
+    raw = run_samples(runtime, sample)
+    # Histograms live in the float domain (quantized tensors dequantized), as the agent records them.
+    inputs = {s.name: dequantize(sample[s.name], s) for s in runtime.inputs}
+    outputs = {s.name: dequantize(raw[s.name], s) for s in runtime.outputs}
     ref: dict[str, Any] = {
         "version": 1,
         "samples": len(next(iter(sample.values()))),
-        "inputs": {k: _histogram(v) for k, v in sample.items()},
+        "inputs": {k: _histogram(v) for k, v in inputs.items()},
         "outputs": {k: _histogram(v) for k, v in outputs.items()},
     }
     if post.kind == "classification" and post.output is not None:
