@@ -67,7 +67,9 @@ class MqttConfig:
     connect_timeout: float = 10.0  # seconds
     protocol: str = "auto"  # "auto" (MQTT 5, falling back to 3.1.1), "5" or "3.1.1"
     clean_start: bool = False  # keep the session (and QoS 1 commands queued while offline)
-    session_expiry_s: int = 7 * 24 * 3600  # MQTT 5: how long the broker keeps that session (0: ends with it)
+    # MQTT 5: how long the broker keeps that session (0: ends with it). Sent only with protocol="5":
+    # "auto" sends no CONNECT properties, because the embedded amqtt broker stalls on them.
+    session_expiry_s: int = 7 * 24 * 3600
     manual_ack: bool = False  # acknowledge QoS>0 messages only when the caller says it acted on them
 
 
@@ -177,7 +179,7 @@ class MqttClient:
         self._client = client
 
     def _connect_properties(self) -> Any:
-        if not self.config.session_expiry_s:
+        if self.config.protocol != "5" or not self.config.session_expiry_s:
             return None
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
