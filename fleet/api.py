@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from device_agent.errors import BundleError, ConfigError, EdgefleetError
@@ -37,9 +38,12 @@ class GatesIn(BaseModel):
     max_p95_ratio: float = 1.5
     max_psi: float = 0.25
     max_conf_drop: float = 0.10
+    health_settle_s: Annotated[float, Field(ge=0)] = 10.0
+    min_p95_delta_ms: Annotated[float, Field(ge=0)] = 2.0
 
     def to_gates(self) -> Gates:
-        health = HealthGate(self.max_error_rate_increase, self.max_p95_ratio, self.max_psi, self.max_conf_drop)
+        health = HealthGate(self.max_error_rate_increase, self.max_p95_ratio, self.max_psi, self.max_conf_drop,
+                            settle_s=self.health_settle_s, min_p95_delta_ms=self.min_p95_delta_ms)  # fmt: skip
         return Gates(Threshold.parse(self.success), Threshold.parse(self.failure), self.bake_s,
                      self.device_timeout_s, self.retries, self.max_concurrent, self.rate_per_min,
                      health=health if self.health else None)  # fmt: skip
@@ -184,11 +188,14 @@ def _rollout_routes(app: FastAPI, service: FleetService, actor: Any) -> None:
 
 
 def ranged(path: Path, header: str | None) -> Response:
-    """The file, or the one byte range asked for (``bytes=A-B``, ``bytes=A-``, ``bytes=-N``): 206 or 416."""
+    """The file, or the one byte range asked for (``bytes=A-B``, ``bytes=A-``, ``bytes=-N``): 206 or 416.
+
+    Streamed in chunks from a plain generator (no lazily imported async file layer).
+    """
     size = path.stat().st_size
     base = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
     if not header:
-        return FileResponse(path, headers={"Accept-Ranges": "bytes"}, media_type=base["Content-Type"])
+        return StreamingResponse(_chunks(path, 0, size), headers={**base, "Content-Length": str(size)})
     unit, _, spec = header.partition("=")
     start_s, dash, end_s = spec.strip().partition("-")
     try:
@@ -202,7 +209,13 @@ def ranged(path: Path, header: str | None) -> Response:
             raise ValueError(header)
     except ValueError:
         return Response(status_code=416, headers={**base, "Content-Range": f"bytes */{size}"})
+    headers = {**base, "Content-Range": f"bytes {start}-{end}/{size}", "Content-Length": str(end - start + 1)}
+    return StreamingResponse(_chunks(path, start, end - start + 1), status_code=206, headers=headers)
+
+
+def _chunks(path: Path, start: int, length: int, chunk: int = 1 << 20) -> Iterator[bytes]:
     with path.open("rb") as fh:
         fh.seek(start)
-        data = fh.read(end - start + 1)
-    return Response(data, status_code=206, headers={**base, "Content-Range": f"bytes {start}-{end}/{size}"})
+        while length > 0 and (data := fh.read(min(chunk, length))):
+            length -= len(data)
+            yield data

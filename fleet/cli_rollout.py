@@ -50,6 +50,22 @@ def rollout() -> None:
 @click.option("--max-error-increase", type=float, default=0.05, show_default=True, help="Health gate: error rate.")
 @click.option("--max-psi", type=float, default=0.25, show_default=True, help="Health gate: drift (mean psi_max).")
 @click.option("--max-conf-drop", type=float, default=0.10, show_default=True, help="Health gate: mean confidence.")
+@click.option(
+    "--health-settle",
+    "health_settle_s",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds after a device's success before its telemetry counts in the health gate.",
+)
+@click.option(
+    "--min-p95-delta",
+    "min_p95_delta_ms",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Health gate: a p95 ratio only trips if updated p95 exceeds baseline by more ms than this.",
+)
 @json_option
 @click.pass_context
 def rollout_start(ctx: click.Context, /, **opts: Any) -> None:

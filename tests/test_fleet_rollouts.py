@@ -140,7 +140,7 @@ def test_model_health_gate_trips_on_one_skus_latency_and_rolls_back(
     with scripted(h, broker, telemetry_for=telemetry, telemetry_interval=0.2) as devices:
         wait_until(lambda: all(h.server.ingest.health(d.device_id) for d in devices), what="baseline telemetry")
         rid = start_rollout(h, tmp_path, release_key, stages=["25%", "100%"],
-                            gates={"bake_s": 30, "max_p95_ratio": 1.5})  # fmt: skip
+                            gates={"bake_s": 30, "max_p95_ratio": 1.5, "health_settle_s": 0.5})  # fmt: skip
         status = finished(h, rid, "ABORTED", "SUCCEEDED")
         assert status["state"] == "ABORTED"
         assert "model health: sku jetson: p95 latency 30.0 ms vs 10.0 ms" in str(status["reason"])

@@ -167,11 +167,13 @@ def test_manual_approval_gate_and_operator_commands() -> None:
 
 
 def test_health_gate_compares_updated_cohort_with_baseline_of_the_same_sku() -> None:
+    gate = HealthGate(settle_s=2.0)
     devices = tuple(
         replace(d, health=Health(T0 + 5, error_rate=0.0, lat_p95_ms=10.0, psi_max=0.01, conf_mean=0.9))
         for d in fleet(4)
     )
-    v = RolloutView(1, spec("50%", "100%", bake_s=100.0), RolloutState.RUNNING, 0, Phase.BAKING, T0, devices, {})
+    v = RolloutView(1, spec("50%", "100%", bake_s=100.0, health=gate), RolloutState.RUNNING, 0, Phase.BAKING, T0,
+                    devices, {})  # fmt: skip
     deps = {
         d.id: DeploymentView(d.id, deployment_id(1, d.id, 1), D.SUCCEEDED, 0, sent_at=T0, finished_at=T0)
         for d in devices
@@ -184,7 +186,11 @@ def test_health_gate_compares_updated_cohort_with_baseline_of_the_same_sku() -> 
     assert "sku b: p95 latency" in acts[0].reason
     stale = tuple(replace(d, health=replace(d.health, ts=T0 - 1)) if d.id == "b-0" else d for d in slow)  # type: ignore[arg-type]
     assert engine.tick(replace(v, devices=stale, deployments=deps), T0 + 10) == []  # old-model numbers ignored
-    lenient = spec("50%", "100%", bake_s=100.0, health=HealthGate(max_p95_ratio=5.0))
+    fresh = tuple(replace(d, health=replace(d.health, ts=T0 + 1)) if d.id == "b-0" else d for d in slow)  # type: ignore[arg-type]
+    assert engine.tick(replace(v, devices=fresh, deployments=deps), T0 + 10) == []  # not settled yet
+    tiny = tuple(replace(d, health=replace(d.health, lat_p95_ms=d.health.lat_p95_ms / 10)) for d in slow)  # type: ignore[arg-type, union-attr]
+    assert engine.tick(replace(v, devices=tiny, deployments=deps), T0 + 10) == []  # 3.0 vs 1.0 ms: under the delta
+    lenient = spec("50%", "100%", bake_s=100.0, health=HealthGate(max_p95_ratio=5.0, settle_s=2.0))
     assert engine.tick(replace(v, spec=lenient, devices=slow, deployments=deps), T0 + 10) == []
 
 

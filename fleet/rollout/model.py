@@ -76,6 +76,8 @@ class HealthGate:
     max_psi: float = 0.25  # mean psi_max of the updated cohort (input/output drift)
     max_conf_drop: float = 0.10  # baseline conf_mean - updated conf_mean
     min_devices: int = 1  # per cohort and sku, below which the comparison is skipped
+    settle_s: float = 10.0  # seconds after a device's success before its telemetry counts (new-model warm-up)
+    min_p95_delta_ms: float = 2.0  # a p95 ratio only counts if the difference is larger (sub-ms noise)
 
 
 @dataclass(frozen=True)
