@@ -11,7 +11,7 @@ import queue
 import ssl
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -67,8 +67,8 @@ class MqttConfig:
     connect_timeout: float = 10.0  # seconds
     protocol: str = "auto"  # "auto" (MQTT 5, falling back to 3.1.1), "5" or "3.1.1"
     clean_start: bool = False  # keep the session (and QoS 1 commands queued while offline)
-    # MQTT 5: how long the broker keeps that session (0: ends with it). Sent only with protocol="5":
-    # "auto" sends no CONNECT properties, because the embedded amqtt broker stalls on them.
+    # MQTT 5: how long the broker keeps that session (0: ends with it), sent as a CONNECT property.
+    # With "auto", a throw-away probe connection first learns the version: amqtt stalls on properties.
     session_expiry_s: int = 7 * 24 * 3600
     manual_ack: bool = False  # acknowledge QoS>0 messages only when the caller says it acted on them
 
@@ -99,6 +99,7 @@ class MqttClient:
         self.messages: queue.Queue[Message] = queue.Queue(maxsize=max_queued)
         self.dropped = 0  # messages dropped because the queue was full
         self.protocol_version: str | None = None
+        self._negotiated: str | None = None  # what a probe learned for protocol "auto"
         self._connected = threading.Event()
         self._connack: threading.Event = threading.Event()
         self._connack_error: str | None = None
@@ -119,6 +120,8 @@ class MqttClient:
         versions = {"auto": ["5", "3.1.1"], "5": ["5"], "3.1.1": ["3.1.1"]}.get(self.config.protocol)
         if versions is None:
             raise ConfigError(f"unknown MQTT protocol {self.config.protocol!r}")
+        if self.config.protocol == "auto" and self._keeps_session():
+            versions = [self._probe_version()]
         error = "no protocol version tried"
         for version in versions:
             try:
@@ -178,8 +181,23 @@ class MqttClient:
             raise TransportError(self._connack_error or f"broker {self.broker} did not answer CONNECT in time")
         self._client = client
 
+    def _keeps_session(self) -> bool:
+        return not self.config.clean_start and self.config.session_expiry_s > 0
+
+    def _probe_version(self) -> str:
+        """The version the broker speaks, learned once on a clean throw-away connection (another client
+        id), so the real CONNECT can carry properties without touching the real session. Raises:
+        TransportError."""
+        if self._negotiated is None:
+            probe_id = f"{self.config.client_id[:50]}-probe"
+            probe = MqttClient(replace(self.config, client_id=probe_id, clean_start=True, session_expiry_s=0))
+            probe.connect()
+            self._negotiated = probe.protocol_version or "3.1.1"
+            probe.disconnect()
+        return self._negotiated
+
     def _connect_properties(self) -> Any:
-        if self.config.protocol != "5" or not self.config.session_expiry_s:
+        if not self._keeps_session():
             return None
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties

@@ -13,7 +13,7 @@ import secrets
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from device_agent.bundle import TrustStore
@@ -59,16 +59,6 @@ def pump(client: MqttClient, ingest: Ingest, stop: threading.Event) -> None:
     ingest.flush()
 
 
-def negotiated_protocol(url: str, client_id: str) -> str:
-    """The MQTT version the broker speaks, learned on a throw-away connection (so that the real one
-    can ask an MQTT 5 broker to keep its session). Raises: TransportError."""
-    probe = MqttClient(MqttConfig(url=url, client_id=f"{client_id}-probe", clean_start=True, session_expiry_s=0))
-    probe.connect()
-    version = probe.protocol_version or "3.1.1"
-    probe.disconnect()
-    return version
-
-
 def _exit_warmly(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
@@ -104,8 +94,6 @@ class FleetServer:
             TransportError: the broker is unreachable.
             ConfigError: ``ingest_only`` without MQTT 5.
         """
-        version = negotiated_protocol(self.config.broker, self.mqtt.config.client_id)
-        self.mqtt.config = replace(self.mqtt.config, protocol=version)  # "5" sends our session expiry
         self.mqtt.connect()
         filters = subscriptions(self.config.fleet, self.mqtt.protocol_version)
         if self.config.ingest_only:
