@@ -10,9 +10,9 @@ from pathlib import Path
 
 import click
 
-from bench import verify
+from bench import agent, powercut, verify
 
-SECTIONS = {"verify": verify.run}
+SECTIONS = {"verify": verify.run, "agent": agent.run, "powercut": powercut.run}
 OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 

@@ -100,12 +100,15 @@ class Agent:
         fetcher: Fetcher | None = None,
         faults: FaultPlan | None = None,
         api: bool = True,
+        step_delay_s: float = 0.0,
     ) -> None:
         self.home, self.config = home, config
         d = config.download
         self.fetcher = fetcher or HttpFetcher(FetchConfig(d.timeout_s, d.retries, d.backoff_s, d.max_bytes))
         self.trust = TrustStore.from_paths([home.trust], config.trust.threshold)
-        self.updater = Updater(home, config, self.trust, self.fetcher, self._emit, self.capabilities, faults)
+        self.updater = Updater(
+            home, config, self.trust, self.fetcher, self._emit, self.capabilities, faults, step_delay_s=step_delay_s
+        )
         self.events: collections.deque[P.DeploymentEvent] = collections.deque(maxlen=MAX_PENDING_EVENTS)
         self.spool = Spool(home.spool, config.telemetry.spool_max_points)
         self.telemetry_interval = config.telemetry.interval_s

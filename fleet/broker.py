@@ -4,6 +4,7 @@ else the embedded amqtt broker (and the caller is told which, so output can say 
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import signal
@@ -108,6 +109,8 @@ def start_mosquitto(
     log_path = wd / "mosquitto.log"
     config = wd / "mosquitto.conf"
     lines = [
+        # as root, mosquitto would switch to the "mosquitto" user and lose access to workdir
+        f"user {getpass.getuser()}",
         "per_listener_settings false",
         f"listener {port} 127.0.0.1",
         f"allow_anonymous {'true' if anonymous else 'false'}",
