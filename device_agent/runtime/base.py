@@ -26,21 +26,27 @@ class RuntimeLoadError(EdgefleetError):
 
 
 class Runtime(ABC):
-    """A loaded model. ``run`` takes and returns arrays keyed by tensor name."""
+    """A loaded model. ``run`` takes and returns arrays keyed by tensor name.
+
+    Backends set ``_version``, ``_inputs`` and ``_outputs`` when they load the model.
+    """
 
     name: ClassVar[str]
+    _version: str
+    _inputs: tuple[TensorInfo, ...]
+    _outputs: tuple[TensorInfo, ...]
 
     @property
-    @abstractmethod
-    def version(self) -> str: ...
+    def version(self) -> str:
+        return self._version
 
     @property
-    @abstractmethod
-    def inputs(self) -> tuple[TensorInfo, ...]: ...
+    def inputs(self) -> tuple[TensorInfo, ...]:
+        return self._inputs
 
     @property
-    @abstractmethod
-    def outputs(self) -> tuple[TensorInfo, ...]: ...
+    def outputs(self) -> tuple[TensorInfo, ...]:
+        return self._outputs
 
     @abstractmethod
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
