@@ -68,10 +68,10 @@ def run(home: Path, log_level: str) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    m = agent.info().model
+    served = f"{m.name} {m.version}" if m else "no model"
     click.echo(
-        f"edge-agent {__version__}: serving {agent.info().model.name if agent.info().model else '?'} "  # type: ignore[union-attr]
-        f"on {agent.api.url if agent.api else 'no local API'}",
-        err=True,
+        f"edge-agent {__version__}: serving {served} on {agent.api.url if agent.api else 'no local API'}", err=True
     )
     agent.run()
 

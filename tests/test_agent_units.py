@@ -160,3 +160,17 @@ def test_psi_detects_drift() -> None:
     assert w.snapshot(1.0).psi["input:x"] < 0.01
     w.record_tensors({"input:x": np.full(4000, 0.9)})
     assert w.snapshot(1.0).psi["input:x"] > 0.5
+
+
+def test_reconnect_backoff_doubles_with_jitter_and_caps() -> None:
+    import random
+
+    from device_agent.agent import Backoff
+
+    b = Backoff(1.0, 8.0, random.Random(1))
+    delays = [b.next_delay() for _ in range(6)]
+    for delay, step in zip(delays, [1, 2, 4, 8, 8, 8], strict=True):
+        assert step / 2 <= delay <= step
+    assert len(set(delays)) == 6  # jittered, not lockstep
+    b.reset()
+    assert b.next_delay() <= 1.0
