@@ -36,7 +36,7 @@ from device_agent.mqtt import MqttClient, MqttConfig, Will
 from device_agent.runtime import available_runtimes
 from device_agent.spool import Spool
 from device_agent.stats import Snapshot
-from device_agent.updater import FaultPlan, Updater
+from device_agent.updater import DeviceCrashed, FaultPlan, Updater
 
 log = logging.getLogger("edge-agent")
 MAX_PENDING_EVENTS = 1000
@@ -143,6 +143,8 @@ class Agent:
         self.engine: InferenceEngine | None = None
         self._threads: list[threading.Thread] = []
         self._info_dirty = False
+        self._offline_until = 0.0  # simulations: stay away from the broker until then
+        self._drop_connection = threading.Event()
 
     def _mqtt_config(self) -> MqttConfig:
         b = self.config.broker
@@ -208,7 +210,10 @@ class Agent:
         try:
             while not self.stop_event.is_set():
                 now = time.monotonic()
-                if not self.mqtt.is_connected and now >= next_connect:
+                if self._drop_connection.is_set():
+                    self._drop_connection.clear()
+                    self.mqtt.abort()
+                if not self.mqtt.is_connected and now >= next_connect and now >= self._offline_until:
                     if self._connect():
                         reconnect.reset()
                     else:
@@ -228,9 +233,22 @@ class Agent:
         self.stop_event.set()
         self._work.set()
 
+    def go_offline(self, seconds: float) -> None:
+        """Lose the broker connection abruptly and stay offline for ``seconds`` (simulated outages)."""
+        self._offline_until = time.monotonic() + seconds
+        self._drop_connection.set()
+
+    def crash(self) -> None:
+        """Stop at once as a dying device would: the connection drops without a goodbye (the broker
+        publishes the last will) and nothing is flushed. Used by simulations."""
+        self._drop_connection.set()
+        self.stop()
+
     def teardown(self) -> None:
         for t in self._threads:
             t.join(timeout=30)
+        if self._drop_connection.is_set():  # crash(): no goodbye, the broker publishes the will
+            self.mqtt.abort()
         if self.mqtt.is_connected:
             with contextlib.suppress(TransportError):
                 self.mqtt.publish(self.topic(P.STATUS), b"offline", qos=1, retain=True, timeout=2)
@@ -340,6 +358,8 @@ class Agent:
                 self.updater.run_pending()
             except EdgefleetError as exc:
                 log.error("deployment failed: %s", exc)
+            except DeviceCrashed:
+                return  # a simulated device died here; its simulator reboots it
 
     def _replay(self) -> None:
         """Feed the active model its own self-test inputs at ``replay.rate`` per second (demos, simulation)."""

@@ -255,6 +255,17 @@ class MqttClient:
         if client is not None and message.qos > 0 and self.config.manual_ack:
             client.ack(message.mid, message.qos)
 
+    def abort(self) -> None:
+        """Drop the connection without DISCONNECT, as a crash or a cut cable would: the broker
+        then publishes the last will."""
+        client, self._client = self._client, None
+        if client is not None:
+            sock = client.socket()
+            if sock is not None:
+                sock.close()
+            client.loop_stop()
+        self._connected.clear()
+
     def disconnect(self) -> None:
         client, self._client = self._client, None
         if client is not None:
