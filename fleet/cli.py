@@ -14,8 +14,18 @@ from device_agent._cli import Group, debug_option
 def cli() -> None:
     """Operate a fleet: registry, releases, staged rollouts, telemetry.
 
-    The fleet manager commands arrive with the fleet-manager issue; today this prints its version.
+    Today: `simulate` (a fleet of simulated devices running the real agent code). The registry,
+    releases and rollouts arrive with the fleet-manager issue.
     """
+
+
+def _register() -> None:
+    from fleet.simulate import simulate_command
+
+    cli.add_command(simulate_command)
+
+
+_register()
 
 
 def main() -> None:

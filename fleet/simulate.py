@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import click
+
 from device_agent.agent import Agent
 from device_agent.config import ProbationSection, TelemetrySection, load_config
 from device_agent.errors import ConfigError
@@ -224,3 +226,74 @@ def run_simulation(config: SimulationConfig, duration_s: float | None, report_ev
         summary = sim.summary()
         sim.stop()
     return summary
+
+
+@click.command("simulate")
+@click.option("--devices", required=True, type=click.IntRange(min=1), help="How many devices.")
+@click.option("--fleet", default="default", show_default=True, help="Fleet id.")
+@click.option("--broker", required=True, help="mqtt://HOST:PORT of the fleet's broker.")
+@click.option(
+    "--bundle",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Initial bundle, committed on every device.",
+)
+@click.option(
+    "--trust",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Release public key(s) (repeat).",
+)
+@click.option("--skus", default="sim", show_default=True, help="Comma-separated skus, assigned round-robin.")
+@click.option("--fault", "faults", multiple=True, help="NAME@VERSION[:SKU]=selftest|slow|crash (repeat).")
+@click.option(
+    "--offline-rate",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0.0, 0.99),
+    help="Fraction of devices offline at any time.",
+)
+@click.option("--duration", type=click.FloatRange(min=0), help="Seconds to run (default: until Ctrl-C).")
+@click.option("--telemetry-interval", default=5.0, show_default=True, type=click.FloatRange(min=0.1), help="Seconds.")
+@click.option(
+    "--replay-rate",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Inferences per second per device.",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep device homes here (default: a temporary directory).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
+def simulate_command(
+    devices: int, fleet: str, broker: str, bundle: Path, trust: tuple[Path, ...], skus: str, faults: tuple[str, ...],
+    offline_rate: float, duration: float | None, telemetry_interval: float, replay_rate: float, workdir: Path | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Run N simulated devices with the real device-agent code, with injected faults.
+
+    Each device has its own home, MQTT session, update pipeline and telemetry; inference runs in
+    the bundle's real runtime. Faults: `selftest` (the release's self-test fails on that sku),
+    `slow` (inference gets slower: probation's latency gate trips), `crash` (the device dies while
+    installing, reboots, and gives up after repeated crashes).
+    """
+    import json
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("edge-agent").setLevel(logging.WARNING)
+    config = SimulationConfig(
+        devices=devices, fleet=fleet, broker=broker, bundle=bundle, trust=list(trust),
+        skus=tuple(s.strip() for s in skus.split(",") if s.strip()), faults=tuple(Fault.parse(f) for f in faults),
+        offline_rate=offline_rate, workdir=workdir, telemetry_interval_s=telemetry_interval, replay_rate=replay_rate,
+    )  # fmt: skip
+    click.echo(f"simulating {devices} devices of fleet {fleet} on {broker} (Ctrl-C to stop)", err=True)
+    summary = run_simulation(config, duration)
+    click.echo(
+        json.dumps(summary)
+        if as_json
+        else f"versions {summary['versions']}, states {summary['states']}, crashes {summary['crashes']}"
+    )

@@ -68,3 +68,30 @@ def test_simulated_devices_run_the_real_update_path_with_injected_faults(
         sim.stop()
         watcher.close()
         server.close()
+
+
+def test_fleetctl_simulate_command(tmp_path: Path, broker: LocalBroker, tiny_models, release_key, key_files) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from fleet.cli import cli
+
+    initial = tmp_path / "digits-1.0.0.efb"
+    initial.write_bytes(package_tiny(tiny_models, release_key, "1.0.0", 1))
+    watcher = Watcher(broker.url, fleet="sim")
+    args = ["simulate", "--devices", "3", "--fleet", "sim", "--broker", broker.url, "--bundle", str(initial),
+            "--trust", str(key_files[1]), "--skus", "a,b", "--duration", "4", "--telemetry-interval", "0.5", "--json"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    watcher.drain(1.0)
+    watcher.close()
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.splitlines()[-1]) == {
+        "devices": 3,
+        "versions": {"1.0.0": 3},
+        "states": {"committed": 3},
+        "crashes": 0,
+    }
+    assert {d for d, _ in watcher.telemetry} == {"sim-00000", "sim-00001", "sim-00002"}
+    bad = CliRunner().invoke(cli, [*args[:-1], "--fault", "digits=boom"])
+    assert bad.exit_code == 1 and "NAME@VERSION" in bad.output
