@@ -36,7 +36,7 @@ from device_agent.mqtt import MqttClient, MqttConfig, Will
 from device_agent.runtime import available_runtimes
 from device_agent.spool import Spool
 from device_agent.stats import Snapshot
-from device_agent.updater import FaultPlan, Updater
+from device_agent.updater import DeviceCrashed, FaultPlan, Updater
 
 log = logging.getLogger("edge-agent")
 MAX_PENDING_EVENTS = 1000
@@ -49,6 +49,27 @@ HA_METRICS = {
     "cpu_pct": "%",
     "rss_mb": "MB",
 }
+
+
+@dataclass
+class Backoff:
+    """Reconnect delays: doubling from ``min_s`` up to ``max_s``, each drawn from the upper half of
+    the current step (jitter, so a fleet that lost its broker does not reconnect in lockstep)."""
+
+    min_s: float
+    max_s: float
+    rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        self._step = self.min_s
+
+    def next_delay(self) -> float:
+        delay = self.rng.uniform(self._step / 2, self._step)
+        self._step = min(self._step * 2, self.max_s)
+        return delay
+
+    def reset(self) -> None:
+        self._step = self.min_s
 
 
 @dataclass
@@ -100,12 +121,15 @@ class Agent:
         fetcher: Fetcher | None = None,
         faults: FaultPlan | None = None,
         api: bool = True,
+        step_delay_s: float = 0.0,
     ) -> None:
         self.home, self.config = home, config
         d = config.download
         self.fetcher = fetcher or HttpFetcher(FetchConfig(d.timeout_s, d.retries, d.backoff_s, d.max_bytes))
         self.trust = TrustStore.from_paths([home.trust], config.trust.threshold)
-        self.updater = Updater(home, config, self.trust, self.fetcher, self._emit, self.capabilities, faults)
+        self.updater = Updater(
+            home, config, self.trust, self.fetcher, self._emit, self.capabilities, faults, step_delay_s=step_delay_s
+        )
         self.events: collections.deque[P.DeploymentEvent] = collections.deque(maxlen=MAX_PENDING_EVENTS)
         self.spool = Spool(home.spool, config.telemetry.spool_max_points)
         self.telemetry_interval = config.telemetry.interval_s
@@ -119,6 +143,8 @@ class Agent:
         self.engine: InferenceEngine | None = None
         self._threads: list[threading.Thread] = []
         self._info_dirty = False
+        self._offline_until = 0.0  # simulations: stay away from the broker until then
+        self._drop_connection = threading.Event()
 
     def _mqtt_config(self) -> MqttConfig:
         b = self.config.broker
@@ -176,19 +202,22 @@ class Agent:
 
     def run(self) -> None:
         """The supervisor loop, until ``stop()``."""
-        backoff = self.config.broker.reconnect_min_s
+        b = self.config.broker
+        reconnect = Backoff(b.reconnect_min_s, b.reconnect_max_s)
         next_connect = 0.0
         next_telemetry = time.monotonic() + self.telemetry_interval
         next_probation = 0.0
         try:
             while not self.stop_event.is_set():
                 now = time.monotonic()
-                if not self.mqtt.is_connected and now >= next_connect:
+                if self._drop_connection.is_set():
+                    self._drop_connection.clear()
+                    self.mqtt.abort()
+                if not self.mqtt.is_connected and now >= next_connect and now >= self._offline_until:
                     if self._connect():
-                        backoff = self.config.broker.reconnect_min_s
+                        reconnect.reset()
                     else:
-                        next_connect = now + random.uniform(backoff / 2, backoff)  # jitter: no thundering herd
-                        backoff = min(backoff * 2, self.config.broker.reconnect_max_s)
+                        next_connect = now + reconnect.next_delay()
                 if now >= next_probation:
                     self.updater.check_probation()
                     next_probation = now + 0.5
@@ -204,9 +233,22 @@ class Agent:
         self.stop_event.set()
         self._work.set()
 
+    def go_offline(self, seconds: float) -> None:
+        """Lose the broker connection abruptly and stay offline for ``seconds`` (simulated outages)."""
+        self._offline_until = time.monotonic() + seconds
+        self._drop_connection.set()
+
+    def crash(self) -> None:
+        """Stop at once as a dying device would: the connection drops without a goodbye (the broker
+        publishes the last will) and nothing is flushed. Used by simulations."""
+        self._drop_connection.set()
+        self.stop()
+
     def teardown(self) -> None:
         for t in self._threads:
             t.join(timeout=30)
+        if self._drop_connection.is_set():  # crash(): no goodbye, the broker publishes the will
+            self.mqtt.abort()
         if self.mqtt.is_connected:
             with contextlib.suppress(TransportError):
                 self.mqtt.publish(self.topic(P.STATUS), b"offline", qos=1, retain=True, timeout=2)
@@ -316,6 +358,8 @@ class Agent:
                 self.updater.run_pending()
             except EdgefleetError as exc:
                 log.error("deployment failed: %s", exc)
+            except DeviceCrashed:
+                return  # a simulated device died here; its simulator reboots it
 
     def _replay(self) -> None:
         """Feed the active model its own self-test inputs at ``replay.rate`` per second (demos, simulation)."""

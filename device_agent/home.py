@@ -60,6 +60,7 @@ class Pending:
     sha256: str
     size: int
     slot: str
+    boots: int = 0  # agent starts while this deployment was pending (crash-loop guard)
 
 
 @dataclass

@@ -43,11 +43,15 @@ class LoadedModel:
     thread-safe); several LoadedModels can serve side by side during a hot swap."""
 
     def __init__(self, bundle: Bundle, runtime: Runtime, slot: str) -> None:
-        self.bundle = bundle
+        # Keep what serving needs, not the bundle's buffer: the runtime holds the model bytes, and a
+        # second copy of a large model would double the agent's memory.
         self.manifest = bundle.manifest
+        self.signed_by = bundle.signed_by
+        self._selftest_npz = bundle.read(self.manifest.selftest.path) if self.manifest.selftest else b""
         self.runtime = runtime
         self.slot = slot
         self._lock = threading.Lock()
+        self._samples: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
         labels = bundle.read(self.manifest.postprocess.labels).decode() if self.manifest.postprocess.labels else ""
         self.labels = [line for line in labels.splitlines() if line]
         self.drift_ref: dict[str, Any] | None = (
@@ -96,8 +100,8 @@ class LoadedModel:
             else:
                 value = feeds[spec.name]
             array = np.asarray(value)
-            if array.dtype.kind == "f" and np.dtype(spec.dtype).kind == "f":
-                array = array.astype(spec.dtype, copy=False)
+            if array.dtype.kind == "f" and spec.quantization is None:
+                array = array.astype(spec.dtype, copy=False)  # e.g. float64 JSON data for a float32 input
             runtime_feeds[spec.name] = quantize(array, spec)
         try:
             with self._lock:
@@ -120,13 +124,16 @@ class LoadedModel:
         return scores.argmax(axis=1), scores.max(axis=1)
 
     def selftest_samples(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """The bundle's reference (inputs, expected raw outputs), samples along axis 0."""
+        """The bundle's reference (inputs, expected raw outputs), samples along axis 0; decoded once."""
         if self.manifest.selftest is None:
             raise SelfTestError("the bundle has no self-test")
-        with np.load(io.BytesIO(self.bundle.read(self.manifest.selftest.path)), allow_pickle=False) as npz:
-            inputs = {s.name: npz[f"in{i}"] for i, s in enumerate(self.manifest.inputs)}
-            expected = {s.name: npz[f"out{i}"] for i, s in enumerate(self.manifest.outputs)}
-        return inputs, expected
+        with self._lock:
+            if self._samples is None:
+                with np.load(io.BytesIO(self._selftest_npz), allow_pickle=False) as npz:
+                    inputs = {s.name: npz[f"in{i}"] for i, s in enumerate(self.manifest.inputs)}
+                    expected = {s.name: npz[f"out{i}"] for i, s in enumerate(self.manifest.outputs)}
+                self._samples = (inputs, expected)
+            return self._samples
 
     def selftest(self) -> SelfTestResult:
         """Run the reference inputs and compare with the reference outputs within the bundle's tolerances."""

@@ -11,14 +11,18 @@ import queue
 import ssl
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from device_agent.errors import ConfigError, TransportError
+
+PROBE_TIMEOUT = 2.0  # seconds to wait for an MQTT 5 CONNACK before trying 3.1.1 ("auto")
 
 
 @dataclass(frozen=True)
@@ -67,9 +71,7 @@ class MqttConfig:
     connect_timeout: float = 10.0  # seconds
     protocol: str = "auto"  # "auto" (MQTT 5, falling back to 3.1.1), "5" or "3.1.1"
     clean_start: bool = False  # keep the session (and QoS 1 commands queued while offline)
-    # MQTT 5: how long the broker keeps that session (0: ends with it), sent as a CONNECT property.
-    # With "auto", a throw-away probe connection first learns the version: amqtt stalls on properties.
-    session_expiry_s: int = 7 * 24 * 3600
+    session_expiry_s: int = 7 * 24 * 3600  # MQTT 5: how long the broker keeps that session
     manual_ack: bool = False  # acknowledge QoS>0 messages only when the caller says it acted on them
 
 
@@ -99,7 +101,6 @@ class MqttClient:
         self.messages: queue.Queue[Message] = queue.Queue(maxsize=max_queued)
         self.dropped = 0  # messages dropped because the queue was full
         self.protocol_version: str | None = None
-        self._negotiated: str | None = None  # what a probe learned for protocol "auto"
         self._connected = threading.Event()
         self._connack: threading.Event = threading.Event()
         self._connack_error: str | None = None
@@ -120,19 +121,22 @@ class MqttClient:
         versions = {"auto": ["5", "3.1.1"], "5": ["5"], "3.1.1": ["3.1.1"]}.get(self.config.protocol)
         if versions is None:
             raise ConfigError(f"unknown MQTT protocol {self.config.protocol!r}")
-        if self.config.protocol == "auto" and self._keeps_session():
-            versions = [self._probe_version()]
+        if self.protocol_version is not None:  # negotiated before: reconnect with the same version
+            versions = [self.protocol_version]
         error = "no protocol version tried"
         for version in versions:
+            # Some 3.1.1-only brokers (amqtt) never answer an MQTT 5 CONNECT: probe briefly.
+            probing = len(versions) > 1 and version == "5"
+            timeout = min(self.config.connect_timeout, PROBE_TIMEOUT) if probing else self.config.connect_timeout
             try:
-                self._connect_once(version, will)
+                self._connect_once(version, will, timeout)
                 self.protocol_version = version
                 return
             except TransportError as exc:
                 error = str(exc)
         raise TransportError(error)
 
-    def _connect_once(self, version: str, will: Will | None) -> None:
+    def _connect_once(self, version: str, will: Will | None, timeout: float) -> None:
         v5 = version == "5"
         self.disconnect()  # a previous, lost connection: stop its network thread first
         client = paho.Client(
@@ -163,48 +167,26 @@ class MqttClient:
         self._connack_error = None
         try:
             if v5:
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                # without it an MQTT 5 session (subscriptions, queued QoS 1 commands) ends at disconnect
+                props.SessionExpiryInterval = 0 if self.config.clean_start else self.config.session_expiry_s
                 client.connect(
                     self.broker.host,
                     self.broker.port,
                     self.config.keepalive,
                     clean_start=self.config.clean_start,
-                    properties=self._connect_properties(),
+                    properties=props,
                 )
             else:
                 client.connect(self.broker.host, self.broker.port, self.config.keepalive)
         except (OSError, ValueError) as exc:
             raise TransportError(f"cannot reach broker {self.broker}: {exc}") from None
         client.loop_start()
-        if not self._connack.wait(self.config.connect_timeout) or self._connack_error:
+        if not self._connack.wait(timeout) or self._connack_error:
             client.disconnect()
             client.loop_stop()
             raise TransportError(self._connack_error or f"broker {self.broker} did not answer CONNECT in time")
         self._client = client
-
-    def _keeps_session(self) -> bool:
-        return not self.config.clean_start and self.config.session_expiry_s > 0
-
-    def _probe_version(self) -> str:
-        """The version the broker speaks, learned once on a clean throw-away connection (another client
-        id), so the real CONNECT can carry properties without touching the real session. Raises:
-        TransportError."""
-        if self._negotiated is None:
-            probe_id = f"{self.config.client_id[:50]}-probe"
-            probe = MqttClient(replace(self.config, client_id=probe_id, clean_start=True, session_expiry_s=0))
-            probe.connect()
-            self._negotiated = probe.protocol_version or "3.1.1"
-            probe.disconnect()
-        return self._negotiated
-
-    def _connect_properties(self) -> Any:
-        if not self._keeps_session():
-            return None
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = self.config.session_expiry_s
-        return props
 
     # paho callbacks: set events, enqueue; never block.
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -216,6 +198,9 @@ class MqttClient:
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self._connected.clear()
+        if not self._connack.is_set():  # closed before CONNACK (e.g. a 3.1.1-only broker refusing MQTT 5)
+            self._connack_error = f"broker {self.broker} closed the connection before CONNACK: {reason}"
+            self._connack.set()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         try:
@@ -269,6 +254,17 @@ class MqttClient:
         client = self._client
         if client is not None and message.qos > 0 and self.config.manual_ack:
             client.ack(message.mid, message.qos)
+
+    def abort(self) -> None:
+        """Drop the connection without DISCONNECT, as a crash or a cut cable would: the broker
+        then publishes the last will."""
+        client, self._client = self._client, None
+        if client is not None:
+            sock = client.socket()
+            if sock is not None:
+                sock.close()
+            client.loop_stop()
+        self._connected.clear()
 
     def disconnect(self) -> None:
         client, self._client = self._client, None

@@ -14,6 +14,7 @@ step that depends on it, so a restart at any instant either resumes the deployme
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +37,10 @@ from device_agent.stats import Snapshot
 MIN_GATE_SAMPLES = 20  # inferences before error-rate and latency gates are judged
 
 
+class DeviceCrashed(BaseException):  # not an EdgefleetError: it ends a simulated device, nothing handles it
+    """Raised by a simulator's ``FaultPlan.on_crash`` to end that device's deployment worker."""
+
+
 class NoVerifiedModelError(EdgefleetError):
     """Neither slot holds a bundle that verifies: the device cannot serve."""
 
@@ -48,7 +53,8 @@ class FaultPlan:
 
     selftest: set[str] = field(default_factory=set)  # the self-test fails
     slow_s: dict[str, float] = field(default_factory=dict)  # extra latency per inference in probation
-    crash: set[str] = field(default_factory=set)  # the process dies while installing
+    crash: set[str] = field(default_factory=set)  # the device dies while installing
+    on_crash: Callable[[], None] = field(default=lambda: os._exit(70))  # a simulator crashes one device only
 
     def key(self, model: LoadedModel) -> str:
         return f"{model.manifest.name}@{model.manifest.version}"
@@ -91,10 +97,12 @@ class Updater:
         capabilities: Callable[[], DeviceCapabilities] = DeviceCapabilities,
         faults: FaultPlan | None = None,
         clock: Callable[[], float] = time.time,
+        step_delay_s: float = 0.0,
     ) -> None:
         self.home, self.config, self.trust, self.fetcher = home, config, trust, fetcher
         self._emit, self._capabilities, self._clock = emit, capabilities, clock
         self.faults = faults or FaultPlan()
+        self.step_delay_s = step_delay_s  # a pause inside each step, for the power-cut harness only
         self.lock = threading.RLock()
         self.state = DeviceState()
         self.engine: InferenceEngine | None = None
@@ -112,6 +120,13 @@ class Updater:
                 self.state = self.home.load_state()
             except StateError:
                 self.state = self._recover_state()
+            pending = self.state.pending
+            if pending is not None:
+                pending.boots += 1
+                self.save()
+                if pending.boots > self.config.probation.max_boot_tries:
+                    detail = f"the agent restarted {pending.boots - 1} times during this deployment"
+                    self._finish(pending.deployment_id, P.DeploymentState.FAILED, "crash-loop", detail)
             pr = self.state.probation
             if pr is not None:
                 pr.boots += 1
@@ -227,9 +242,7 @@ class Updater:
                 self.state.previous = None  # the slot is about to change: it is no rollback target any more
                 self.save()
         if self.faults.key(model) in self.faults.crash:
-            import os
-
-            os._exit(70)  # injected fault: die mid-install, as a power cut would
+            self.faults.on_crash()  # injected fault: die mid-install, as a power cut would
         atomic_write(self.home.slot(pending.slot), data)
 
     def _selftest_and_activate(self, pending: Pending, model: LoadedModel) -> None:
@@ -324,6 +337,8 @@ class Updater:
         with self.lock:
             self.state.remember_deployment(deployment_id, state)
         self._emit_event(deployment_id, state)
+        if self.step_delay_s:
+            time.sleep(self.step_delay_s)
 
     def _finish(self, deployment_id: str, state: P.DeploymentState, reason: str, detail: str) -> None:
         with self.lock:

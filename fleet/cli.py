@@ -231,8 +231,14 @@ def broker_config(**opts: Any) -> None:
     click.echo(f"run: mosquitto -c {out.resolve()}/mosquitto.conf")
 
 
-for command in (rollout, rollback, watch):
-    cli.add_command(command)
+def _register() -> None:
+    from fleet.simulate import simulate_command
+
+    for command in (rollout, rollback, watch, simulate_command):
+        cli.add_command(command)
+
+
+_register()
 
 
 def main() -> None:
