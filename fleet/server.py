@@ -77,7 +77,10 @@ class FleetServer:
             MqttConfig(
                 url=config.broker,
                 client_id=f"fleetctl-{config.fleet}-{config.instance}",
-                session_expiry_s=config.session_expiry,
+                # a follower keeps no session: the broker would go on handing a stopped member its share
+                # of the $share telemetry group (and drop it) until the session expired
+                clean_start=config.ingest_only,
+                session_expiry_s=0 if config.ingest_only else config.session_expiry,
             ),
             max_queued=100_000,
         )
