@@ -93,8 +93,12 @@ def test_deployments_events_and_unique_per_rollout_and_device(store_url: str) ->
     assert not store.apply_event("cam-1", P.DeploymentEvent("r1-cam-1", D.INSTALLING, 3), NOW + 4)  # stale
     view = store.deployment_views(rid)["cam-1"]
     assert (view.state, view.sent_at, view.finished_at) == (D.SUCCEEDED, NOW + 1, NOW + 3)
+    assert not store.apply_event("cam-1", P.DeploymentEvent("r1-cam-1", D.FAILED, 4, "no-previous"), NOW + 4)
     store.record_deploy(rid, Deploy("cam-1", "r1-cam-1-a2", 0, 2), NOW + 5)
     assert store.deployment_views(rid)["cam-1"].attempts == 2
+    store.mark_timed_out("r1-cam-1-a2", NOW + 6)
+    assert store.apply_event("cam-1", P.DeploymentEvent("r1-cam-1-a2", D.SUCCEEDED, 5), NOW + 7)  # slow, not dead
+    assert store.deployment_views(rid)["cam-1"].state is D.SUCCEEDED
     store.close()
 
 

@@ -85,10 +85,13 @@ def _trips(gates: Gates, failed: int, total: int) -> bool:
 
 
 def changed(dep: DeploymentView) -> bool:
-    """Whether the device may now run (or be installing) the release: everything but a clean refusal."""
-    if dep.state in (D.REJECTED, D.ROLLED_BACK):
-        return False
-    return not (dep.state is D.FAILED and dep.reason != "timeout")
+    """Whether the device has switched to the release (on probation or committed).
+
+    Only such a device can roll back: an agent answers a rollback during download or install with
+    ``no-previous`` and carries on, so in-flight deployments of an aborted rollout are rolled back
+    when they report PROBATION or SUCCEEDED (a later tick), and refused or failed ones need nothing.
+    """
+    return dep.state in (D.PROBATION, D.SUCCEEDED)
 
 
 def rollbacks(view: RolloutView, reason: str) -> list[Action]:

@@ -401,17 +401,18 @@ class Store:
     def apply_event(self, device: str, event: DeploymentEvent, now: float) -> bool:
         """Apply a device's deployment event; False (nothing changed) for an unknown or stale one.
 
-        A terminal state is only left for ROLLED_BACK (our own rollback command, or the device's).
+        A terminal state is left only for ROLLED_BACK (a rollback), or for PROBATION/SUCCEEDED after
+        a timeout (the device was slow, not dead). ``FAILED no-previous`` answers a rollback command
+        the device could not act on yet; it is not the deployment's outcome.
         """
         c = t.deployments.c
         with self.tx() as conn:
             row = conn.execute(
-                sa.select(c.state).where(c.deployment_id == event.deployment_id, c.device_id == device)
+                sa.select(c.state, c.reason).where(c.deployment_id == event.deployment_id, c.device_id == device)
             ).first()
             if row is None:
                 return False
-            current = DeploymentState(row.state)
-            if (current.terminal and event.state is not DeploymentState.ROLLED_BACK) or current is event.state:
+            if not _moves(DeploymentState(row.state), row.reason, event):
                 return False
             finished = now if event.state.terminal else None
             conn.execute(
@@ -421,3 +422,12 @@ class Store:
                         updated_at=now, finished_at=finished)
             )  # fmt: skip
         return True
+
+
+def _moves(current: DeploymentState, reason: str, event: DeploymentEvent) -> bool:
+    if current is event.state or (event.state is DeploymentState.FAILED and event.reason == "no-previous"):
+        return False
+    if not current.terminal or event.state is DeploymentState.ROLLED_BACK:
+        return True
+    late = current is DeploymentState.FAILED and reason == "timeout"
+    return late and event.state in (DeploymentState.PROBATION, DeploymentState.SUCCEEDED)
