@@ -9,13 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-from toolchain.npzio import save_npz
-
-SEED = 0
+from models._common import SEED, seed_everything, write_all
 
 
 def digits_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(x_train, y_train, x_test, y_test), images as float32 in [0, 1], shape (N, 8, 8, 1)."""
+    """(x_train, y_train, x_test, y_test), images as float32 in [0, 1], shape (N, 8, 8, 1).
+
+    The split is fixed (seeded permutation, 80/20): the last 360 images are the held-out set.
+    """
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -30,10 +31,7 @@ def digits_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 def build(out: Path) -> dict[str, Path]:
     import keras
 
-    from toolchain.backends.tensorflow import keras_to_onnx, keras_to_tflite, tf  # sets TF's log level first
-
-    keras.utils.set_random_seed(SEED)
-    tf.config.experimental.enable_op_determinism()
+    seed_everything()
     x_train, y_train, x_test, y_test = digits_data()
     model = keras.Sequential(
         [
@@ -46,18 +44,4 @@ def build(out: Path) -> dict[str, Path]:
     )
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x_train, y_train, epochs=4, batch_size=64, verbose=0, shuffle=False)
-    paths = {
-        "keras": out / "model.keras",
-        "tflite": out / "model.tflite",
-        "onnx": out / "model.onnx",
-        "calibration": out / "calib.npz",
-        "eval": out / "eval.npz",
-        "labels": out / "labels.txt",
-    }
-    model.save(paths["keras"])
-    keras_to_tflite(model, paths["tflite"])
-    keras_to_onnx(model, paths["onnx"])
-    paths["calibration"].write_bytes(save_npz({"x": x_train[:200]}))
-    paths["eval"].write_bytes(save_npz({"x": x_test, "y": y_test}))
-    paths["labels"].write_text("".join(f"{d}\n" for d in range(10)))
-    return paths
+    return write_all(model, out, x_train[:200], x_test, y_test, [str(d) for d in range(10)])

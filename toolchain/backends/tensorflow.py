@@ -2,18 +2,30 @@
 
 Keras models are traced through a ``tf.function`` with a named input signature so that both the
 TFLite model (via its signature) and the ONNX model (via tf2onnx) expose the same tensor names.
+Everything that needs TensorFlow (loading, the TFLite converter and its quantization debugger,
+tf2onnx) is reached through this module; other modules receive ``tf`` from here.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import os
+import re
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep C++ start-up chatter off the user's terminal
 import tensorflow as tf
 
+from device_agent.bundle.manifest import TensorInfo
 from device_agent.errors import ConfigError
+from toolchain.sources import ModelError, ModelKind, UnsupportedOpsError
+
+__all__ = ["tf"]
+
+Dataset = Callable[[], Iterable[dict[str, Any]]]
 
 
 def serving_function(model: Any) -> Any:
@@ -37,27 +49,179 @@ def _output_name(tensor: Any, index: int) -> str:
     return str(getattr(op, "name", None) or f"output_{index}")
 
 
-def keras_to_tflite(model: Any, out: Path) -> bytes:
-    """Convert a Keras model to a float32 TFLite flatbuffer and write it to ``out``."""
-    fn = serving_function(model)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], model)
+def load_keras(path: Path) -> Any:
+    """Load a .keras or .h5 model (no custom objects, no unsafe lambdas).
+
+    Raises:
+        ModelError: the file is not a loadable Keras model.
+    """
+    import keras
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises ValueError, OSError, zipfile errors, ... for bad files
+        raise ModelError(f"cannot load Keras model {path}: {str(exc).splitlines()[0][:300]}") from None
+
+
+def _saved_model_function(path: Path) -> Any:
+    """The ``serving_default`` signature of a SavedModel as a tf.function with positional named inputs."""
+    try:
+        loaded = tf.saved_model.load(str(path))
+        concrete = loaded.signatures["serving_default"]
+    except Exception as exc:  # tf raises OSError, KeyError, its own errors for bad SavedModels
+        raise ModelError(f"cannot load SavedModel {path}: {str(exc).splitlines()[0][:300]}") from None
+    specs = concrete.structured_input_signature[1]
+    names = sorted(specs)
+
+    @tf.function(input_signature=[tf.TensorSpec(specs[n].shape, specs[n].dtype, name=n) for n in names])
+    def serve(*args: Any) -> Any:
+        return concrete(**dict(zip(names, args, strict=True)))
+
+    serve._edgefleet_keepalive = loaded  # noqa: SLF001 - the function must not outlive its variables
+    return serve
+
+
+class TFSource:
+    """A loaded Keras file or SavedModel: its input specs and fresh TFLite converters on demand."""
+
+    def __init__(self, path: Path, kind: ModelKind) -> None:
+        self.path, self.kind = path, kind
+        if kind is ModelKind.SAVEDMODEL:
+            self._model = None
+            self.function = _saved_model_function(path)
+        elif kind is ModelKind.KERAS:
+            self._model = load_keras(path)
+            self.function = serving_function(self._model)
+        else:
+            raise ModelError(f"{path}: the TFLite converter needs a Keras or SavedModel source, not {kind}")
+        self.inputs = tuple(
+            TensorInfo(
+                name=s.name, dtype=s.dtype.name, shape=tuple(-1 if d is None else int(d) for d in s.shape.as_list())
+            )
+            for s in self.function.input_signature
+        )
+
+    def converter(self) -> Any:
+        """A fresh ``TFLiteConverter`` (float32, built-in ops only)."""
+        if self._model is None:
+            return tf.lite.TFLiteConverter.from_saved_model(str(self.path))
+        return tf.lite.TFLiteConverter.from_concrete_functions([_frozen(self.function)], self._model)
+
+    def to_onnx(self, opset: int) -> bytes:
+        """ONNX bytes via tf2onnx.
+
+        Raises:
+            UnsupportedOpsError: ops tf2onnx cannot express at ``opset``.
+            ModelError: any other conversion failure.
+        """
+        return _tf2onnx(self.function, opset)
+
+
+_TF_OP = re.compile(r"\btf\.([A-Z][A-Za-z0-9_]*)")
+_SELECT_LINE = re.compile(r"(?:TF Select ops|Flex ops|Unsupported ops)[^:]*:\s*([A-Za-z0-9_, ]+)")
+
+
+def unsupported_ops(message: str) -> tuple[str, ...]:
+    """TensorFlow op names a converter error says TFLite's built-in kernels lack."""
+    ops = set(_TF_OP.findall(message))
+    for line in _SELECT_LINE.findall(message):
+        ops |= {o.strip() for o in line.split(",") if o.strip()}
+    return tuple(sorted(ops))
+
+
+def convert_tflite(converter: Any) -> bytes:
+    """Run ``converter``; map its errors to one line, listing the unsupported ops when that is the cause.
+
+    Raises:
+        UnsupportedOpsError: ops that would need SELECT_TF_OPS (TF kernels, the Flex delegate).
+        ModelError: any other conversion failure.
+    """
     try:
         data: bytes = converter.convert()
     except Exception as exc:  # the converter raises ConverterError and bare Exceptions
-        raise ConfigError(f"TFLite conversion failed: {str(exc)[:500]}") from None
+        text = str(exc)
+        ops = unsupported_ops(text)
+        if ops:
+            raise UnsupportedOpsError(
+                f"TFLite conversion failed: ops not in TFLite's built-in kernels: {', '.join(ops)} (they would need "
+                "SELECT_TF_OPS, the Flex delegate, which device LiteRT builds do not ship; replace them, or use "
+                "--to onnx)",
+                ops,
+            ) from None
+        raise ModelError(f"TFLite conversion failed: {text.strip().splitlines()[-1][:400] if text else exc}") from None
+    return data
+
+
+def _frozen(fn: Any) -> Any:
+    """``fn``'s concrete function with variables folded into constants.
+
+    The converter's calibrator cannot run resource-variable reads, so quantizing needs this.
+    """
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    return convert_variables_to_constants_v2(fn.get_concrete_function())
+
+
+def keras_to_tflite(model: Any, out: Path) -> bytes:
+    """Convert a Keras model to a float32 TFLite flatbuffer and write it to ``out``."""
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([_frozen(serving_function(model))], model)
+    data = convert_tflite(converter)
     out.write_bytes(data)
+    return data
+
+
+def _tf2onnx(fn: Any, opset: int) -> bytes:
+    import tf2onnx
+
+    try:
+        proto, _ = tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=opset)
+    except Exception as exc:  # tf2onnx raises plain Exceptions for unsupported ops
+        text = str(exc)
+        found = re.search(r"Unsupported ops: Counter\(\{(.*?)\}\)", text)
+        if found:
+            ops = tuple(sorted(re.findall(r"'([^']+)'", found.group(1))))
+            raise UnsupportedOpsError(
+                f"ONNX conversion failed: tf2onnx has no ONNX mapping (opset {opset}) for: {', '.join(ops)}", ops
+            ) from None
+        raise ModelError(f"ONNX conversion failed: {text.strip()[:400]}") from None
+    data: bytes = proto.SerializeToString()
     return data
 
 
 def keras_to_onnx(model: Any, out: Path, opset: int = 17) -> bytes:
     """Convert a Keras model to ONNX with tf2onnx and write it to ``out``."""
-    import tf2onnx
-
-    fn = serving_function(model)
-    try:
-        proto, _ = tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=opset)
-    except Exception as exc:  # tf2onnx raises plain Exceptions for unsupported ops
-        raise ConfigError(f"ONNX conversion failed: {str(exc)[:500]}") from None
-    data: bytes = proto.SerializeToString()
+    data = _tf2onnx(serving_function(model), opset)
     out.write_bytes(data)
     return data
+
+
+def debugger(converter: Any, dataset: Dataset, denylisted_nodes: Sequence[str] = ()) -> Any:
+    """A ``QuantizationDebugger`` over ``converter`` (already set up for int8), calibrated on ``dataset``.
+
+    Raises:
+        ConfigError: the debugger cannot calibrate or quantize the model.
+    """
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        denylisted_nodes=list(denylisted_nodes) or None, fully_quantize=False
+    )
+    try:
+        return tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=dataset, debug_options=options
+        )
+    except Exception as exc:  # the debugger re-raises converter and interpreter errors unchanged
+        raise ConfigError(f"quantization debugger failed: {str(exc).strip()[:400]}") from None
+
+
+def layer_statistics(dbg: Any) -> list[dict[str, str]]:
+    """Run ``dbg`` and return its per-layer statistics (one dict per quantized tensor, as strings)."""
+    dbg.run()
+    buf = io.StringIO()
+    dbg.layer_statistics_dump(buf)
+    return list(csv.DictReader(io.StringIO(buf.getvalue())))
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of the TensorFlow-side tools, for provenance."""
+    import tf2onnx
+
+    return {"tensorflow": tf.__version__, "tf2onnx": tf2onnx.__version__}
