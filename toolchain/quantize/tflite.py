@@ -48,10 +48,11 @@ def convert(loaded: Any, options: TFLiteOptions, stream: SampleStream | None) ->
 
 
 def dataset(stream: SampleStream) -> Any:
-    """A ``representative_dataset`` callable: one sample (dict keyed by signature input) per step."""
+    """A ``representative_dataset`` callable: one sample per step, a list in signature input order."""
 
-    def gen() -> Iterator[dict[str, np.ndarray]]:
-        yield from stream
+    def gen() -> Iterator[list[np.ndarray]]:
+        for sample in stream:
+            yield [sample[name] for name in stream.names]
 
     return gen
 
