@@ -153,13 +153,25 @@ def convert_tflite(converter: Any) -> bytes:
 
 
 def _frozen(fn: Any) -> Any:
-    """``fn``'s concrete function with variables folded into constants.
+    """``fn``'s concrete function with variables folded into constants, output names kept.
 
-    The converter's calibrator cannot run resource-variable reads, so quantizing needs this.
+    The converter's calibrator cannot run resource-variable reads, and a converted model whose
+    variables are not folded in loses its weights, so every conversion goes through this.
     """
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    return convert_variables_to_constants_v2(fn.get_concrete_function())
+    concrete = fn.get_concrete_function()
+    frozen = convert_variables_to_constants_v2(concrete)
+    structure = concrete.structured_outputs
+    if not isinstance(structure, dict):
+        return frozen
+    names = sorted(structure)  # flattening a dict orders it by key
+
+    @tf.function(input_signature=fn.input_signature)
+    def named(*args: Any) -> dict[str, Any]:
+        return dict(zip(names, frozen(*args), strict=True))
+
+    return named.get_concrete_function()
 
 
 def keras_to_tflite(model: Any, out: Path) -> bytes:

@@ -21,6 +21,7 @@ import numpy as np
 from device_agent.runtime import load_runtime
 from toolchain.calibration import open_samples, stack
 from toolchain.evaluate import predict, top1_agreement
+from toolchain.measure import Measurement, measure
 from toolchain.quantize import (
     DEFAULT_SAMPLES,
     OnnxOptions,
@@ -44,6 +45,7 @@ class AutoOptions:
     max_float_layers: int = MAX_FLOAT_LAYERS
     per_channel: bool = True  # ONNX int8
     calibrate: Literal["minmax", "entropy", "percentile"] = "minmax"  # ONNX int8
+    latency_runs: int = 0  # > 0: also measure each variant's host latency and memory (for reports)
 
 
 @dataclass
@@ -57,12 +59,14 @@ class Trial:
     drop_pp: float
     within: bool
     path: Path
+    latency: Measurement | None = None
 
 
 @dataclass
 class AutoResult:
     reference_bytes: int
     reference_accuracy: float | None
+    reference_latency: Measurement | None = None
     trials: list[Trial] = field(default_factory=list)
     chosen: Trial | None = None
     ranked_layers: list[str] = field(default_factory=list)
@@ -126,7 +130,7 @@ def auto_quantize(source: Path, output: Path, opts: AutoOptions, log: Callable[[
         work = Path(tmp)
         float_model = _float_model(source, opts, work)
         judge = _Judge(opts.format, float_model, opts.eval_data)
-        result = AutoResult(float_model.stat().st_size, judge.ref_accuracy)
+        result = AutoResult(float_model.stat().st_size, judge.ref_accuracy, _latency(float_model, opts))
         # The TFLite converter starts from the Keras/SavedModel source; ONNX from the float ONNX.
         q_source = source if opts.format == "tflite" else float_model
         for name, options in _variants(q_source, opts, result):
@@ -134,6 +138,7 @@ def auto_quantize(source: Path, output: Path, opts: AutoOptions, log: Callable[[
             q = quantize(q_source, path, options, opts.calibration)
             agreement, accuracy, drop = judge.score(path)
             trial = Trial(name, options, q.bytes, q.seconds, agreement, accuracy, drop, drop <= opts.max_drop_pp, path)
+            trial.latency = _latency(path, opts)
             result.trials.append(trial)
             say(f"{name}: {q.bytes} bytes, drop {drop:.2f} pp, agreement {100 * agreement:.1f} %")
             if trial.within:
@@ -143,6 +148,10 @@ def auto_quantize(source: Path, output: Path, opts: AutoOptions, log: Callable[[
     if result.chosen is None:
         raise QuantizeError(result.reason(opts.max_drop_pp))
     return result
+
+
+def _latency(model: Path, opts: AutoOptions) -> Measurement | None:
+    return measure(opts.format, model, opts.latency_runs) if opts.latency_runs else None
 
 
 def _float_model(source: Path, opts: AutoOptions, work: Path) -> Path:
