@@ -52,7 +52,7 @@ def measure(kind: str, model: Path, runs: int = 50) -> Measurement:
     )
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise MeasureError(f"measuring {model} failed: {last[:300]}")
+        raise MeasureError(f"measuring {model.name} failed: {last[:300]}")
     return Measurement(**json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
@@ -103,5 +103,13 @@ def _child(kind: str, model: str, runs: int) -> dict[str, float | int]:
     }
 
 
+def _main() -> None:
+    try:
+        print(json.dumps(_child(sys.argv[1], sys.argv[2], int(sys.argv[3]))))
+    except EdgefleetError as exc:
+        print(f"{exc} [{exc.code}]", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":
-    print(json.dumps(_child(sys.argv[1], sys.argv[2], int(sys.argv[3]))))
+    _main()
