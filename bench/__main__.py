@@ -10,9 +10,9 @@ from pathlib import Path
 
 import click
 
-from bench import verify
+from bench import quantization, verify
 
-SECTIONS = {"verify": verify.run}
+SECTIONS = {"verify": verify.run, "quantization": quantization.run}
 OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 

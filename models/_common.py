@@ -26,6 +26,7 @@ def seed_everything() -> None:
 def write_all(
     model: Any,
     out: Path,
+    *,
     calib: np.ndarray,
     eval_x: np.ndarray,
     eval_y: np.ndarray | None,

@@ -69,4 +69,4 @@ def build(out: Path) -> dict[str, Path]:
     )
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x_train, y_train, epochs=8, batch_size=64, verbose=0, shuffle=False)
-    return write_all(model, out, x_train[:256], x_test, y_test, LABELS)
+    return write_all(model, out, calib=x_train[:256], eval_x=x_test, eval_y=y_test, labels=LABELS)

@@ -28,7 +28,8 @@ def build(out: Path) -> dict[str, Path]:
     images = _smooth_images(rng, 320)
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
     model.fit(images[:256], rng.integers(0, CLASSES, 256), epochs=1, batch_size=32, verbose=0, shuffle=False)
-    return write_all(model, out, images[:128], images[256:], None, [f"class{i}" for i in range(CLASSES)])
+    labels = [f"class{i}" for i in range(CLASSES)]
+    return write_all(model, out, calib=images[:128], eval_x=images[256:], eval_y=None, labels=labels)
 
 
 def _smooth_images(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -45,4 +45,4 @@ def build(out: Path) -> dict[str, Path]:
     )
     kernel, bias = head.get_weights()
     probs.set_weights([np.concatenate([kernel, np.zeros((1, 10))]), bias])
-    return write_all(model, out, x_train[:256], x_test, y_test, [str(d) for d in range(10)])
+    return write_all(model, out, calib=x_train[:256], eval_x=x_test, eval_y=y_test, labels=[str(d) for d in range(10)])

@@ -44,4 +44,4 @@ def build(out: Path) -> dict[str, Path]:
     )
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x_train, y_train, epochs=4, batch_size=64, verbose=0, shuffle=False)
-    return write_all(model, out, x_train[:200], x_test, y_test, [str(d) for d in range(10)])
+    return write_all(model, out, calib=x_train[:200], eval_x=x_test, eval_y=y_test, labels=[str(d) for d in range(10)])

@@ -35,10 +35,11 @@ def test_auto_keeps_the_worst_layers_in_float_until_within_the_bound(
 
     # Independently: the written model runs in the device runtime, is within the bound, and is mixed.
     x, y = eval_set(digits_outlier)
-    drop = 100 * (
-        np.mean(run_model(digits_outlier[fmt], x).argmax(1) == y) - np.mean(run_model(out, x).argmax(1) == y)
+    drop = 100 * (np.mean(run_model(digits_outlier[fmt], x).argmax(1) == y) - np.mean(run_model(out, x).argmax(1) == y))
+    print(
+        f"auto {fmt}: {doc['chosen']}, drop {drop:.2f} pp, "
+        f"{out.stat().st_size / digits_outlier[fmt].stat().st_size:.2f}x"
     )
-    print(f"auto {fmt}: {doc['chosen']}, drop {drop:.2f} pp, {out.stat().st_size / digits_outlier[fmt].stat().st_size:.2f}x")
     assert drop <= BOUND_PP
     assert out.stat().st_size < 0.6 * digits_outlier[fmt].stat().st_size  # most weights stayed int8
     assert _has_int8_weights(out, fmt)
@@ -58,5 +59,6 @@ def _has_int8_weights(model: Path, fmt: str) -> bool:
 
 def test_auto_needs_eval_and_bound(tmp_path: Path, digits_outlier: dict[str, Path]) -> None:
     result = edgetool("quantize", digits_outlier["keras"], "--format", "tflite", "--mode", "auto",
-                      "--calibration", digits_outlier["calibration"], "-o", tmp_path / "a.tflite", ok=False)  # fmt: skip
+                      "--calibration", digits_outlier["calibration"], "-o", tmp_path / "a.tflite",
+                      ok=False)  # fmt: skip
     assert_one_line_error(result, "--mode auto needs --eval, --max-accuracy-drop")

@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device_agent.bundle import read_bundle
+from device_agent.bundle import TensorInfo, read_bundle
 from tests.quant_helpers import assert_one_line_error, edgetool, eval_set, run_model
 from toolchain.calibration import open_samples
 from toolchain.npzio import save_npz
-from device_agent.bundle import TensorInfo
 
 
 @pytest.mark.parametrize("target", ["tflite", "onnx"])
@@ -95,7 +94,9 @@ def test_profiles_lists_the_builtins() -> None:
 
 
 def test_check_model_and_bundle(tmp_path: Path, tiny_models: dict[str, Path], key_files: tuple[Path, Path]) -> None:
-    ok = json.loads(edgetool("check", tiny_models["tflite"], "--profile", "rpi4-litert", "--runs", "5", "--json").stdout)
+    ok = json.loads(
+        edgetool("check", tiny_models["tflite"], "--profile", "rpi4-litert", "--runs", "5", "--json").stdout
+    )
     assert ok["fits"] and ok["numbers"]["bytes"] == tiny_models["tflite"].stat().st_size
     assert "FULLY_CONNECTED" in ok["ops"]
 
@@ -119,13 +120,17 @@ def test_check_model_and_bundle(tmp_path: Path, tiny_models: dict[str, Path], ke
     assert doc["numbers"]["bytes"] >= bundle.stat().st_size
 
 
-def test_report_travels_into_the_bundle(tmp_path: Path, tiny_models: dict[str, Path], key_files: tuple[Path, Path]) -> None:
+def test_report_travels_into_the_bundle(
+    tmp_path: Path, tiny_models: dict[str, Path], key_files: tuple[Path, Path]
+) -> None:
     q = tmp_path / "q.onnx"
     edgetool("quantize", tiny_models["onnx"], "--format", "onnx", "--mode", "int8", "--calibration",
-             tiny_models["calibration"], "--eval", tiny_models["eval"], "-o", q, "--report", tmp_path / "r")  # fmt: skip
+             tiny_models["calibration"], "--eval", tiny_models["eval"], "-o", q,
+             "--report", tmp_path / "r")  # fmt: skip
     bundle = tmp_path / "q.efb"
     edgetool("package", q, "--name", "digits", "--version", "1.0.0", "--sequence", "1", "--key", key_files[0],
-             "--report", tmp_path / "r" / "report.json", "--source-model", tiny_models["onnx"], "-o", bundle)  # fmt: skip
+             "--report", tmp_path / "r" / "report.json", "--source-model", tiny_models["onnx"],
+             "-o", bundle)  # fmt: skip
     prov = read_bundle(bundle.read_bytes()).manifest.provenance
     assert prov["quantization"]["settings"]["mode"] == "int8"
     assert prov["quantization"]["chosen"] == "int8"

@@ -46,7 +46,10 @@ def test_mode_runs_in_the_device_runtime_close_to_float(
     scores = run_model(out, x)
     reference = float_scores[fmt]
     agreement = float(np.mean(scores.argmax(1) == reference.argmax(1)))
-    print(f"{variant}: {out.stat().st_size} bytes, agreement {agreement:.4f}, max |err| {np.abs(scores - reference).max():.4f}")
+    print(
+        f"{variant}: {out.stat().st_size} bytes, agreement {agreement:.4f}, "
+        f"max |err| {np.abs(scores - reference).max():.4f}"
+    )
     assert agreement >= min_agreement
     assert np.abs(scores - reference).max() <= max_err
     if variant in INPUT_DTYPES:
@@ -60,7 +63,9 @@ def _size_and_drop(model: Path, float_model: Path, digits: dict[str, Path]) -> t
     return model.stat().st_size / float_model.stat().st_size, 100 * (float_acc - acc)
 
 
-def test_digits_cnn_int8_tflite_is_under_0_30x_with_at_most_1pp_drop(tmp_path: Path, digits_cnn: dict[str, Path]) -> None:
+def test_digits_cnn_int8_tflite_is_under_0_30x_with_at_most_1pp_drop(
+    tmp_path: Path, digits_cnn: dict[str, Path]
+) -> None:
     out = tmp_path / "int8.tflite"
     edgetool("quantize", digits_cnn["keras"], "--format", "tflite", "--mode", "int8",
              "--calibration", digits_cnn["calibration"], "-o", out)  # fmt: skip

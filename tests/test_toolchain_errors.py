@@ -63,8 +63,16 @@ def test_unreadable_calibration_file(tmp_path: Path, tiny_models: dict[str, Path
 @pytest.mark.parametrize(
     ("name", "command", "fragment"),
     [
-        ("m.keras", ["quantize", "--format", "tflite", "--mode", "dynamic", "-o", "{out}.tflite"], "cannot load Keras model"),
-        ("m.onnx", ["quantize", "--format", "onnx", "--mode", "dynamic", "-o", "{out}.onnx"], "ONNX Runtime cannot load"),
+        (
+            "m.keras",
+            ["quantize", "--format", "tflite", "--mode", "dynamic", "-o", "{out}.tflite"],
+            "cannot load Keras model",
+        ),
+        (
+            "m.onnx",
+            ["quantize", "--format", "onnx", "--mode", "dynamic", "-o", "{out}.onnx"],
+            "ONNX Runtime cannot load",
+        ),
         ("m.keras", ["convert", "--to", "onnx", "-o", "{out}.onnx"], "cannot load Keras model"),
         ("m.onnx", ["convert", "--to", "onnx", "-o", "{out}.onnx"], "is not a valid ONNX model"),
         ("m.tflite", ["check", "--profile", "rpi4-litert"], "failed"),

@@ -46,6 +46,10 @@ class SampleStream:
         self.count = min(available, limit) if limit else available
 
     @property
+    def inputs(self) -> tuple[TensorInfo, ...]:
+        return self._inputs
+
+    @property
     def names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self._inputs)
 

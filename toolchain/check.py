@@ -109,4 +109,4 @@ def list_ops(kind: ModelKind, model: Path) -> list[str]:
     from ai_edge_litert import interpreter
 
     it = interpreter.Interpreter(model_path=str(model))
-    return sorted({str(op["op_name"]) for op in it._get_ops_details()})  # noqa: SLF001 - no public op listing
+    return sorted({str(op["op_name"]) for op in it._get_ops_details()})

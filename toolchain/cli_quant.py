@@ -61,7 +61,9 @@ def convert(model: Path, target: str, output: Path, opset: int) -> None:
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write report.json, report.md and report.png here.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def quantize(model: Path, fmt: str, mode: str, output: Path, report_dir: Path | None, as_json: bool, **kw: Any) -> None:
+def quantize(
+    *, model: Path, fmt: str, mode: str, output: Path, report_dir: Path | None, as_json: bool, **kw: Any
+) -> None:
     """Quantize MODEL and write OUTPUT; with --eval, measure what it cost.
 
     TFLite needs the float source (.keras, .h5, SavedModel). ONNX accepts .onnx or converts the

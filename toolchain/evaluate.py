@@ -100,14 +100,17 @@ def evaluate(candidate: Path, reference: Path, data: Path, opts: EvalOptions | N
         labels = _labels(data, len(stream))
         cand_out, ref_out = predict(cand_rt, x), predict(ref_rt, x)
         result = Evaluation(
-            candidate=_stats(candidate, cand_rt, cand_out, labels, opts),
-            reference=_stats(ref_path if ref_kind is kind else reference, ref_rt, ref_out, labels, opts, ref_path),
+            candidate=_stats(candidate, cand_rt, cand_out, labels, opts=opts),
+            reference=_stats(reference, ref_rt, ref_out, labels, opts=opts, run_path=ref_path),
             samples=len(stream),
             agreement=top1_agreement(cand_out, ref_out),
             outputs=[output_error(name, cand_out[name], ref_out[name]) for name in ref_out],
         )
         if opts.layers:
-            _layer_table(result, candidate, kind, reference, ref_kind, ref_path, opts, stream)
+            _layer_table(
+                result, candidate=candidate, kind=kind, reference=reference, ref_kind=ref_kind, ref_path=ref_path,
+                opts=opts, eval_stream=stream,
+            )  # fmt: skip
     return result
 
 
@@ -142,7 +145,8 @@ def _labels(data: Path, n: int) -> np.ndarray | None:
 
 def _top1(outputs: Mapping[str, np.ndarray]) -> np.ndarray:
     first = next(iter(outputs.values()))
-    return first.reshape(len(first), -1).argmax(axis=1)
+    top: np.ndarray = first.reshape(len(first), -1).argmax(axis=1)
+    return top
 
 
 def top1_agreement(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:
@@ -162,6 +166,7 @@ def _stats(
     runtime: Runtime,
     outputs: Mapping[str, np.ndarray],
     labels: np.ndarray | None,
+    *,
     opts: EvalOptions,
     run_path: Path | None = None,
 ) -> ModelStats:
@@ -173,6 +178,7 @@ def _stats(
 
 def _layer_table(
     result: Evaluation,
+    *,
     candidate: Path,
     kind: ModelKind,
     reference: Path,
@@ -182,7 +188,7 @@ def _layer_table(
     eval_stream: SampleStream,
 ) -> None:
     """Fill ``result.layers`` with the layers that lose most (or say why there is no table)."""
-    stream = open_samples(opts.calibration, eval_stream_inputs(eval_stream), 64) if opts.calibration else eval_stream
+    stream = open_samples(opts.calibration, eval_stream.inputs, 64) if opts.calibration else eval_stream
     if kind is ModelKind.ONNX:
         if not _has_qdq(candidate):
             result.layer_note = "no per-layer table: the candidate has no QuantizeLinear/DequantizeLinear nodes"
@@ -199,10 +205,6 @@ def _layer_table(
 
     result.layers = q_tflite.layer_errors(reference, ref_kind, stream)[: opts.layers]
     result.layer_note = "TFLite QuantizationDebugger on an int8 quantization of the reference, largest MSE first"
-
-
-def eval_stream_inputs(stream: SampleStream) -> Any:
-    return stream._inputs  # noqa: SLF001
 
 
 def _has_qdq(model: Path) -> bool:

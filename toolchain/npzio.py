@@ -71,7 +71,9 @@ def check_meta(spec: TensorInfo, dtype: np.dtype, shape: Sequence[int], source: 
         raise DataError(f"{source}: input {spec.name!r} needs {want.name}, the data is {dtype.name}")
     sample = spec.shape[1:] if spec.shape else ()
     if len(shape) != len(spec.shape) or any(w not in (-1, g) for w, g in zip(sample, shape[1:], strict=True)):
-        raise DataError(f"{source}: input {spec.name!r} needs samples of shape {list(sample)}, the data is {list(shape)}")
+        raise DataError(
+            f"{source}: input {spec.name!r} needs samples of shape {list(sample)}, the data is {list(shape)}"
+        )
 
 
 def feeds_for(arrays: Mapping[str, np.ndarray], inputs: Sequence[TensorInfo], source: str) -> dict[str, np.ndarray]:

@@ -42,7 +42,7 @@ class Profile:
         return asdict(self)
 
 
-_KEYS = {
+_KEYS: dict[str, type | tuple[type, ...]] = {
     "description": str, "arch": str, "runtime": str, "runtime_version": str, "ram_mib": (int, float),
     "flash_mib": (int, float), "latency_budget_ms": (int, float), "threads": int, "latency_factor": (int, float),
 }  # fmt: skip

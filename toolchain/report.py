@@ -166,16 +166,16 @@ def from_evaluation(name: str, ev: Evaluation, quantize_seconds: float | None = 
     ref, cand = ev.reference, ev.candidate
     delta = ev.accuracy_delta_pp
     return [
-        _variant("float32", ref.bytes, ref.bytes, ref.accuracy, 0.0, 1.0, ref.latency),
+        _variant("float32", ref.bytes, ref.bytes, accuracy=ref.accuracy, drop=0.0, agreement=1.0, latency=ref.latency),
         _variant(
             name,
             cand.bytes,
             ref.bytes,
-            cand.accuracy,
-            -delta if delta is not None else 100 * (1 - ev.agreement),
-            ev.agreement,
-            cand.latency,
-            quantize_seconds,
+            accuracy=cand.accuracy,
+            drop=-delta if delta is not None else 100 * (1 - ev.agreement),
+            agreement=ev.agreement,
+            latency=cand.latency,
+            seconds=quantize_seconds,
             chosen=True,
         ),
     ]
@@ -184,11 +184,15 @@ def from_evaluation(name: str, ev: Evaluation, quantize_seconds: float | None = 
 def from_auto(result: AutoResult) -> list[Variant]:
     """The float reference and every variant auto mode tried, the chosen one marked."""
     ref = result.reference_bytes
-    out = [_variant("float32", ref, ref, result.reference_accuracy, 0.0, 1.0, result.reference_latency)]
+    out = [
+        _variant("float32", ref, ref, accuracy=result.reference_accuracy, drop=0.0, agreement=1.0,
+                 latency=result.reference_latency)
+    ]  # fmt: skip
     out += [
-        _variant(t.name, t.bytes, ref, t.accuracy, t.drop_pp, t.agreement, t.latency, t.seconds, t is result.chosen)
+        _variant(t.name, t.bytes, ref, accuracy=t.accuracy, drop=t.drop_pp, agreement=t.agreement,
+                 latency=t.latency, seconds=t.seconds, chosen=t is result.chosen)
         for t in result.trials
-    ]
+    ]  # fmt: skip
     return out
 
 
@@ -196,6 +200,7 @@ def _variant(
     name: str,
     size: int,
     ref_size: int,
+    *,
     accuracy: float | None,
     drop: float | None,
     agreement: float | None,

@@ -77,7 +77,7 @@ def _saved_model_function(path: Path) -> Any:
     def serve(*args: Any) -> Any:
         return concrete(**dict(zip(names, args, strict=True)))
 
-    serve._edgefleet_keepalive = loaded  # noqa: SLF001 - the function must not outlive its variables
+    serve._edgefleet_keepalive = loaded
     return serve
 
 

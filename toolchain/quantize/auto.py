@@ -117,7 +117,9 @@ def _labels(data: Path, n: int) -> np.ndarray | None:
         return np.asarray(npz["y"][:n]).reshape(-1) if "y" in npz.files else None
 
 
-def auto_quantize(source: Path, output: Path, opts: AutoOptions, log: Callable[[str], None] | None = None) -> AutoResult:
+def auto_quantize(
+    source: Path, output: Path, opts: AutoOptions, log: Callable[[str], None] | None = None
+) -> AutoResult:
     """Search variants of ``source`` and write the first one within ``opts.max_drop_pp`` to ``output``.
 
     Raises:
@@ -201,5 +203,3 @@ def _unique(names: Iterator[str] | Sequence[str]) -> list[str]:
         if n not in seen:
             seen.append(n)
     return seen
-
-

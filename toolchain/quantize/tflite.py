@@ -41,6 +41,8 @@ def convert(loaded: Any, options: TFLiteOptions, stream: SampleStream | None) ->
 
     converter = configure(loaded.converter(), options, stream, strict=not options.float_nodes)
     if options.float_nodes:
+        if stream is None:
+            raise QuantizeError("a mixed int8 model needs calibration data")
         dbg = tfb.debugger(converter, dataset(stream), options.float_nodes)
         result: bytes = dbg.get_nondebug_quantized_model()
         return result
