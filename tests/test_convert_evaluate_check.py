@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -160,3 +162,27 @@ def test_calibration_is_streamed_and_directories_match_npz(tmp_path: Path) -> No
     again = [s["image"] for s in open_samples(folder, spec, limit=150)]
     assert len(first) == len(again) == 150
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+def test_json_output_is_clean_even_with_the_converters_native_prints(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    """TFLite's C++ code prints to file descriptor 1; ``--json`` must still be pure JSON on stdout."""
+    edgetool_bin = Path(sys.executable).parent / "edgetool"
+    proc = subprocess.run(
+        [str(edgetool_bin), "quantize", str(tiny_models["keras"]), "--format", "tflite", "--mode", "int8",
+         "--calibration", str(tiny_models["calibration"]), "-o", str(tmp_path / "q.tflite"), "--json"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)
+    assert doc["settings"]["mode"] == "int8" and doc["bytes"] == (tmp_path / "q.tflite").stat().st_size
+
+
+def test_edgetool_cli_import_stays_light() -> None:
+    from tests.test_imports import imported_modules
+
+    modules = imported_modules("import toolchain.cli")
+    heavy = {"tensorflow", "keras", "onnx", "tf2onnx", "matplotlib", "sklearn"}
+    assert not {m for m in modules if m.split(".")[0] in heavy}
+    assert "onnxruntime.quantization" not in modules

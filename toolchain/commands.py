@@ -5,7 +5,9 @@ Kept out of the click module so the commands stay thin and this stays testable w
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,17 @@ from toolchain.quantize import (
     QuantizeError,
     QuantizeOptions,
     TFLiteOptions,
+    settings_dict,
 )
+
+
+@contextlib.contextmanager
+def busy(message: str) -> Iterator[None]:
+    """A spinner on stderr while long work runs (silent when stderr is not a terminal)."""
+    from rich.console import Console
+
+    with Console(stderr=True).status(message):
+        yield
 
 
 def _options(fmt: str, mode: str, kw: dict[str, Any]) -> QuantizeOptions:
@@ -38,7 +50,8 @@ def run_quantize(
     from toolchain.quantize import quantize
 
     options = _options(fmt, mode, kw)
-    result = quantize(model, output, options, kw["calibration"])
+    with busy(f"quantizing {model.name} ({fmt} {mode})…"):
+        result = quantize(model, output, options, kw["calibration"])
     details: dict[str, Any] = {
         "mode": mode,
         "settings": result.settings(),
@@ -51,7 +64,8 @@ def run_quantize(
     if kw["eval_data"] is not None:
         from toolchain.evaluate import EvalOptions, evaluate
 
-        ev = evaluate(output, model, kw["eval_data"], EvalOptions(layers=0))
+        with busy("evaluating…"):
+            ev = evaluate(output, model, kw["eval_data"], EvalOptions(layers=0))
         details["evaluation"] = ev.to_dict()
         variants = report.from_evaluation(mode, ev, result.seconds)
     return report.document(str(model), fmt, variants, details), variants
@@ -83,7 +97,7 @@ def run_auto(
         "mode": "auto",
         "max_accuracy_drop_pp": opts.max_drop_pp,
         "reason": result.reason(opts.max_drop_pp),
-        "settings": report.settings(chosen.options) if chosen else None,
+        "settings": settings_dict(chosen.options) if chosen else None,
         "ranked_layers": result.ranked_layers,
         "output": str(output),
     }
@@ -98,7 +112,8 @@ def run_evaluate(
 
     opts = EvalOptions(samples=kw["samples"], latency_runs=kw["runs"], layers=kw["layers"],
                        calibration=kw["calibration"])  # fmt: skip
-    ev = evaluate(candidate, reference, data, opts)
+    with busy(f"evaluating {candidate.name}…"):
+        ev = evaluate(candidate, reference, data, opts)
     variants = report.from_evaluation(candidate.name, ev)
     doc = report.document(str(reference), ev.candidate.runtime, variants, {"evaluation": ev.to_dict()})
     return doc, variants
@@ -112,7 +127,7 @@ def emit(
 
     if report_dir is not None:
         paths = report.write(report_dir, doc, variants)
-        click.echo(f"wrote {paths['json']}, {paths['markdown']}, {paths['plot']}", err=True)
+        click.echo(f"wrote {', '.join(str(p) for p in paths.values())}", err=True)
     if as_json:
         click.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))
         return

@@ -97,7 +97,7 @@ def evaluate(candidate: Path, reference: Path, data: Path, opts: EvalOptions | N
         cand_rt, ref_rt = load_runtime(kind.value, candidate), load_runtime(kind.value, ref_path)
         stream = open_samples(data, ref_rt.inputs, opts.samples)
         x = stack(stream)
-        labels = _labels(data, len(stream))
+        labels = labels_from(data, len(stream))
         cand_out, ref_out = predict(cand_rt, x), predict(ref_rt, x)
         result = Evaluation(
             candidate=_stats(candidate, cand_rt, cand_out, labels, opts=opts),
@@ -136,7 +136,8 @@ def predict(runtime: Runtime, x: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
     return {k: np.concatenate(v) for k, v in chunks.items()}
 
 
-def _labels(data: Path, n: int) -> np.ndarray | None:
+def labels_from(data: Path, n: int) -> np.ndarray | None:
+    """The first ``n`` labels ``y`` of an evaluation .npz, or None when it has none."""
     if data.is_dir() or data.suffix != ".npz":
         return None
     with np.load(data, allow_pickle=False) as npz:
@@ -147,6 +148,11 @@ def _top1(outputs: Mapping[str, np.ndarray]) -> np.ndarray:
     first = next(iter(outputs.values()))
     top: np.ndarray = first.reshape(len(first), -1).argmax(axis=1)
     return top
+
+
+def top1_accuracy(outputs: Mapping[str, np.ndarray], labels: np.ndarray | None) -> float | None:
+    """Share of samples whose top-1 class (of the first output) is the label; None without labels."""
+    return None if labels is None else float(np.mean(_top1(outputs) == labels))
 
 
 def top1_agreement(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:
@@ -171,7 +177,7 @@ def _stats(
     run_path: Path | None = None,
 ) -> ModelStats:
     run_path = run_path or path
-    accuracy = float(np.mean(_top1(outputs) == labels)) if labels is not None else None
+    accuracy = top1_accuracy(outputs, labels)
     latency = measure(runtime.name, run_path, opts.latency_runs) if opts.latency_runs else None
     return ModelStats(str(path), runtime.name, run_path.stat().st_size, accuracy, latency)
 

@@ -101,8 +101,11 @@ def write(out_dir: Path, doc: dict[str, Any], variants: Sequence[Variant]) -> di
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "report.json", "markdown": out_dir / "report.md", "plot": out_dir / "report.png"}
     atomic_write(paths["json"], (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
-    _plot(paths["plot"], variants, doc.get("source", ""))
-    atomic_write(paths["markdown"], markdown(doc, variants, paths["plot"].name).encode())
+    if variants:
+        _plot(paths["plot"], variants, doc.get("source", ""))
+    else:
+        del paths["plot"]  # nothing measured (quantize without --eval): no plot
+    atomic_write(paths["markdown"], markdown(doc, variants, paths["plot"].name if variants else None).encode())
     return paths
 
 
@@ -221,8 +224,3 @@ def _variant(
         quantize_seconds=seconds,
         chosen=chosen,
     )
-
-
-def settings(options: Any) -> dict[str, Any]:
-    """Quantization options (a dataclass) as plain JSON values."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items()}

@@ -8,11 +8,14 @@ tf2onnx) is reached through this module; other modules receive ``tf`` from here.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+import sys
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,29 @@ from toolchain.sources import ModelError, ModelKind, UnsupportedOpsError
 __all__ = ["tf"]
 
 Dataset = Callable[[], Iterable[dict[str, Any]]]
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Send file descriptor 1 to stderr while TFLite's C++ code prints its progress there.
+
+    The converter and calibrator write lines like ``fully_quantize: 0, ...`` straight to fd 1,
+    which would corrupt ``edgetool ... --json`` output. Python-level stdout is left alone.
+    """
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):  # no real fd 1 (embedded interpreters): nothing to protect
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def serving_function(model: Any) -> Any:
@@ -137,7 +163,8 @@ def convert_tflite(converter: Any) -> bytes:
         ModelError: any other conversion failure.
     """
     try:
-        data: bytes = converter.convert()
+        with quiet_stdout():
+            data: bytes = converter.convert()
     except Exception as exc:  # the converter raises ConverterError and bare Exceptions
         text = str(exc)
         ops = unsupported_ops(text)
@@ -217,16 +244,18 @@ def debugger(converter: Any, dataset: Dataset, denylisted_nodes: Sequence[str] =
         denylisted_nodes=list(denylisted_nodes) or None, fully_quantize=False
     )
     try:
-        return tf.lite.experimental.QuantizationDebugger(
-            converter=converter, debug_dataset=dataset, debug_options=options
-        )
+        with quiet_stdout():
+            return tf.lite.experimental.QuantizationDebugger(
+                converter=converter, debug_dataset=dataset, debug_options=options
+            )
     except Exception as exc:  # the debugger re-raises converter and interpreter errors unchanged
         raise ConfigError(f"quantization debugger failed: {str(exc).strip()[:400]}") from None
 
 
 def layer_statistics(dbg: Any) -> list[dict[str, str]]:
     """Run ``dbg`` and return its per-layer statistics (one dict per quantized tensor, as strings)."""
-    dbg.run()
+    with quiet_stdout():
+        dbg.run()
     buf = io.StringIO()
     dbg.layer_statistics_dump(buf)
     return list(csv.DictReader(io.StringIO(buf.getvalue())))

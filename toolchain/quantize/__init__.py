@@ -73,7 +73,12 @@ class QuantizeResult:
 
     def settings(self) -> dict[str, Any]:
         """The options as plain JSON values (for reports and bundle provenance)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.options).items()}
+        return settings_dict(self.options)
+
+
+def settings_dict(options: QuantizeOptions) -> dict[str, Any]:
+    """Quantization options as plain JSON values."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items()}
 
 
 def needs_calibration(options: QuantizeOptions) -> bool:

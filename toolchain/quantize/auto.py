@@ -20,7 +20,7 @@ import numpy as np
 
 from device_agent.runtime import load_runtime
 from toolchain.calibration import open_samples, stack
-from toolchain.evaluate import predict, top1_agreement
+from toolchain.evaluate import labels_from, predict, top1_accuracy, top1_agreement
 from toolchain.measure import Measurement, measure
 from toolchain.quantize import (
     DEFAULT_SAMPLES,
@@ -92,14 +92,11 @@ class _Judge:
         stream = open_samples(eval_data, runtime.inputs)
         self.x = stack(stream)
         self.reference = predict(runtime, self.x)
-        self.labels = _labels(eval_data, len(stream))
+        self.labels = labels_from(eval_data, len(stream))
         self.ref_accuracy = self.accuracy(self.reference)
 
     def accuracy(self, outputs: dict[str, np.ndarray]) -> float | None:
-        if self.labels is None:
-            return None
-        first = next(iter(outputs.values()))
-        return float(np.mean(first.reshape(len(first), -1).argmax(axis=1) == self.labels))
+        return top1_accuracy(outputs, self.labels)
 
     def score(self, model: Path) -> tuple[float, float | None, float]:
         """(agreement, accuracy, drop in pp) of ``model``."""
@@ -108,13 +105,6 @@ class _Judge:
         if accuracy is not None and self.ref_accuracy is not None:
             return agreement, accuracy, 100.0 * (self.ref_accuracy - accuracy)
         return agreement, accuracy, 100.0 * (1.0 - agreement)
-
-
-def _labels(data: Path, n: int) -> np.ndarray | None:
-    if data.suffix != ".npz":
-        return None
-    with np.load(data, allow_pickle=False) as npz:
-        return np.asarray(npz["y"][:n]).reshape(-1) if "y" in npz.files else None
 
 
 def auto_quantize(

@@ -99,15 +99,15 @@ def quantize_file(model: Path, out: Path, options: OnnxOptions, stream: SampleSt
 
 def _quantize_file(model: Path, out: Path, options: OnnxOptions, stream: SampleStream | None) -> None:
     try:
+        prepared = _preprocess(model, out.with_suffix(".pre.onnx")) if options.preprocess else model
         if options.mode == "dynamic":
             quantize_dynamic(
-                model, out, per_channel=options.per_channel, weight_type=QuantType.QInt8,
+                prepared, out, per_channel=options.per_channel, weight_type=QuantType.QInt8,
                 nodes_to_exclude=list(options.float_nodes),
             )  # fmt: skip
             return
         if stream is None:
             raise QuantizeError("--mode int8 needs calibration data")
-        prepared = _preprocess(model, out.with_suffix(".pre.onnx")) if options.preprocess else model
         quantize_static(
             prepared, out, StreamReader(stream), quant_format=QuantFormat.QDQ, per_channel=options.per_channel,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=_METHODS[options.calibrate],

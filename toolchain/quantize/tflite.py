@@ -44,7 +44,8 @@ def convert(loaded: Any, options: TFLiteOptions, stream: SampleStream | None) ->
         if stream is None:
             raise QuantizeError("a mixed int8 model needs calibration data")
         dbg = tfb.debugger(converter, dataset(stream), options.float_nodes)
-        result: bytes = dbg.get_nondebug_quantized_model()
+        with tfb.quiet_stdout():
+            result: bytes = dbg.get_nondebug_quantized_model()
         return result
     return tfb.convert_tflite(converter)
 
