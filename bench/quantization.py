@@ -83,7 +83,7 @@ def run() -> str:
         "Each reference model (`python -m models build NAME`) in each mode, produced by the same code as "
         "`edgetool quantize` with its default calibration (200 samples of calib.npz), evaluated on eval.npz "
         "in the device runtime (ai-edge-litert / onnxruntime). digits-cnn: the 360 held-out digits; kws-cnn: "
-        "400 synthetic spectrograms; mobilenet-96 is untrained (no labels: agreement only). Latency: one "
+        "400 synthetic spectrograms; mobilenet-96: 256 synthetic images. Latency: one "
         f"thread, one sample, median of {ROUNDS} interleaved rounds of {RUNS} runs (p50), each in a fresh "
         "child process; the ratio is what transfers to other machines, not the milliseconds.\n",
         "| model | format | mode | KiB | size vs float32 | top-1 % | Δ top-1 pp | agreement % | p50 ms | latency vs float32 | quantize s |",

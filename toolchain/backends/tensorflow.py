@@ -194,7 +194,7 @@ def _frozen(fn: Any) -> Any:
         return frozen
     names = sorted(structure)  # flattening a dict orders it by key
 
-    @tf.function(input_signature=fn.input_signature)
+    @tf.function(input_signature=fn.input_signature, autograph=False)
     def named(*args: Any) -> dict[str, Any]:
         return dict(zip(names, frozen(*args), strict=True))
 
