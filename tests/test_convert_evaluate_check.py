@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -186,3 +187,20 @@ def test_edgetool_cli_import_stays_light() -> None:
     heavy = {"tensorflow", "keras", "onnx", "tf2onnx", "matplotlib", "sklearn"}
     assert not {m for m in modules if m.split(".")[0] in heavy}
     assert "onnxruntime.quantization" not in modules
+
+
+def test_package_full_integer_model_with_float_calibration(
+    tmp_path: Path, tiny_models: dict[str, Path], key_files: tuple[Path, Path]
+) -> None:
+    """Float calibration/self-test data is quantized with the int8 input's scale and zero point."""
+    q = tmp_path / "q.tflite"
+    edgetool("quantize", tiny_models["keras"], "--format", "tflite", "--mode", "int8",
+             "--calibration", tiny_models["calibration"], "-o", q)  # fmt: skip
+    bundle = tmp_path / "q.efb"
+    edgetool("package", q, "--name", "digits", "--version", "1.0.0", "--sequence", "1", "--key", key_files[0],
+             "--calibration", tiny_models["calibration"], "--labels", tiny_models["labels"], "-o", bundle)  # fmt: skip
+    read = read_bundle(bundle.read_bytes())
+    assert read.manifest.inputs[0].dtype == "int8"
+    with np.load(io.BytesIO(read.read("selftest.npz"))) as st:
+        sample = st["in0"]
+    assert sample.dtype == np.int8 and sample.min() >= -128 and len(np.unique(sample)) > 2

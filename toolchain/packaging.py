@@ -32,6 +32,7 @@ from device_agent.bundle import (
 from device_agent.errors import ConfigError
 from device_agent.runtime import Runtime, load_runtime
 from toolchain.npzio import DataError, feeds_for, load_arrays, save_npz
+from toolchain.qio import quantize_float_arrays
 
 RUNTIME_BY_SUFFIX = {".tflite": "tflite", ".onnx": "onnx"}
 DRIFT_BINS = 10
@@ -84,7 +85,8 @@ def package(model_path: Path, opts: PackageOptions) -> bytes:
     model_file = f"model/model.{kind}"
     contents: dict[str, bytes] = {model_file: model_bytes}
 
-    calibration = load_arrays(opts.calibration) if opts.calibration else None
+    # Float data feeds full-integer models too: quantized with each input's scale and zero point.
+    calibration = quantize_float_arrays(load_arrays(opts.calibration), runtime.inputs) if opts.calibration else None
     calib_feeds = feeds_for(calibration, runtime.inputs, str(opts.calibration)) if calibration else None
     inputs = _selftest_inputs(runtime, opts, calib_feeds, model_bytes)
     outputs = run_samples(runtime, inputs)
@@ -137,7 +139,8 @@ def _selftest_inputs(
     runtime: Runtime, opts: PackageOptions, calib: dict[str, np.ndarray] | None, model_bytes: bytes
 ) -> dict[str, np.ndarray]:
     if opts.selftest_inputs:
-        feeds = feeds_for(load_arrays(opts.selftest_inputs), runtime.inputs, str(opts.selftest_inputs))
+        arrays = quantize_float_arrays(load_arrays(opts.selftest_inputs), runtime.inputs)
+        feeds = feeds_for(arrays, runtime.inputs, str(opts.selftest_inputs))
         return {k: v[: opts.selftest_samples] for k, v in feeds.items()}
     if calib is not None:
         return {k: v[: opts.selftest_samples] for k, v in calib.items()}

@@ -31,6 +31,17 @@ def from_output(spec: TensorInfo, y: np.ndarray) -> np.ndarray:
     return y.astype(np.float32, copy=False)
 
 
+def quantize_float_arrays(arrays: Mapping[str, np.ndarray], inputs: Sequence[TensorInfo]) -> dict[str, np.ndarray]:
+    """``arrays`` (keyed by input name, or ``x`` for a single input) with float data for integer,
+    quantized inputs quantized with the input's scale and zero point; everything else unchanged."""
+    out = dict(arrays)
+    for spec in inputs:
+        key = spec.name if spec.name in out else "x" if len(inputs) == 1 and "x" in out else None
+        if key is not None and out[key].dtype.kind == "f" and np.dtype(spec.dtype).kind in "iu" and spec.quantization:
+            out[key] = to_input(spec, out[key])
+    return out
+
+
 def feeds(inputs: Sequence[TensorInfo], data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Float data keyed by input name, converted for each input."""
     return {spec.name: to_input(spec, data[spec.name]) for spec in inputs}
