@@ -223,8 +223,48 @@ def _tf2onnx(fn: Any, opset: int) -> bytes:
                 f"ONNX conversion failed: tf2onnx has no ONNX mapping (opset {opset}) for: {', '.join(ops)}", ops
             ) from None
         raise ModelError(f"ONNX conversion failed: {text.strip()[:400]}") from None
+    _canonical_names(proto)
     data: bytes = proto.SerializeToString()
     return data
+
+
+_GENERATED = re.compile(r"^.*__\d+$")
+
+
+def _canonical_names(proto: Any) -> None:
+    """Rename tf2onnx's generated names (``Transpose__24``, ``const_axes__7``) in graph order, in place.
+
+    tf2onnx numbers what it creates with a process-wide counter and merges equal constants in
+    set-iteration order (string hashing is randomised per process), so the same model converted
+    twice would differ in these names alone. Renaming by first use (``Transpose__0``, ``const__1``)
+    and sorting the initializers makes conversions byte-reproducible.
+    """
+    graph = proto.graph
+    constants = {init.name for init in graph.initializer}
+    renamed: dict[str, str] = {}
+
+    def canon(name: str, stem: str) -> str:
+        base, _, port = name.partition(":")
+        if not _GENERATED.match(base):
+            return name
+        if base not in renamed:
+            renamed[base] = f"{'const' if base in constants else stem}__{len(renamed)}"
+        return renamed[base] + (f":{port}" if port else "")
+
+    for node in graph.node:
+        node.input[:] = [canon(n, "tensor") for n in node.input]
+        node.name = canon(node.name, node.op_type)
+        node.output[:] = [canon(n, node.op_type) for n in node.output]
+    for info in (*graph.output, *graph.value_info):
+        info.name = canon(info.name, "tensor")
+    for init in graph.initializer:
+        init.name = canon(init.name, "const")
+    ordered = sorted(graph.initializer, key=lambda t: t.name)
+    copies = [type(t)() for t in ordered]
+    for copy, original in zip(copies, ordered, strict=True):
+        copy.CopyFrom(original)
+    del graph.initializer[:]
+    graph.initializer.extend(copies)
 
 
 def keras_to_onnx(model: Any, out: Path, opset: int = 17) -> bytes:
