@@ -54,6 +54,9 @@ def test_convert_savedmodel_and_unsupported_ops(tmp_path: Path) -> None:
 
     result = edgetool("convert", odd, "--to", "tflite", "-o", tmp_path / "odd.tflite", ok=False)
     assert_one_line_error(result, "ops not in TFLite's built-in kernels: Igamma", "SELECT_TF_OPS", "[unsupported-ops]")
+    result = edgetool("convert", odd, "--to", "onnx", "-o", tmp_path / "odd.onnx", ok=False)
+    assert_one_line_error(result, "tf2onnx has no ONNX mapping (opset 17) for: Igamma", "[unsupported-ops]")
+    assert not (tmp_path / "odd.onnx").exists()
 
 
 def test_evaluate_reports_every_metric(tmp_path: Path, digits_cnn: dict[str, Path]) -> None:

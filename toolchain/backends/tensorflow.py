@@ -223,9 +223,26 @@ def _tf2onnx(fn: Any, opset: int) -> bytes:
                 f"ONNX conversion failed: tf2onnx has no ONNX mapping (opset {opset}) for: {', '.join(ops)}", ops
             ) from None
         raise ModelError(f"ONNX conversion failed: {text.strip()[:400]}") from None
+    _refuse_unknown_ops(proto, opset)
     _canonical_names(proto)
     data: bytes = proto.SerializeToString()
     return data
+
+
+def _refuse_unknown_ops(proto: Any, opset: int) -> None:
+    """tf2onnx logs ops it cannot map and leaves them in the graph as-is; refuse such a model.
+
+    Raises:
+        UnsupportedOpsError: listing the TensorFlow ops with no ONNX equivalent.
+    """
+    from onnx import defs
+
+    unknown = sorted({n.op_type for n in proto.graph.node if n.domain in ("", "ai.onnx") and not defs.has(n.op_type)})
+    if unknown:
+        raise UnsupportedOpsError(
+            f"ONNX conversion failed: tf2onnx has no ONNX mapping (opset {opset}) for: {', '.join(unknown)}",
+            tuple(unknown),
+        )
 
 
 _GENERATED = re.compile(r"^.*__\d+$")
