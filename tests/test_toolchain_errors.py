@@ -119,3 +119,22 @@ def test_unknown_model_type(tmp_path: Path) -> None:
     model = _garbage(tmp_path / "m.pt")
     result = edgetool("convert", model, "--to", "onnx", "-o", tmp_path / "o.onnx", ok=False)
     assert_one_line_error(result, "unknown model type .pt", "[model]")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (
+            ["--format", "tflite", "--mode", "dynamic", "--io", "uint8"],
+            "--io applies to --format tflite --mode int8 only",
+        ),
+        (["--format", "tflite", "--mode", "int8", "--per-channel"], "--per-channel applies to --format onnx only"),
+        (["--format", "onnx", "--mode", "dynamic", "--calibrate", "entropy"], "--calibrate applies to ONNX int8 only"),
+    ],
+)
+def test_options_that_do_not_apply_are_refused(
+    args: list[str], fragment: str, tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    result = edgetool("quantize", tiny_models["keras"], *args, "--calibration", tiny_models["calibration"],
+                      "-o", tmp_path / "q.out", ok=False)  # fmt: skip
+    assert_one_line_error(result, fragment, "[quantize]")

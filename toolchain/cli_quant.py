@@ -51,11 +51,11 @@ def convert(model: Path, target: str, output: Path, opset: int) -> None:
 @click.option("--calibration", type=DATA, help="Calibration .npz (x, or one array per input), .npy, or .npy dir.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--samples", type=click.IntRange(min=1), default=200, show_default=True, help="Calibration samples.")
-@click.option("--io", type=click.Choice(["int8", "uint8", "float"]), default="int8", show_default=True,
-              help="TFLite int8: input/output type.")  # fmt: skip
+@click.option("--io", type=click.Choice(["int8", "uint8", "float"]),
+              help="TFLite int8 only: input/output type (default int8).")  # fmt: skip
 @click.option("--per-channel", is_flag=True, help="ONNX: per-channel weight scales.")
-@click.option("--calibrate", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
-              show_default=True, help="ONNX int8: activation range method.")  # fmt: skip
+@click.option("--calibrate", type=click.Choice(["minmax", "entropy", "percentile"]),
+              help="ONNX int8 only: activation range method (default minmax).")  # fmt: skip
 @click.option("--eval", "eval_data", type=DATA, help="Evaluation .npz (x, y): measure the result (auto: required).")
 @click.option("--max-accuracy-drop", type=click.FloatRange(min=0), help="Auto: allowed top-1 drop in pp.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),

@@ -34,13 +34,31 @@ def busy(message: str) -> Iterator[None]:
         yield
 
 
+def _refuse_unused(fmt: str, mode: str, kw: dict[str, Any]) -> None:
+    """Options that do not apply to this format/mode are an error, never silently ignored.
+
+    Raises:
+        QuantizeError: naming the option and where it applies.
+    """
+    applies = {
+        "--io": (kw["io"] is not None, fmt == "tflite" and mode == "int8", "--format tflite --mode int8"),
+        "--per-channel": (kw["per_channel"], fmt == "onnx", "--format onnx"),
+        "--calibrate": (kw["calibrate"] is not None, fmt == "onnx" and mode in ("int8", "auto"), "ONNX int8"),
+    }
+    for option, (given, valid, where) in applies.items():
+        if given and not valid:
+            raise QuantizeError(f"{option} applies to {where} only")
+
+
 def _options(fmt: str, mode: str, kw: dict[str, Any]) -> QuantizeOptions:
     modes = TFLITE_MODES if fmt == "tflite" else ONNX_MODES
     if mode not in modes:
         raise QuantizeError(f"--format {fmt} has no mode {mode!r}; use one of {', '.join(modes)} or auto")
+    _refuse_unused(fmt, mode, kw)
     if fmt == "tflite":
-        return TFLiteOptions(mode, io=kw["io"], samples=kw["samples"])  # type: ignore[arg-type]
-    return OnnxOptions(mode, per_channel=kw["per_channel"], calibrate=kw["calibrate"], samples=kw["samples"])  # type: ignore[arg-type]
+        return TFLiteOptions(mode, io=kw["io"] or "int8", samples=kw["samples"])  # type: ignore[arg-type]
+    calibrate = kw["calibrate"] or "minmax"
+    return OnnxOptions(mode, per_channel=kw["per_channel"], calibrate=calibrate, samples=kw["samples"])  # type: ignore[arg-type]
 
 
 def run_quantize(
@@ -81,14 +99,16 @@ def run_auto(
                                      ("--calibration", "calibration")) if kw[key] is None]  # fmt: skip
     if missing:
         raise QuantizeError(f"--mode auto needs {', '.join(missing)}")
+    if kw["io"] is not None:
+        raise QuantizeError("--io does not apply to --mode auto (its models keep float input and output)")
+    _refuse_unused(fmt, "auto", kw)
     opts = AutoOptions(
         format=fmt,  # type: ignore[arg-type]
         max_drop_pp=kw["max_accuracy_drop"],
         eval_data=kw["eval_data"],
         calibration=kw["calibration"],
         samples=kw["samples"],
-        per_channel=True if fmt == "onnx" else kw["per_channel"],
-        calibrate=kw["calibrate"],
+        calibrate=kw["calibrate"] or "minmax",
         latency_runs=30 if measure else 0,
     )
     result = auto_quantize(model, output, opts, log=lambda msg: click.echo(f"  tried {msg}", err=True))
