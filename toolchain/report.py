@@ -143,6 +143,7 @@ def _plot(path: Path, variants: Sequence[Variant], title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     names = [v.name for v in variants]
     colors = ["tab:green" if v.chosen else "tab:blue" for v in variants]
@@ -153,8 +154,12 @@ def _plot(path: Path, variants: Sequence[Variant], title: str) -> None:
     ]
     fig, axes = plt.subplots(1, 3, figsize=(13, 0.5 * len(variants) + 2.0))
     for ax, (label, values) in zip(axes, panels, strict=True):
-        ax.barh(names, values, color=colors)
+        bars = ax.barh(names, values, color=colors)
+        ax.bar_label(bars, fmt="%.3g", padding=2, fontsize=8)
         ax.set_xlabel(label)
+        floor = 1e-3 if label.startswith("latency") else 1.0  # keep an all-zero panel readable
+        ax.set_xlim(min([*values, 0.0]) * 1.3, max([*values, floor]) * 1.3)
+        ax.xaxis.set_major_locator(MaxNLocator(4))
         ax.invert_yaxis()
     for ax in axes[1:]:
         ax.set_yticklabels([])
