@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest test-embedded demo bench clean
+.PHONY: install test lint typecheck pytest test-embedded test-agent-envs demo bench clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "edgefleet needs Python 3.11+ (set PYTHON=...)")'
@@ -33,6 +33,10 @@ test: lint typecheck pytest
 ## test-embedded: the MQTT tests against the embedded (amqtt) broker instead of mosquitto
 test-embedded: install
 	EDGEFLEET_TEST_BROKER=embedded $(PY) -m pytest tests/test_mqtt_transport.py
+
+## test-agent-envs: the agent alone in fresh venvs with edgefleet[agent] and edgefleet[agent-legacy]
+test-agent-envs: install
+	$(PY) scripts/agent_env_check.py
 
 ## demo: build a real model, package, sign, verify and inspect it
 demo: install

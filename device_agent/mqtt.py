@@ -67,6 +67,8 @@ class MqttConfig:
     connect_timeout: float = 10.0  # seconds
     protocol: str = "auto"  # "auto" (MQTT 5, falling back to 3.1.1), "5" or "3.1.1"
     clean_start: bool = False  # keep the session (and QoS 1 commands queued while offline)
+    session_expiry_s: int = 7 * 24 * 3600  # MQTT 5: how long the broker keeps that session
+    manual_ack: bool = False  # acknowledge QoS>0 messages only when the caller says it acted on them
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class Message:
     payload: bytes
     qos: int
     retain: bool
+    mid: int = 0
 
 
 @dataclass(frozen=True)
@@ -126,11 +129,14 @@ class MqttClient:
 
     def _connect_once(self, version: str, will: Will | None) -> None:
         v5 = version == "5"
+        self.disconnect()  # a previous, lost connection: stop its network thread first
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.config.client_id,
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             clean_session=None if v5 else self.config.clean_start,
+            reconnect_on_failure=False,  # the caller's supervisor owns the reconnection policy
+            manual_ack=self.config.manual_ack,
         )
         username = self.config.username or self.broker.username
         if username:
@@ -161,8 +167,8 @@ class MqttClient:
             raise TransportError(f"cannot reach broker {self.broker}: {exc}") from None
         client.loop_start()
         if not self._connack.wait(self.config.connect_timeout) or self._connack_error:
-            client.loop_stop()
             client.disconnect()
+            client.loop_stop()
             raise TransportError(self._connack_error or f"broker {self.broker} did not answer CONNECT in time")
         self._client = client
 
@@ -179,7 +185,7 @@ class MqttClient:
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         try:
-            self.messages.put_nowait(Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain)))
+            self.messages.put_nowait(Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid))
         except queue.Full:
             self.dropped += 1
 
@@ -219,6 +225,16 @@ class MqttClient:
             if not self._suback_cond.wait_for(lambda: mid in self._subacked, timeout):
                 raise TransportError(f"subscription not acknowledged within {timeout}s")
             self._subacked.discard(mid)
+
+    def ack(self, message: Message) -> None:
+        """Acknowledge a QoS>0 message received with ``manual_ack`` (after acting on it).
+
+        An unacknowledged message is delivered again after a reconnect, so a crash between receipt
+        and action loses nothing.
+        """
+        client = self._client
+        if client is not None and message.qos > 0 and self.config.manual_ack:
+            client.ack(message.mid, message.qos)
 
     def disconnect(self) -> None:
         client, self._client = self._client, None

@@ -31,6 +31,8 @@ def digits_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 def build(out: Path) -> dict[str, Path]:
     import keras
 
+    from toolchain.quantize import TFLiteOptions, quantize
+
     seed_everything()
     x_train, y_train, x_test, y_test = digits_data()
     model = keras.Sequential(
@@ -44,4 +46,9 @@ def build(out: Path) -> dict[str, Path]:
     )
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x_train, y_train, epochs=4, batch_size=64, verbose=0, shuffle=False)
-    return write_all(model, out, calib=x_train[:200], eval_x=x_test, eval_y=y_test, labels=[str(d) for d in range(10)])
+    paths = write_all(model, out, calib=x_train[:200], eval_x=x_test, eval_y=y_test, labels=[str(d) for d in range(10)])
+    # Full-integer TFLite with int8 input and output (exercises the agent's quantized I/O path).
+    paths["tflite_int8"] = quantize(
+        paths["keras"], out / "model_int8.tflite", TFLiteOptions("int8", samples=100), paths["calibration"]
+    ).output
+    return paths

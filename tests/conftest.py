@@ -73,13 +73,16 @@ def _models_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def build_reference_model(request: pytest.FixtureRequest, name: str) -> dict[str, Path]:
+def build_reference_model(
+    request: pytest.FixtureRequest, name: str, extra: dict[str, str] | None = None
+) -> dict[str, Path]:
     """Build recipe ``name`` once, cached across runs by the recipes' source hash.
 
-    Built in a child process so tensorflow never enters the test process for this.
+    Built in a child process so tensorflow never enters the test process for this. ``extra``
+    names files (role → file) the recipe writes besides the common ones.
     """
     cache = Path(request.config.cache.mkdir("edgefleet-models")) / f"{name}-{_models_fingerprint()}"
-    paths = {role: cache / file for role, file in MODEL_FILES.items()}
+    paths = {role: cache / file for role, file in {**MODEL_FILES, **(extra or {})}.items()}
     if not all(p.exists() for p in paths.values()):
         subprocess.run(
             [sys.executable, "-m", "models", "build", name, "--out", str(cache)],
@@ -92,8 +95,8 @@ def build_reference_model(request: pytest.FixtureRequest, name: str) -> dict[str
 
 @pytest.fixture(scope="session")
 def tiny_models(request: pytest.FixtureRequest) -> dict[str, Path]:
-    """tiny-digits as Keras, TFLite and ONNX with calib/eval data."""
-    return build_reference_model(request, "tiny-digits")
+    """tiny-digits as Keras, TFLite (float and full-integer int8) and ONNX with calib/eval data."""
+    return build_reference_model(request, "tiny-digits", {"tflite_int8": "model_int8.tflite"})
 
 
 @pytest.fixture(scope="session")

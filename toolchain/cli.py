@@ -193,6 +193,59 @@ def inspect(bundle: str, trust: tuple[str, ...], as_json: bool) -> None:
     _print_summary(result, size=len(data))
 
 
+@cli.command()
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--target", required=True, type=click.Path(file_okay=False, path_type=Path), help="Device home to write.")
+@click.option("--device-id", required=True, help="Device id, [a-z0-9-].")
+@click.option("--fleet", default="default", show_default=True, help="Fleet id, [a-z0-9-].")
+@click.option("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT.")
+@click.option(
+    "--trust",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Release public key(s) the device trusts.",
+)
+@click.option(
+    "--threshold", default=1, show_default=True, type=click.IntRange(min=1), help="Valid signatures a bundle needs."
+)
+@click.option("--sku", default="generic", show_default=True, help="Hardware SKU reported to the fleet.")
+@click.option("--tag", "tags", multiple=True, help="Device tag (repeat).")
+@click.option("--username", default="", help="MQTT username.")
+@click.option("--password", default="", help="MQTT password (agent.toml is then written with mode 0600).")
+@click.option("--cafile", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CA certificate for TLS.")
+@click.option("--certfile", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Client certificate.")
+@click.option("--keyfile", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Client certificate key.")
+@click.option("--telemetry-interval", default=10.0, show_default=True, type=click.FloatRange(min=0.1), help="Seconds.")
+@click.option(
+    "--replay-rate",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Self-test replays per second (demos).",
+)
+@click.option("--api-listen", default="127.0.0.1:0", show_default=True, help="Local API HOST:PORT (0: any free port).")
+@click.option("--force", is_flag=True, help="Overwrite an existing device home.")
+def flash(
+    bundle: Path, target: Path, trust: tuple[Path, ...], tags: tuple[str, ...], telemetry_interval: float, **kw: Any
+) -> None:
+    """Provision a device: write the home directory with BUNDLE verified and committed in slot A.
+
+    Writes agent.toml, trust/*.pub, slots/a/bundle.efb, state.json, downloads/ and spool/.
+    Start the device with `edge-agent run --home TARGET`.
+    """
+    from toolchain.flash import FlashOptions
+    from toolchain.flash import flash as do_flash
+
+    opts = FlashOptions(trust=list(trust), tags=tags, telemetry_interval_s=telemetry_interval, **kw)
+    home = do_flash(bundle, target, opts)
+    m = read_bundle(home.slot("a").read_bytes()).manifest
+    click.echo(
+        f"flashed {opts.device_id} ({opts.fleet}) at {target}: {m.name} {m.version} (sequence {m.sequence}) in slot a"
+    )
+    click.echo(f"start it with: edge-agent run --home {target}")
+
+
 def _tensor_line(t: Any) -> str:
     q = f" q(scale={t.quantization.scale[0]:.4g}, zp={t.quantization.zero_point[0]})" if t.quantization else ""
     return f"{t.name} {t.dtype}{list(t.shape)}{q}"

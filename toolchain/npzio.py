@@ -14,6 +14,7 @@ import numpy as np
 from device_agent.bundle.archive import FIXED_DATE
 from device_agent.bundle.manifest import TensorInfo
 from device_agent.errors import ConfigError
+from device_agent.runtime.base import quantize
 
 
 class DataError(ConfigError):
@@ -79,8 +80,8 @@ def check_meta(spec: TensorInfo, dtype: np.dtype, shape: Sequence[int], source: 
 def feeds_for(arrays: Mapping[str, np.ndarray], inputs: Sequence[TensorInfo], source: str) -> dict[str, np.ndarray]:
     """Map arrays to model inputs: ``x`` for a single-input model, else one array per input name.
 
-    Samples run along axis 0. Floating data is cast to a floating input's precision; any other
-    dtype mismatch, a missing input, or a per-sample shape that does not fit is an error.
+    Samples run along axis 0. Floating data is cast to a floating input's precision, or quantized
+    with a quantized input's scale and zero-point; any other dtype mismatch, a missing input, or a per-sample shape that does not fit is an error.
 
     Raises:
         DataError: naming the input and what was expected.
@@ -93,8 +94,11 @@ def feeds_for(arrays: Mapping[str, np.ndarray], inputs: Sequence[TensorInfo], so
             a = arrays["x"]
         else:
             raise DataError(f"{source} has no array for input {spec.name!r} (keys: {', '.join(arrays) or 'none'})")
-        if a.dtype != np.dtype(spec.dtype) and a.dtype.kind == "f" and np.dtype(spec.dtype).kind == "f":
-            a = a.astype(spec.dtype)
+        want = np.dtype(spec.dtype)
+        if a.dtype != want and a.dtype.kind == "f" and want.kind == "f":
+            a = a.astype(want)
+        elif a.dtype != want and a.dtype.kind == "f" and spec.quantization is not None:
+            a = quantize(a, spec)  # float data for a quantized input: the input's own scale/zero-point
         check_meta(spec, a.dtype, a.shape, source)
         out[spec.name] = a
     counts = {len(a) for a in out.values()}

@@ -31,8 +31,8 @@ from device_agent.bundle import (
 )
 from device_agent.errors import ConfigError
 from device_agent.runtime import Runtime, load_runtime
+from device_agent.runtime.base import dequantize
 from toolchain.npzio import DataError, feeds_for, load_arrays, save_npz
-from toolchain.qio import quantize_float_arrays
 
 RUNTIME_BY_SUFFIX = {".tflite": "tflite", ".onnx": "onnx"}
 DRIFT_BINS = 10
@@ -85,8 +85,7 @@ def package(model_path: Path, opts: PackageOptions) -> bytes:
     model_file = f"model/model.{kind}"
     contents: dict[str, bytes] = {model_file: model_bytes}
 
-    # Float data feeds full-integer models too: quantized with each input's scale and zero point.
-    calibration = quantize_float_arrays(load_arrays(opts.calibration), runtime.inputs) if opts.calibration else None
+    calibration = load_arrays(opts.calibration) if opts.calibration else None
     calib_feeds = feeds_for(calibration, runtime.inputs, str(opts.calibration)) if calibration else None
     inputs = _selftest_inputs(runtime, opts, calib_feeds, model_bytes)
     outputs = run_samples(runtime, inputs)
@@ -139,8 +138,7 @@ def _selftest_inputs(
     runtime: Runtime, opts: PackageOptions, calib: dict[str, np.ndarray] | None, model_bytes: bytes
 ) -> dict[str, np.ndarray]:
     if opts.selftest_inputs:
-        arrays = quantize_float_arrays(load_arrays(opts.selftest_inputs), runtime.inputs)
-        feeds = feeds_for(arrays, runtime.inputs, str(opts.selftest_inputs))
+        feeds = feeds_for(load_arrays(opts.selftest_inputs), runtime.inputs, str(opts.selftest_inputs))
         return {k: v[: opts.selftest_samples] for k, v in feeds.items()}
     if calib is not None:
         return {k: v[: opts.selftest_samples] for k, v in calib.items()}
@@ -204,11 +202,14 @@ def _histogram(values: np.ndarray, edges: np.ndarray | None = None) -> dict[str,
 def drift_reference(runtime: Runtime, feeds: Mapping[str, np.ndarray], post: Postprocess) -> bytes:
     """Reference histograms (inner bin edges and fractions) of inputs and outputs, for PSI on the device."""
     sample = {k: v[:DRIFT_SAMPLES] for k, v in feeds.items()}
-    outputs = run_samples(runtime, sample)
+    raw = run_samples(runtime, sample)
+    # Histograms live in the float domain (quantized tensors dequantized), as the agent records them.
+    inputs = {s.name: dequantize(sample[s.name], s) for s in runtime.inputs}
+    outputs = {s.name: dequantize(raw[s.name], s) for s in runtime.outputs}
     ref: dict[str, Any] = {
         "version": 1,
         "samples": len(next(iter(sample.values()))),
-        "inputs": {k: _histogram(v) for k, v in sample.items()},
+        "inputs": {k: _histogram(v) for k, v in inputs.items()},
         "outputs": {k: _histogram(v) for k, v in outputs.items()},
     }
     if post.kind == "classification" and post.output is not None:

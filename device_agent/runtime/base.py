@@ -50,8 +50,8 @@ class Runtime(ABC):
         """
 
 
-def load_runtime(kind: str, model: str | os.PathLike[str], threads: int = 1) -> Runtime:
-    """Load ``model`` with the backend for ``kind`` (``tflite`` or ``onnx``).
+def load_runtime(kind: str, model: str | os.PathLike[str] | bytes, threads: int = 1) -> Runtime:
+    """Load ``model`` (a path, or the model's bytes) with the backend for ``kind`` (``tflite`` or ``onnx``).
 
     Raises:
         RuntimeLoadError: unknown kind, backend not installed, or a model the backend refuses.
@@ -59,7 +59,7 @@ def load_runtime(kind: str, model: str | os.PathLike[str], threads: int = 1) -> 
     if kind not in _BACKENDS:
         raise RuntimeLoadError(f"unknown runtime {kind!r}; expected one of {', '.join(_BACKENDS)}")
     module = importlib.import_module(_BACKENDS[kind])
-    runtime: Runtime = module.load(os.fspath(model), threads)
+    runtime: Runtime = module.load(model if isinstance(model, bytes) else os.fspath(model), threads)
     return runtime
 
 
@@ -80,3 +80,26 @@ def check_feed(spec: TensorInfo, array: np.ndarray) -> None:
         want not in (-1, got) for want, got in zip(spec.shape, array.shape, strict=True)
     ):
         raise RuntimeLoadError(f"input {spec.name!r} expects shape {list(spec.shape)}, got {list(array.shape)}")
+
+
+def quantize(array: np.ndarray, spec: TensorInfo) -> np.ndarray:
+    """Float data → the integer dtype of a quantized input (per-tensor scale/zero-point), rounded and clipped."""
+    import numpy as np
+
+    q = spec.quantization
+    dtype = np.dtype(spec.dtype)
+    if q is None or array.dtype.kind != "f" or dtype.kind not in "iu":
+        return array
+    info = np.iinfo(dtype)
+    scaled = np.round(array / q.scale[0] + q.zero_point[0])
+    return np.clip(scaled, info.min, info.max).astype(dtype)
+
+
+def dequantize(array: np.ndarray, spec: TensorInfo) -> np.ndarray:
+    """A quantized output → float32 with the tensor's scale/zero-point (other tensors pass through)."""
+    import numpy as np
+
+    q = spec.quantization
+    if q is None or array.dtype.kind not in "iu":
+        return array
+    return ((array.astype(np.float32) - q.zero_point[0]) * q.scale[0]).astype(np.float32)

@@ -5,6 +5,8 @@ The only device_agent module that imports a TFLite interpreter.
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +17,8 @@ from device_agent.runtime.base import Runtime, RuntimeLoadError, check_feed
 
 
 def _interpreter_module() -> tuple[Any, str]:
+    """ai-edge-litert, else tflite-runtime, else TensorFlow's own tf.lite (a host fallback only:
+    the agent extras never install tensorflow, so a device never gets here)."""
     try:
         import ai_edge_litert
         from ai_edge_litert import interpreter
@@ -28,10 +32,21 @@ def _interpreter_module() -> tuple[Any, str]:
 
         return interpreter, getattr(tflite_runtime, "__version__", "0.0.0")
     except ImportError:
+        pass
+    try:
+        tf = importlib.import_module("tensorflow")
+    except ImportError:
         raise RuntimeLoadError("no TFLite runtime: install ai-edge-litert (or tflite-runtime)") from None
+    return tf.lite, str(tf.__version__)
 
 
 def installed_version() -> str:
+    """From package metadata when possible, so asking does not load the interpreter."""
+    for dist in ("ai-edge-litert", "tflite-runtime"):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
     return _interpreter_module()[1]
 
 
@@ -61,13 +76,17 @@ def _spec(detail: dict[str, Any], names: dict[int, str]) -> TensorInfo:
 class LiteRTRuntime(Runtime):
     name = "tflite"
 
-    def __init__(self, path: str, threads: int) -> None:
+    def __init__(self, model: str | bytes, threads: int) -> None:
         module, self._version = _interpreter_module()
+        source = "the model" if isinstance(model, bytes) else model
         try:
-            self._it = module.Interpreter(model_path=path, num_threads=threads)
+            if isinstance(model, bytes):
+                self._it = module.Interpreter(model_content=model, num_threads=threads)
+            else:
+                self._it = module.Interpreter(model_path=model, num_threads=threads)
             self._it.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise RuntimeLoadError(f"LiteRT cannot load {path}: {exc}") from None
+            raise RuntimeLoadError(f"LiteRT cannot load {source}: {exc}") from None
         self._in = self._it.get_input_details()
         self._out = self._it.get_output_details()
         names = _signature_names(self._it)
@@ -99,13 +118,16 @@ class LiteRTRuntime(Runtime):
                 resized = True
         if resized:
             self._it.allocate_tensors()
-        for spec, detail in zip(self._inputs, self._in, strict=True):
-            self._it.set_tensor(detail["index"], np.ascontiguousarray(feeds[spec.name]))
-        self._it.invoke()
+        try:
+            for spec, detail in zip(self._inputs, self._in, strict=True):
+                self._it.set_tensor(detail["index"], np.ascontiguousarray(feeds[spec.name]))
+            self._it.invoke()
+        except (RuntimeError, ValueError) as exc:  # the interpreter's own failures (bad op, bad tensor)
+            raise RuntimeLoadError(f"LiteRT failed to run the model: {str(exc)[:300]}") from None
         return {
             spec.name: self._it.get_tensor(d["index"]).copy() for spec, d in zip(self._outputs, self._out, strict=True)
         }
 
 
-def load(path: str, threads: int) -> Runtime:
-    return LiteRTRuntime(path, threads)
+def load(model: str | bytes, threads: int) -> Runtime:
+    return LiteRTRuntime(model, threads)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,7 +27,11 @@ def _ort() -> Any:
 
 
 def installed_version() -> str:
-    return str(_ort().__version__)
+    """From package metadata: importing onnxruntime only to read its version costs ~50 MB of RSS."""
+    try:
+        return importlib.metadata.version("onnxruntime")
+    except importlib.metadata.PackageNotFoundError:
+        raise RuntimeLoadError("ONNX Runtime is not installed: install onnxruntime") from None
 
 
 def _spec(arg: Any) -> TensorInfo:
@@ -39,16 +44,17 @@ def _spec(arg: Any) -> TensorInfo:
 class OnnxRuntime(Runtime):
     name = "onnx"
 
-    def __init__(self, path: str, threads: int) -> None:
+    def __init__(self, model: str | bytes, threads: int) -> None:
         ort = _ort()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped exceptions (Fail, InvalidGraph, ...)
-            raise RuntimeLoadError(f"ONNX Runtime cannot load {path}: {str(exc)[:300]}") from None
+            source = "the model" if isinstance(model, bytes) else model
+            raise RuntimeLoadError(f"ONNX Runtime cannot load {source}: {str(exc)[:300]}") from None
         self._version = str(ort.__version__)
         self._inputs = tuple(_spec(a) for a in self._session.get_inputs())
         self._outputs = tuple(_spec(a) for a in self._session.get_outputs())
@@ -70,9 +76,12 @@ class OnnxRuntime(Runtime):
             if spec.name not in feeds:
                 raise RuntimeLoadError(f"missing input {spec.name!r}")
             check_feed(spec, np.asarray(feeds[spec.name]))
-        results = self._session.run(None, {s.name: np.asarray(feeds[s.name]) for s in self._inputs})
+        try:
+            results = self._session.run(None, {s.name: np.asarray(feeds[s.name]) for s in self._inputs})
+        except Exception as exc:  # onnxruntime raises untyped errors (Fail, InvalidArgument, ...)
+            raise RuntimeLoadError(f"ONNX Runtime failed to run the model: {str(exc)[:300]}") from None
         return {spec.name: np.asarray(r) for spec, r in zip(self._outputs, results, strict=True)}
 
 
-def load(path: str, threads: int) -> Runtime:
-    return OnnxRuntime(path, threads)
+def load(model: str | bytes, threads: int) -> Runtime:
+    return OnnxRuntime(model, threads)

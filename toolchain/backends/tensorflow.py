@@ -54,18 +54,38 @@ def quiet_stdout() -> Iterator[None]:
         os.close(saved)
 
 
+def _specs(model: Any) -> list[Any]:
+    return [tf.TensorSpec((None, *t.shape[1:]), t.dtype, name=t.name.split(":")[0]) for t in model.inputs]
+
+
 def serving_function(model: Any) -> Any:
-    """A tf.function over ``model`` with input names from the Keras model and a dynamic batch."""
-    specs = [tf.TensorSpec((None, *t.shape[1:]), t.dtype, name=t.name.split(":")[0]) for t in model.inputs]
+    """A tf.function over ``model`` with input names from the Keras model and a dynamic batch,
+    returning a dict keyed by output layer names."""
     out_names = [_output_name(t, i) for i, t in enumerate(model.outputs)]
 
-    @tf.function(input_signature=specs)
+    @tf.function(input_signature=_specs(model))
     def serve(*args: Any) -> dict[str, Any]:
         outputs = model(list(args) if len(args) > 1 else args[0])
         outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
         return dict(zip(out_names, outputs, strict=True))
 
     return serve
+
+
+def export_saved_model(model: Any, path: Path) -> Path:
+    """Export a Keras model as a SavedModel whose ``serving_default`` signature has named outputs.
+
+    Goes through keras.export.ExportArchive, which tracks the model's variables explicitly:
+    handing a Keras 3 model to ``from_concrete_functions`` as ``trackable_obj`` silently converts
+    it with re-initialized weights (tests/test_models.py guards against that).
+    """
+    import keras
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(name="serving_default", fn=serving_function(model), input_signature=_specs(model))
+    archive.write_out(str(path), verbose=False)
+    return path
 
 
 def _output_name(tensor: Any, index: int) -> str:

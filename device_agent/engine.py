@@ -1,0 +1,96 @@
+"""The inference engine: one active model, hot-swapped without dropping or mixing requests.
+
+A request takes a reference to the model that is active when it starts and finishes on that
+model, even if a swap happens meanwhile; the old model stays alive until its last request ends.
+Every request is recorded in the telemetry window and, during probation, the probation window.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from device_agent.model import InferenceError, LoadedModel
+from device_agent.runtime.base import dequantize
+from device_agent.stats import Window
+
+
+@dataclass(frozen=True)
+class Prediction:
+    outputs: dict[str, np.ndarray]
+    model: LoadedModel
+    latency_ms: float
+    top1: list[int] | None = None
+    confidence: list[float] | None = None
+
+    def labels(self) -> list[str] | None:
+        if self.top1 is None or not self.model.labels:
+            return None
+        return [self.model.labels[i] if i < len(self.model.labels) else str(i) for i in self.top1]
+
+
+class InferenceEngine:
+    def __init__(self, model: LoadedModel) -> None:
+        self._model = model
+        self._swap_lock = threading.Lock()
+        self.window = self._new_window(model)
+        self.model_window = self._new_window(model)  # since the current model became active
+        self.extra_latency_s = 0.0  # fault injection for simulations ("slow" devices); 0 in production
+
+    @staticmethod
+    def _new_window(model: LoadedModel) -> Window:
+        return Window(drift_ref=model.drift_ref, started=time.monotonic())
+
+    @property
+    def model(self) -> LoadedModel:
+        return self._model
+
+    def swap(self, model: LoadedModel) -> LoadedModel:
+        """Make ``model`` active for new requests; returns the previous model."""
+        with self._swap_lock:
+            old, self._model = self._model, model
+            self.model_window = self._new_window(model)
+            self.window = self._new_window(model)
+        return old
+
+    def roll_window(self) -> Window:
+        """Start a new telemetry window and return the finished one."""
+        with self._swap_lock:
+            old, self.window = self.window, self._new_window(self._model)
+        return old
+
+    def predict(self, feeds: Mapping[str, np.ndarray], *, raw: bool = False) -> Prediction:
+        """Raises: InferenceError (recorded as an error in the statistics)."""
+        model = self._model
+        windows = (self.window, self.model_window)
+        t0 = time.perf_counter()
+        try:
+            outputs = model.predict(feeds, raw=raw)
+            if self.extra_latency_s:
+                time.sleep(self.extra_latency_s)
+        except InferenceError:
+            for w in windows:
+                w.record(time.perf_counter() - t0, ok=False)
+            raise
+        latency = time.perf_counter() - t0
+        specs = model.manifest.outputs
+        floats = {s.name: dequantize(outputs[s.name], s) for s in specs} if raw else outputs
+        cls = model.classify(floats)
+        names = [s.name for s in model.manifest.inputs]
+        inputs = dict(zip(names, feeds.values(), strict=False)) if len(feeds) == 1 == len(names) else feeds
+        tensors = {f"input:{k}": np.asarray(v) for k, v in inputs.items()} | {
+            f"output:{k}": v for k, v in floats.items()
+        }
+        for w in windows:
+            w.record(latency, top1=cls[0] if cls else None, conf=cls[1] if cls else None, tensors=tensors)
+        return Prediction(
+            outputs=outputs,
+            model=model,
+            latency_ms=latency * 1000.0,
+            top1=cls[0].tolist() if cls else None,
+            confidence=[round(float(c), 6) for c in cls[1]] if cls else None,
+        )

@@ -1,0 +1,164 @@
+"""A verified bundle loaded into its runtime: prediction with float/quantized I/O, and the self-test."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from device_agent.bundle import Bundle, TrustStore, verify_bundle
+from device_agent.bundle.reader import DeviceCapabilities
+from device_agent.errors import EdgefleetError
+from device_agent.runtime import Runtime, load_runtime
+from device_agent.runtime.base import dequantize, quantize
+
+
+class InferenceError(EdgefleetError):
+    """A request cannot be run: wrong input names, shapes or dtypes."""
+
+    code = "inference"
+
+
+class SelfTestError(EdgefleetError):
+    """The model does not reproduce its bundle's reference outputs on this device."""
+
+    code = "selftest"
+
+
+@dataclass(frozen=True)
+class SelfTestResult:
+    ok: bool
+    max_abs_error: float
+    top1_agreement: float | None
+    detail: str
+
+
+class LoadedModel:
+    """One bundle's model in its runtime. ``predict`` is serialized per model (interpreters are not
+    thread-safe); several LoadedModels can serve side by side during a hot swap."""
+
+    def __init__(self, bundle: Bundle, runtime: Runtime, slot: str) -> None:
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        self.runtime = runtime
+        self.slot = slot
+        self._lock = threading.Lock()
+        labels = bundle.read(self.manifest.postprocess.labels).decode() if self.manifest.postprocess.labels else ""
+        self.labels = [line for line in labels.splitlines() if line]
+        self.drift_ref: dict[str, Any] | None = (
+            json.loads(bundle.read(self.manifest.drift)) if self.manifest.drift else None
+        )
+
+    @classmethod
+    def load(
+        cls,
+        data: bytes,
+        trust: TrustStore,
+        *,
+        slot: str,
+        threads: int = 1,
+        highest_sequence: Mapping[str, int] | None = None,
+        device: DeviceCapabilities | None = None,
+    ) -> LoadedModel:
+        """Verify ``data`` and load its model.
+
+        Raises:
+            BundleError: the bundle is refused (see device_agent.errors).
+            RuntimeLoadError: the runtime is missing or refuses the model.
+        """
+        bundle = verify_bundle(data, trust, highest_sequence=highest_sequence, device=device)
+        model_bytes = bundle.read(bundle.manifest.model.path)
+        return cls(bundle, load_runtime(bundle.manifest.runtime.name, model_bytes, threads), slot)
+
+    @property
+    def sha256(self) -> str:
+        return self.manifest.model.sha256
+
+    def predict(self, feeds: Mapping[str, np.ndarray], *, raw: bool = False) -> dict[str, np.ndarray]:
+        """Run one request. Float data for a quantized input is quantized; quantized outputs are
+        dequantized to float32 unless ``raw``.
+
+        Raises:
+            InferenceError: a missing input, or a shape/dtype the model cannot take.
+        """
+        runtime_feeds = {}
+        for spec in self.manifest.inputs:
+            if spec.name not in feeds:
+                if len(self.manifest.inputs) == 1 and len(feeds) == 1:
+                    value = next(iter(feeds.values()))
+                else:
+                    raise InferenceError(f"missing input {spec.name!r}; the model takes {self._input_names()}")
+            else:
+                value = feeds[spec.name]
+            array = np.asarray(value)
+            if array.dtype.kind == "f" and np.dtype(spec.dtype).kind == "f":
+                array = array.astype(spec.dtype, copy=False)
+            runtime_feeds[spec.name] = quantize(array, spec)
+        try:
+            with self._lock:
+                outputs = self.runtime.run(runtime_feeds)
+        except EdgefleetError as exc:
+            raise InferenceError(str(exc)) from None
+        if raw:
+            return outputs
+        return {s.name: dequantize(outputs[s.name], s) for s in self.manifest.outputs}
+
+    def _input_names(self) -> str:
+        return ", ".join(f"{s.name} {s.dtype}{list(s.shape)}" for s in self.manifest.inputs)
+
+    def classify(self, outputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+        """(top-1 index, confidence) per sample for classification bundles, else None."""
+        post = self.manifest.postprocess
+        if post.kind != "classification" or post.output is None:
+            return None
+        scores = np.asarray(outputs[post.output], dtype=np.float32).reshape(len(outputs[post.output]), -1)
+        return scores.argmax(axis=1), scores.max(axis=1)
+
+    def selftest_samples(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The bundle's reference (inputs, expected raw outputs), samples along axis 0."""
+        if self.manifest.selftest is None:
+            raise SelfTestError("the bundle has no self-test")
+        with np.load(io.BytesIO(self.bundle.read(self.manifest.selftest.path)), allow_pickle=False) as npz:
+            inputs = {s.name: npz[f"in{i}"] for i, s in enumerate(self.manifest.inputs)}
+            expected = {s.name: npz[f"out{i}"] for i, s in enumerate(self.manifest.outputs)}
+        return inputs, expected
+
+    def selftest(self) -> SelfTestResult:
+        """Run the reference inputs and compare with the reference outputs within the bundle's tolerances."""
+        spec = self.manifest.selftest
+        if spec is None:
+            return SelfTestResult(True, 0.0, None, "no self-test in bundle")
+        try:
+            inputs, expected = self.selftest_samples()
+            n = len(next(iter(inputs.values())))
+            got: dict[str, list[np.ndarray]] = {s.name: [] for s in self.manifest.outputs}
+            for i in range(n):
+                for name, value in self.predict({k: v[i : i + 1] for k, v in inputs.items()}, raw=True).items():
+                    got[name].append(value)
+        except (EdgefleetError, KeyError, ValueError, OSError) as exc:
+            return SelfTestResult(False, float("inf"), None, f"self-test could not run: {exc}")
+        worst, close = 0.0, True
+        for name, want in expected.items():
+            have = np.concatenate(got[name]).astype(np.float64)
+            want64 = want.astype(np.float64)
+            if have.shape != want64.shape:
+                return SelfTestResult(
+                    False, float("inf"), None, f"output {name} has shape {have.shape}, expected {want64.shape}"
+                )
+            worst = max(worst, float(np.abs(have - want64).max(initial=0.0)))
+            close &= bool(np.allclose(have, want64, atol=spec.atol, rtol=spec.rtol))
+        agreement = None
+        post = self.manifest.postprocess.output
+        if self.manifest.postprocess.kind == "classification" and post is not None:
+            have = np.concatenate(got[post]).reshape(n, -1).argmax(axis=1)
+            agreement = float((have == expected[post].reshape(n, -1).argmax(axis=1)).mean())
+        ok = close and (agreement is None or agreement >= spec.min_top1_agreement)
+        detail = f"max abs error {worst:.3g} (atol {spec.atol:.3g})" + (
+            f", top-1 agreement {agreement:.2f}" if agreement is not None else ""
+        )
+        return SelfTestResult(ok, worst, agreement, detail)

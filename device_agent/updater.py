@@ -1,0 +1,338 @@
+"""Over-the-air updates with A/B slots, self-test, probation and automatic rollback.
+
+Every step is idempotent and the state that says where we are is written atomically before the
+step that depends on it, so a restart at any instant either resumes the deployment or rolls back:
+
+1. receive: remember the deployment id (acted on once) and the pending command → state.json
+2. download (resumable) → verify (signatures, hashes, sequence, requirements) → REJECTED on refusal
+3. install: forget the inactive slot as a rollback target, then atomically replace its bundle file
+4. self-test in the new runtime; a mismatch → ROLLED_BACK, the active model never changed
+5. activate: state.json says active=new, on probation → hot swap
+6. probation: commit after N inferences or T seconds if the gates hold, else roll back
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from device_agent import protocol as P
+from device_agent.bundle import TrustStore
+from device_agent.bundle.reader import DeviceCapabilities
+from device_agent.config import AgentConfig, ProbationSection
+from device_agent.engine import InferenceEngine
+from device_agent.errors import BundleError, EdgefleetError
+from device_agent.fetch import DownloadError, Fetcher
+from device_agent.fsutil import atomic_write
+from device_agent.home import DeviceState, Home, Pending, Probation, StateError, other
+from device_agent.model import LoadedModel
+from device_agent.runtime import RuntimeLoadError
+from device_agent.stats import Snapshot
+
+MIN_GATE_SAMPLES = 20  # inferences before error-rate and latency gates are judged
+
+
+class NoVerifiedModelError(EdgefleetError):
+    """Neither slot holds a bundle that verifies: the device cannot serve."""
+
+    code = "no-verified-model"
+
+
+@dataclass
+class FaultPlan:
+    """Injected faults for simulations and the fleet tests, keyed by ``name@version``. Empty in production."""
+
+    selftest: set[str] = field(default_factory=set)  # the self-test fails
+    slow_s: dict[str, float] = field(default_factory=dict)  # extra latency per inference in probation
+    crash: set[str] = field(default_factory=set)  # the process dies while installing
+
+    def key(self, model: LoadedModel) -> str:
+        return f"{model.manifest.name}@{model.manifest.version}"
+
+
+def probation_verdict(
+    snap: Snapshot, cfg: ProbationSection, baseline_p95_ms: float | None, elapsed_s: float
+) -> tuple[str, str]:
+    """Pure: ("wait" | "commit" | "rollback", reason) for a model on probation."""
+    if snap.inferences >= min(MIN_GATE_SAMPLES, cfg.min_inferences):
+        if snap.error_rate > cfg.max_error_rate:
+            return "rollback", f"probation-errors: error rate {snap.error_rate:.3f} > {cfg.max_error_rate}"
+        p95 = snap.lat_ms.get("p95")
+        if p95 is not None and cfg.latency_budget_ms and p95 > cfg.latency_budget_ms:
+            return "rollback", f"probation-latency: p95 {p95:.2f} ms > budget {cfg.latency_budget_ms} ms"
+        if (
+            p95 is not None
+            and baseline_p95_ms
+            and cfg.max_latency_ratio
+            and p95 > cfg.max_latency_ratio * baseline_p95_ms
+        ):
+            return "rollback", (
+                f"probation-latency: p95 {p95:.2f} ms > {cfg.max_latency_ratio}x the previous model's {baseline_p95_ms:.2f} ms"
+            )
+    if snap.inferences >= cfg.min_inferences or elapsed_s >= cfg.seconds:
+        return "commit", f"{snap.inferences} inferences in {elapsed_s:.0f} s, error rate {snap.error_rate:.3f}"
+    return "wait", ""
+
+
+class Updater:
+    """Owns ``state.json`` and the slots. Thread-safe: one lock around every state transition."""
+
+    def __init__(
+        self,
+        home: Home,
+        config: AgentConfig,
+        trust: TrustStore,
+        fetcher: Fetcher,
+        emit: Callable[[P.DeploymentEvent], None] = lambda event: None,
+        capabilities: Callable[[], DeviceCapabilities] = DeviceCapabilities,
+        faults: FaultPlan | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.home, self.config, self.trust, self.fetcher = home, config, trust, fetcher
+        self._emit, self._capabilities, self._clock = emit, capabilities, clock
+        self.faults = faults or FaultPlan()
+        self.lock = threading.RLock()
+        self.state = DeviceState()
+        self.engine: InferenceEngine | None = None
+
+    # --- boot ----------------------------------------------------------------------------------
+
+    def boot(self) -> LoadedModel:
+        """Load state (recovering it if needed), settle probation, load the active verified model.
+
+        Raises:
+            NoVerifiedModelError: no slot verifies.
+        """
+        with self.lock:
+            try:
+                self.state = self.home.load_state()
+            except StateError:
+                self.state = self._recover_state()
+            pr = self.state.probation
+            if pr is not None:
+                pr.boots += 1
+                self.save()
+                if pr.boots > self.config.probation.max_boot_tries:
+                    self._abandon_probation(f"probation-restarts: {pr.boots - 1} restarts during probation")
+            try:
+                return self._load_slot(self.state.active)
+            except (BundleError, RuntimeLoadError, OSError) as exc:
+                return self._fall_back(exc)
+
+    def _recover_state(self) -> DeviceState:
+        for slot, path in self.home.slots():
+            if path.exists():
+                try:
+                    model = self._load_slot(slot)
+                except (BundleError, RuntimeLoadError, OSError):
+                    continue
+                state = DeviceState(active=slot, committed={model.manifest.name: model.manifest.sequence})
+                self.home.save_state(state)
+                return state
+        raise NoVerifiedModelError(f"state.json is unreadable and no slot in {self.home.root} verifies")
+
+    def _fall_back(self, error: Exception) -> LoadedModel:
+        prev = self.state.previous
+        if prev is None:
+            raise NoVerifiedModelError(
+                f"active slot {self.state.active} does not verify ({error}) and there is no previous slot"
+            )
+        model = self._load_slot(prev)
+        if self.state.probation is not None:
+            self._emit_event(
+                self.state.probation.deployment_id, P.DeploymentState.ROLLED_BACK, "active-invalid", str(error)
+            )
+        self.state.active, self.state.previous, self.state.probation = prev, None, None
+        self.save()
+        return model
+
+    def _load_slot(self, slot: str) -> LoadedModel:
+        data = self.home.slot(slot).read_bytes()
+        return LoadedModel.load(data, self.trust, slot=slot, threads=self.config.runtime.threads)
+
+    # --- commands ------------------------------------------------------------------------------
+
+    def receive(self, cmd: P.DeployCommand) -> bool:
+        """Record a deploy command; False if this deployment id was already acted on (or we're busy)."""
+        with self.lock:
+            if cmd.deployment_id in self.state.deployments:
+                last = self.state.deployments[cmd.deployment_id]
+                self._emit_event(cmd.deployment_id, P.DeploymentState(last), "duplicate", "already handled")
+                return False
+            busy = self.state.probation or self.state.pending
+            self.state.remember_deployment(cmd.deployment_id, P.DeploymentState.QUEUED)
+            if busy:
+                self.state.remember_deployment(cmd.deployment_id, P.DeploymentState.REJECTED)
+                self.save()
+                self._emit_event(
+                    cmd.deployment_id, P.DeploymentState.REJECTED, "busy", "another deployment is in progress"
+                )
+                return False
+            slot = other(self.state.active)
+            self.state.pending = Pending(cmd.deployment_id, cmd.request_id, cmd.url, cmd.sha256, cmd.size, slot)
+            self.save()
+        self._emit_event(cmd.deployment_id, P.DeploymentState.QUEUED)
+        return True
+
+    def run_pending(self) -> None:
+        """Carry the pending deployment as far as probation (or a terminal state). Idempotent."""
+        pending = self.state.pending
+        if pending is None:
+            return
+        dep = pending.deployment_id
+        try:
+            data = self._obtain(pending)
+            self._step(dep, P.DeploymentState.VERIFYING)
+            model = LoadedModel.load(
+                data,
+                self.trust,
+                slot=pending.slot,
+                threads=self.config.runtime.threads,
+                highest_sequence=self.state.committed,
+                device=self._capabilities(),
+            )
+            self._install(pending, data, model)
+            self._selftest_and_activate(pending, model)
+        except DownloadError as exc:
+            self._finish(dep, P.DeploymentState.FAILED, exc.code, str(exc))
+        except (BundleError, RuntimeLoadError) as exc:
+            self._finish(dep, P.DeploymentState.REJECTED, exc.code, str(exc))
+        finally:
+            download = self._download_path(dep)
+            if self.state.pending is None:
+                for p in (download, download.with_name(download.name + ".part")):
+                    p.unlink(missing_ok=True)
+
+    def _download_path(self, deployment_id: str) -> Path:
+        return self.home.downloads / f"{deployment_id}.efb"
+
+    def _obtain(self, pending: Pending) -> bytes:
+        slot_file = self.home.slot(pending.slot)
+        if slot_file.exists() and hashlib.sha256(slot_file.read_bytes()).hexdigest() == pending.sha256:
+            return slot_file.read_bytes()  # installed before a restart
+        self._step(pending.deployment_id, P.DeploymentState.DOWNLOADING)
+        path = self.fetcher.download(
+            pending.url, self._download_path(pending.deployment_id), pending.size, pending.sha256
+        )
+        return path.read_bytes()
+
+    def _install(self, pending: Pending, data: bytes, model: LoadedModel) -> None:
+        self._step(pending.deployment_id, P.DeploymentState.INSTALLING)
+        with self.lock:
+            if self.state.previous == pending.slot:
+                self.state.previous = None  # the slot is about to change: it is no rollback target any more
+                self.save()
+        if self.faults.key(model) in self.faults.crash:
+            import os
+
+            os._exit(70)  # injected fault: die mid-install, as a power cut would
+        atomic_write(self.home.slot(pending.slot), data)
+
+    def _selftest_and_activate(self, pending: Pending, model: LoadedModel) -> None:
+        dep = pending.deployment_id
+        self._step(dep, P.DeploymentState.SELFTEST)
+        result = model.selftest()
+        if self.faults.key(model) in self.faults.selftest:
+            result = type(result)(False, result.max_abs_error, result.top1_agreement, "injected self-test fault")
+        if not result.ok:
+            self._finish(dep, P.DeploymentState.ROLLED_BACK, "selftest", result.detail)
+            return
+        engine = self.engine
+        baseline = engine.model_window.snapshot(time.monotonic()).lat_ms.get("p95") if engine else None
+        m = model.manifest
+        with self.lock:
+            self.state.previous, self.state.active = self.state.active, pending.slot
+            self.state.probation = Probation(
+                pending.slot, dep, m.name, m.version, m.sequence, self._now_ms(), 0, baseline
+            )
+            self.state.pending = None
+            self.state.remember_deployment(dep, P.DeploymentState.PROBATION)
+            self.save()
+            if engine is not None:
+                engine.swap(model)
+                engine.extra_latency_s = self.faults.slow_s.get(self.faults.key(model), 0.0)
+        self._emit_event(dep, P.DeploymentState.PROBATION, "", result.detail, m.version)
+
+    # --- probation, commit, rollback -------------------------------------------------------------
+
+    def check_probation(self) -> str:
+        """Commit or roll back the model on probation when its gates say so. Returns the verdict."""
+        with self.lock:
+            pr, engine = self.state.probation, self.engine
+            if pr is None or engine is None:
+                return "none"
+            snap = engine.model_window.snapshot(time.monotonic())
+            verdict, reason = probation_verdict(
+                snap, self.config.probation, pr.baseline_p95_ms, (self._now_ms() - pr.started_ms) / 1000
+            )
+            if verdict == "commit":
+                self.state.committed[pr.name] = max(self.state.committed.get(pr.name, 0), pr.sequence)
+                self.state.probation = None
+                self.state.remember_deployment(pr.deployment_id, P.DeploymentState.SUCCEEDED)
+                self.save()
+                self._emit_event(pr.deployment_id, P.DeploymentState.SUCCEEDED, "", reason, pr.version)
+            elif verdict == "rollback":
+                self.rollback(reason.split(":")[0], reason)
+            return verdict
+
+    def rollback(self, reason: str, detail: str = "", deployment_id: str | None = None) -> bool:
+        """Reactivate the previous slot (the model on probation, if any, is abandoned).
+
+        Returns False when there is nothing verified to roll back to.
+        """
+        with self.lock:
+            target = self.state.previous
+            if target is None:
+                return False
+            try:
+                model = self._load_slot(target)
+            except (BundleError, RuntimeLoadError, OSError):
+                return False
+            pr = self.state.probation
+            dep = pr.deployment_id if pr else (deployment_id or "manual")
+            self.state.active, self.state.previous, self.state.probation = target, None, None
+            self.state.remember_deployment(dep, P.DeploymentState.ROLLED_BACK)
+            self.save()
+            if self.engine is not None:
+                self.engine.swap(model)
+                self.engine.extra_latency_s = 0.0
+        self._emit_event(dep, P.DeploymentState.ROLLED_BACK, reason, detail, model.manifest.version)
+        return True
+
+    def _abandon_probation(self, detail: str) -> None:
+        pr = self.state.probation
+        if pr is None or self.state.previous is None:
+            return
+        self.state.active, self.state.previous, self.state.probation = self.state.previous, None, None
+        self.state.remember_deployment(pr.deployment_id, P.DeploymentState.ROLLED_BACK)
+        self.save()
+        self._emit_event(pr.deployment_id, P.DeploymentState.ROLLED_BACK, "probation-restarts", detail)
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def save(self) -> None:
+        self.home.save_state(self.state)
+
+    def _step(self, deployment_id: str, state: P.DeploymentState) -> None:
+        with self.lock:
+            self.state.remember_deployment(deployment_id, state)
+        self._emit_event(deployment_id, state)
+
+    def _finish(self, deployment_id: str, state: P.DeploymentState, reason: str, detail: str) -> None:
+        with self.lock:
+            self.state.pending = None
+            self.state.remember_deployment(deployment_id, state)
+            self.save()
+        self._emit_event(deployment_id, state, reason, detail)
+
+    def _emit_event(
+        self, dep: str, state: P.DeploymentState, reason: str = "", detail: str = "", version: str | None = None
+    ) -> None:
+        self._emit(P.DeploymentEvent(dep, state, self._now_ms(), reason, detail[:1000], version))

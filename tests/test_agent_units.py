@@ -1,0 +1,162 @@
+"""Pure pieces of the agent, tested directly: probation verdicts, config, state, recovery, fetcher, PSI."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from device_agent.config import AgentConfig, DeviceSection, ProbationSection, parse_config
+from device_agent.errors import ConfigError
+from device_agent.fetch import DownloadError, DownloadHashError, DownloadTooLargeError, FetchConfig, HttpFetcher
+from device_agent.home import DeviceState, Home, StateError
+from device_agent.stats import Snapshot, Window, psi
+from device_agent.updater import NoVerifiedModelError, Updater, probation_verdict
+from tests.agent_harness import ArtifactServer, package_tiny
+from toolchain.cli import cli as edgetool
+from toolchain.flash import FlashOptions, flash
+
+CFG = ProbationSection(min_inferences=100, seconds=60, max_error_rate=0.02, latency_budget_ms=10, max_latency_ratio=2.0)
+
+
+def snap(n: int, errors: int = 0, p95: float = 1.0) -> Snapshot:
+    return Snapshot(n, errors, 1.0, {"p50": p95 / 2, "p95": p95, "p99": p95}, None, {}, {})
+
+
+@pytest.mark.parametrize(
+    ("s", "baseline", "elapsed", "verdict", "reason"),
+    [
+        (snap(5), None, 1, "wait", ""),
+        (snap(100), None, 1, "commit", "100 inferences"),
+        (snap(3), None, 61, "commit", "3 inferences in 61 s"),
+        (snap(50, errors=5), None, 1, "rollback", "probation-errors"),
+        (snap(50, p95=12.0), None, 1, "rollback", "probation-latency: p95 12.00 ms > budget"),
+        (snap(50, p95=5.0), 2.0, 1, "rollback", "2.0x the previous model"),
+        (snap(50, p95=3.9), 2.0, 1, "wait", ""),
+        (snap(10, errors=10), None, 1, "wait", ""),  # too few samples to judge yet
+    ],
+)
+def test_probation_verdict(s: Snapshot, baseline: float | None, elapsed: float, verdict: str, reason: str) -> None:
+    got, why = probation_verdict(s, CFG, baseline, elapsed)
+    assert got == verdict and reason in why
+
+
+def test_config_round_trip_and_errors() -> None:
+    cfg = AgentConfig(device=DeviceSection(id="cam-1", tags=("a", "b")), probation=CFG)
+    assert parse_config(cfg.to_toml()) == cfg
+    for text, message in [
+        ("[device]\nid = 'Bad_Id'\n", "device.id"),
+        ("[device]\nid = 'x'\n[bogus]\n", "unknown section"),
+        ("[device]\nid = 'x'\nram = 1\n", "unknown setting"),
+        ("[device]\nid = 'x'\n[telemetry]\ninterval_s = 'fast'\n", "telemetry.interval_s must be float"),
+        ("[broker]\nurl = 'mqtt://h'\n", "[device] section"),
+        ("[device\n", "not valid TOML"),
+    ]:
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+            parse_config(text)
+
+
+def test_state_parsing_and_bounds() -> None:
+    with pytest.raises(StateError):
+        DeviceState.from_json(b'{"active": "c"}')
+    with pytest.raises(StateError):
+        DeviceState.from_json(b"\x00garbage")
+    s = DeviceState()
+    for i in range(300):
+        s.remember_deployment(f"d{i}", "QUEUED")
+        s.remember_request(f"r{i}")
+    assert len(s.deployments) == 64 and "d299" in s.deployments and len(s.requests) == 256
+    assert DeviceState.from_json(s.to_json()) == s
+
+
+@pytest.fixture
+def flashed(tmp_path: Path, tiny_models, release_key, key_files) -> Home:
+    bundle = tmp_path / "v1.efb"
+    bundle.write_bytes(package_tiny(tiny_models, release_key, "1.0.0", 1))
+    return flash(
+        bundle, tmp_path / "dev", FlashOptions(device_id="dev-1", broker="mqtt://127.0.0.1:1", trust=[key_files[1]])
+    )
+
+
+def _updater(home: Home) -> Updater:
+    from device_agent.bundle import TrustStore
+    from device_agent.config import load_config
+
+    return Updater(home, load_config(home.config), TrustStore.from_paths([home.trust]), HttpFetcher())
+
+
+def test_boot_recovers_a_missing_or_corrupt_state_file(flashed: Home) -> None:
+    flashed.state_file.write_bytes(b"{truncated")
+    model = _updater(flashed).boot()
+    assert model.manifest.version == "1.0.0"
+    assert flashed.load_state().committed == {"digits": 1}
+    flashed.state_file.unlink()
+    assert _updater(flashed).boot().slot == "a"
+
+
+def test_boot_falls_back_when_the_active_slot_no_longer_verifies(flashed: Home) -> None:
+    import shutil
+
+    flashed.slot("b").parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(flashed.slot("a"), flashed.slot("b"))
+    state = flashed.load_state()
+    state.previous = "b"
+    flashed.save_state(state)
+    data = bytearray(flashed.slot("a").read_bytes())
+    data[len(data) // 3] ^= 0xFF  # bit rot in the active slot
+    flashed.slot("a").write_bytes(bytes(data))
+    assert _updater(flashed).boot().slot == "b"
+    assert flashed.load_state().active == "b"
+    flashed.slot("b").write_bytes(bytes(data))
+    with pytest.raises(NoVerifiedModelError):
+        _updater(flashed).boot()
+
+
+def test_flash_refuses_untrusted_bundles_and_existing_homes(tmp_path: Path, flashed: Home, key_files) -> None:
+    from device_agent.bundle import PrivateKey
+
+    other_pub = PrivateKey.generate().save(tmp_path / "other")[1]
+    args = ["flash", str(flashed.slot("a")), "--device-id", "dev-2", "--broker", "mqtt://127.0.0.1:1883"]
+    result = CliRunner().invoke(edgetool, [*args, "--target", str(tmp_path / "x"), "--trust", str(other_pub)])
+    assert result.exit_code == 1 and "[unknown-key]" in result.output
+    result = CliRunner().invoke(edgetool, [*args, "--target", str(flashed.root), "--trust", str(key_files[1])])
+    assert result.exit_code == 1 and "--force" in result.output
+    result = CliRunner().invoke(
+        edgetool, [*args, "--target", str(flashed.root), "--trust", str(key_files[1]), "--force"]
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_fetcher_limits(tmp_path: Path) -> None:
+    (tmp_path / "srv").mkdir()
+    server = ArtifactServer(tmp_path / "srv")
+    data = bytes(range(256)) * 100
+    url, sha, size = server.publish("a.bin", data)
+    fetcher = HttpFetcher(FetchConfig(retries=2, backoff_s=0.01, max_bytes=1 << 20), sleep=lambda s: None)
+    try:
+        assert fetcher.download(url, tmp_path / "ok.bin", size, sha).read_bytes() == data
+        with pytest.raises(DownloadTooLargeError):
+            fetcher.download(url, tmp_path / "a1.bin", size - 10, hashlib.sha256(data[:-10]).hexdigest())
+        with pytest.raises(DownloadHashError):
+            fetcher.download(url, tmp_path / "a2.bin", size, "0" * 64)
+        with pytest.raises(DownloadError, match="HTTP 404"):
+            fetcher.download(server.url("missing"), tmp_path / "a3.bin", 10, "0" * 64)
+        with pytest.raises(DownloadTooLargeError, match="cap"):
+            fetcher.download(url, tmp_path / "a4.bin", 2 << 20, sha)
+        assert not list(tmp_path.glob("a*.bin"))  # only resumable .part files remain, never a complete-looking file
+    finally:
+        server.close()
+
+
+def test_psi_detects_drift() -> None:
+    expected = [0.25, 0.25, 0.25, 0.25]
+    assert psi(expected, np.array([250, 250, 250, 250])) < 1e-6
+    assert psi(expected, np.array([700, 100, 100, 100])) > 0.5
+    w = Window(drift_ref={"inputs": {"x": {"edges": [0.25, 0.5, 0.75], "fractions": expected}}})
+    w.record(0.001, tensors={"input:x": np.random.default_rng(0).random(4000)})
+    assert w.snapshot(1.0).psi["input:x"] < 0.01
+    w.record(0.001, tensors={"input:x": np.full(4000, 0.9)})
+    assert w.snapshot(1.0).psi["input:x"] > 0.5

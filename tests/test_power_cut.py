@@ -1,0 +1,29 @@
+"""Power-cut safety: SIGKILL a real agent at ≥ 20 instants of deployments; it always recovers."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from device_agent.bundle import PrivateKey
+from fleet.broker import LocalBroker
+from tests.powercut import run_power_cuts
+
+KILL_POINTS = 21  # three rounds over every phase; `make bench` runs 200
+
+
+def test_power_cuts_at_every_phase_leave_a_verified_model_and_valid_state(
+    tmp_path: Path,
+    broker: LocalBroker,
+    tiny_models: dict[str, Path],
+    release_key: PrivateKey,
+    key_files: tuple[Path, Path],
+) -> None:
+    results = run_power_cuts(KILL_POINTS, 1234, tmp_path, broker.url, tiny_models, release_key, key_files[1])
+    failures = [r for r in results if r.problem]
+    assert not failures, failures
+    assert len(results) == KILL_POINTS
+    killed_in = Counter(r.killed_after for r in results)
+    for phase in ("DOWNLOADING", "INSTALLING", "PROBATION"):  # the harness really reached those phases
+        assert killed_in[phase] > 0, killed_in
+    assert {r.final for r in results} <= {"SUCCEEDED", "ROLLED_BACK", "FAILED", "REJECTED"}
