@@ -79,7 +79,7 @@ def _rows(name: str, paths: dict[str, Path], work: Path) -> list[str]:
 
 def run() -> str:
     lines = [
-        "\n## Quantization: size, accuracy and host latency per mode (issue 3)\n",
+        "## Quantization: size, accuracy and host latency per mode (issue 3)\n",
         "Each reference model (`python -m models build NAME`) in each mode, produced by the same code as "
         "`edgetool quantize` with its default calibration (200 samples of calib.npz), evaluated on eval.npz "
         "in the device runtime (ai-edge-litert / onnxruntime). digits-cnn: the 360 held-out digits; kws-cnn: "

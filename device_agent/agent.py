@@ -52,6 +52,27 @@ HA_METRICS = {
 
 
 @dataclass
+class Backoff:
+    """Reconnect delays: doubling from ``min_s`` up to ``max_s``, each drawn from the upper half of
+    the current step (jitter, so a fleet that lost its broker does not reconnect in lockstep)."""
+
+    min_s: float
+    max_s: float
+    rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        self._step = self.min_s
+
+    def next_delay(self) -> float:
+        delay = self.rng.uniform(self._step / 2, self._step)
+        self._step = min(self._step * 2, self.max_s)
+        return delay
+
+    def reset(self) -> None:
+        self._step = self.min_s
+
+
+@dataclass
 class _Cpu:
     wall: float = field(default_factory=time.monotonic)
     cpu: float = field(default_factory=lambda: sum(os.times()[:2]))
@@ -100,12 +121,15 @@ class Agent:
         fetcher: Fetcher | None = None,
         faults: FaultPlan | None = None,
         api: bool = True,
+        step_delay_s: float = 0.0,
     ) -> None:
         self.home, self.config = home, config
         d = config.download
         self.fetcher = fetcher or HttpFetcher(FetchConfig(d.timeout_s, d.retries, d.backoff_s, d.max_bytes))
         self.trust = TrustStore.from_paths([home.trust], config.trust.threshold)
-        self.updater = Updater(home, config, self.trust, self.fetcher, self._emit, self.capabilities, faults)
+        self.updater = Updater(
+            home, config, self.trust, self.fetcher, self._emit, self.capabilities, faults, step_delay_s=step_delay_s
+        )
         self.events: collections.deque[P.DeploymentEvent] = collections.deque(maxlen=MAX_PENDING_EVENTS)
         self.spool = Spool(home.spool, config.telemetry.spool_max_points)
         self.telemetry_interval = config.telemetry.interval_s
@@ -176,7 +200,8 @@ class Agent:
 
     def run(self) -> None:
         """The supervisor loop, until ``stop()``."""
-        backoff = self.config.broker.reconnect_min_s
+        b = self.config.broker
+        reconnect = Backoff(b.reconnect_min_s, b.reconnect_max_s)
         next_connect = 0.0
         next_telemetry = time.monotonic() + self.telemetry_interval
         next_probation = 0.0
@@ -185,10 +210,9 @@ class Agent:
                 now = time.monotonic()
                 if not self.mqtt.is_connected and now >= next_connect:
                     if self._connect():
-                        backoff = self.config.broker.reconnect_min_s
+                        reconnect.reset()
                     else:
-                        next_connect = now + random.uniform(backoff / 2, backoff)  # jitter: no thundering herd
-                        backoff = min(backoff * 2, self.config.broker.reconnect_max_s)
+                        next_connect = now + reconnect.next_delay()
                 if now >= next_probation:
                     self.updater.check_probation()
                     next_probation = now + 0.5

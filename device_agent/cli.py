@@ -6,6 +6,7 @@ local API when it runs, and otherwise act on the device home directly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -55,7 +56,8 @@ def run(home: Path, log_level: str) -> None:
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     h = Home(home)
-    agent = Agent(h, load_config(h.config))
+    # EDGE_AGENT_STEP_DELAY_S: pause in each update step; only the power-cut test harness sets it.
+    agent = Agent(h, load_config(h.config), step_delay_s=float(os.environ.get("EDGE_AGENT_STEP_DELAY_S", "0")))
     agent.start()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -66,12 +68,24 @@ def run(home: Path, log_level: str) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    m = agent.info().model
+    served = f"{m.name} {m.version}" if m else "no model"
     click.echo(
-        f"edge-agent {__version__}: serving {agent.info().model.name if agent.info().model else '?'} "  # type: ignore[union-attr]
-        f"on {agent.api.url if agent.api else 'no local API'}",
-        err=True,
+        f"edge-agent {__version__}: serving {served} on {agent.api.url if agent.api else 'no local API'}", err=True
     )
     agent.run()
+
+
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's per-thread malloc arenas (as MALLOC_ARENA_MAX would): the agent's few threads
+    otherwise each grow an arena, several MB of RSS on a device that has little to spare."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name and sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
+            ctypes.CDLL(name).mallopt(-8, arenas)  # M_ARENA_MAX
 
 
 def _running_client(home: Path) -> Any:

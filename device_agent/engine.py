@@ -24,8 +24,15 @@ class Prediction:
     outputs: dict[str, np.ndarray]
     model: LoadedModel
     latency_ms: float
-    top1: list[int] | None = None
-    confidence: list[float] | None = None
+    classes: tuple[np.ndarray, np.ndarray] | None = None  # (top-1 index, confidence) per sample
+
+    @property
+    def top1(self) -> list[int] | None:
+        return self.classes[0].tolist() if self.classes else None
+
+    @property
+    def confidence(self) -> list[float] | None:
+        return [round(float(c), 6) for c in self.classes[1]] if self.classes else None
 
     def labels(self) -> list[str] | None:
         if self.top1 is None or not self.model.labels:
@@ -33,10 +40,15 @@ class Prediction:
         return [self.model.labels[i] if i < len(self.model.labels) else str(i) for i in self.top1]
 
 
+DRIFT_BUDGET = 0.02  # drift histograms may cost at most this fraction of inference time (sampled)
+
+
 class InferenceEngine:
     def __init__(self, model: LoadedModel) -> None:
         self._model = model
         self._swap_lock = threading.Lock()
+        self._infer_s = 0.0  # total inference time, for the drift budget
+        self._drift_s = 0.0  # total time spent on drift histograms
         self.window = self._new_window(model)
         self.model_window = self._new_window(model)  # since the current model became active
         self.extra_latency_s = 0.0  # fault injection for simulations ("slow" devices); 0 in production
@@ -63,6 +75,16 @@ class InferenceEngine:
             old, self.window = self.window, self._new_window(self._model)
         return old
 
+    @staticmethod
+    def _drift_tensors(
+        model: LoadedModel, feeds: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """Inputs and outputs in the float domain, keyed as in the bundle's drift reference."""
+        ins = model.manifest.inputs
+        given = dict(zip([s.name for s in ins], feeds.values(), strict=True)) if len(feeds) == 1 == len(ins) else feeds
+        tensors = {f"input:{s.name}": dequantize(np.asarray(given[s.name]), s) for s in ins if s.name in given}
+        return tensors | {f"output:{k}": v for k, v in outputs.items()}
+
     def predict(self, feeds: Mapping[str, np.ndarray], *, raw: bool = False) -> Prediction:
         """Raises: InferenceError (recorded as an error in the statistics)."""
         model = self._model
@@ -80,17 +102,11 @@ class InferenceEngine:
         specs = model.manifest.outputs
         floats = {s.name: dequantize(outputs[s.name], s) for s in specs} if raw else outputs
         cls = model.classify(floats)
-        names = [s.name for s in model.manifest.inputs]
-        inputs = dict(zip(names, feeds.values(), strict=False)) if len(feeds) == 1 == len(names) else feeds
-        tensors = {f"input:{k}": np.asarray(v) for k, v in inputs.items()} | {
-            f"output:{k}": v for k, v in floats.items()
-        }
-        for w in windows:
-            w.record(latency, top1=cls[0] if cls else None, conf=cls[1] if cls else None, tensors=tensors)
-        return Prediction(
-            outputs=outputs,
-            model=model,
-            latency_ms=latency * 1000.0,
-            top1=cls[0].tolist() if cls else None,
-            confidence=[round(float(c), 6) for c in cls[1]] if cls else None,
-        )
+        self.window.record(latency, top1=cls[0] if cls else None, conf=cls[1] if cls else None)
+        self.model_window.record(latency)  # probation gates need latency and errors only
+        self._infer_s += latency
+        if self.window.tracks_drift and self._drift_s <= DRIFT_BUDGET * self._infer_s:
+            t1 = time.perf_counter()
+            self.window.record_tensors(self._drift_tensors(model, feeds, floats))
+            self._drift_s += time.perf_counter() - t1
+        return Prediction(outputs=outputs, model=model, latency_ms=latency * 1000.0, classes=cls)

@@ -43,8 +43,11 @@ class LoadedModel:
     thread-safe); several LoadedModels can serve side by side during a hot swap."""
 
     def __init__(self, bundle: Bundle, runtime: Runtime, slot: str) -> None:
-        self.bundle = bundle
+        # Keep what serving needs, not the bundle's buffer: the runtime holds the model bytes, and a
+        # second copy of a large model would double the agent's memory.
         self.manifest = bundle.manifest
+        self.signed_by = bundle.signed_by
+        self._selftest_npz = bundle.read(self.manifest.selftest.path) if self.manifest.selftest else b""
         self.runtime = runtime
         self.slot = slot
         self._lock = threading.Lock()
@@ -96,8 +99,8 @@ class LoadedModel:
             else:
                 value = feeds[spec.name]
             array = np.asarray(value)
-            if array.dtype.kind == "f" and np.dtype(spec.dtype).kind == "f":
-                array = array.astype(spec.dtype, copy=False)
+            if array.dtype.kind == "f" and spec.quantization is None:
+                array = array.astype(spec.dtype, copy=False)  # e.g. float64 JSON data for a float32 input
             runtime_feeds[spec.name] = quantize(array, spec)
         try:
             with self._lock:
@@ -123,7 +126,7 @@ class LoadedModel:
         """The bundle's reference (inputs, expected raw outputs), samples along axis 0."""
         if self.manifest.selftest is None:
             raise SelfTestError("the bundle has no self-test")
-        with np.load(io.BytesIO(self.bundle.read(self.manifest.selftest.path)), allow_pickle=False) as npz:
+        with np.load(io.BytesIO(self._selftest_npz), allow_pickle=False) as npz:
             inputs = {s.name: npz[f"in{i}"] for i, s in enumerate(self.manifest.inputs)}
             expected = {s.name: npz[f"out{i}"] for i, s in enumerate(self.manifest.outputs)}
         return inputs, expected

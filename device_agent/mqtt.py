@@ -17,8 +17,12 @@ from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from device_agent.errors import ConfigError, TransportError
+
+PROBE_TIMEOUT = 2.0  # seconds to wait for an MQTT 5 CONNACK before trying 3.1.1 ("auto")
 
 
 @dataclass(frozen=True)
@@ -117,17 +121,22 @@ class MqttClient:
         versions = {"auto": ["5", "3.1.1"], "5": ["5"], "3.1.1": ["3.1.1"]}.get(self.config.protocol)
         if versions is None:
             raise ConfigError(f"unknown MQTT protocol {self.config.protocol!r}")
+        if self.protocol_version is not None:  # negotiated before: reconnect with the same version
+            versions = [self.protocol_version]
         error = "no protocol version tried"
         for version in versions:
+            # Some 3.1.1-only brokers (amqtt) never answer an MQTT 5 CONNECT: probe briefly.
+            probing = len(versions) > 1 and version == "5"
+            timeout = min(self.config.connect_timeout, PROBE_TIMEOUT) if probing else self.config.connect_timeout
             try:
-                self._connect_once(version, will)
+                self._connect_once(version, will, timeout)
                 self.protocol_version = version
                 return
             except TransportError as exc:
                 error = str(exc)
         raise TransportError(error)
 
-    def _connect_once(self, version: str, will: Will | None) -> None:
+    def _connect_once(self, version: str, will: Will | None, timeout: float) -> None:
         v5 = version == "5"
         self.disconnect()  # a previous, lost connection: stop its network thread first
         client = paho.Client(
@@ -158,15 +167,22 @@ class MqttClient:
         self._connack_error = None
         try:
             if v5:
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                # without it an MQTT 5 session (subscriptions, queued QoS 1 commands) ends at disconnect
+                props.SessionExpiryInterval = 0 if self.config.clean_start else self.config.session_expiry_s
                 client.connect(
-                    self.broker.host, self.broker.port, self.config.keepalive, clean_start=self.config.clean_start
+                    self.broker.host,
+                    self.broker.port,
+                    self.config.keepalive,
+                    clean_start=self.config.clean_start,
+                    properties=props,
                 )
             else:
                 client.connect(self.broker.host, self.broker.port, self.config.keepalive)
         except (OSError, ValueError) as exc:
             raise TransportError(f"cannot reach broker {self.broker}: {exc}") from None
         client.loop_start()
-        if not self._connack.wait(self.config.connect_timeout) or self._connack_error:
+        if not self._connack.wait(timeout) or self._connack_error:
             client.disconnect()
             client.loop_stop()
             raise TransportError(self._connack_error or f"broker {self.broker} did not answer CONNECT in time")
@@ -182,6 +198,9 @@ class MqttClient:
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self._connected.clear()
+        if not self._connack.is_set():  # closed before CONNACK (e.g. a 3.1.1-only broker refusing MQTT 5)
+            self._connack_error = f"broker {self.broker} closed the connection before CONNACK: {reason}"
+            self._connack.set()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         try:

@@ -87,13 +87,7 @@ class Window:
                     self.hists[f"{kind[:-1]}:{name}"] = _Histogram.of(ref)
 
     def record(
-        self,
-        latency_s: float,
-        *,
-        ok: bool = True,
-        top1: np.ndarray | None = None,
-        conf: np.ndarray | None = None,
-        tensors: Mapping[str, np.ndarray] | None = None,
+        self, latency_s: float, *, ok: bool = True, top1: np.ndarray | None = None, conf: np.ndarray | None = None
     ) -> None:
         with self._lock:
             self.inferences += 1
@@ -109,10 +103,18 @@ class Window:
                 self.conf_n += len(conf)
                 for c in top1.tolist():
                     self.classes[c] = self.classes.get(c, 0) + 1
-            for key, values in (tensors or {}).items():
+
+    def record_tensors(self, tensors: Mapping[str, np.ndarray]) -> None:
+        """Add input/output values (keys ``input:NAME`` / ``output:NAME``) to the drift histograms."""
+        with self._lock:
+            for key, values in tensors.items():
                 hist = self.hists.get(key)
                 if hist is not None:
                     hist.add(values)
+
+    @property
+    def tracks_drift(self) -> bool:
+        return bool(self.hists)
 
     def snapshot(self, now: float) -> Snapshot:
         with self._lock:

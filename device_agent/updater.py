@@ -91,10 +91,12 @@ class Updater:
         capabilities: Callable[[], DeviceCapabilities] = DeviceCapabilities,
         faults: FaultPlan | None = None,
         clock: Callable[[], float] = time.time,
+        step_delay_s: float = 0.0,
     ) -> None:
         self.home, self.config, self.trust, self.fetcher = home, config, trust, fetcher
         self._emit, self._capabilities, self._clock = emit, capabilities, clock
         self.faults = faults or FaultPlan()
+        self.step_delay_s = step_delay_s  # a pause inside each step, for the power-cut harness only
         self.lock = threading.RLock()
         self.state = DeviceState()
         self.engine: InferenceEngine | None = None
@@ -324,6 +326,8 @@ class Updater:
         with self.lock:
             self.state.remember_deployment(deployment_id, state)
         self._emit_event(deployment_id, state)
+        if self.step_delay_s:
+            time.sleep(self.step_delay_s)
 
     def _finish(self, deployment_id: str, state: P.DeploymentState, reason: str, detail: str) -> None:
         with self.lock:

@@ -4,6 +4,7 @@ else the embedded amqtt broker (and the caller is told which, so output can say 
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import signal
@@ -78,6 +79,17 @@ class LocalBroker:
         self.stop()
 
 
+def _listening(broker: LocalBroker) -> LocalBroker:
+    """Wait until the broker accepts connections; otherwise stop it and raise with its log."""
+    try:
+        wait_for_port(broker.host, broker.port, STARTUP_TIMEOUT, broker.process)
+    except TransportError as exc:
+        text = broker.log()
+        broker.stop()
+        raise TransportError(f"{exc}; {broker.kind} broker log: {text[-500:]}") from None
+    return broker
+
+
 def mosquitto_binary() -> str | None:
     return shutil.which("mosquitto") or next(
         (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None
@@ -108,6 +120,8 @@ def start_mosquitto(
     log_path = wd / "mosquitto.log"
     config = wd / "mosquitto.conf"
     lines = [
+        # as root, mosquitto would switch to the "mosquitto" user and lose access to workdir
+        f"user {getpass.getuser()}",
         "per_listener_settings false",
         f"listener {port} 127.0.0.1",
         f"allow_anonymous {'true' if anonymous else 'false'}",
@@ -121,14 +135,7 @@ def start_mosquitto(
     ]
     config.write_text("\n".join(lines) + "\n")
     proc = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    broker = LocalBroker("mosquitto", "127.0.0.1", port, proc, wd, log_path, config, owned)
-    try:
-        wait_for_port("127.0.0.1", port, STARTUP_TIMEOUT, proc)
-    except TransportError as exc:
-        text = broker.log()
-        broker.stop()
-        raise TransportError(f"{exc}; mosquitto log: {text[-500:]}") from None
-    return broker
+    return _listening(LocalBroker("mosquitto", "127.0.0.1", port, proc, wd, log_path, config, owned))
 
 
 def start_embedded(*, port: int | None = None, workdir: Path | None = None) -> LocalBroker:
@@ -140,14 +147,7 @@ def start_embedded(*, port: int | None = None, workdir: Path | None = None) -> L
         proc = subprocess.Popen(
             [sys.executable, "-m", "fleet.embedded_broker", "--port", str(port)], stdout=log, stderr=log
         )
-    broker = LocalBroker("embedded", "127.0.0.1", port, proc, wd, log_path, None, owned)
-    try:
-        wait_for_port("127.0.0.1", port, STARTUP_TIMEOUT, proc)
-    except TransportError as exc:
-        text = broker.log()
-        broker.stop()
-        raise TransportError(f"{exc}; embedded broker log: {text[-500:]}") from None
-    return broker
+    return _listening(LocalBroker("embedded", "127.0.0.1", port, proc, wd, log_path, None, owned))
 
 
 def start_local_broker(prefer: str = "auto", *, workdir: Path | None = None) -> LocalBroker:

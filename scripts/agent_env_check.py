@@ -59,7 +59,7 @@ def check(extra: str, home: Path, eval_npz: Path) -> str:
     ).stdout.strip()  # fmt: skip
     out = subprocess.run(
         [str(env_dir / "bin" / "edge-agent"), "predict", "--home", str(home), str(eval_npz), "--json"],
-        check=False, capture_output=True, text=True,
+        capture_output=True, text=True, check=False,
     )  # fmt: skip
     if out.returncode != 0:
         return f"{extra}: edge-agent predict failed: {out.stderr.strip()[-300:]}"

@@ -119,6 +119,7 @@ def with_bad_selftest(bundle: bytes, key: PrivateKey, version: str, sequence: in
 
 
 def flash_device(tmp: Path, bundle: bytes, broker_url: str, pub: Path, device_id: str = "dev-1", **extra: Any) -> Home:
+    tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / f"{device_id}-initial.efb"
     path.write_bytes(bundle)
     sections = {"probation": extra.pop("probation", FAST_PROBATION)} | extra.pop("sections", {})

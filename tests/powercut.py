@@ -1,9 +1,10 @@
 """Power-cut harness: SIGKILL a real ``edge-agent run`` process at chosen instants of a deployment,
 check the device home as the next boot would find it, restart the agent and check it recovers.
 
-Kill instants: right after the agent reports a phase (DOWNLOADING, VERIFYING, INSTALLING,
-SELFTEST, PROBATION, SUCCEEDED) plus a random 0-30 ms jitter, or at a uniformly random instant
-of the whole deployment. After each kill, before restarting:
+Kill instants: after the agent reports a phase (DOWNLOADING, VERIFYING, INSTALLING, SELFTEST,
+PROBATION, SUCCEEDED) plus a random delay within that step (the agent runs with
+EDGE_AGENT_STEP_DELAY_S so each step lasts long enough to be hit), or at a random instant of
+the first 250 ms after the command. After each kill, before restarting:
 
 - ``state.json`` parses as a device state;
 - every slot file that exists verifies (signatures and hashes: never half-written);
@@ -43,6 +44,7 @@ TERMINAL = {
     P.DeploymentState.REJECTED,
     P.DeploymentState.FAILED,
 }
+STEP_DELAY_S = 0.15  # the agent pauses this long in each update step, so a kill can land inside it
 PROBATION = ProbationSection(min_inferences=30, seconds=3.0, max_error_rate=0.05, max_latency_ratio=0.0)
 
 
@@ -57,13 +59,22 @@ class KillResult:
 
 
 def start_agent(home: Home) -> subprocess.Popen[bytes]:
+    """Start `edge-agent run`; its log goes to HOME/../agent.log (appended), shown when a check fails."""
     exe = Path(sys.executable).parent / "edge-agent"
     home.run_file.unlink(missing_ok=True)
-    return subprocess.Popen(
-        [str(exe), "run", "--home", str(home.root), "--log-level", "warning"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with (home.root.parent / "agent.log").open("ab") as log:
+        log.write(b"--- start\n")
+        env = os.environ | {"EDGE_AGENT_STEP_DELAY_S": str(STEP_DELAY_S)}
+        return subprocess.Popen(
+            [str(exe), "run", "--home", str(home.root), "--log-level", "info"], stdout=log, stderr=log, env=env
+        )
+
+
+def log_tail(home: Home, lines: int = 15) -> str:
+    try:
+        return "\n".join((home.root.parent / "agent.log").read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 def wait_serving(home: Home, proc: subprocess.Popen[bytes], timeout: float = 30) -> str:
@@ -128,6 +139,8 @@ def run_power_cuts(
             url, sha, size = server.publish(f"v{i + 2}.efb", package_tiny(tiny, key, f"1.{i + 1}.0", i + 2))
             proc = start_agent(home)
             wait_serving(home, proc)
+            if i == 0:  # the device's first connection creates its session; later deploys may wait queued in it
+                watcher.wait(lambda: watcher.status.get("dev-1") == "online")
             dep = send_deploy(broker_url, "test", "dev-1", url, sha, size)
             _wait_kill_point(watcher, dep, target, rng)
             os.kill(proc.pid, signal.SIGKILL)
@@ -143,7 +156,7 @@ def run_power_cuts(
                 if not problem and home.load_state().pending is not None:
                     problem = "a deployment is still pending after reaching a terminal state"
             except (TimeoutError, RuntimeError) as exc:
-                problem = problem or f"after restart: {exc}"
+                problem = problem or f"after restart: {exc}\nagent log:\n{log_tail(home)}"
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=30)
@@ -159,8 +172,8 @@ def run_power_cuts(
 
 def _wait_kill_point(watcher: Watcher, dep: str, target: str, rng: random.Random) -> None:
     if target == "random":
-        time.sleep(rng.uniform(0.0, 1.0))
+        time.sleep(rng.uniform(0.0, 0.25))  # the steps before probation take ~50-100 ms
         return
     with contextlib.suppress(TimeoutError):  # the deployment ended before that phase: kill wherever it is
         watcher.wait(lambda: target in watcher.states(dep), timeout=20)
-    time.sleep(rng.uniform(0.0, 0.03))
+    time.sleep(rng.uniform(0.0, STEP_DELAY_S))

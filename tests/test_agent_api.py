@@ -162,3 +162,39 @@ def test_hot_swap_neither_drops_nor_mixes_requests(v1, int8_bundle, eval_data, r
     assert {v for v, _ in results} == {"1.0.0", "1.1.0"}
     for version, out in results:
         np.testing.assert_allclose(out, expected[version], atol=1e-6)  # each answer came from the model it names
+
+
+def _two_input_onnx(path: Path) -> None:
+    """A real ONNX graph with two inputs and two outputs and a dynamic batch: sum = a + b, prod = a * b."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 3])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, ["batch", 3])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 3]) for n in ("sum", "prod")]
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["sum"]), helper.make_node("Mul", ["a", "b"], ["prod"])],
+        "two",
+        [a, b],
+        outs,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what onnxruntime 1.17+ reads; the onnx package may write newer
+    onnx.save(model, path)
+
+
+def test_several_inputs_and_outputs_with_dynamic_batch(tmp_path: Path, release_key: PrivateKey) -> None:
+    _two_input_onnx(tmp_path / "two.onnx")
+    bundle = package(tmp_path / "two.onnx", PackageOptions(name="two", version="1.0.0", sequence=1, keys=[release_key]))
+    model = LoadedModel.load(bundle, TrustStore.of([release_key.public_key]), slot="a")
+    assert [t.name for t in model.manifest.inputs] == ["a", "b"]
+    assert [t.shape for t in model.manifest.outputs] == [(-1, 3), (-1, 3)]
+    assert model.selftest().ok
+    engine = InferenceEngine(model)
+    for batch in (1, 4, 2):
+        a = np.arange(batch * 3, dtype=np.float32).reshape(batch, 3)
+        out = engine.predict({"a": a, "b": a + 1}).outputs
+        np.testing.assert_allclose(out["sum"], 2 * a + 1)
+        np.testing.assert_allclose(out["prod"], a * (a + 1))
+    with pytest.raises(InferenceError, match="missing input 'b'"):
+        engine.predict({"a": np.zeros((1, 3), np.float32), "c": np.zeros((1, 3), np.float32)})

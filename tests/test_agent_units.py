@@ -156,7 +156,21 @@ def test_psi_detects_drift() -> None:
     assert psi(expected, np.array([250, 250, 250, 250])) < 1e-6
     assert psi(expected, np.array([700, 100, 100, 100])) > 0.5
     w = Window(drift_ref={"inputs": {"x": {"edges": [0.25, 0.5, 0.75], "fractions": expected}}})
-    w.record(0.001, tensors={"input:x": np.random.default_rng(0).random(4000)})
+    w.record_tensors({"input:x": np.random.default_rng(0).random(4000)})
     assert w.snapshot(1.0).psi["input:x"] < 0.01
-    w.record(0.001, tensors={"input:x": np.full(4000, 0.9)})
+    w.record_tensors({"input:x": np.full(4000, 0.9)})
     assert w.snapshot(1.0).psi["input:x"] > 0.5
+
+
+def test_reconnect_backoff_doubles_with_jitter_and_caps() -> None:
+    import random
+
+    from device_agent.agent import Backoff
+
+    b = Backoff(1.0, 8.0, random.Random(1))
+    delays = [b.next_delay() for _ in range(6)]
+    for delay, step in zip(delays, [1, 2, 4, 8, 8, 8], strict=True):
+        assert step / 2 <= delay <= step
+    assert len(set(delays)) == 6  # jittered, not lockstep
+    b.reset()
+    assert b.next_delay() <= 1.0

@@ -107,3 +107,27 @@ def test_harness_broker_speaks_to_the_real_mosquitto_clients(each_broker: LocalB
         assert out.strip() == "online"
     finally:
         pub.disconnect()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_commands_survive_an_offline_device_and_a_crash_before_the_ack(broker: LocalBroker, protocol: str) -> None:
+    """A persistent session queues QoS 1 commands while offline and redelivers unacknowledged ones."""
+    cfg = MqttConfig(url=broker.url, client_id="fleet.dev-9", manual_ack=True, protocol=protocol)
+    device = MqttClient(cfg)
+    device.connect()
+    device.subscribe([("edgefleet/v1/fleet/dev-9/cmd/+", 1)])
+    device.disconnect()
+    fm = client(broker, "fm")
+    fm.publish("edgefleet/v1/fleet/dev-9/cmd/ping", b'{"request_id": "r-1"}', qos=1)
+    fm.disconnect()
+    device = MqttClient(cfg)
+    device.connect()
+    assert next_message(device).payload == b'{"request_id": "r-1"}'  # queued while offline
+    device._client._sock.close()  # crash before acknowledging
+    time.sleep(0.5)
+    device = MqttClient(cfg)
+    device.connect()
+    msg = next_message(device)
+    assert msg.payload == b'{"request_id": "r-1"}'  # redelivered
+    device.ack(msg)
+    device.disconnect()

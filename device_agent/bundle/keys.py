@@ -1,22 +1,26 @@
 """Ed25519 release keys, key ids, and the trust store a device verifies against.
 
 Key files are PEM: the private key as PKCS#8 (optionally passphrase-encrypted), the public key as
-SubjectPublicKeyInfo, so standard tools (openssl, ssh-keygen -e) can read them too.
+SubjectPublicKeyInfo, so standard tools (openssl, ssh-keygen -e) can read them too. The device only
+parses public keys and verifies (``ed25519.py``, no ``cryptography`` import); ``cryptography`` is
+imported lazily for key generation, signing and unusual PEM files.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
+from device_agent.bundle import ed25519
 from device_agent.errors import ConfigError, KeyFileError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 KEYID_HEX = 16  # hex characters of sha256(raw public key) used as the key id
 
@@ -36,19 +40,21 @@ class PublicKey:
         return hashlib.sha256(self.raw).hexdigest()[:KEYID_HEX]
 
     def verify(self, signature: bytes, data: bytes) -> bool:
-        try:
-            Ed25519PublicKey.from_public_bytes(self.raw).verify(signature, data)
-        except InvalidSignature:
-            return False
-        return True
+        return ed25519.verify(self.raw, signature, data)
 
     def to_pem(self) -> bytes:
-        key = Ed25519PublicKey.from_public_bytes(self.raw)
-        return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        der = base64.b64encode(ed25519.SPKI_PREFIX + self.raw).decode()
+        return f"-----BEGIN PUBLIC KEY-----\n{der}\n-----END PUBLIC KEY-----\n".encode()
 
     @classmethod
     def from_pem(cls, data: bytes, source: str = "public key") -> PublicKey:
         """Raises: KeyFileError if ``data`` is not a PEM Ed25519 public key."""
+        raw = ed25519.public_key_from_pem(data)
+        if raw is not None:
+            return cls(raw)
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
         try:
             key = serialization.load_pem_public_key(data)
         except (ValueError, TypeError) as exc:
@@ -66,6 +72,8 @@ class PrivateKey:
     """An Ed25519 signing key."""
 
     def __init__(self, key: Ed25519PrivateKey) -> None:
+        from cryptography.hazmat.primitives import serialization
+
         self._key = key
         raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         self.public_key = PublicKey(raw)
@@ -76,20 +84,25 @@ class PrivateKey:
 
     @classmethod
     def generate(cls) -> PrivateKey:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         return cls(Ed25519PrivateKey.generate())
 
     def sign(self, data: bytes) -> bytes:
         return self._key.sign(data)
 
     def to_pem(self, passphrase: bytes | None = None) -> bytes:
-        enc: serialization.KeySerializationEncryption = (
-            serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
-        )
+        from cryptography.hazmat.primitives import serialization
+
+        enc: Any = serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
         return self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
 
     @classmethod
     def from_pem(cls, data: bytes, passphrase: bytes | None = None, source: str = "private key") -> PrivateKey:
         """Raises: KeyFileError if ``data`` is not a PEM Ed25519 private key (or the passphrase is wrong)."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         try:
             key = serialization.load_pem_private_key(data, password=passphrase)
         except (ValueError, TypeError) as exc:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from device_agent.bundle.manifest import TensorInfo
 from device_agent.errors import EdgefleetError
@@ -25,21 +26,27 @@ class RuntimeLoadError(EdgefleetError):
 
 
 class Runtime(ABC):
-    """A loaded model. ``run`` takes and returns arrays keyed by tensor name."""
+    """A loaded model. ``run`` takes and returns arrays keyed by tensor name.
+
+    Backends set ``_version``, ``_inputs`` and ``_outputs`` when they load the model.
+    """
 
     name: ClassVar[str]
+    _version: str
+    _inputs: tuple[TensorInfo, ...]
+    _outputs: tuple[TensorInfo, ...]
 
     @property
-    @abstractmethod
-    def version(self) -> str: ...
+    def version(self) -> str:
+        return self._version
 
     @property
-    @abstractmethod
-    def inputs(self) -> tuple[TensorInfo, ...]: ...
+    def inputs(self) -> tuple[TensorInfo, ...]:
+        return self._inputs
 
     @property
-    @abstractmethod
-    def outputs(self) -> tuple[TensorInfo, ...]: ...
+    def outputs(self) -> tuple[TensorInfo, ...]:
+        return self._outputs
 
     @abstractmethod
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -72,14 +79,20 @@ def available_runtimes() -> dict[str, str]:
     return found
 
 
+@functools.cache
+def _dtype(name: str) -> np.dtype[Any]:
+    import numpy as np
+
+    return np.dtype(name)
+
+
 def check_feed(spec: TensorInfo, array: np.ndarray) -> None:
     """Raises: RuntimeLoadError if ``array`` cannot feed ``spec`` (rank, fixed dims, dtype)."""
-    if array.dtype.name != spec.dtype:
+    if array.dtype != _dtype(spec.dtype):
         raise RuntimeLoadError(f"input {spec.name!r} expects {spec.dtype}, got {array.dtype.name}")
-    if len(array.shape) != len(spec.shape) or any(
-        want not in (-1, got) for want, got in zip(spec.shape, array.shape, strict=True)
-    ):
-        raise RuntimeLoadError(f"input {spec.name!r} expects shape {list(spec.shape)}, got {list(array.shape)}")
+    shape = array.shape
+    if len(shape) != len(spec.shape) or any(w not in (-1, g) for w, g in zip(spec.shape, shape, strict=True)):
+        raise RuntimeLoadError(f"input {spec.name!r} expects shape {list(spec.shape)}, got {list(shape)}")
 
 
 def quantize(array: np.ndarray, spec: TensorInfo) -> np.ndarray:
@@ -87,8 +100,10 @@ def quantize(array: np.ndarray, spec: TensorInfo) -> np.ndarray:
     import numpy as np
 
     q = spec.quantization
-    dtype = np.dtype(spec.dtype)
-    if q is None or array.dtype.kind != "f" or dtype.kind not in "iu":
+    if q is None or array.dtype.kind != "f":
+        return array
+    dtype = _dtype(spec.dtype)
+    if dtype.kind not in "iu":
         return array
     info = np.iinfo(dtype)
     scaled = np.round(array / q.scale[0] + q.zero_point[0])

@@ -93,18 +93,6 @@ class LiteRTRuntime(Runtime):
         self._inputs = tuple(_spec(d, names) for d in self._in)
         self._outputs = tuple(_spec(d, names) for d in self._out)
 
-    @property
-    def version(self) -> str:
-        return self._version
-
-    @property
-    def inputs(self) -> tuple[TensorInfo, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorInfo, ...]:
-        return self._outputs
-
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         resized = False
         for spec, detail in zip(self._inputs, self._in, strict=True):
