@@ -72,22 +72,6 @@ def serving_function(model: Any) -> Any:
     return serve
 
 
-def export_saved_model(model: Any, path: Path) -> Path:
-    """Export a Keras model as a SavedModel whose ``serving_default`` signature has named outputs.
-
-    Goes through keras.export.ExportArchive, which tracks the model's variables explicitly:
-    handing a Keras 3 model to ``from_concrete_functions`` as ``trackable_obj`` silently converts
-    it with re-initialized weights (tests/test_models.py guards against that).
-    """
-    import keras
-
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(name="serving_default", fn=serving_function(model), input_signature=_specs(model))
-    archive.write_out(str(path), verbose=False)
-    return path
-
-
 def _output_name(tensor: Any, index: int) -> str:
     """The name of the layer producing ``tensor`` (Keras 3 tensor names are ``keras_tensor_N``)."""
     history = getattr(tensor, "_keras_history", None)
