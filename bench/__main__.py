@@ -26,9 +26,9 @@ absolute times are for scale only. Each section names the machine and date it wa
 
 
 def sections() -> dict[str, Callable[[], str]]:
-    from bench import agent, powercut, verify
+    from bench import agent, powercut, quantization, verify
 
-    return {"verify": verify.run, "agent": agent.run, "powercut": powercut.run}
+    return {"verify": verify.run, "agent": agent.run, "powercut": powercut.run, "quantization": quantization.run}
 
 
 def machine() -> str:
