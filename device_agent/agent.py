@@ -334,7 +334,9 @@ class Agent:
             if self.updater.receive(cmd):
                 self._work.set()
         elif isinstance(cmd, P.RollbackCommand):
-            if not self.updater.rollback("requested", cmd.reason or "cmd/rollback", cmd.deployment_id):
+            if self.updater.cancel(cmd.deployment_id):
+                self._work.set()  # the worker stops the deployment at its next step and reports it
+            elif not self.updater.rollback("requested", cmd.reason or "cmd/rollback", cmd.deployment_id):
                 self._emit(
                     P.DeploymentEvent(
                         cmd.deployment_id or "manual",
