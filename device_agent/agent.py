@@ -143,6 +143,7 @@ class Agent:
         self.engine: InferenceEngine | None = None
         self._threads: list[threading.Thread] = []
         self._info_dirty = False
+        self._flush_lock = threading.Lock()
         self._offline_until = 0.0  # simulations: stay away from the broker until then
         self._drop_connection = threading.Event()
 
@@ -289,8 +290,17 @@ class Agent:
         self.events.append(event)
         if event.state in (P.DeploymentState.PROBATION, P.DeploymentState.SUCCEEDED, P.DeploymentState.ROLLED_BACK):
             self._info_dirty = True
+        self._flush_events()  # at once, from this thread: the fleet manager reacts to events
 
     def _flush_events(self) -> None:
+        if not self._flush_lock.acquire(blocking=False):
+            return  # another thread is flushing; it will take this event too
+        try:
+            self._flush_pending()
+        finally:
+            self._flush_lock.release()
+
+    def _flush_pending(self) -> None:
         while self.events and self.mqtt.is_connected:
             event = self.events[0]
             try:
@@ -324,7 +334,9 @@ class Agent:
             if self.updater.receive(cmd):
                 self._work.set()
         elif isinstance(cmd, P.RollbackCommand):
-            if not self.updater.rollback("requested", cmd.reason or "cmd/rollback", cmd.deployment_id):
+            if self.updater.cancel(cmd.deployment_id):
+                self._work.set()  # the worker stops the deployment at its next step and reports it
+            elif not self.updater.rollback("requested", cmd.reason or "cmd/rollback", cmd.deployment_id):
                 self._emit(
                     P.DeploymentEvent(
                         cmd.deployment_id or "manual",

@@ -61,6 +61,7 @@ class Pending:
     size: int
     slot: str
     boots: int = 0  # agent starts while this deployment was pending (crash-loop guard)
+    cancelled: bool = False  # a rollback arrived before activation: stop at the next step
 
 
 @dataclass

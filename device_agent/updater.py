@@ -200,7 +200,11 @@ class Updater:
             return
         dep = pending.deployment_id
         try:
+            if self._stopped_by_cancel(pending):
+                return
             data = self._obtain(pending)
+            if self._stopped_by_cancel(pending):
+                return
             self._step(dep, P.DeploymentState.VERIFYING)
             model = LoadedModel.load(
                 data,
@@ -210,6 +214,8 @@ class Updater:
                 highest_sequence=self.state.committed,
                 device=self._capabilities(),
             )
+            if self._stopped_by_cancel(pending):
+                return
             self._install(pending, data, model)
             self._selftest_and_activate(pending, model)
         except DownloadError as exc:
@@ -221,6 +227,26 @@ class Updater:
             if self.state.pending is None:
                 for p in (download, download.with_name(download.name + ".part")):
                     p.unlink(missing_ok=True)
+
+    def cancel(self, deployment_id: str | None) -> bool:
+        """Cancel the pending deployment (``deployment_id`` None: whichever is pending) before it is
+        activated. Persisted, so a restart does not resume it. False if there is nothing to cancel."""
+        with self.lock:
+            pending = self.state.pending
+            if pending is None or deployment_id not in (None, pending.deployment_id):
+                return False
+            pending.cancelled = True
+            self.save()
+            return True
+
+    def _stopped_by_cancel(self, pending: Pending) -> bool:
+        with self.lock:
+            if not pending.cancelled:
+                return False
+        self._finish(
+            pending.deployment_id, P.DeploymentState.ROLLED_BACK, "cancelled", "rollback requested before activation"
+        )
+        return True
 
     def _download_path(self, deployment_id: str) -> Path:
         return self.home.downloads / f"{deployment_id}.efb"
@@ -258,6 +284,8 @@ class Updater:
         baseline = engine.model_window.snapshot(time.monotonic()).lat_ms.get("p95") if engine else None
         m = model.manifest
         with self.lock:
+            if self._stopped_by_cancel(pending):
+                return
             self.state.previous, self.state.active = self.state.active, pending.slot
             self.state.probation = Probation(
                 pending.slot, dep, m.name, m.version, m.sequence, self._now_ms(), 0, baseline

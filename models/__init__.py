@@ -7,6 +7,10 @@ from pathlib import Path
 
 RECIPES: dict[str, str] = {
     "tiny-digits": "models.tiny:build",
+    "digits-cnn": "models.digits_cnn:build",
+    "digits-outlier": "models.outlier:build",
+    "kws-cnn": "models.kws:build",
+    "mobilenet-96": "models.mobilenet:build",
 }
 
 

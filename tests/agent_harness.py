@@ -71,7 +71,7 @@ class ArtifactServer:
                     self.wfile.flush()
                     self.connection.close()
                     return
-                step = 64 * 1024
+                step = 1024 if server.throttle_bps else 64 * 1024
                 for i in range(0, len(body), step):
                     self.wfile.write(body[i : i + step])
                     if server.throttle_bps:

@@ -56,38 +56,60 @@ def each_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Loca
         yield b
 
 
+MODEL_FILES = {
+    "keras": "model.keras",
+    "tflite": "model.tflite",
+    "onnx": "model.onnx",
+    "calibration": "calib.npz",
+    "eval": "eval.npz",
+    "labels": "labels.txt",
+}
+
+
 def _models_fingerprint() -> str:
     h = hashlib.sha256()
-    for rel in ("models/tiny.py", "models/__init__.py", "toolchain/backends/tensorflow.py", "toolchain/npzio.py"):
-        h.update((ROOT / rel).read_bytes())
+    sources = sorted((ROOT / "models").glob("*.py"))
+    for path in [*sources, ROOT / "toolchain/backends/tensorflow.py", ROOT / "toolchain/npzio.py"]:
+        h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 
-@pytest.fixture(scope="session")
-def tiny_models(request: pytest.FixtureRequest) -> dict[str, Path]:
-    """tiny-digits as Keras, TFLite and ONNX with calib/eval data; cached across runs by source hash.
+def build_reference_model(
+    request: pytest.FixtureRequest, name: str, extra: dict[str, str] | None = None
+) -> dict[str, Path]:
+    """Build recipe ``name`` once, cached across runs by the recipes' source hash.
 
-    Built in a child process so tensorflow never enters the test process.
+    Built in a child process so tensorflow never enters the test process for this. ``extra``
+    names files (role → file) the recipe writes besides the common ones.
     """
-    cache = Path(request.config.cache.mkdir("edgefleet-models")) / f"tiny-digits-{_models_fingerprint()}"
-    names = {
-        "keras": "model.keras",
-        "tflite": "model.tflite",
-        "tflite_int8": "model_int8.tflite",
-        "onnx": "model.onnx",
-        "calibration": "calib.npz",
-        "eval": "eval.npz",
-        "labels": "labels.txt",
-    }
-    paths = {role: cache / name for role, name in names.items()}
+    cache = Path(request.config.cache.mkdir("edgefleet-models")) / f"{name}-{_models_fingerprint()}"
+    paths = {role: cache / file for role, file in {**MODEL_FILES, **(extra or {})}.items()}
     if not all(p.exists() for p in paths.values()):
         subprocess.run(
-            [sys.executable, "-m", "models", "build", "tiny-digits", "--out", str(cache)],
+            [sys.executable, "-m", "models", "build", name, "--out", str(cache)],
             check=True,
             cwd=ROOT,
             capture_output=True,
         )
     return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_models(request: pytest.FixtureRequest) -> dict[str, Path]:
+    """tiny-digits as Keras, TFLite (float and full-integer int8) and ONNX with calib/eval data."""
+    return build_reference_model(request, "tiny-digits", {"tflite_int8": "model_int8.tflite"})
+
+
+@pytest.fixture(scope="session")
+def digits_cnn(request: pytest.FixtureRequest) -> dict[str, Path]:
+    """digits-cnn (the reference classifier, held-out eval split with labels)."""
+    return build_reference_model(request, "digits-cnn")
+
+
+@pytest.fixture(scope="session")
+def digits_outlier(request: pytest.FixtureRequest) -> dict[str, Path]:
+    """digits-outlier: full int8 breaks it, keeping two layers in float repairs it."""
+    return build_reference_model(request, "digits-outlier")
 
 
 @pytest.fixture(scope="session")

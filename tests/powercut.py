@@ -44,7 +44,7 @@ TERMINAL = {
     P.DeploymentState.REJECTED,
     P.DeploymentState.FAILED,
 }
-STEP_DELAY_S = 0.15  # the agent pauses this long in each update step, so a kill can land inside it
+STEP_DELAY_S = 0.3  # the agent pauses this long in each update step, so a kill can land inside it
 PROBATION = ProbationSection(min_inferences=30, seconds=3.0, max_error_rate=0.05, max_latency_ratio=0.0)
 
 

@@ -211,3 +211,17 @@ def test_every_refusal_class_through_cmd_deploy_ends_rejected(device, broker, se
     assert (state.active, state.committed, state.pending) == ("a", {"digits": 1}, None)
     assert serving_version(agent) == "1.0.0"
     assert not home.slot("b").exists()  # nothing refused was ever installed
+
+
+def test_a_rollback_during_a_deployment_cancels_it_before_activation(device, broker, server, bundles) -> None:
+    home, agent, watcher = device
+    server.throttle_bps = 16_000  # the download takes about a second
+    dep = deploy(broker, server, bundles["v2"])
+    watcher.wait_event(dep, {S.DOWNLOADING})
+    send_command(broker.url, "test", "dev-1", P.RollbackCommand("req-cancel", dep, "gate tripped"))
+    ev = watcher.wait_event(dep, {S.ROLLED_BACK, S.SUCCEEDED, S.FAILED})
+    assert (ev.state, ev.reason) == (S.ROLLED_BACK, "cancelled")
+    assert "PROBATION" not in watcher.states(dep)
+    state = home.load_state()
+    assert (state.active, state.pending, state.committed) == ("a", None, {"digits": 1})
+    assert serving_version(agent) == "1.0.0"

@@ -14,6 +14,7 @@ from device_agent._cli import Group, debug_option
 from device_agent.bundle import Bundle, PrivateKey, TrustStore, add_signatures, read_bundle, verify_bundle
 from device_agent.errors import BundleError, ConfigError
 from device_agent.fsutil import atomic_write
+from toolchain.cli_quant import COMMANDS
 
 PASSPHRASE_ENV = "EDGEFLEET_KEY_PASSPHRASE"
 
@@ -38,7 +39,8 @@ def _read(path: str) -> bytes:
 @click.version_option(__version__, prog_name="edgetool")
 @debug_option
 def cli() -> None:
-    """Prepare models for edge devices: package, sign, verify and inspect signed bundles."""
+    """Prepare models for edge devices: convert, quantize, evaluate, check against device profiles,
+    then package, sign, verify and inspect signed bundles."""
 
 
 @cli.command()
@@ -280,6 +282,10 @@ def _print_summary(bundle: Bundle, size: int | None = None) -> None:
         rows.append(("built with", ", ".join(f"{k} {v}" for k, v in sorted(tools.items()))))
     for label, value in rows:
         click.echo(f"{label:>11}  {value}")
+
+
+for _command in COMMANDS:
+    cli.add_command(_command)
 
 
 def main() -> None:

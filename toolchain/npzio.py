@@ -59,6 +59,24 @@ def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
         raise DataError(f"{path} is not a readable .npz/.npy file: {str(exc)[:200]}") from None
 
 
+def check_meta(spec: TensorInfo, dtype: np.dtype, shape: Sequence[int], source: str) -> None:
+    """Check that samples of ``dtype``/``shape`` (samples along axis 0) can feed input ``spec``.
+
+    Floating data may feed any floating input (it is cast); other dtype mismatches are errors.
+
+    Raises:
+        DataError: naming the input and what was expected.
+    """
+    want = np.dtype(spec.dtype)
+    if dtype != want and not (dtype.kind == "f" and want.kind == "f"):
+        raise DataError(f"{source}: input {spec.name!r} needs {want.name}, the data is {dtype.name}")
+    sample = spec.shape[1:] if spec.shape else ()
+    if len(shape) != len(spec.shape) or any(w not in (-1, g) for w, g in zip(sample, shape[1:], strict=True)):
+        raise DataError(
+            f"{source}: input {spec.name!r} needs samples of shape {list(sample)}, the data is {list(shape)}"
+        )
+
+
 def feeds_for(arrays: Mapping[str, np.ndarray], inputs: Sequence[TensorInfo], source: str) -> dict[str, np.ndarray]:
     """Map arrays to model inputs: ``x`` for a single-input model, else one array per input name.
 
@@ -77,18 +95,11 @@ def feeds_for(arrays: Mapping[str, np.ndarray], inputs: Sequence[TensorInfo], so
         else:
             raise DataError(f"{source} has no array for input {spec.name!r} (keys: {', '.join(arrays) or 'none'})")
         want = np.dtype(spec.dtype)
-        if a.dtype != want:
-            if a.dtype.kind == "f" and want.kind == "f":
-                a = a.astype(want)
-            elif a.dtype.kind == "f" and spec.quantization is not None:
-                a = quantize(a, spec)  # float data for a quantized input: the input's own scale/zero-point
-            else:
-                raise DataError(f"{source}: input {spec.name!r} needs {want.name}, the data is {a.dtype.name}")
-        sample = spec.shape[1:] if spec.shape else ()
-        if a.ndim != len(spec.shape) or any(w not in (-1, g) for w, g in zip(sample, a.shape[1:], strict=True)):
-            raise DataError(
-                f"{source}: input {spec.name!r} needs samples of shape {list(sample)}, the data is {list(a.shape)}"
-            )
+        if a.dtype != want and a.dtype.kind == "f" and want.kind == "f":
+            a = a.astype(want)
+        elif a.dtype != want and a.dtype.kind == "f" and spec.quantization is not None:
+            a = quantize(a, spec)  # float data for a quantized input: the input's own scale/zero-point
+        check_meta(spec, a.dtype, a.shape, source)
         out[spec.name] = a
     counts = {len(a) for a in out.values()}
     if len(counts) != 1 or 0 in counts:

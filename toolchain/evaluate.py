@@ -1,0 +1,219 @@
+"""``edgetool evaluate``: what quantization cost, measured in the device runtime.
+
+Both models run in the runtime a device uses (LiteRT or ONNX Runtime) on the same evaluation data.
+A Keras/SavedModel reference is first converted to the candidate's format (float32). Quantized
+inputs and outputs are converted with their scale and zero point, so float data feeds every model.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from device_agent.runtime import Runtime, load_runtime
+from toolchain import qio
+from toolchain.calibration import SampleStream, open_samples, stack
+from toolchain.measure import Measurement, measure
+from toolchain.sources import ModelError, ModelKind, model_kind
+
+BATCH = 32  # samples per inference call during evaluation
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    samples: int | None = None  # evaluation samples (default: all)
+    latency_runs: int = 50  # timed single-sample inferences per model; 0 skips latency and memory
+    layers: int = 8  # rows of the per-layer error table; 0 skips it
+    calibration: Path | None = None  # data for the per-layer debugger (default: the evaluation data)
+
+
+@dataclass(frozen=True)
+class OutputError:
+    name: str
+    max_abs_error: float
+    mean_abs_error: float
+    cosine: float  # mean over samples
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    path: str
+    runtime: str
+    bytes: int
+    accuracy: float | None = None  # top-1, 0..1, when labels are given
+    latency: Measurement | None = None
+
+
+@dataclass
+class Evaluation:
+    candidate: ModelStats
+    reference: ModelStats
+    samples: int
+    agreement: float  # top-1 agreement with the reference, 0..1
+    outputs: list[OutputError]
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    layer_note: str = ""
+
+    @property
+    def accuracy_delta_pp(self) -> float | None:
+        """Candidate minus reference top-1 accuracy, in percentage points (negative = a drop)."""
+        if self.candidate.accuracy is None or self.reference.accuracy is None:
+            return None
+        return 100.0 * (self.candidate.accuracy - self.reference.accuracy)
+
+    @property
+    def drop_pp(self) -> float:
+        """The accuracy drop in pp (labels) or else the disagreement with the reference in pp."""
+        delta = self.accuracy_delta_pp
+        return -delta if delta is not None else 100.0 * (1.0 - self.agreement)
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["accuracy_delta_pp"] = self.accuracy_delta_pp
+        doc["size_ratio"] = self.candidate.bytes / self.reference.bytes if self.reference.bytes else None
+        return doc
+
+
+def evaluate(candidate: Path, reference: Path, data: Path, opts: EvalOptions | None = None) -> Evaluation:
+    """Compare ``candidate`` (.tflite/.onnx) with ``reference`` on ``data`` (.npz with ``x``/inputs, ``y``).
+
+    Raises:
+        ModelError: a model is missing, corrupt, or the pair cannot be compared.
+        DataError: the data does not fit the models.
+        RuntimeLoadError: the runtime cannot load a model.
+    """
+    opts = opts or EvalOptions()
+    kind = model_kind(candidate)
+    if kind not in (ModelKind.TFLITE, ModelKind.ONNX):
+        raise ModelError(f"{candidate}: the candidate must be a .tflite or .onnx model (convert it first)")
+    ref_kind = model_kind(reference)
+    with tempfile.TemporaryDirectory(prefix="edgetool-") as tmp:
+        ref_path = _runnable_reference(reference, ref_kind, kind, Path(tmp))
+        cand_rt, ref_rt = load_runtime(kind.value, candidate), load_runtime(kind.value, ref_path)
+        stream = open_samples(data, ref_rt.inputs, opts.samples)
+        x = stack(stream)
+        labels = labels_from(data, len(stream))
+        cand_out, ref_out = predict(cand_rt, x), predict(ref_rt, x)
+        result = Evaluation(
+            candidate=_stats(candidate, cand_rt, cand_out, labels, opts=opts),
+            reference=_stats(reference, ref_rt, ref_out, labels, opts=opts, run_path=ref_path),
+            samples=len(stream),
+            agreement=top1_agreement(cand_out, ref_out),
+            outputs=[output_error(name, cand_out[name], ref_out[name]) for name in ref_out],
+        )
+        if opts.layers:
+            _layer_table(
+                result, candidate=candidate, kind=kind, reference=reference, ref_kind=ref_kind, ref_path=ref_path,
+                opts=opts, eval_stream=stream,
+            )  # fmt: skip
+    return result
+
+
+def _runnable_reference(reference: Path, ref_kind: ModelKind, kind: ModelKind, tmp: Path) -> Path:
+    if ref_kind is kind:
+        return reference
+    if not ref_kind.is_float_source:
+        raise ModelError(f"cannot compare a {kind} candidate with a {ref_kind} reference; use the same format")
+    from toolchain.convert import convert
+
+    return convert(reference, kind.value, tmp / f"reference.{kind.value}").output
+
+
+def predict(runtime: Runtime, x: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Float outputs for float inputs ``x`` (quantized I/O handled), in batches of ``BATCH``."""
+    n = len(next(iter(x.values())))
+    fixed = runtime.inputs[0].shape[0] if runtime.inputs[0].shape and runtime.inputs[0].shape[0] > 0 else BATCH
+    chunks: dict[str, list[np.ndarray]] = {s.name: [] for s in runtime.outputs}
+    for start in range(0, n, fixed):
+        batch = {k: v[start : start + fixed] for k, v in x.items()}
+        for spec, value in zip(runtime.outputs, runtime.run(qio.feeds(runtime.inputs, batch)).values(), strict=True):
+            chunks[spec.name].append(qio.from_output(spec, value))
+    return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+def labels_from(data: Path, n: int) -> np.ndarray | None:
+    """The first ``n`` labels ``y`` of an evaluation .npz, or None when it has none."""
+    if data.is_dir() or data.suffix != ".npz":
+        return None
+    with np.load(data, allow_pickle=False) as npz:
+        return np.asarray(npz["y"][:n]).reshape(-1) if "y" in npz.files else None
+
+
+def _top1(outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    first = next(iter(outputs.values()))
+    top: np.ndarray = first.reshape(len(first), -1).argmax(axis=1)
+    return top
+
+
+def top1_accuracy(outputs: Mapping[str, np.ndarray], labels: np.ndarray | None) -> float | None:
+    """Share of samples whose top-1 class (of the first output) is the label; None without labels."""
+    return None if labels is None else float(np.mean(_top1(outputs) == labels))
+
+
+def top1_agreement(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:
+    return float(np.mean(_top1(a) == _top1(b)))
+
+
+def output_error(name: str, got: np.ndarray, want: np.ndarray) -> OutputError:
+    g, w = got.reshape(len(got), -1).astype(np.float64), want.reshape(len(want), -1).astype(np.float64)
+    diff = np.abs(g - w)
+    norms = np.linalg.norm(g, axis=1) * np.linalg.norm(w, axis=1)
+    cos = np.where(norms > 0, np.sum(g * w, axis=1) / np.maximum(norms, 1e-30), 1.0)
+    return OutputError(name, float(diff.max(initial=0.0)), float(diff.mean()), float(cos.mean()))
+
+
+def _stats(
+    path: Path,
+    runtime: Runtime,
+    outputs: Mapping[str, np.ndarray],
+    labels: np.ndarray | None,
+    *,
+    opts: EvalOptions,
+    run_path: Path | None = None,
+) -> ModelStats:
+    run_path = run_path or path
+    accuracy = top1_accuracy(outputs, labels)
+    latency = measure(runtime.name, run_path, opts.latency_runs) if opts.latency_runs else None
+    return ModelStats(str(path), runtime.name, run_path.stat().st_size, accuracy, latency)
+
+
+def _layer_table(
+    result: Evaluation,
+    *,
+    candidate: Path,
+    kind: ModelKind,
+    reference: Path,
+    ref_kind: ModelKind,
+    ref_path: Path,
+    opts: EvalOptions,
+    eval_stream: SampleStream,
+) -> None:
+    """Fill ``result.layers`` with the layers that lose most (or say why there is no table)."""
+    stream = open_samples(opts.calibration, eval_stream.inputs, 64) if opts.calibration else eval_stream
+    if kind is ModelKind.ONNX:
+        if not _has_qdq(candidate):
+            result.layer_note = "no per-layer table: the candidate has no QuantizeLinear/DequantizeLinear nodes"
+            return
+        from toolchain.quantize import onnx as q_onnx
+
+        result.layers = q_onnx.layer_errors(ref_path, candidate, stream)[: opts.layers]
+        result.layer_note = "onnxruntime qdq_loss_debug: SQNR (dB) of each tensor vs the float model, lowest first"
+        return
+    if not ref_kind.is_float_source:
+        result.layer_note = "no per-layer table: pass the Keras/SavedModel source as --reference"
+        return
+    from toolchain.quantize import tflite as q_tflite
+
+    result.layers = q_tflite.layer_errors(reference, ref_kind, stream)[: opts.layers]
+    result.layer_note = "TFLite QuantizationDebugger on an int8 quantization of the reference, largest MSE first"
+
+
+def _has_qdq(model: Path) -> bool:
+    import onnx
+
+    return any(n.op_type == "QuantizeLinear" for n in onnx.load(str(model)).graph.node)
