@@ -26,9 +26,15 @@ absolute times are for scale only. Each section names the machine and date it wa
 
 
 def sections() -> dict[str, Callable[[], str]]:
-    from bench import agent, powercut, quantization, verify
+    from bench import agent, fleet, powercut, quantization, verify
 
-    return {"verify": verify.run, "agent": agent.run, "powercut": powercut.run, "quantization": quantization.run}
+    return {
+        "verify": verify.run,
+        "agent": agent.run,
+        "powercut": powercut.run,
+        "quantization": quantization.run,
+        "fleet": fleet.run,
+    }
 
 
 def machine() -> str:

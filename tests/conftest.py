@@ -11,6 +11,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,3 +127,42 @@ def key_files(tmp_path: Path, release_key: PrivateKey) -> tuple[Path, Path]:
     """The session release key written as files: (private .key, public .pub)."""
     key_path, pub_path = release_key.save(tmp_path / "keys" / "release")
     return key_path, pub_path
+
+
+# --- fleet manager store: the same tests on SQLite and PostgreSQL ------------------------------
+
+PG_URL = os.environ.get("EDGEFLEET_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _pg_schema_url() -> tuple[str, object] | None:
+    """A fresh schema in the test PostgreSQL (so parallel runs never collide), or None if unreachable."""
+    try:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        schema = f"ef_{uuid.uuid4().hex[:12]}"
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    except Exception:  # any failure to reach it means: skip, and say so
+        return None
+    return f"{PG_URL}?options=-csearch_path%3D{schema}", (engine, schema)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A store URL: a fresh SQLite file, or a fresh schema in the local PostgreSQL (skipped if unreachable)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fleet.db'}"
+        return
+    made = _pg_schema_url()
+    if made is None:
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL} (set EDGEFLEET_TEST_PG)")
+    url, (engine, schema) = made  # type: ignore[misc]
+    try:
+        yield url
+    finally:
+        import sqlalchemy as sa
+
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        engine.dispose()

@@ -35,10 +35,13 @@ def test_readme_shows_commands() -> None:
 
 @pytest.mark.parametrize("argv", readme_commands(), ids=lambda a: " ".join(a[:2]))
 def test_readme_command_exists_with_its_options(argv: list[str]) -> None:
-    group = CLIS[argv[0]]
-    ctx = click.Context(group)
-    command = group.get_command(ctx, argv[1])
-    assert command is not None, f"{argv[0]} has no command {argv[1]!r}"
+    command: click.Command | None = CLIS[argv[0]]
+    words = argv[1:]
+    while isinstance(command, click.Group) and words and not words[0].startswith("-"):  # fleetctl rollout start
+        name, words = words[0], words[1:]
+        parent, command = command, command.get_command(click.Context(command), name)
+        assert command is not None, f"{parent.name} has no command {name!r}"
+    assert command is not None
     known = {opt for p in command.params for opt in getattr(p, "opts", [])}
     used = {a.split("=")[0] for a in argv[2:] if a.startswith("--")}
     assert used <= known, f"{' '.join(argv[:2])}: unknown option(s) {used - known}"

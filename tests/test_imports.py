@@ -38,3 +38,9 @@ def test_plain_import_is_cheap() -> None:
 def test_toolchain_cli_does_not_import_tensorflow_to_verify() -> None:
     modules = imported_modules("import toolchain.cli")
     assert not {m for m in modules if m.split(".")[0] in {"tensorflow", "keras", "onnx"}}
+
+
+def test_fleet_never_imports_toolchain_or_tensorflow() -> None:
+    modules = imported_modules("import fleet.cli, fleet.server, fleet.api, fleet.rollout.runner")
+    assert "fleet.server" in modules
+    assert not {m for m in modules if m.split(".")[0] in {"toolchain", "tensorflow", "keras", "onnx", "tf2onnx"}}

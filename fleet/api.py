@@ -1,0 +1,221 @@
+"""The HTTP API (FastAPI; OpenAPI at ``/docs`` and ``/openapi.json``): devices, releases, rollouts,
+artifact downloads with Range, and ``/metrics``. Mutating calls need ``Authorization: Bearer TOKEN``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from device_agent.errors import BundleError, ConfigError, EdgefleetError
+from fleet.errors import AuthError, ConflictError, NotFoundError
+from fleet.metrics import registry_for, render
+from fleet.rollout.model import Gates, HealthGate, Selector, Threshold
+from fleet.service import FleetService, RolloutRequest
+
+API = "/api/v1"
+MAX_BUNDLE = 1 << 30  # bytes accepted by `releases add`
+STATUS = {NotFoundError: 404, ConflictError: 409, AuthError: 401, BundleError: 422, ConfigError: 400}
+
+
+class GatesIn(BaseModel):
+    success: str = "90%"
+    failure: str = "10%"
+    bake_s: Annotated[float, Field(ge=0)] = 0.0
+    device_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 1
+    max_concurrent: Annotated[int, Field(ge=1)] = 1000
+    rate_per_min: Annotated[int, Field(ge=0)] = 0
+    health: bool = True
+    max_error_rate_increase: float = 0.05
+    max_p95_ratio: float = 1.5
+    max_psi: float = 0.25
+    max_conf_drop: float = 0.10
+    health_settle_s: Annotated[float, Field(ge=0)] = 10.0
+    min_p95_delta_ms: Annotated[float, Field(ge=0)] = 2.0
+
+    def to_gates(self) -> Gates:
+        health = HealthGate(self.max_error_rate_increase, self.max_p95_ratio, self.max_psi, self.max_conf_drop,
+                            settle_s=self.health_settle_s, min_p95_delta_ms=self.min_p95_delta_ms)  # fmt: skip
+        return Gates(Threshold.parse(self.success), Threshold.parse(self.failure), self.bake_s,
+                     self.device_timeout_s, self.retries, self.max_concurrent, self.rate_per_min,
+                     health=health if self.health else None)  # fmt: skip
+
+
+class RolloutIn(BaseModel):
+    release: str = Field(..., description="NAME@VERSION")
+    stages: list[str] = Field(..., description='e.g. ["5%", "25%", "100%"] or counts')
+    selector: str = Field("", description="sku=X,tag=Y")
+    approval: bool = Field(False, description="wait for `approve` after every stage but the last")
+    gates: GatesIn = Field(default_factory=GatesIn)
+
+
+class TagsIn(BaseModel):
+    add: list[str] = []
+    remove: list[str] = []
+
+
+class ReleaseRef(BaseModel):
+    release: str
+
+
+def _tokens(tokens: dict[str, str]) -> Any:
+    def require(authorization: Annotated[str | None, Header()] = None) -> str:
+        """The actor behind a valid bearer token. Raises: AuthError."""
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise AuthError("missing bearer token: pass --token to fleetctl or set FLEETCTL_TOKEN")
+        given = authorization[7:].strip()
+        for secret, actor in tokens.items():
+            if secrets.compare_digest(given.encode(), secret.encode()):
+                return actor
+        raise AuthError("invalid token")
+
+    return require
+
+
+def create_app(service: FleetService, tokens: dict[str, str]) -> FastAPI:
+    """The app for one fleet; ``tokens`` maps secrets to the actor names the audit log records."""
+    app = FastAPI(title="edgefleet fleet manager", version="1")
+    actor = Depends(_tokens(tokens))
+    registry = registry_for(service)
+
+    @app.exception_handler(EdgefleetError)
+    async def _error(request: Request, exc: EdgefleetError) -> JSONResponse:
+        status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 500)
+        return JSONResponse({"error": str(exc), "code": exc.code}, status_code=status)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(render(registry), media_type="text/plain; version=0.0.4")
+
+    @app.get(f"{API}/health")
+    def health() -> dict[str, Any]:
+        ingest = service.ingest
+        leader = service.store.lease_holder("rollouts", time.time())
+        return {"fleet": service.fleet, "devices_in_memory": len(ingest), "received": dict(ingest.received),
+                "dropped": dict(ingest.dropped), "rollout_leader": leader}  # fmt: skip
+
+    _device_routes(app, service, actor)
+    _release_routes(app, service, actor)
+    _rollout_routes(app, service, actor)
+    return app
+
+
+def _device_routes(app: FastAPI, service: FleetService, actor: Any) -> None:
+    @app.get(f"{API}/devices")
+    def devices(selector: str = "") -> list[dict[str, Any]]:
+        return service.targeted(Selector.parse(selector))
+
+    @app.get(f"{API}/devices/{{device}}")
+    def device(device: str) -> dict[str, Any]:
+        row = service.store.device(device)
+        latest = service.ingest.latest(device)
+        return {**row, "telemetry": latest.telemetry if latest else {}, "rollups": service.store.rollups(device)[-60:]}
+
+    @app.post(f"{API}/devices/{{device}}/tags")
+    def tag(device: str, body: TagsIn, who: str = actor) -> dict[str, Any]:
+        return {"device": device, "tags": service.store.tag_device(device, body.add, body.remove, who)}
+
+
+def _release_routes(app: FastAPI, service: FleetService, actor: Any) -> None:
+    @app.get(f"{API}/releases")
+    def releases() -> list[dict[str, Any]]:
+        return service.store.releases()
+
+    @app.post(f"{API}/releases", status_code=201)
+    async def add_release(request: Request, who: str = actor) -> dict[str, Any]:
+        data = await request.body()
+        if len(data) > MAX_BUNDLE:
+            raise ConflictError(f"bundle is larger than {MAX_BUNDLE} bytes")
+        return service.add_release(data, who)
+
+    @app.get(f"{API}/releases/{{ref}}")
+    def release(ref: str) -> dict[str, Any]:
+        return service.release(ref)
+
+    @app.get(f"{API}/releases/{{ref}}/check")
+    def check(ref: str, selector: str = "") -> list[dict[str, Any]]:
+        return service.check_release(ref, selector)
+
+    @app.head("/artifacts/{name}", include_in_schema=False)
+    @app.get("/artifacts/{name}")
+    def artifact(name: str, range_: Annotated[str | None, Header(alias="range")] = None) -> Response:
+        sha = name.removesuffix(".efb")
+        if len(sha) != 64 or not all(c in "0123456789abcdef" for c in sha):
+            raise NotFoundError(f"no artifact {name[:80]}")
+        return ranged(service.artifact_path(sha), range_)
+
+
+def _rollout_routes(app: FastAPI, service: FleetService, actor: Any) -> None:
+    @app.post(f"{API}/rollouts", status_code=201)
+    def start(body: RolloutIn, who: str = actor) -> dict[str, Any]:
+        req = RolloutRequest(body.release, tuple(body.stages), body.selector, body.gates.to_gates(), body.approval)
+        return service.status(service.start_rollout(req, who))
+
+    @app.get(f"{API}/rollouts")
+    def rollouts(release: str | None = None) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "spec"} for r in service.store.rollouts(release=release)]
+
+    @app.get(f"{API}/rollouts/{{rollout_id}}")
+    def status(rollout_id: int) -> dict[str, Any]:
+        return service.status(rollout_id)
+
+    @app.get(f"{API}/rollouts/{{rollout_id}}/deployments")
+    def deployments(rollout_id: int) -> list[dict[str, Any]]:
+        service.store.rollout(rollout_id)
+        return service.store.deployments(rollout_id)
+
+    @app.get(f"{API}/rollouts/{{rollout_id}}/audit")
+    def audit(rollout_id: int, limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[dict[str, Any]]:
+        return service.store.audit_log(f"rollout/{rollout_id}", limit)
+
+    @app.post(f"{API}/rollouts/{{rollout_id}}/{{verb}}")
+    def command(rollout_id: int, verb: str, who: str = actor) -> dict[str, Any]:
+        if verb not in ("pause", "resume", "abort", "approve"):
+            raise NotFoundError(f"no rollout command {verb[:20]!r}")
+        return service.command(rollout_id, verb, who)
+
+    @app.post(f"{API}/rollback")
+    def rollback(body: ReleaseRef, who: str = actor) -> dict[str, Any]:
+        return {"release": body.release, "rollouts": service.rollback_release(body.release, who)}
+
+
+def ranged(path: Path, header: str | None) -> Response:
+    """The file, or the one byte range asked for (``bytes=A-B``, ``bytes=A-``, ``bytes=-N``): 206 or 416.
+
+    Streamed in chunks from a plain generator (no lazily imported async file layer).
+    """
+    size = path.stat().st_size
+    base = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+    if not header:
+        return StreamingResponse(_chunks(path, 0, size), headers={**base, "Content-Length": str(size)})
+    unit, _, spec = header.partition("=")
+    start_s, dash, end_s = spec.strip().partition("-")
+    try:
+        if unit.strip() != "bytes" or not dash or "," in spec:
+            raise ValueError(header)
+        if start_s:
+            start, end = int(start_s), min(int(end_s) if end_s else size - 1, size - 1)
+        else:
+            start, end = max(0, size - int(end_s)), size - 1
+        if start < 0 or start > end or start >= size:
+            raise ValueError(header)
+    except ValueError:
+        return Response(status_code=416, headers={**base, "Content-Range": f"bytes */{size}"})
+    headers = {**base, "Content-Range": f"bytes {start}-{end}/{size}", "Content-Length": str(end - start + 1)}
+    return StreamingResponse(_chunks(path, start, end - start + 1), status_code=206, headers=headers)
+
+
+def _chunks(path: Path, start: int, length: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+    with path.open("rb") as fh:
+        fh.seek(start)
+        while length > 0 and (data := fh.read(min(chunk, length))):
+            length -= len(data)
+            yield data

@@ -1,0 +1,50 @@
+"""A small HTTP client for the fleet manager's API (httpx); what ``fleetctl`` commands call.
+
+Every failure becomes an ``ApiError`` carrying the server's one-line message and code, so the CLI
+prints one line; an unreachable server says which URL it tried.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fleet.errors import ApiError
+
+API = "/api/v1"
+
+
+@dataclass
+class ApiClient:
+    server: str
+    token: str | None = None
+    timeout: float = 30.0  # seconds per request
+
+    def _request(self, method: str, path: str, **kw: Any) -> Any:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        url = self.server.rstrip("/") + path
+        try:
+            resp = httpx.request(method, url, headers=headers, timeout=self.timeout, **kw)
+        except httpx.HTTPError as exc:
+            raise ApiError(f"cannot reach the fleet manager at {self.server}: {exc}") from None
+        if resp.status_code >= 400:
+            try:
+                body = resp.json()
+                message, code = str(body.get("error") or body.get("detail")), body.get("code")
+            except ValueError:
+                message, code = resp.text[:200], None
+            raise ApiError(f"{message} (HTTP {resp.status_code})", resp.status_code, code)
+        return resp.json()
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self._request("GET", API + path, params={k: v for k, v in params.items() if v is not None})
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self._request("POST", API + path, json=body if body is not None else {})
+
+    def add_release(self, bundle: Path) -> Any:
+        """Raises: ApiError (including a refused bundle, with the reason code)."""
+        return self._request("POST", API + "/releases", content=bundle.read_bytes())

@@ -1,0 +1,180 @@
+"""Telemetry ingest: device topics in, latest state in memory (bounded), per-minute rollups in the store.
+
+``Ingest.handle`` never raises: a bad topic, a malformed or oversized payload, a message for another
+fleet or an event for an unknown deployment is counted under a reason and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from device_agent import protocol as proto
+from device_agent.errors import ProtocolError
+from device_agent.mqtt import Message
+from fleet.rollout.model import Health
+from fleet.store.store import Rollup, Store
+
+log = logging.getLogger(__name__)
+SHARE_GROUP = "edgefleet"
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    fleet: str = "default"
+    max_devices: int = 200_000  # devices whose latest state is kept in memory (least recently seen go)
+    flush_interval_s: float = 2.0  # seconds between rollup flushes to the store
+
+
+@dataclass
+class DeviceState:
+    """The latest of everything a device said, in memory."""
+
+    status: str = "unknown"
+    info: proto.Info | None = None
+    telemetry: dict[str, float] = field(default_factory=dict)
+    telemetry_at: float = 0.0  # receive time, epoch seconds
+    last_seen: float = 0.0
+
+
+def subscriptions(fleet: str, protocol_version: str | None) -> list[tuple[str, int]]:
+    """Telemetry goes through an MQTT 5 shared subscription when available, so several fleet-manager
+    processes split it; status and info are retained (not delivered to shared subscriptions) and
+    events are few, so those stay plain."""
+    telemetry = proto.subscription(fleet, proto.TELEMETRY)
+    if protocol_version == "5":
+        telemetry = f"$share/{SHARE_GROUP}/{telemetry}"
+    return [
+        (proto.subscription(fleet, proto.STATUS), 1),
+        (proto.subscription(fleet, proto.INFO), 1),
+        (proto.subscription(fleet, proto.EVENTS), 1),
+        (telemetry, 0),
+    ]
+
+
+def health_of(values: dict[str, float], ts: float) -> Health:
+    """The model-health numbers the rollout gates compare, from one telemetry point."""
+    inferences = values.get("inferences")
+    errors = values.get("errors")
+    rate = errors / max(inferences, 1.0) if inferences is not None and errors is not None else None
+    return Health(ts, rate, values.get("lat_p95_ms"), values.get("psi_max"), values.get("conf_mean"))
+
+
+class Ingest:
+    """Consumes device messages for one fleet; thread-safe reads of the latest state."""
+
+    def __init__(self, store: Store, config: IngestConfig | None = None, clock: Callable[[], float] = time.time):
+        self.store = store
+        self.config = config or IngestConfig()
+        self.clock = clock
+        self.received: Counter[str] = Counter()  # by topic kind
+        self.dropped: Counter[str] = Counter()  # by reason
+        self._latest: OrderedDict[str, DeviceState] = OrderedDict()
+        self._pending: dict[tuple[str, int], list[float]] = {}
+        self._lock = threading.Lock()
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def latest(self, device: str) -> DeviceState | None:
+        with self._lock:
+            return self._latest.get(device)
+
+    def health(self, device: str) -> Health | None:
+        state = self.latest(device)
+        if state is None or not state.telemetry:
+            return None
+        return health_of(state.telemetry, state.telemetry_at)
+
+    def __len__(self) -> int:
+        return len(self._latest)
+
+    # --- handling -----------------------------------------------------------------------------
+
+    def handle(self, msg: Message) -> None:
+        """Route one message; count and drop whatever is not protocol v1 for this fleet."""
+        try:
+            topic = proto.parse_topic(msg.topic)
+            if topic.fleet != self.config.fleet:
+                self.dropped["other-fleet"] += 1
+                return
+            if topic.kind not in proto.DEVICE_TOPICS:
+                self.dropped["not-a-device-topic"] += 1
+                return
+            payload = proto.parse_payload(topic.kind, msg.payload)
+            self.received[topic.kind] += 1
+            self._route(topic, payload)
+        except ProtocolError as exc:
+            self.dropped[exc.code] += 1
+        except SQLAlchemyError as exc:
+            self.dropped["store-error"] += 1
+            log.warning("store error while ingesting %s: %s", msg.topic[:120], exc)
+
+    def _state(self, device: str, now: float) -> DeviceState:
+        with self._lock:
+            state = self._latest.get(device)
+            if state is None:
+                state = self._latest[device] = DeviceState()
+                while len(self._latest) > self.config.max_devices:
+                    self._latest.popitem(last=False)
+            else:
+                self._latest.move_to_end(device)
+            state.last_seen = now
+            return state
+
+    def _route(self, topic: proto.Topic, payload: object) -> None:
+        now = self.clock()
+        state = self._state(topic.device, now)
+        if isinstance(payload, proto.Telemetry):
+            state.telemetry, state.telemetry_at = payload.values, now
+            self._accumulate(topic.device, payload.values, now)
+        elif isinstance(payload, proto.Info):
+            state.info = payload
+            self.store.record_info(topic.fleet, topic.device, payload, now)
+        elif isinstance(payload, proto.DeploymentEvent):
+            if not self.store.apply_event(topic.device, payload, now):
+                self.dropped["unknown-or-stale-deployment"] += 1
+        elif isinstance(payload, str):
+            state.status = payload
+            self.store.record_status(topic.fleet, topic.device, payload, now)
+
+    def _accumulate(self, device: str, v: dict[str, float], now: float) -> None:
+        key = (device, int(now // 60))
+        p95 = v.get("lat_p95_ms", 0.0)
+        with self._lock:
+            acc = self._pending.get(key)
+            if acc is None:
+                self._pending[key] = [1, v.get("inferences", 0.0), v.get("errors", 0.0), v.get("ips", 0.0),
+                                      p95, p95, v.get("conf_mean", 0.0), v.get("psi_max", 0.0)]  # fmt: skip
+                return
+            acc[0] += 1
+            acc[1] += v.get("inferences", 0.0)
+            acc[2] += v.get("errors", 0.0)
+            acc[3] += v.get("ips", 0.0)
+            acc[4] += p95
+            acc[5] = max(acc[5], p95)
+            acc[6] += v.get("conf_mean", 0.0)
+            acc[7] = max(acc[7], v.get("psi_max", 0.0))
+
+    def flush(self) -> int:
+        """Write pending rollups and last-seen times to the store; returns the rollups written."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            seen = {dev: self._latest[dev].last_seen for dev, _ in pending if dev in self._latest}
+        rollups = [
+            Rollup(dev, minute, int(a[0]), a[1], a[2], a[3], a[4], a[5], a[6], a[7])
+            for (dev, minute), a in pending.items()
+        ]
+        try:
+            self.store.add_rollups(rollups)
+            self.store.touch(self.config.fleet, seen)
+        except SQLAlchemyError as exc:
+            self.dropped["store-error"] += len(rollups)
+            log.warning("could not flush %d rollups: %s", len(rollups), exc)
+            return 0
+        return len(rollups)

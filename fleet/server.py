@@ -1,0 +1,141 @@
+"""``fleetctl serve``: one process with the store, MQTT ingest, the rollout runner and the HTTP API.
+
+Shutdown is warm: SIGTERM/SIGINT stop uvicorn, then the runner finishes its step, the ingest flushes
+its rollups, and the MQTT session is left for the broker to keep (so events queue while we are away).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import secrets
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from device_agent.bundle import TrustStore
+from device_agent.errors import ConfigError
+from device_agent.mqtt import MqttClient, MqttConfig
+from fleet.api import create_app
+from fleet.ingest import Ingest, IngestConfig, subscriptions
+from fleet.rollout.runner import Runner
+from fleet.service import FleetService
+from fleet.store import Store
+
+log = logging.getLogger("fleetctl.serve")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    db: str
+    broker: str
+    artifacts: Path
+    trust: tuple[Path, ...]
+    host: str = "127.0.0.1"
+    port: int = 8080
+    fleet: str = "default"
+    tokens: dict[str, str] = field(default_factory=dict)  # secret -> actor name
+    public_url: str | None = None  # how devices reach the artifacts; default http://HOST:PORT
+    tick_interval: float = 0.5  # seconds between rollout steps
+    session_expiry: int = 3600  # seconds the broker keeps our MQTT session (and queued events) while we are down
+    ingest_only: bool = False  # a follower: shares telemetry ingest (MQTT 5 $share), runs no rollouts
+    instance: str = "main"  # distinguishes processes of one fleet (MQTT client id fleetctl-FLEET-INSTANCE)
+    lease_ttl: float = 10.0  # seconds before another process takes over rollouts from a silent leader
+
+
+def pump(client: MqttClient, ingest: Ingest, stop: threading.Event) -> None:
+    """Feed received messages to the ingest; flush rollups every ``flush_interval_s``."""
+    interval = ingest.config.flush_interval_s
+    next_flush = ingest.clock() + interval
+    while not stop.is_set():
+        with contextlib.suppress(queue.Empty):
+            ingest.handle(client.messages.get(timeout=0.2))
+        if ingest.clock() >= next_flush:
+            ingest.flush()
+            next_flush = ingest.clock() + interval
+    ingest.flush()
+
+
+def _exit_warmly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+class FleetServer:
+    """Wires the parts together; ``run()`` blocks until a signal."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.tokens = config.tokens or {secrets.token_urlsafe(24): "operator"}
+        self.store = Store(config.db)
+        self.ingest = Ingest(self.store, IngestConfig(fleet=config.fleet))
+        trust = TrustStore.from_paths([str(p) for p in config.trust])
+        self.service = FleetService(self.store, self.ingest, trust, config.artifacts)
+        self.mqtt = MqttClient(
+            MqttConfig(
+                url=config.broker,
+                client_id=f"fleetctl-{config.fleet}-{config.instance}",
+                # a follower keeps no session: the broker would go on handing a stopped member its share
+                # of the $share telemetry group (and drop it) until the session expired
+                clean_start=config.ingest_only,
+                session_expiry_s=0 if config.ingest_only else config.session_expiry,
+            ),
+            max_queued=100_000,
+        )
+        public = config.public_url or f"http://{config.host}:{config.port}"
+        self.runner = Runner(self.service, self.mqtt, public, holder=f"{config.fleet}/{config.instance}",
+                             lease_ttl=config.lease_ttl)  # fmt: skip
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def start_background(self) -> None:
+        """Connect to the broker, subscribe, start the ingest pump and the rollout runner.
+
+        Raises:
+            TransportError: the broker is unreachable.
+            ConfigError: ``ingest_only`` without MQTT 5.
+        """
+        self.mqtt.connect()
+        filters = subscriptions(self.config.fleet, self.mqtt.protocol_version)
+        if self.config.ingest_only:
+            if self.mqtt.protocol_version != "5":
+                raise ConfigError("--ingest-only needs an MQTT 5 broker (shared subscriptions)")
+            filters = [f for f in filters if f[0].startswith("$share/")]
+        self.mqtt.subscribe(filters)
+        parts: list[tuple[str, Callable[[], None]]] = [("ingest", lambda: pump(self.mqtt, self.ingest, self.stop))]
+        if not self.config.ingest_only:
+            parts.append(("runner", lambda: self.runner.run(self.stop, self.config.tick_interval)))
+        for name, target in parts:
+            thread = threading.Thread(target=target, name=f"fleetctl-{name}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def run(self) -> None:
+        """Serve until SIGINT/SIGTERM, then tear down warmly."""
+        import uvicorn
+
+        app = create_app(self.service, self.tokens)
+        server = uvicorn.Server(
+            uvicorn.Config(app, host=self.config.host, port=self.config.port, log_level="warning", access_log=False)
+        )
+        for sig in (signal.SIGTERM, signal.SIGINT):  # uvicorn re-raises the signal it caught once it has
+            signal.signal(sig, _exit_warmly)  # stopped: make that an exit that runs our `finally` blocks
+        try:
+            self.start_background()
+            log.warning(
+                "fleetctl serving fleet %s on http://%s:%s (broker %s, MQTT %s%s)",
+                self.config.fleet, self.config.host, self.config.port, self.config.broker, self.mqtt.protocol_version,
+                ", ingest only" if self.config.ingest_only else "",
+            )  # fmt: skip
+            server.run()
+        finally:
+            self.teardown()
+
+    def teardown(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=10)
+        self.mqtt.disconnect()
+        self.store.close()

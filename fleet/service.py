@@ -1,0 +1,232 @@
+"""The fleet manager's operations, behind the HTTP API: releases, dry-run checks, rollouts, devices.
+
+Thin over the store and the pure rollout core; the API layer only parses and serializes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from device_agent.bundle import DeviceCapabilities, Manifest, TrustStore, check_requirements, verify_bundle
+from device_agent.errors import RequirementError
+from device_agent.fsutil import atomic_write
+from device_agent.protocol import Info
+from fleet.errors import InvalidRequestError, NotFoundError
+from fleet.ingest import Ingest
+from fleet.rollout import engine
+from fleet.rollout.model import (
+    DeviceView,
+    Gates,
+    Phase,
+    RolloutSpec,
+    RolloutState,
+    RolloutView,
+    Selector,
+    Stage,
+    Threshold,
+)
+from fleet.store import Store
+
+Row = dict[str, Any]
+
+
+def split_release(ref: str) -> tuple[str, str]:
+    """``NAME@VERSION`` → (name, version). Raises: InvalidRequestError."""
+    name, sep, version = ref.partition("@")
+    if not sep or not name or not version or len(ref) > 200:
+        raise InvalidRequestError(f"release {ref[:80]!r} must be NAME@VERSION")
+    return name, version
+
+
+def parse_stages(stages: Sequence[str | int | float]) -> tuple[Threshold, ...]:
+    """``["5%", "25%", "100%"]`` or counts; bare numbers ≤ 100 in a list ending with 100 are percentages.
+
+    Raises: InvalidRequestError.
+    """
+    texts = [str(s).strip() for s in stages]
+    if not texts:
+        raise InvalidRequestError("--stages needs at least one stage")
+    all_bare = all(not x.endswith("%") for x in texts)
+    if all_bare and texts[-1] in ("100", "100.0"):  # `--stages 5,25,100` reads as percentages
+        texts = [f"{x}%" for x in texts]
+    return tuple(Threshold.parse(x) for x in texts)
+
+
+@dataclass(frozen=True)
+class RolloutRequest:
+    release: str
+    stages: tuple[str, ...]
+    selector: str = ""
+    gates: Gates = field(default_factory=Gates)
+    approval: bool = False  # manual approval after every stage but the last
+
+
+class FleetService:
+    """Everything an operator can ask of one fleet."""
+
+    def __init__(
+        self,
+        store: Store,
+        ingest: Ingest,
+        trust: TrustStore,
+        artifacts: Path,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.ingest = ingest
+        self.fleet = ingest.config.fleet
+        self.trust = trust
+        self.artifacts = artifacts
+        self.clock = clock
+        artifacts.mkdir(parents=True, exist_ok=True)
+
+    # --- releases -------------------------------------------------------------------------------
+
+    def add_release(self, data: bytes, actor: str) -> Row:
+        """Verify against the fleet's trusted keys, store the artifact, record the release.
+
+        Raises:
+            BundleError: the bundle is refused (e.g. ``UnknownKeyError`` for an untrusted signer).
+            ConflictError: NAME@VERSION exists already.
+        """
+        bundle = verify_bundle(data, self.trust)
+        m = bundle.manifest
+        sha = hashlib.sha256(data).hexdigest()
+        path = self.artifacts / f"{sha}.efb"
+        if not path.exists():
+            atomic_write(path, data)
+        values = {"name": m.name, "version": m.version, "sequence": m.sequence, "sha256": sha, "size": len(data),
+                  "manifest": m.to_dict(), "artifact": str(path)}  # fmt: skip
+        return self.store.add_release(values, actor)
+
+    def release(self, ref: str) -> Row:
+        return self.store.release(*split_release(ref))
+
+    def artifact_path(self, sha256: str) -> Path:
+        """Raises: NotFoundError."""
+        return Path(self.store.release_by_sha(sha256)["artifact"])
+
+    def check_release(self, ref: str, selector: str = "") -> list[Row]:
+        """Dry run: every targeted device and whether it would refuse the release, and why."""
+        release = self.release(ref)
+        manifest = Manifest.from_dict(release["manifest"])
+        out = []
+        for row in self.targeted(Selector.parse(selector)):
+            out.append({"device": row["id"], "sku": row["sku"], **_would_accept(manifest, row.get("info"))})
+        return out
+
+    # --- devices --------------------------------------------------------------------------------
+
+    def targeted(self, selector: Selector) -> list[Row]:
+        return [r for r in self.store.devices(self.fleet) if selector.matches(r["sku"], r["tags"] or [])]
+
+    def device_views(self, selector: Selector) -> tuple[DeviceView, ...]:
+        return tuple(
+            DeviceView(
+                id=r["id"],
+                sku=r["sku"] or "unknown",
+                online=r["status"] == "online",
+                model_name=r["model_name"],
+                model_sequence=r["model_sequence"],
+                health=self.ingest.health(r["id"]),
+            )
+            for r in self.targeted(selector)
+        )
+
+    # --- rollouts -------------------------------------------------------------------------------
+
+    def start_rollout(self, req: RolloutRequest, actor: str) -> int:
+        """Raises: NotFoundError (no such release), InvalidRequestError (bad stages or selector, no device)."""
+        release = self.release(req.release)
+        sizes = parse_stages(req.stages)
+        stages = tuple(
+            Stage(size, _with_approval(req.gates, req.approval and i < len(sizes) - 1)) for i, size in enumerate(sizes)
+        )
+        spec = RolloutSpec(f"{release['name']}@{release['version']}", release["sequence"], stages,
+                           Selector.parse(req.selector))  # fmt: skip
+        if not self.targeted(spec.selector):
+            raise InvalidRequestError(f"no device matches the selector {str(spec.selector) or '(all)'!r}")
+        return self.store.create_rollout(release, spec, actor, self.clock())
+
+    def view(self, rollout_id: int, *, finished_without_devices: bool = False) -> tuple[Row, RolloutView]:
+        """The stored rollout row and the engine's view of it now.
+
+        ``finished_without_devices`` leaves the device list out of finished rollouts (the engine only
+        needs their deployments, to send outstanding rollbacks), which keeps the runner's step cheap.
+
+        Raises: NotFoundError.
+        """
+        row = self.store.rollout(rollout_id)
+        spec = RolloutSpec.from_dict(row["spec"])
+        state = RolloutState(row["state"])
+        skip = finished_without_devices and not state.active
+        view = RolloutView(
+            id=row["id"],
+            spec=spec,
+            state=state,
+            stage=row["stage"],
+            phase=Phase(row["phase"]),
+            phase_started_at=row["phase_started_at"],
+            devices=() if skip else self.device_views(spec.selector),
+            deployments=self.store.deployment_views(rollout_id),
+        )
+        return row, view
+
+    def status(self, rollout_id: int) -> Row:
+        row, view = self.view(rollout_id)
+        row = {k: v for k, v in row.items() if k != "spec"}
+        return {**row, "stages": [str(s.size) for s in view.spec.stages], "targets": engine.targets(view),
+                "progress": engine.progress(view), "spec": view.spec.to_dict()}  # fmt: skip
+
+    def command(self, rollout_id: int, verb: str, actor: str) -> Row:
+        """Pause, resume, abort, approve or roll back. Raises: NotFoundError, ConflictError."""
+        row, view = self.view(rollout_id)
+        transition = engine.command(view, verb)
+        if not self.store.transition(rollout_id, row, transition, actor, self.clock()):
+            return self.command(rollout_id, verb, actor)  # it moved meanwhile: decide again on the new state
+        return self.status(rollout_id)
+
+    def rollback_release(self, ref: str, actor: str) -> list[int]:
+        """Roll back every rollout of NAME@VERSION (aborting active ones). Raises: NotFoundError."""
+        release = self.release(ref)
+        ids = []
+        for row in self.store.rollouts(release=f"{release['name']}@{release['version']}"):
+            if RolloutState(row["state"]) in (RolloutState.ABORTED, RolloutState.ROLLED_BACK):
+                continue
+            self.command(row["id"], "rollback", actor)
+            ids.append(row["id"])
+        if not ids:
+            raise NotFoundError(f"no rollout of {ref} to roll back")
+        return ids
+
+
+def _with_approval(gates: Gates, approval: bool) -> Gates:
+    return replace(gates, approval=approval)
+
+
+def _would_accept(manifest: Manifest, info_obj: Any) -> Row:
+    if not info_obj:
+        return {"ok": False, "reason": "no-info", "detail": "the device has not reported its info yet"}
+    info = Info.parse(json.dumps(info_obj).encode())
+    model = info.model
+    if model and model.name == manifest.name and model.sequence >= manifest.sequence:
+        detail = f"device runs {model.name} sequence {model.sequence}, release has {manifest.sequence}"
+        return {"ok": False, "reason": "downgrade", "detail": detail}
+    caps = DeviceCapabilities(
+        runtimes={info.runtime: info.runtime_version},
+        agent_version=info.agent_version,
+        arch=info.arch,
+        ram_bytes=info.ram_bytes,
+        flash_free_bytes=info.flash_free_bytes,
+    )
+    try:
+        check_requirements(manifest, caps)
+    except RequirementError as exc:
+        return {"ok": False, "reason": exc.code, "detail": str(exc)}
+    return {"ok": True, "reason": "", "detail": ""}

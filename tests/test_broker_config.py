@@ -1,0 +1,134 @@
+"""`fleetctl broker-config` on a real Mosquitto: each ACL rule proven both ways.
+
+Negative checks are ordered, not timed: after a forbidden publish we send an allowed "sentinel" on a
+path the same subscriber receives; MQTT keeps one publisher's order, so once the sentinel arrives the
+forbidden message would already have arrived had the broker let it through.
+"""
+
+from __future__ import annotations
+
+import queue
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from device_agent import protocol as P
+from device_agent.errors import TransportError
+from device_agent.mqtt import Message, MqttClient, MqttConfig
+from fleet.broker import LocalBroker, free_port, mosquitto_binary, wait_for_port
+from fleet.brokerconfig import BrokerConfigSpec, write
+from fleet.cli import cli
+
+pytestmark = pytest.mark.skipif(mosquitto_binary() is None, reason="needs mosquitto (.ci/run installs it)")
+FLEET = "plant"
+
+
+def start(conf_dir: Path, port: int) -> LocalBroker:
+    proc = subprocess.Popen([str(mosquitto_binary()), "-c", str(conf_dir / "mosquitto.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    wait_for_port("127.0.0.1", port, 15, proc)
+    return LocalBroker("mosquitto", "127.0.0.1", port, proc, conf_dir, conf_dir / "none.log")
+
+
+@pytest.fixture(params=["mosquitto_passwd", "pbkdf2-fallback"])
+def secured(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[LocalBroker, dict[str, str]]]:
+    port = free_port()
+    spec = BrokerConfigSpec(fleet=FLEET, devices=("cam-1", "cam-2"), readers=("grafana",), port=port, run_as="root")
+    creds = write(spec, tmp_path / "mq", use_binary=request.param == "mosquitto_passwd")
+    with start(tmp_path / "mq", port) as b:
+        yield b, creds
+
+
+def connect(broker: LocalBroker, creds: dict[str, str], user: str, **kw: object) -> MqttClient:
+    c = MqttClient(MqttConfig(url=broker.url, client_id=f"{user}-c", username=user, password=creds.get(user, "x"),
+                              connect_timeout=2, **kw))  # type: ignore[arg-type]  # fmt: skip
+    c.connect()
+    return c
+
+
+def received_until(c: MqttClient, sentinel: str) -> list[Message]:
+    got = []
+    while True:
+        try:
+            m = c.messages.get(timeout=10)
+        except queue.Empty:
+            pytest.fail(f"sentinel on {sentinel} never arrived")
+        if m.topic == sentinel:
+            return got
+        got.append(m)
+
+
+def test_each_acl_rule_both_ways(secured: tuple[LocalBroker, dict[str, str]]) -> None:
+    broker, creds = secured
+    manager, cam1, cam2 = (connect(broker, creds, u) for u in ("fleetctl", "cam-1", "cam-2"))
+    try:
+        manager.subscribe([(f"{P.PREFIX}/{FLEET}/#", 1)])
+        cam1.subscribe([(f"{P.PREFIX}/{FLEET}/cam-1/cmd/#", 1)])
+        cam2.subscribe([(f"{P.PREFIX}/{FLEET}/cam-1/cmd/#", 1), (f"{P.PREFIX}/{FLEET}/+/telemetry", 1),
+                        (f"{P.PREFIX}/{FLEET}/cam-2/cmd/#", 1)])  # fmt: skip
+        own = P.topic(FLEET, "cam-1", P.TELEMETRY)
+        # a device publishes under its own prefix (allowed) but not under another's (forbidden)
+        cam1.publish(P.topic(FLEET, "cam-2", P.TELEMETRY), b'{"ts":1,"seq":1}', qos=1)
+        cam1.publish(P.topic(FLEET, "cam-1", P.CMD_DEPLOY), b"{}", qos=1)  # nor commands, even its own
+        cam1.publish(own, b'{"ts":1,"seq":2}', qos=1)
+        assert [m.topic for m in received_until(manager, own)] == []
+        # only the manager publishes commands; a device reads only its own
+        cam2.publish(P.topic(FLEET, "cam-1", P.CMD_DEPLOY), b'{"forged":1}', qos=1)
+        cmd1 = P.topic(FLEET, "cam-1", P.CMD_PING)
+        manager.publish(cmd1, b'{"request_id":"p1"}', qos=1)
+        assert [m.topic for m in received_until(cam1, cmd1)] == []  # the forged command never arrived
+        cmd2 = P.topic(FLEET, "cam-2", P.CMD_PING)
+        manager.publish(cmd2, b'{"request_id":"p2"}', qos=1)
+        assert [m.topic for m in received_until(cam2, cmd2)] == []  # cam-2 saw neither cam-1's cmd nor telemetry
+    finally:
+        for c in (manager, cam1, cam2):
+            c.disconnect()
+
+
+def test_readers_see_telemetry_but_not_commands_and_strangers_are_refused(
+    secured: tuple[LocalBroker, dict[str, str]],
+) -> None:
+    broker, creds = secured
+    manager, cam1, grafana = (connect(broker, creds, u) for u in ("fleetctl", "cam-1", "grafana"))
+    try:
+        grafana.subscribe([(f"{P.PREFIX}/{FLEET}/#", 1)])
+        manager.publish(P.topic(FLEET, "cam-1", P.CMD_PING), b'{"request_id":"p1"}', qos=1)
+        grafana.publish(P.topic(FLEET, "cam-1", P.CMD_PING), b'{"request_id":"g1"}', qos=1)
+        own = P.topic(FLEET, "cam-1", P.TELEMETRY)
+        cam1.publish(own, b'{"ts":1,"seq":2}', qos=1)
+        assert [m.topic for m in received_until(grafana, own)] == []
+        with pytest.raises(TransportError):
+            connect(broker, {"cam-1": "wrong"}, "cam-1")
+        with pytest.raises(TransportError):
+            connect(broker, {}, "intruder")
+    finally:
+        for c in (manager, cam1, grafana):
+            c.disconnect()
+
+
+def test_tls_listener_with_the_generated_ca(tmp_path: Path) -> None:
+    port = free_port()
+    out = tmp_path / "tls"
+    result = CliRunner().invoke(cli, ["broker-config", "--out", str(out), "--fleet", FLEET, "--device", "cam-1",
+                                      "--tls", "--port", str(port), "--run-as", "root"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    creds = dict(line.split() for line in (out / "credentials.txt").read_text().splitlines())
+    with start(out, port) as broker:
+        url = f"mqtts://127.0.0.1:{port}"
+        c = MqttClient(MqttConfig(url=url, client_id="cam-1", username="cam-1", password=creds["cam-1"],
+                                  cafile=str(out / "ca.crt")))  # fmt: skip
+        c.connect()
+        c.publish(P.topic(FLEET, "cam-1", P.STATUS), b"online", qos=1)
+        c.disconnect()
+        plain = MqttClient(MqttConfig(url=broker.url, client_id="x", username="cam-1", password=creds["cam-1"],
+                                      connect_timeout=1))  # fmt: skip
+        with pytest.raises(TransportError):
+            plain.connect()  # no plaintext on a TLS listener
+
+
+def test_bad_ids_are_refused(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["broker-config", "--out", str(tmp_path), "--device", "Bad Id"])
+    assert result.exit_code == 1 and "must be an id" in result.output
