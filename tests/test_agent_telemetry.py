@@ -88,6 +88,7 @@ def test_telemetry_is_spooled_while_the_broker_is_down_and_replayed_in_order(tmp
             time.sleep(0.1)
         spooled = sorted(json.loads(p.read_bytes())["seq"] for p in home.spool.glob("*.json"))
         assert len(spooled) >= 10, "telemetry was not spooled while the broker was down"
+        agent.agent.go_offline(2.0)  # the new broker keeps no sessions: let the watcher subscribe first
         broker = start_mosquitto(port=port, workdir=tmp_path / "broker2")
         watcher = Watcher(broker.url)
         try:
