@@ -52,6 +52,9 @@ class LoadedModel:
         self.slot = slot
         self._lock = threading.Lock()
         self._samples: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
+        # per-call work kept out of the hot path
+        self._in_dtypes = {t.name: np.dtype(t.dtype) for t in self.manifest.inputs}
+        self._quantized_outputs = [t for t in self.manifest.outputs if t.quantization is not None]
         labels = bundle.read(self.manifest.postprocess.labels).decode() if self.manifest.postprocess.labels else ""
         self.labels = [line for line in labels.splitlines() if line]
         self.drift_ref: dict[str, Any] | None = (
@@ -100,17 +103,20 @@ class LoadedModel:
             else:
                 value = feeds[spec.name]
             array = np.asarray(value)
-            if array.dtype.kind == "f" and spec.quantization is None:
-                array = array.astype(spec.dtype, copy=False)  # e.g. float64 JSON data for a float32 input
-            runtime_feeds[spec.name] = quantize(array, spec)
+            want = self._in_dtypes[spec.name]
+            if array.dtype != want and array.dtype.kind == "f":
+                # float data: cast to a float input's precision, or quantize for a quantized input
+                array = array.astype(want) if spec.quantization is None else quantize(array, spec)
+            runtime_feeds[spec.name] = array
         try:
             with self._lock:
                 outputs = self.runtime.run(runtime_feeds)
         except EdgefleetError as exc:
             raise InferenceError(str(exc)) from None
-        if raw:
-            return outputs
-        return {s.name: dequantize(outputs[s.name], s) for s in self.manifest.outputs}
+        if not raw:
+            for spec in self._quantized_outputs:
+                outputs[spec.name] = dequantize(outputs[spec.name], spec)
+        return outputs
 
     def _input_names(self) -> str:
         return ", ".join(f"{s.name} {s.dtype}{list(s.shape)}" for s in self.manifest.inputs)

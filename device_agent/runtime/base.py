@@ -91,6 +91,8 @@ def check_feed(spec: TensorInfo, array: np.ndarray) -> None:
     if array.dtype != _dtype(spec.dtype):
         raise RuntimeLoadError(f"input {spec.name!r} expects {spec.dtype}, got {array.dtype.name}")
     shape = array.shape
+    if shape == spec.shape:
+        return  # the common case: a fully static input, exactly matched
     if len(shape) != len(spec.shape) or any(w not in (-1, g) for w, g in zip(spec.shape, shape, strict=True)):
         raise RuntimeLoadError(f"input {spec.name!r} expects shape {list(spec.shape)}, got {list(shape)}")
 

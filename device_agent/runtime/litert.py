@@ -89,32 +89,35 @@ class LiteRTRuntime(Runtime):
             raise RuntimeLoadError(f"LiteRT cannot load {source}: {exc}") from None
         self._in = self._it.get_input_details()
         self._out = self._it.get_output_details()
+        self._shapes: list[tuple[int, ...]] = [tuple(int(x) for x in d["shape"]) for d in self._in]
         names = _signature_names(self._it)
         self._inputs = tuple(_spec(d, names) for d in self._in)
         self._outputs = tuple(_spec(d, names) for d in self._out)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        resized = False
-        for spec, detail in zip(self._inputs, self._in, strict=True):
+        arrays = []
+        for spec in self._inputs:
             if spec.name not in feeds:
                 raise RuntimeLoadError(f"missing input {spec.name!r}")
-            array = np.asarray(feeds[spec.name])
+            array = np.ascontiguousarray(feeds[spec.name])
             check_feed(spec, array)
-            if tuple(detail["shape"]) != array.shape:
+            arrays.append(array)
+        resized = False
+        for k, (array, detail) in enumerate(zip(arrays, self._in, strict=True)):
+            if array.shape != self._shapes[k]:  # plain tuples: cheap to compare on every call
                 self._it.resize_tensor_input(detail["index"], array.shape)
-                detail["shape"] = np.array(array.shape)
+                self._shapes[k] = array.shape
                 resized = True
         if resized:
             self._it.allocate_tensors()
         try:
-            for spec, detail in zip(self._inputs, self._in, strict=True):
-                self._it.set_tensor(detail["index"], np.ascontiguousarray(feeds[spec.name]))
+            for array, detail in zip(arrays, self._in, strict=True):
+                self._it.set_tensor(detail["index"], array)
             self._it.invoke()
         except (RuntimeError, ValueError) as exc:  # the interpreter's own failures (bad op, bad tensor)
             raise RuntimeLoadError(f"LiteRT failed to run the model: {str(exc)[:300]}") from None
-        return {
-            spec.name: self._it.get_tensor(d["index"]).copy() for spec, d in zip(self._outputs, self._out, strict=True)
-        }
+        # get_tensor already returns a copy, so callers may keep it across invocations
+        return {spec.name: self._it.get_tensor(d["index"]) for spec, d in zip(self._outputs, self._out, strict=True)}
 
 
 def load(model: str | bytes, threads: int) -> Runtime:
