@@ -455,8 +455,9 @@ class Agent:
             values["temp_c"] = t
         if snap.conf_mean is not None:
             values["conf_mean"] = round(snap.conf_mean, 5)
-        if snap.psi_max is not None:
-            values["psi_max"] = round(snap.psi_max, 5)
+        psi_max = engine.model_window.snapshot(time.monotonic()).psi_max  # since the model became active
+        if psi_max is not None:
+            values["psi_max"] = round(psi_max, 5)
         for cls, count in sorted(snap.classes.items())[:64]:
             values[f"class_{cls}"] = count
         return P.Telemetry(values)

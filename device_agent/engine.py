@@ -105,8 +105,9 @@ class InferenceEngine:
         self.window.record(latency, top1=cls[0] if cls else None, conf=cls[1] if cls else None)
         self.model_window.record(latency)  # probation gates need latency and errors only
         self._infer_s += latency
-        if self.window.tracks_drift and self._drift_s <= DRIFT_BUDGET * self._infer_s:
+        # Drift accumulates since the model became active (a slow-moving statistic), sampled within budget.
+        if self.model_window.tracks_drift and self._drift_s <= DRIFT_BUDGET * self._infer_s:
             t1 = time.perf_counter()
-            self.window.record_tensors(self._drift_tensors(model, feeds, floats))
+            self.model_window.record_tensors(self._drift_tensors(model, feeds, floats))
             self._drift_s += time.perf_counter() - t1
         return Prediction(outputs=outputs, model=model, latency_ms=latency * 1000.0, classes=cls)
