@@ -49,13 +49,14 @@ class InferenceEngine:
         self._swap_lock = threading.Lock()
         self._infer_s = 0.0  # total inference time, for the drift budget
         self._drift_s = 0.0  # total time spent on drift histograms
-        self.window = self._new_window(model)
-        self.model_window = self._new_window(model)  # since the current model became active
+        self.window = self._new_window(model)  # one telemetry interval
+        self.model_window = self._new_window(model, drift=True)  # since the current model became active
         self.extra_latency_s = 0.0  # fault injection for simulations ("slow" devices); 0 in production
 
     @staticmethod
-    def _new_window(model: LoadedModel) -> Window:
-        return Window(drift_ref=model.drift_ref, started=time.monotonic())
+    def _new_window(model: LoadedModel, drift: bool = False) -> Window:
+        """Drift histograms live only in the model window; telemetry windows need none."""
+        return Window(drift_ref=model.drift_ref if drift else None, started=time.monotonic())
 
     @property
     def model(self) -> LoadedModel:
@@ -65,7 +66,7 @@ class InferenceEngine:
         """Make ``model`` active for new requests; returns the previous model."""
         with self._swap_lock:
             old, self._model = self._model, model
-            self.model_window = self._new_window(model)
+            self.model_window = self._new_window(model, drift=True)
             self.window = self._new_window(model)
         return old
 

@@ -253,8 +253,10 @@ class Updater:
 
     def _obtain(self, pending: Pending) -> bytes:
         slot_file = self.home.slot(pending.slot)
-        if slot_file.exists() and hashlib.sha256(slot_file.read_bytes()).hexdigest() == pending.sha256:
-            return slot_file.read_bytes()  # installed before a restart
+        if slot_file.exists():
+            data = slot_file.read_bytes()
+            if hashlib.sha256(data).hexdigest() == pending.sha256:
+                return data  # installed before a restart
         self._step(pending.deployment_id, P.DeploymentState.DOWNLOADING)
         path = self.fetcher.download(
             pending.url, self._download_path(pending.deployment_id), pending.size, pending.sha256
