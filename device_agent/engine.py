@@ -40,7 +40,7 @@ class Prediction:
         return [self.model.labels[i] if i < len(self.model.labels) else str(i) for i in self.top1]
 
 
-DRIFT_BUDGET = 0.02  # drift histograms may cost at most this fraction of inference time (sampled)
+DRIFT_BUDGET = 0.01  # drift histograms may cost at most this fraction of inference time (sampled)
 
 
 class InferenceEngine:
@@ -89,26 +89,28 @@ class InferenceEngine:
     def predict(self, feeds: Mapping[str, np.ndarray], *, raw: bool = False) -> Prediction:
         """Raises: InferenceError (recorded as an error in the statistics)."""
         model = self._model
-        windows = (self.window, self.model_window)
+        window, model_window = self.window, self.model_window
         t0 = time.perf_counter()
         try:
             outputs = model.predict(feeds, raw=raw)
             if self.extra_latency_s:
                 time.sleep(self.extra_latency_s)
         except InferenceError:
-            for w in windows:
+            for w in (window, model_window):
                 w.record(time.perf_counter() - t0, ok=False)
             raise
         latency = time.perf_counter() - t0
-        specs = model.manifest.outputs
-        floats = {s.name: dequantize(outputs[s.name], s) for s in specs} if raw else outputs
+        floats = {s.name: dequantize(outputs[s.name], s) for s in model.manifest.outputs} if raw else outputs
         cls = model.classify(floats)
-        self.window.record(latency, top1=cls[0] if cls else None, conf=cls[1] if cls else None)
-        self.model_window.record(latency)  # probation gates need latency and errors only
+        if cls is None:
+            window.record_latency(latency)
+        else:
+            window.record(latency, top1=cls[0], conf=cls[1])
+        model_window.record_latency(latency)  # probation gates need latency and errors only
         self._infer_s += latency
         # Drift accumulates since the model became active (a slow-moving statistic), sampled within budget.
-        if self.model_window.tracks_drift and self._drift_s <= DRIFT_BUDGET * self._infer_s:
+        if model_window.tracks_drift and self._drift_s <= DRIFT_BUDGET * self._infer_s:
             t1 = time.perf_counter()
-            self.model_window.record_tensors(self._drift_tensors(model, feeds, floats))
+            model_window.record_tensors(self._drift_tensors(model, feeds, floats))
             self._drift_s += time.perf_counter() - t1
         return Prediction(outputs=outputs, model=model, latency_ms=latency * 1000.0, classes=cls)

@@ -53,8 +53,10 @@ class LoadedModel:
         self._lock = threading.Lock()
         self._samples: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
         # per-call work kept out of the hot path
-        self._in_dtypes = {t.name: np.dtype(t.dtype) for t in self.manifest.inputs}
+        self._in_plan = [(t, np.dtype(t.dtype)) for t in self.manifest.inputs]
         self._quantized_outputs = [t for t in self.manifest.outputs if t.quantization is not None]
+        post = self.manifest.postprocess
+        self._class_output = post.output if post.kind == "classification" else None
         labels = bundle.read(self.manifest.postprocess.labels).decode() if self.manifest.postprocess.labels else ""
         self.labels = [line for line in labels.splitlines() if line]
         self.drift_ref: dict[str, Any] | None = (
@@ -94,16 +96,14 @@ class LoadedModel:
             InferenceError: a missing input, or a shape/dtype the model cannot take.
         """
         runtime_feeds = {}
-        for spec in self.manifest.inputs:
-            if spec.name not in feeds:
-                if len(self.manifest.inputs) == 1 and len(feeds) == 1:
+        for spec, want in self._in_plan:
+            value = feeds.get(spec.name)
+            if value is None:
+                if len(self._in_plan) == 1 and len(feeds) == 1:
                     value = next(iter(feeds.values()))
                 else:
                     raise InferenceError(f"missing input {spec.name!r}; the model takes {self._input_names()}")
-            else:
-                value = feeds[spec.name]
-            array = np.asarray(value)
-            want = self._in_dtypes[spec.name]
+            array = value if type(value) is np.ndarray else np.asarray(value)
             if array.dtype != want and array.dtype.kind == "f":
                 # float data: cast to a float input's precision, or quantize for a quantized input
                 array = array.astype(want) if spec.quantization is None else quantize(array, spec)
@@ -123,10 +123,10 @@ class LoadedModel:
 
     def classify(self, outputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
         """(top-1 index, confidence) per sample for classification bundles, else None."""
-        post = self.manifest.postprocess
-        if post.kind != "classification" or post.output is None:
+        name = self._class_output
+        if name is None:
             return None
-        scores = np.asarray(outputs[post.output], dtype=np.float32).reshape(len(outputs[post.output]), -1)
+        scores = np.asarray(outputs[name], dtype=np.float32).reshape(len(outputs[name]), -1)
         return scores.argmax(axis=1), scores.max(axis=1)
 
     def selftest_samples(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

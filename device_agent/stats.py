@@ -85,6 +85,7 @@ class Window:
             for kind in ("inputs", "outputs"):
                 for name, ref in self.drift_ref.get(kind, {}).items():
                     self.hists[f"{kind[:-1]}:{name}"] = _Histogram.of(ref)
+        self.tracks_drift = bool(self.hists)
 
     def record(
         self, latency_s: float, *, ok: bool = True, top1: np.ndarray | None = None, conf: np.ndarray | None = None
@@ -104,6 +105,17 @@ class Window:
                 for c in top1.tolist():
                     self.classes[c] = self.classes.get(c, 0) + 1
 
+    def record_latency(self, latency_s: float) -> None:
+        """``record`` of a successful request without prediction stats: the hot path's common case."""
+        with self._lock:
+            self.inferences += 1
+            if len(self.latencies) < RESERVOIR:
+                self.latencies.append(latency_s)
+            else:
+                j = self._rng.randrange(self.inferences)
+                if j < RESERVOIR:
+                    self.latencies[j] = latency_s
+
     def record_tensors(self, tensors: Mapping[str, np.ndarray]) -> None:
         """Add input/output values (keys ``input:NAME`` / ``output:NAME``) to the drift histograms."""
         with self._lock:
@@ -111,10 +123,6 @@ class Window:
                 hist = self.hists.get(key)
                 if hist is not None:
                     hist.add(values)
-
-    @property
-    def tracks_drift(self) -> bool:
-        return bool(self.hists)
 
     def snapshot(self, now: float) -> Snapshot:
         with self._lock:

@@ -198,3 +198,24 @@ def test_several_inputs_and_outputs_with_dynamic_batch(tmp_path: Path, release_k
         np.testing.assert_allclose(out["prod"], a * (a + 1))
     with pytest.raises(InferenceError, match="missing input 'b'"):
         engine.predict({"a": np.zeros((1, 3), np.float32), "c": np.zeros((1, 3), np.float32)})
+
+
+def test_litert_fast_path_gives_the_checked_paths_results(v1, eval_data, release_key) -> None:
+    """The single-input fast path (allocated shape, right dtype, contiguous) must agree with the fully
+    checked path (resize, non-contiguous, float64 cast), and bad feeds must still be refused."""
+    model = LoadedModel.load(v1, TrustStore.of([release_key.public_key]), slot="a")
+    x = eval_data[0][:5].astype(np.float32)
+    one_by_one = np.concatenate([model.predict({"image": x[i : i + 1]})["probs"] for i in range(5)])
+    batched = model.predict({"image": x})["probs"]  # resizes the interpreter to batch 5
+    np.testing.assert_allclose(batched, one_by_one, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.predict({"image": x[2:3]})["probs"], one_by_one[2:3], rtol=1e-5, atol=1e-6)
+    strided = np.asfortranarray(x[:2])  # not C-contiguous: takes the checked path
+    np.testing.assert_allclose(model.predict({"image": strided})["probs"], one_by_one[:2], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.predict({"image": x[:1].astype(np.float64)})["probs"], one_by_one[:1], rtol=1e-5)
+    np.testing.assert_allclose(model.predict({"x": x[:1]})["probs"], one_by_one[:1], rtol=1e-5)  # the only input
+    with pytest.raises(InferenceError, match="shape"):
+        model.predict({"image": np.zeros((1, 7, 8, 1), np.float32)})
+    with pytest.raises(InferenceError, match="expects float32"):
+        model.predict({"image": np.zeros((1, 8, 8, 1), np.int32)})
+    with pytest.raises(InferenceError, match="missing input"):
+        model.predict({"a": x[:1], "b": x[:1]})

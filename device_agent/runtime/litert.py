@@ -93,8 +93,37 @@ class LiteRTRuntime(Runtime):
         names = _signature_names(self._it)
         self._inputs = tuple(_spec(d, names) for d in self._in)
         self._outputs = tuple(_spec(d, names) for d in self._out)
+        self._out_index = tuple((spec.name, int(d["index"])) for spec, d in zip(self._outputs, self._out, strict=True))
+        # The common case gets a path with no per-call checks beyond name, dtype, shape and layout:
+        # one input, fed at the shape the interpreter is allocated for (always a valid shape: the
+        # model's own, or one an earlier call was checked against and resized to).
+        self._single: tuple[str, np.dtype[Any], int] | None = (
+            (self._inputs[0].name, np.dtype(self._inputs[0].dtype), int(self._in[0]["index"]))
+            if len(self._inputs) == 1
+            else None
+        )
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        single = self._single
+        if single is not None:
+            array = feeds.get(single[0])
+            if (
+                array is not None
+                and array.dtype == single[1]
+                and array.shape == self._shapes[0]
+                and array.flags.c_contiguous
+            ):
+                it = self._it
+                try:
+                    it.set_tensor(single[2], array)
+                    it.invoke()
+                except (RuntimeError, ValueError) as exc:
+                    raise RuntimeLoadError(f"LiteRT failed to run the model: {str(exc)[:300]}") from None
+                return {name: it.get_tensor(index) for name, index in self._out_index}
+        return self._run_checked(feeds)
+
+    def _run_checked(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Any inputs: checks every feed, resizes dynamic inputs to the shapes given."""
         arrays = []
         for spec in self._inputs:
             if spec.name not in feeds:
@@ -117,7 +146,7 @@ class LiteRTRuntime(Runtime):
         except (RuntimeError, ValueError) as exc:  # the interpreter's own failures (bad op, bad tensor)
             raise RuntimeLoadError(f"LiteRT failed to run the model: {str(exc)[:300]}") from None
         # get_tensor already returns a copy, so callers may keep it across invocations
-        return {spec.name: self._it.get_tensor(d["index"]) for spec, d in zip(self._outputs, self._out, strict=True)}
+        return {name: self._it.get_tensor(index) for name, index in self._out_index}
 
 
 def load(model: str | bytes, threads: int) -> Runtime:
