@@ -105,9 +105,17 @@ def _workdir(workdir: Path | None) -> tuple[Path, tempfile.TemporaryDirectory[st
 
 
 def start_mosquitto(
-    *, port: int | None = None, extra_config: str = "", workdir: Path | None = None, anonymous: bool = True
+    *,
+    port: int | None = None,
+    extra_config: str = "",
+    workdir: Path | None = None,
+    anonymous: bool = True,
+    own_session: bool = False,
 ) -> LocalBroker:
     """Start ``mosquitto`` on 127.0.0.1 with its own config (``extra_config`` is appended).
+
+    ``own_session``: in a process group of its own, so a terminal's Ctrl-C reaches only the caller,
+    which then stops the broker after the processes that use it.
 
     Raises:
         TransportError: no mosquitto binary, or it did not start listening.
@@ -134,24 +142,33 @@ def start_mosquitto(
         extra_config,
     ]
     config.write_text("\n".join(lines) + "\n")
-    proc = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [binary, "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=own_session,
+    )
     return _listening(LocalBroker("mosquitto", "127.0.0.1", port, proc, wd, log_path, config, owned))
 
 
-def start_embedded(*, port: int | None = None, workdir: Path | None = None) -> LocalBroker:
-    """Start the embedded amqtt broker in a child process on 127.0.0.1. Raises: TransportError."""
+def start_embedded(*, port: int | None = None, workdir: Path | None = None, own_session: bool = False) -> LocalBroker:
+    """Start the embedded amqtt broker in a child process on 127.0.0.1 (``own_session`` as for
+    ``start_mosquitto``). Raises: TransportError."""
     port = port or free_port()
     wd, owned = _workdir(workdir)
     log_path = wd / "embedded-broker.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fleet.embedded_broker", "--port", str(port)], stdout=log, stderr=log
+            [sys.executable, "-m", "fleet.embedded_broker", "--port", str(port)],
+            stdout=log,
+            stderr=log,
+            start_new_session=own_session,
         )
     return _listening(LocalBroker("embedded", "127.0.0.1", port, proc, wd, log_path, None, owned))
 
 
-def start_local_broker(prefer: str = "auto", *, workdir: Path | None = None) -> LocalBroker:
+def start_local_broker(prefer: str = "auto", *, workdir: Path | None = None, own_session: bool = False) -> LocalBroker:
     """``auto``: mosquitto if installed, else embedded; or force ``mosquitto`` / ``embedded``."""
     if prefer == "embedded" or (prefer == "auto" and mosquitto_binary() is None):
-        return start_embedded(workdir=workdir)
-    return start_mosquitto(workdir=workdir)
+        return start_embedded(workdir=workdir, own_session=own_session)
+    return start_mosquitto(workdir=workdir, own_session=own_session)
