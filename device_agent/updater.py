@@ -75,6 +75,7 @@ def probation_verdict(
             and baseline_p95_ms
             and cfg.max_latency_ratio
             and p95 > cfg.max_latency_ratio * baseline_p95_ms
+            and p95 - baseline_p95_ms > cfg.min_latency_delta_ms
         ):
             return "rollback", (
                 f"probation-latency: p95 {p95:.2f} ms > {cfg.max_latency_ratio}x the previous model's {baseline_p95_ms:.2f} ms"
