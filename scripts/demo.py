@@ -64,11 +64,11 @@ class Options:
 
     @property
     def bake_s(self) -> float:  # seconds each stage is watched by the health gate
-        return 5.0 if self.fast else 12.0
+        return 6.0 if self.fast else 12.0
 
     @property
     def settle_s(self) -> float:  # seconds before a fresh model's telemetry counts in the health gate
-        return 2.0 if self.fast else 5.0
+        return 3.0 if self.fast else 5.0
 
     @property
     def telemetry_s(self) -> float:
@@ -240,13 +240,16 @@ class Demo:
         say("package and sign three releases")
         print("   1.0.0 the float model (every device starts on it), 1.1.0 the int8 model, 1.2.0 the int8 model\n"
               f"   again: the bad release. Its badness is INJECTED by the simulator (--fault below): on sku\n"
-              f"   {BAD_SKU!r} every inference of 1.2.0 is 50 ms slower, which its latency gate must catch.")  # fmt: skip
+              f"   {BAD_SKU!r} every inference of 1.2.0 is 50 ms slower, which its latency gate must catch.\n"
+              "   --selftest-samples 128: simulated devices replay a bundle's self-test inputs, so that many\n"
+              "   calibration samples keep their input drift (PSI) against the bundle's reference realistic.")  # fmt: skip
         int8, report = self.path("digits-int8.tflite"), ["--report", self.path("report/report.json")]
         for version, seq, model, extra in (("1.0.0", 1, f"{m}/model.tflite", []), ("1.1.0", 2, int8, report),
                                            ("1.2.0", 3, int8, report)):  # fmt: skip
             self.run("edgetool", "package", model, "--name", "digits", "--version", version, "--sequence", str(seq),
                      "--key", self.path("keys/release.key"), "--labels", f"{m}/labels.txt",
-                     "--calibration", f"{m}/calib.npz", *extra, "-o", self.path(f"digits-{version}.efb"),
+                     "--calibration", f"{m}/calib.npz", "--selftest-samples", "128", *extra,
+                     "-o", self.path(f"digits-{version}.efb"),
                      brief=version != "1.1.0")  # fmt: skip
         self.run("edgetool", "verify", self.path("digits-1.2.0.efb"), "--trust", self.path("keys/release.pub"))
 
@@ -278,7 +281,7 @@ class Demo:
         self.background("simulate", ["fleetctl", "simulate", "--devices", str(self.opts.devices), "--fleet", FLEET,
                                      "--broker", self.broker.url, "--bundle", self.path("digits-1.0.0.efb"),
                                      "--trust", self.path("keys/release.pub"), "--skus", ",".join(SKUS),
-                                     "--fault", f"digits@1.2.0:{BAD_SKU}=slow", "--replay-rate", "10",
+                                     "--fault", f"digits@1.2.0:{BAD_SKU}=slow",
                                      "--telemetry-interval", f"{self.opts.telemetry_s:g}",
                                      "--workdir", self.path("devices")],
                         stop_signal=signal.SIGINT)  # fmt: skip
@@ -321,8 +324,9 @@ class Demo:
     # --- 4: rollouts --------------------------------------------------------------------------
 
     def rollout(self, release: str, stages: str) -> dict[str, Any]:
-        out = self.run("fleetctl", "rollout", "start", release, "--stages", stages, "--bake", f"{self.opts.bake_s:g}",
-                       "--health-settle", f"{self.opts.settle_s:g}")  # fmt: skip
+        out = self.run("fleetctl", "rollout", "start", release, "--stages", stages, "--max-concurrent", "10",
+                       "--bake", f"{self.opts.bake_s:g}", "--health-settle", f"{self.opts.settle_s:g}",
+                       "--min-p95-delta", "5")  # fmt: skip
         match = re.search(r"rollout (\d+) started", out)
         if not match:
             raise DemoError(f"unexpected output of rollout start: {out!r}")
@@ -354,6 +358,11 @@ class Demo:
 
     def rollouts(self) -> tuple[dict[str, Any], dict[str, Any]]:
         say("the operator: roll 1.1.0 out in stages (10%, then 50%, then all), gated on health")
+        print(
+            "   each stage: install success/failure thresholds, then a bake during which the updated devices'\n"
+            "   error rate, p95 latency, drift and confidence are compared with not-yet-updated ones of the same\n"
+            "   sku (--min-p95-delta 5: the simulated devices share one process, their sub-ms p95 jitters by ms)"
+        )
         good = self.rollout("digits@1.1.0", "10,50,100")
         if good["state"] != "SUCCEEDED":
             raise DemoError(f"rollout of 1.1.0 ended {good['state']}: {good['reason']}")
@@ -362,14 +371,14 @@ class Demo:
         if bad["state"] != "ABORTED":
             raise DemoError(f"rollout of 1.2.0 ended {bad['state']}, expected the gate to abort it")
         print("   the gate tripped: the fleet manager aborted the rollout and rolls back every device it changed")
-        self.wait("every rolled-back device to report 1.1.0 again", 180, self._all_on("1.1.0"), every=3.0)
+        self.wait("every rolled-back device to report its previous version", 180, self._none_on("1.2.0"), every=3.0)
         self.run("fleetctl", "rollout", "status", str(bad["id"]))
         return good, bad
 
-    def _all_on(self, version: str) -> Callable[[], tuple[bool, str]]:
+    def _none_on(self, version: str) -> Callable[[], tuple[bool, str]]:
         def probe() -> tuple[bool, str]:
             versions = Counter(d["model_version"] for d in self.api.get("/devices"))
-            return set(versions) == {version}, "fleet " + " ".join(f"{v}×{n}" for v, n in sorted(versions.items()))
+            return version not in versions, "fleet " + " ".join(f"{v}×{n}" for v, n in sorted(versions.items()))
 
         return probe
 
