@@ -31,10 +31,8 @@ def background(argv: list[str], log: Path, stop_signal: int = signal.SIGTERM) ->
 def stop_group(proc: subprocess.Popen[bytes], sig: int, timeout: float = 30.0) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):  # then cold
         proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        pass
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

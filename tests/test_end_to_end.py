@@ -21,9 +21,9 @@ from device_agent.bundle import PrivateKey
 from fleet.broker import LocalBroker, free_port
 from fleet.client import ApiClient
 from fleet.errors import ApiError
-from toolchain.packaging import PackageOptions, package
 from tests.fleet_harness import wait_until
 from tests.processes import BIN, background
+from toolchain.packaging import PackageOptions, package
 
 pytestmark = pytest.mark.slow
 DEVICES, SKUS, TOKEN = 9, ("a", "b", "c"), "e2e-token-0123456789"
@@ -31,7 +31,9 @@ DEVICES, SKUS, TOKEN = 9, ("a", "b", "c"), "e2e-token-0123456789"
 
 def fleetctl(server: str, *args: str) -> str:
     env = {"FLEETCTL_SERVER": server, "FLEETCTL_TOKEN": TOKEN, "PATH": str(BIN)}
-    result = subprocess.run([str(BIN / "fleetctl"), *args], env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(BIN / "fleetctl"), *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
