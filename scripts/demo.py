@@ -416,10 +416,14 @@ class Demo:
               flush=True)  # fmt: skip
 
     def keep_running(self) -> None:
+        """Until Ctrl-C (the normal end here, so not an interruption). Raises: DemoError if a process dies."""
         print("\neverything keeps running (--keep-running); Ctrl-C stops it all.", flush=True)
-        while True:
-            self.procs.check_alive()
-            time.sleep(1.0)
+        try:
+            while True:
+                self.procs.check_alive()
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            print("\nstopping every process the demo started", flush=True)
 
 
 def parse(argv: list[str] | None) -> Options:
