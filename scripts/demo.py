@@ -41,6 +41,7 @@ from fleet.client import ApiClient  # noqa: E402
 from fleet.errors import ApiError  # noqa: E402
 
 BIN = Path(sys.executable).parent
+DEFAULT_WORKDIR = ROOT / "build" / "demo"
 FLEET = "demo"
 SKUS = ("a", "b", "c")
 BAD_SKU = "c"
@@ -221,10 +222,20 @@ class Demo:
 
     # --- 1 and 2: the engineer ---------------------------------------------------------------
 
-    def build(self) -> None:
-        if self.work.exists():
+    def fresh_workdir(self) -> None:
+        """Empty the work directory, but only one a previous demo made (or an empty one). Raises: DemoError."""
+        marker = self.work / ".edgefleet-demo"
+        if self.work.exists() and any(self.work.iterdir()):
+            if not marker.exists() and self.work != DEFAULT_WORKDIR:
+                raise DemoError(f"{self.work} exists and was not made by the demo: pick another --workdir")
+            if self.opts.models is not None and self.opts.models.resolve().is_relative_to(self.work):
+                raise DemoError("--models must not be inside --workdir (the demo empties it)")
             shutil.rmtree(self.work)
         self.logs.mkdir(parents=True)
+        marker.write_text("made by scripts/demo.py; emptied by its next run\n")
+
+    def build(self) -> None:
+        self.fresh_workdir()
         say("the engineer: a release signing key")
         self.run("edgetool", "keygen", "--out", self.path("keys/release"))
         if self.opts.models is None:
@@ -429,7 +440,7 @@ class Demo:
 def parse(argv: list[str] | None) -> Options:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--devices", type=int, default=None, help="simulated devices (default 50, 12 with --fast)")
-    parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "demo", help="default build/demo")
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="default build/demo")
     parser.add_argument("--keep-running", action="store_true", help="leave everything running after the summary")
     parser.add_argument("--fast", action="store_true", help="fewer devices and shorter bake times (tests)")
     parser.add_argument("--models", type=Path, help="reuse a digits-cnn build (`python -m models build` output)")
