@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import random
 import shutil
 import signal
 import socket
@@ -21,7 +22,26 @@ from device_agent.errors import TransportError
 STARTUP_TIMEOUT = 15.0  # seconds for a broker to accept connections
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port free to listen on now. Chosen below the kernel's ephemeral range when there is room: a port
+    the kernel hands out (bind to 0) is also what outgoing connections get, and one of them can take it
+    between this call and the server's bind ("address already in use")."""
+    low = _ephemeral_low()
+    for _ in range(50 if low > 11000 else 0):
+        port = random.randint(10000, low - 1)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
