@@ -402,6 +402,9 @@ class Demo:
         print(f"   devices: {len(devices)}; final versions by sku: "
               + ", ".join(f"{sku} → {v} ×{n}" for (sku, v), n in sorted(per_sku.items())))  # fmt: skip
         print(f"   rollout {good['id']} digits@1.1.0: {good['state']} ({good['reason']})")
+        for dep in self.api.get(f"/rollouts/{good['id']}/deployments"):
+            if dep["state"] != "SUCCEEDED":  # tolerated by the failure threshold; say why it happened
+                print(f"     {dep['device_id']}: {dep['state']} [{dep['reason']}] {dep['detail']}")
         print(f"   rollout {bad['id']} digits@1.2.0: {bad['state']}, automatic rollback because: {bad['reason']}")
         skus = {d["id"]: d["sku"] for d in devices}
         outcomes = Counter((skus.get(d["device_id"]), d["state"], d["reason"] or "-")

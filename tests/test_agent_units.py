@@ -37,6 +37,7 @@ def snap(n: int, errors: int = 0, p95: float = 1.0) -> Snapshot:
         (snap(50, p95=9.0), 2.0, 1, "rollback", "2.0x the previous model"),
         (snap(50, p95=3.9), 2.0, 1, "wait", ""),
         (snap(50, p95=4.5), 0.2, 1, "wait", ""),  # 22x, but within min_latency_delta_ms: jitter
+        (Snapshot(50, 0, 1.0, {"p50": 0.1, "p95": 8.0}, None, {}, {}), 0.5, 1, "wait", ""),  # a tail stall only
         (snap(10, errors=10), None, 1, "wait", ""),  # too few samples to judge yet
     ],
 )
