@@ -38,9 +38,12 @@ test-embedded: install
 test-agent-envs: install
 	$(PY) scripts/agent_env_check.py
 
-## demo: build a real model, package, sign, verify and inspect it
+## demo: build, quantize, package and sign a real model; broker + fleet manager + 50 simulated devices;
+## a staged rollout, then a bad release and its automatic rollback. Longer runs:
+## make demo DEMO_ARGS="--devices 200 --keep-running"
+DEMO_ARGS ?=
 demo: install
-	$(PY) scripts/demo.py
+	$(PY) scripts/demo.py $(DEMO_ARGS)
 
 ## bench: run the benchmarks and rewrite docs/benchmarks.md
 bench: install

@@ -67,6 +67,7 @@ class ProbationSection:
     max_error_rate: float = 0.01  # fraction of failed inferences
     latency_budget_ms: float = 0.0  # p95 ceiling; 0 = none
     max_latency_ratio: float = 2.0  # p95 vs the previous model's p95; 0 = off
+    min_latency_delta_ms: float = 5.0  # ...and only when p95 is also this much slower (scheduling jitter)
     max_boot_tries: int = 2  # restarts during probation before rolling back
 
 

@@ -75,9 +75,14 @@ def probation_verdict(
             and baseline_p95_ms
             and cfg.max_latency_ratio
             and p95 > cfg.max_latency_ratio * baseline_p95_ms
+            and p95 - baseline_p95_ms > cfg.min_latency_delta_ms
+            # a slower model is slower throughout: its median passes the old model's p95, whereas the p95 of
+            # a short probation window is nearly its maximum, which one scheduling stall decides
+            and snap.lat_ms.get("p50", p95) > baseline_p95_ms
         ):
             return "rollback", (
                 f"probation-latency: p95 {p95:.2f} ms > {cfg.max_latency_ratio}x the previous model's {baseline_p95_ms:.2f} ms"
+                f" (median {snap.lat_ms.get('p50', p95):.2f} ms)"
             )
     if snap.inferences >= cfg.min_inferences or elapsed_s >= cfg.seconds:
         return "commit", f"{snap.inferences} inferences in {elapsed_s:.0f} s, error rate {snap.error_rate:.3f}"

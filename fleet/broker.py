@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import random
 import shutil
 import signal
 import socket
@@ -21,7 +22,26 @@ from device_agent.errors import TransportError
 STARTUP_TIMEOUT = 15.0  # seconds for a broker to accept connections
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port free to listen on now. Chosen below the kernel's ephemeral range when there is room: a port
+    the kernel hands out (bind to 0) is also what outgoing connections get, and one of them can take it
+    between this call and the server's bind ("address already in use")."""
+    low = _ephemeral_low()
+    for _ in range(50 if low > 11000 else 0):
+        port = random.randint(10000, low - 1)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
@@ -105,9 +125,17 @@ def _workdir(workdir: Path | None) -> tuple[Path, tempfile.TemporaryDirectory[st
 
 
 def start_mosquitto(
-    *, port: int | None = None, extra_config: str = "", workdir: Path | None = None, anonymous: bool = True
+    *,
+    port: int | None = None,
+    extra_config: str = "",
+    workdir: Path | None = None,
+    anonymous: bool = True,
+    own_session: bool = False,
 ) -> LocalBroker:
     """Start ``mosquitto`` on 127.0.0.1 with its own config (``extra_config`` is appended).
+
+    ``own_session``: in a process group of its own, so a terminal's Ctrl-C reaches only the caller,
+    which then stops the broker after the processes that use it.
 
     Raises:
         TransportError: no mosquitto binary, or it did not start listening.
@@ -134,24 +162,33 @@ def start_mosquitto(
         extra_config,
     ]
     config.write_text("\n".join(lines) + "\n")
-    proc = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [binary, "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=own_session,
+    )
     return _listening(LocalBroker("mosquitto", "127.0.0.1", port, proc, wd, log_path, config, owned))
 
 
-def start_embedded(*, port: int | None = None, workdir: Path | None = None) -> LocalBroker:
-    """Start the embedded amqtt broker in a child process on 127.0.0.1. Raises: TransportError."""
+def start_embedded(*, port: int | None = None, workdir: Path | None = None, own_session: bool = False) -> LocalBroker:
+    """Start the embedded amqtt broker in a child process on 127.0.0.1 (``own_session`` as for
+    ``start_mosquitto``). Raises: TransportError."""
     port = port or free_port()
     wd, owned = _workdir(workdir)
     log_path = wd / "embedded-broker.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fleet.embedded_broker", "--port", str(port)], stdout=log, stderr=log
+            [sys.executable, "-m", "fleet.embedded_broker", "--port", str(port)],
+            stdout=log,
+            stderr=log,
+            start_new_session=own_session,
         )
     return _listening(LocalBroker("embedded", "127.0.0.1", port, proc, wd, log_path, None, owned))
 
 
-def start_local_broker(prefer: str = "auto", *, workdir: Path | None = None) -> LocalBroker:
+def start_local_broker(prefer: str = "auto", *, workdir: Path | None = None, own_session: bool = False) -> LocalBroker:
     """``auto``: mosquitto if installed, else embedded; or force ``mosquitto`` / ``embedded``."""
     if prefer == "embedded" or (prefer == "auto" and mosquitto_binary() is None):
-        return start_embedded(workdir=workdir)
-    return start_mosquitto(workdir=workdir)
+        return start_embedded(workdir=workdir, own_session=own_session)
+    return start_mosquitto(workdir=workdir, own_session=own_session)

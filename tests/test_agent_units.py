@@ -34,8 +34,10 @@ def snap(n: int, errors: int = 0, p95: float = 1.0) -> Snapshot:
         (snap(3), None, 61, "commit", "3 inferences in 61 s"),
         (snap(50, errors=5), None, 1, "rollback", "probation-errors"),
         (snap(50, p95=12.0), None, 1, "rollback", "probation-latency: p95 12.00 ms > budget"),
-        (snap(50, p95=5.0), 2.0, 1, "rollback", "2.0x the previous model"),
+        (snap(50, p95=9.0), 2.0, 1, "rollback", "2.0x the previous model"),
         (snap(50, p95=3.9), 2.0, 1, "wait", ""),
+        (snap(50, p95=4.5), 0.2, 1, "wait", ""),  # 22x, but within min_latency_delta_ms: jitter
+        (Snapshot(50, 0, 1.0, {"p50": 0.1, "p95": 8.0}, None, {}, {}), 0.5, 1, "wait", ""),  # a tail stall only
         (snap(10, errors=10), None, 1, "wait", ""),  # too few samples to judge yet
     ],
 )

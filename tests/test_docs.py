@@ -17,20 +17,42 @@ ROOT = Path(__file__).resolve().parent.parent
 CLIS: dict[str, click.Group] = {"edgetool": edgetool, "edge-agent": edge_agent, "fleetctl": fleetctl}
 
 
-def readme_commands() -> list[list[str]]:
+def readme_lines() -> list[list[str]]:
+    """Every command line (``$ …``) of every fenced code block in README.md, as argv."""
     text = (ROOT / "README.md").read_text()
     commands = []
-    for block in re.findall(r"```console\n(.*?)```", text, re.S):
+    for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
             if line.startswith("$ "):
                 argv = shlex.split(line[2:].split(" #")[0].rstrip(" &"))
-                if argv and argv[0] in CLIS:
+                if argv:
                     commands.append(argv)
     return commands
 
 
+def readme_commands() -> list[list[str]]:
+    return [argv for argv in readme_lines() if argv[0] in CLIS]
+
+
 def test_readme_shows_commands() -> None:
     assert len(readme_commands()) >= 8
+    assert {argv[0] for argv in readme_commands()} == set(CLIS)  # all three command lines
+
+
+def test_readme_make_targets_and_demo_options_exist() -> None:
+    targets = set(re.findall(r"^([a-z][a-z-]*):", (ROOT / "Makefile").read_text(), re.M))
+    demo = (ROOT / "scripts" / "demo.py").read_text()
+    demo_options = set(re.findall(r'add_argument\("(--[a-z-]+)"', demo))
+    seen = 0
+    for argv in readme_lines():
+        words = [w for a in argv for w in shlex.split(a.partition("=")[2]) if a.startswith("DEMO_ARGS=")]
+        if argv[0] == "make":
+            seen += 1
+            assert {a for a in argv[1:] if "=" not in a} <= targets, argv
+        if len(argv) > 1 and argv[1] == "scripts/demo.py":
+            words += argv[2:]
+        assert {w for w in words if w.startswith("--")} - {"--help"} <= demo_options, argv
+    assert seen >= 2
 
 
 @pytest.mark.parametrize("argv", readme_commands(), ids=lambda a: " ".join(a[:2]))

@@ -191,10 +191,13 @@ def _postprocess(runtime: Runtime, opts: PackageOptions, contents: dict[str, byt
 def _histogram(values: np.ndarray, edges: np.ndarray | None = None) -> dict[str, list[float]]:
     values = values.astype(np.float64).ravel()
     if edges is None:
-        edges = np.unique(np.quantile(values, np.linspace(0, 1, DRIFT_BINS + 1)[1:-1]))
+        quantiles = np.quantile(values, np.linspace(0, 1, DRIFT_BINS + 1)[1:-1])
+        # 6 significant digits, not 6 decimals: a softmax's tail quantiles (1e-9, 1e-7, …) must stay distinct
+        # edges, else they collapse to 0.0 and every tail value lands in one bin on the device (PSI ≈ 7)
+        edges = np.unique([float(f"{q:.6g}") for q in quantiles])
     counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
     return {
-        "edges": [round(float(e), 6) for e in edges],
+        "edges": [float(e) for e in edges],
         "fractions": [round(float(c) / len(values), 6) for c in counts],
     }
 
