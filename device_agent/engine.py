@@ -41,6 +41,7 @@ class Prediction:
 
 
 DRIFT_BUDGET = 0.01  # drift histograms may cost at most this fraction of inference time (sampled)
+DRIFT_WARMUP = 50  # ...except the first requests of each model, so a young model's PSI rests on enough data
 
 
 class InferenceEngine:
@@ -109,7 +110,9 @@ class InferenceEngine:
         model_window.record_latency(latency)  # probation gates need latency and errors only
         self._infer_s += latency
         # Drift accumulates since the model became active (a slow-moving statistic), sampled within budget.
-        if model_window.tracks_drift and self._drift_s <= DRIFT_BUDGET * self._infer_s:
+        if model_window.tracks_drift and (
+            model_window.drift_samples < DRIFT_WARMUP or self._drift_s <= DRIFT_BUDGET * self._infer_s
+        ):
             t1 = time.perf_counter()
             model_window.record_tensors(self._drift_tensors(model, feeds, floats))
             self._drift_s += time.perf_counter() - t1

@@ -81,6 +81,7 @@ class Window:
         self.conf_n = 0
         self.classes: dict[int, int] = {}
         self.hists: dict[str, _Histogram] = {}
+        self.drift_samples = 0  # record_tensors calls
         if self.drift_ref:
             for kind in ("inputs", "outputs"):
                 for name, ref in self.drift_ref.get(kind, {}).items():
@@ -119,6 +120,7 @@ class Window:
     def record_tensors(self, tensors: Mapping[str, np.ndarray]) -> None:
         """Add input/output values (keys ``input:NAME`` / ``output:NAME``) to the drift histograms."""
         with self._lock:
+            self.drift_samples += 1
             for key, values in tensors.items():
                 hist = self.hists.get(key)
                 if hist is not None:

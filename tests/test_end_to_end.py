@@ -39,11 +39,9 @@ def fleetctl(server: str, *args: str) -> str:
 
 
 def rollout(api: ApiClient, server: str, release: str) -> dict[str, Any]:
-    # The devices share one process (and this machine's cores): their sub-ms p95 jitters by milliseconds. And a
-    # sub-ms model's agent samples drift within a 2 % time budget, so over a few seconds its psi_max comes from one
-    # or two inputs (values near 1 for a healthy model): the drift gate is left to longer bakes.
+    # The devices share one process (and this machine's cores): their sub-ms p95 jitters by milliseconds.
     out = fleetctl(server, "rollout", "start", release, "--stages", "34,100", "--bake", "4", "--health-settle", "1",
-                   "--min-p95-delta", "5", "--max-psi", "5", "--json")  # fmt: skip
+                   "--min-p95-delta", "5", "--json")  # fmt: skip
     rid = json.loads(out)["id"]
     return wait_until(  # type: ignore[no-any-return]
         lambda: (s := api.get(f"/rollouts/{rid}"))["state"] in ("SUCCEEDED", "ABORTED", "ROLLED_BACK") and s,
