@@ -15,6 +15,7 @@ module that imports it; callbacks run on the mux thread and must not block.
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import itertools
 import logging
@@ -101,7 +102,7 @@ class MqttMux:
                 if key.data is None:
                     self._drain_wake()
                 else:
-                    self._guard(lambda c=key.data, m=mask: c._ready(m))
+                    self._guard(functools.partial(key.data._ready, mask))
             self._run_ops()
             self._run_timers()
             if time.monotonic() >= next_misc:

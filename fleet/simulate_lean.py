@@ -1,0 +1,502 @@
+"""The scalable simulation mode: thousands of devices per process running the real agent code.
+
+``fleetctl simulate`` runs each device as a full ``Agent`` with four threads, fine for a few hundred.
+Here a device is a ``LeanAgent``: the same ``device_agent.agent.Agent`` class (command handling,
+events, info, telemetry points, spool) and the same ``Updater`` (download over HTTP, verification
+with the device's trust store and sequence check, install into its A/B slots and ``state.json``,
+self-test, probation verdict, rollback), with its own device home and its own MQTT connection and
+session. What changes is who runs that code:
+
+- MQTT: every connection of a process is multiplexed on one thread (``device_agent.mqttmux``);
+- work: each device has two strands on a shared thread pool, one for what the agent's loop does
+  (commands, probation checks, telemetry) and one for what its deployment worker does;
+- inference: real LiteRT / ONNX Runtime, but one runtime per model per process, shared by the
+  devices of that process (a lock serializes it) instead of one interpreter per device. Every
+  device still verifies every bundle it loads (signatures, hashes, sequence) itself;
+- the manifest summary of a slot in ``info`` is parsed once per bundle content per process;
+- timers (telemetry, replayed inferences, probation checks) run on the mux thread's timer queue.
+
+Devices are split over ``processes`` worker processes (``multiprocessing``, spawn).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing as mp
+import random
+import shutil
+import tempfile
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from device_agent import __version__
+from device_agent import protocol as P
+from device_agent.agent import Agent, Backoff, total_ram_bytes
+from device_agent.bundle import TrustStore, read_bundle, verify_bundle
+from device_agent.bundle.reader import DeviceCapabilities
+from device_agent.config import AgentConfig, load_config
+from device_agent.errors import ConfigError, EdgefleetError, ProtocolError
+from device_agent.fetch import HttpFetcher
+from device_agent.home import Home
+from device_agent.model import LoadedModel
+from device_agent.mqtt import Message, Will
+from device_agent.mqttmux import MqttMux, MuxClient
+from device_agent.runtime import Runtime, available_runtimes, load_runtime
+from device_agent.updater import DeviceCrashed, FaultPlan
+from fleet.simulate import SimulationConfig, fault_plan, provision_device
+
+log = logging.getLogger("fleetctl.simulate")
+CONNECTS_PER_S = 800  # per process: paced so the broker's listen backlog never overflows
+PROBATION_CHECK_S = 0.5  # as the agent's loop
+
+
+class SharedRuntime(Runtime):
+    """One loaded model shared by the simulated devices of a process; ``run`` is serialized."""
+
+    def __init__(self, inner: Runtime) -> None:
+        self.inner = inner
+        self.name = inner.name  # type: ignore[misc]
+        self._version, self._inputs, self._outputs = inner.version, inner.inputs, inner.outputs
+        self._lock = threading.Lock()
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            return self.inner.run(feeds)
+
+
+class SharedModels:
+    """Per process: runtimes by model sha256, and slot manifests by bundle content."""
+
+    def __init__(self) -> None:
+        self._runtimes: dict[tuple[str, str], SharedRuntime] = {}
+        self._refs: dict[str, P.ModelRef | None] = {}
+        self._lock = threading.Lock()
+        self.runtimes = available_runtimes()
+
+    def load(
+        self,
+        data: bytes,
+        trust: TrustStore,
+        *,
+        slot: str,
+        threads: int = 1,
+        highest_sequence: Mapping[str, int] | None = None,
+        device: DeviceCapabilities | None = None,
+    ) -> LoadedModel:
+        """``LoadedModel.load`` with the runtime shared: the bundle is verified for this device every time.
+
+        Raises: BundleError, RuntimeLoadError.
+        """
+        bundle = verify_bundle(data, trust, highest_sequence=highest_sequence, device=device)
+        m = bundle.manifest
+        key = (m.runtime.name, m.model.sha256)
+        with self._lock:
+            runtime = self._runtimes.get(key)
+            if runtime is None:
+                runtime = self._runtimes[key] = SharedRuntime(load_runtime(m.runtime.name, bundle.read(m.model.path)))
+        return LoadedModel(bundle, runtime, slot)
+
+    def slot_ref(self, path: Path) -> P.ModelRef | None:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest not in self._refs:
+            try:
+                m = read_bundle(data, check_hashes=False).manifest
+                self._refs[digest] = P.ModelRef(m.name, m.version, m.sequence, m.model.sha256)
+            except EdgefleetError:
+                self._refs[digest] = None
+        return self._refs[digest]
+
+
+class Strand:
+    """Runs submitted callables one at a time, in order, on a shared pool (a device's 'thread')."""
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self._pool = pool
+        self._queue: deque[Callable[[], None]] = deque()
+        self._lock = threading.Lock()
+        self._running = False
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            self._queue.append(fn)
+            if self._running:
+                return
+            self._running = True
+        self._pool.submit(self._drain)
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._running = False
+                    return
+                fn = self._queue.popleft()
+            try:
+                fn()
+            except Exception:  # as the agent's loop: log, carry on
+                log.exception("simulated device step failed")
+
+
+@dataclass
+class WorkerContext:
+    """What the devices of one process share: the mux thread, the pool, the model cache, a fetcher."""
+
+    mux: MqttMux
+    pool: ThreadPoolExecutor
+    models: SharedModels
+    fetcher: HttpFetcher
+    replay_rate: float
+    rng: random.Random
+
+
+class LeanAgent(Agent):
+    """A real ``Agent`` driven by the shared mux thread and pool instead of its own threads."""
+
+    def __init__(self, home: Home, config: AgentConfig, ctx: WorkerContext, faults: FaultPlan) -> None:
+        super().__init__(home, config, fetcher=ctx.fetcher, faults=faults, api=False, loader=ctx.models.load)
+        self.ctx = ctx
+        self.mqtt = MuxClient(ctx.mux, self._mqtt_config(), on_connect=self._connected,
+                              on_disconnect=self._disconnected, on_message=self._message)  # fmt: skip
+        self._loop, self._deploy = Strand(ctx.pool), Strand(ctx.pool)
+        b = config.broker
+        self._backoff = Backoff(b.reconnect_min_s, b.reconnect_max_s, ctx.rng)
+        self.alive = False
+        self.ever_connected = False
+        self._replayed = 0
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def begin(self, connect_delay: float = 0.0) -> None:
+        """Boot the model, resume an interrupted deployment, connect after ``connect_delay``, start timers.
+
+        Raises: NoVerifiedModelError.
+        """
+        self.boot()
+        self.alive = True
+        if self.updater.state.pending is not None:
+            self._deploy.submit(self._run_deployment)
+        mux, rng = self.ctx.mux, self.ctx.rng
+        mux.call_later(connect_delay, self._connect_now)
+        mux.call_later(connect_delay + rng.uniform(0, self.telemetry_interval), self._telemetry_timer)
+        if self.ctx.replay_rate > 0:
+            mux.call_later(rng.uniform(0, 1 / self.ctx.replay_rate), self._replay_timer)
+
+    def end(self, goodbye: bool = True) -> None:
+        """Stop: publish ``offline`` and disconnect (``goodbye``), or drop the connection as a crash."""
+        self.alive = False
+        if not goodbye:
+            self.mqtt.abort()
+            return
+        if self.mqtt.is_connected:
+            self.mqtt.publish(self.topic(P.STATUS), b"offline", qos=1, retain=True)
+        self.mqtt.disconnect()
+
+    def go_offline(self, seconds: float) -> None:
+        self._offline_until = time.monotonic() + seconds
+        self.mqtt.abort()
+
+    def capabilities(self) -> DeviceCapabilities:
+        """As the agent's, with the process's runtime versions looked up once."""
+        d = self.config.device
+        return DeviceCapabilities(runtimes=self.ctx.models.runtimes, agent_version=__version__, arch=d.arch,
+                                  ram_bytes=d.ram_bytes or total_ram_bytes() or None,
+                                  flash_free_bytes=shutil.disk_usage(self.home.root).free)  # fmt: skip
+
+    def _slot_ref(self, slot: str) -> P.ModelRef | None:
+        return self.ctx.models.slot_ref(self.home.slot(slot))
+
+    # --- MQTT (mux thread: hand everything to a strand) ----------------------------------------
+
+    def _connect_now(self) -> None:
+        if self.alive:
+            self.mqtt.connect(will=Will(self.topic(P.STATUS), b"offline", qos=1, retain=True))
+
+    def _connected(self) -> None:
+        self._backoff.reset()
+        self._loop.submit(self._announce)
+
+    def _announce(self) -> None:
+        self.mqtt.subscribe([(f"{P.PREFIX}/{self.config.device.fleet}/{self.config.device.id}/cmd/+", 1)])
+        self.mqtt.publish(self.topic(P.STATUS), b"online", qos=1, retain=True)
+        self.publish_info()
+        self.spool.replay(lambda payload: self.mqtt.publish(self.topic(P.TELEMETRY), payload, qos=1))
+        self._flush_events()
+        self.ever_connected = True
+
+    def _disconnected(self, reason: str) -> None:
+        if not self.alive:
+            return
+        delay = max(self._backoff.next_delay(), self._offline_until - time.monotonic())
+        self.ctx.mux.call_later(delay, self._connect_now)
+
+    def _message(self, msg: Message) -> None:
+        self._loop.submit(lambda: self._command(msg))
+
+    def _command(self, msg: Message) -> None:
+        try:
+            self.handle_command(P.parse_command(P.parse_topic(msg.topic).kind, msg.payload))
+        except ProtocolError as exc:
+            log.warning("ignored malformed command on %s: %s", msg.topic, exc)
+        self.mqtt.ack(msg)
+        if self._work.is_set():  # what the agent's deployment worker waits for
+            self._work.clear()
+            self._deploy.submit(self._run_deployment)
+
+    def _run_deployment(self) -> None:
+        try:
+            self.updater.run_pending()
+        except EdgefleetError as exc:
+            log.error("deployment failed: %s", exc)
+        except DeviceCrashed:
+            pass  # the simulator reboots this device
+
+    # --- timers (mux thread) ---------------------------------------------------------------------
+
+    def _telemetry_timer(self) -> None:
+        if not self.alive:
+            return
+        self._loop.submit(self.send_telemetry)
+        self.ctx.mux.call_later(self.telemetry_interval, self._telemetry_timer)
+
+    def _replay_timer(self) -> None:
+        if not self.alive:
+            return
+        engine = self.engine
+        if engine is not None and engine.extra_latency_s:
+            self._loop.submit(self._infer)  # the "slow" fault sleeps: not on the mux thread
+        else:
+            self._infer()
+        self.ctx.mux.call_later(1 / self.ctx.replay_rate, self._replay_timer)
+
+    def _infer(self) -> None:
+        engine = self._engine()
+        try:
+            inputs, _ = engine.model.selftest_samples()
+            n = len(next(iter(inputs.values())))
+            i = self._replayed % n
+            self._replayed += 1
+            engine.predict({k: v[i : i + 1] for k, v in inputs.items()})
+        except EdgefleetError:
+            pass
+
+    def check_probation_soon(self) -> None:
+        if self.alive and self.updater.state.probation is not None:
+            self._loop.submit(self._check_probation)
+
+    def _check_probation(self) -> None:
+        self.updater.check_probation()
+
+
+POOL_THREADS = 8  # per process: downloads wait on the network, the rest is serialized by the GIL anyway
+
+
+class Worker:
+    """The devices of one process (every ``processes``-th device from ``index``)."""
+
+    def __init__(self, config: SimulationConfig, root: Path, index: int = 0, processes: int = 1) -> None:
+        from device_agent.fetch import FetchConfig
+
+        self.config, self.root = config, root
+        self.ids = [i for i in range(config.devices) if i % processes == index]
+        self.ctx = WorkerContext(
+            mux=MqttMux(f"sim-mux-{index}"),
+            pool=ThreadPoolExecutor(POOL_THREADS, thread_name_prefix=f"sim-{index}"),
+            models=SharedModels(),
+            fetcher=HttpFetcher(FetchConfig(timeout_s=60.0, retries=5, backoff_s=0.5)),
+            replay_rate=config.replay_rate,
+            rng=random.Random(config.seed * 1000 + index),
+        )
+        self.homes: dict[str, tuple[str, Home]] = {}
+        self.agents: dict[str, LeanAgent] = {}
+        self.crashes = 0
+
+    def provision(self) -> None:
+        for i in self.ids:
+            device_id, sku, home = provision_device(self.config, self.root, i)
+            self.homes[device_id] = (sku, home)
+
+    def start(self) -> None:
+        self.ctx.mux.start()
+        for k, device_id in enumerate(self.homes):
+            agent = self._new_agent(device_id)
+            self.agents[device_id] = agent
+            agent.begin(connect_delay=k / CONNECTS_PER_S)
+        self.ctx.mux.call_later(PROBATION_CHECK_S, self._probation_sweep)
+        if self.config.offline_rate > 0:
+            self.ctx.mux.call_later(1.0, self._outages)
+
+    def _new_agent(self, device_id: str) -> LeanAgent:
+        sku, home = self.homes[device_id]
+        faults = fault_plan(self.config, sku, lambda: self._crash(device_id))
+        return LeanAgent(home, load_config(home.config), self.ctx, faults)
+
+    def _crash(self, device_id: str) -> None:
+        """From the device's deployment strand: the device dies here and reboots a second later."""
+        self.crashes += 1
+        self.agents[device_id].end(goodbye=False)
+        self.ctx.mux.call_later(1.0, lambda: self._loop_reboot(device_id))
+        raise DeviceCrashed
+
+    def _loop_reboot(self, device_id: str) -> None:
+        self.ctx.pool.submit(self._reboot, device_id)
+
+    def _reboot(self, device_id: str) -> None:
+        agent = self._new_agent(device_id)
+        self.agents[device_id] = agent
+        try:
+            agent.begin()
+        except EdgefleetError as exc:
+            log.error("%s does not boot: %s", device_id, exc)
+
+    def _probation_sweep(self) -> None:
+        for agent in self.agents.values():
+            agent.check_probation_soon()
+        self.ctx.mux.call_later(PROBATION_CHECK_S, self._probation_sweep)
+
+    def _outages(self) -> None:
+        """As ``Simulation._outages``: about ``offline_rate`` of the devices offline, for 5-20 s each."""
+        rng = self.ctx.rng
+        for agent in self.agents.values():
+            if agent.alive and agent.mqtt.is_connected and rng.random() < self.config.offline_rate / 12.5:
+                agent.go_offline(rng.uniform(5.0, 20.0))
+        self.ctx.mux.call_later(1.0, self._outages)
+
+    def connected(self) -> int:
+        return sum(1 for a in self.agents.values() if a.ever_connected and a.mqtt.is_connected)
+
+    def summary(self) -> dict[str, Any]:
+        versions: Counter[str] = Counter()
+        states: Counter[str] = Counter()
+        for agent in self.agents.values():
+            if agent.engine is None:
+                continue
+            versions[agent.engine.model.manifest.version] += 1
+            s = agent.updater.state
+            states["probation" if s.probation else "deploying" if s.pending else "committed"] += 1
+        return {"devices": len(self.agents), "versions": dict(versions), "states": dict(states),
+                "crashes": self.crashes, "connected": self.connected()}  # fmt: skip
+
+    def stop(self) -> None:
+        for agent in self.agents.values():
+            agent.end()
+        flushed = threading.Event()
+        self.ctx.mux.call_later(0.5, flushed.set)  # after the goodbyes queued before it
+        flushed.wait(30)
+        self.ctx.mux.stop()
+        self.ctx.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def merge_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"devices": 0, "versions": Counter(), "states": Counter(), "crashes": 0, "connected": 0}
+    for part in parts:
+        for key in ("devices", "crashes", "connected"):
+            out[key] += part[key]
+        out["versions"].update(part["versions"])
+        out["states"].update(part["states"])
+    return {**out, "versions": dict(out["versions"]), "states": dict(out["states"])}
+
+
+def _worker_main(config: SimulationConfig, root: str, index: int, processes: int, conn: Any) -> None:
+    """One worker process: provision, start, answer ``summary``/``stop`` requests from the parent."""
+    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s sim-{index} %(message)s")
+    try:
+        worker = Worker(config, Path(root), index, processes)
+        worker.provision()
+        worker.start()
+    except (EdgefleetError, OSError) as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    ready = False
+    while True:
+        if not ready and all(a.ever_connected for a in worker.agents.values()):
+            ready = True
+            conn.send(("ready", len(worker.agents)))
+        if not conn.poll(0.2):
+            continue
+        request = conn.recv()
+        if request == "summary":
+            conn.send(("summary", worker.summary()))
+        elif request == "stop":
+            summary = worker.summary()
+            worker.stop()
+            conn.send(("stopped", summary))
+            return
+
+
+class LeanSimulation:
+    """``config.devices`` lean devices in ``processes`` worker processes."""
+
+    def __init__(self, config: SimulationConfig, processes: int = 1) -> None:
+        if processes < 1:
+            raise ConfigError("--processes must be at least 1")
+        self.config = config
+        self.processes = min(processes, config.devices)
+        self._owned: tempfile.TemporaryDirectory[str] | None = None
+        self._workers: list[tuple[Any, Any]] = []
+
+    def start(self, timeout: float | None = None) -> None:
+        """Start the workers and wait until every device is connected and announced.
+
+        Raises: ConfigError (a worker could not start its devices), TimeoutError.
+        """
+        if self.config.workdir is None:
+            scratch = "/dev/shm" if Path("/dev/shm").is_dir() else None  # state writes are fsynced: tmpfs
+            self._owned = tempfile.TemporaryDirectory(prefix="edgefleet-sim-", dir=scratch)
+            root = Path(self._owned.name)
+        else:
+            root = self.config.workdir
+        ctx = mp.get_context("spawn")
+        for k in range(self.processes):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker_main, args=(self.config, str(root), k, self.processes, child),
+                               name=f"sim-worker-{k}", daemon=True)  # fmt: skip
+            proc.start()
+            self._workers.append((proc, parent))
+        deadline = time.monotonic() + (timeout or 60.0 + self.config.devices / 50)
+        for proc, conn in self._workers:
+            if not conn.poll(max(0.0, deadline - time.monotonic())):
+                self.stop()
+                raise TimeoutError(f"simulated devices not all connected after {timeout} s")
+            kind, detail = conn.recv()
+            if kind == "error":
+                self.stop()
+                raise ConfigError(f"simulator worker {proc.name}: {detail}")
+
+    def summary(self) -> dict[str, Any]:
+        parts = []
+        for _, conn in self._workers:
+            conn.send("summary")
+            parts.append(conn.recv()[1])
+        return merge_summaries(parts)
+
+    def stop(self) -> dict[str, Any]:
+        """Stop every worker (devices say goodbye); returns the last summary."""
+        parts = []
+        for proc, conn in self._workers:
+            if proc.is_alive():
+                try:
+                    conn.send("stop")
+                    while (reply := conn.recv())[0] != "stopped":
+                        pass
+                    parts.append(reply[1])
+                except (EOFError, OSError):
+                    pass
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+        self._workers = []
+        if self._owned is not None:
+            self._owned.cleanup()
+            self._owned = None
+        return merge_summaries(parts)
