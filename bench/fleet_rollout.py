@@ -58,6 +58,7 @@ class RolloutResult:
     failed_selftest: int
     rollback_s: float  # trip → no device reports the faulty release, every deployment settled
     fault_state: str
+    stages: list[float]  # clean rollout: seconds from start to the end of each stage
 
 
 def tiny_model() -> dict[str, Path]:
@@ -108,8 +109,15 @@ def start_rollout(api: ApiClient, release: str, n: int) -> tuple[int, float]:
 
 
 def ended(api: ApiClient, rid: int) -> dict[str, Any] | None:
-    status: dict[str, Any] = api.get(f"/rollouts/{rid}")
-    return status if status["state"] in ("SUCCEEDED", "ABORTED", "ROLLED_BACK") else None
+    """The rollout's row once it has ended (the cheap list endpoint: polling must not load the server)."""
+    row: dict[str, Any] = next(r for r in api.get("/rollouts") if r["id"] == rid)
+    return row if row["state"] in ("SUCCEEDED", "ABORTED", "ROLLED_BACK") else None
+
+
+def stage_times(api: ApiClient, rid: int, start: float) -> list[float]:
+    """Seconds from ``start`` to the end of each stage (its 'deployed' transition), from the audit log."""
+    audit = sorted(api.get(f"/rollouts/{rid}/audit"), key=lambda a: a["ts"])
+    return [round(a["ts"] - start, 1) for a in audit if "deployed" in a["detail"] or "tripped" in a["detail"]]
 
 
 def measure(n: int, processes: int, tiny: dict[str, Path], work: Path) -> RolloutResult:
@@ -138,27 +146,28 @@ def measure(n: int, processes: int, tiny: dict[str, Path], work: Path) -> Rollou
             fault = wait(lambda: ended(api, rid3), 600, "the faulty rollout")
             print(f"{n} devices: faulty rollout {fault['state']}: {fault['reason']}", file=sys.stderr)
             trip = next(a for a in api.get(f"/rollouts/{rid3}/audit") if "→ ABORTED" in a["detail"])
-            wait(lambda: settled(api, rid3), 600, "every changed device back on 2.0.0", every=0.1)
-            back = time.time()
-            deps = api.get(f"/rollouts/{rid3}/deployments")
+            deps = wait(lambda: settled(api, rid3), 600, "every deployment settled", every=1.0)
+            wait(lambda: not any(d["model_version"] == "3.0.0" for d in api.get("/devices")), 120,
+                 "no device on 3.0.0", every=1.0)  # fmt: skip
+            stages = stage_times(api, rid, clean["created_at"])
         finally:
             sim.stop()
             server.send_signal(signal.SIGTERM)
             server.wait(60)
+    back = [d for d in deps if d["state"] == "ROLLED_BACK" and d["reason"] == "requested"]
     return RolloutResult(
         devices=n, processes=processes, clean_s=clean_s, clean_server_s=clean["updated_at"] - clean["created_at"],
         clean_state=clean["state"], clean_reason=clean["reason"], trip_stage=fault["stage"] + 1,
-        changed=sum(1 for d in deps if d["state"] == "ROLLED_BACK" and d["reason"] == "requested"),
-        failed_selftest=sum(1 for d in deps if d["reason"] == "selftest"), rollback_s=back - trip["ts"],
-        fault_state=fault["state"],
+        changed=len(back), failed_selftest=sum(1 for d in deps if d["reason"] == "selftest"),
+        rollback_s=max(d["finished_at"] for d in back) - trip["ts"] if back else 0.0, fault_state=fault["state"],
+        stages=stages,
     )  # fmt: skip
 
 
-def settled(api: ApiClient, rid: int) -> bool:
-    if any(d["model_version"] == "3.0.0" for d in api.get("/devices")):
-        return False
-    terminal = ("ROLLED_BACK", "REJECTED", "FAILED", "SUCCEEDED")
-    return all(d["state"] in terminal for d in api.get(f"/rollouts/{rid}/deployments"))
+def settled(api: ApiClient, rid: int) -> list[dict[str, Any]] | None:
+    """The deployments once none can change any more (a switched device is rolled back: ROLLED_BACK)."""
+    deps: list[dict[str, Any]] = api.get(f"/rollouts/{rid}/deployments")
+    return deps if all(d["state"] in ("ROLLED_BACK", "REJECTED", "FAILED") for d in deps) else None
 
 
 def run_sizes(sizes: tuple[tuple[int, int], ...]) -> list[RolloutResult]:
@@ -173,6 +182,7 @@ def run_sizes(sizes: tuple[tuple[int, int], ...]) -> list[RolloutResult]:
 def report(results: list[RolloutResult]) -> str:
     rows = [
         f"| {r.devices:,} | {r.processes} | {r.clean_state} | **{r.clean_s:.1f} s** ({r.clean_server_s:.1f} s) | "
+        f"{' / '.join(f'{t:.1f}' for t in r.stages)} | "
         f"{r.fault_state} in stage {r.trip_stage} | {r.failed_selftest} | {r.changed} | **{r.rollback_s:.1f} s** |"
         for r in results
     ]
@@ -186,9 +196,10 @@ def report(results: list[RolloutResult]) -> str:
         "The health gate compares error rate, p95 latency and confidence as usual; its drift limit is lifted, "
         "because the simulator replays the bundle's 8 self-test inputs, whose histograms are far from the "
         "calibration set's (PSI ≈ 4 for any release).\n",
-        "| devices | K | clean release | start → completed (server) | faulty release | self-test failures "
-        "| devices switched, then rolled back | gate trip → every device back on its previous version |",
-        "|---|---|---|---|---|---|---|---|",
+        "| devices | K | clean release | start → completed (server) | stages done at (s) | faulty release "
+        "| self-test failures | devices switched, then rolled back | gate trip → every device back on its previous "
+        "version |",
+        "|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         "Targets (issue 5): 10,000 devices rolled out in ≤ 60 s; all changed devices back on the previous "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import ssl
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -202,6 +203,31 @@ class MqttClient:
                 raise TransportError(f"publish to {topic} failed: {exc}") from None
             if not info.is_published():
                 raise TransportError(f"publish to {topic} not acknowledged within {timeout}s")
+
+    def publish_many(self, messages: Iterable[tuple[str, bytes]], qos: int = 1, timeout: float = 30.0) -> None:
+        """Publish every (topic, payload), then wait until the broker acknowledged all of them (QoS ≥ 1):
+        one round of waiting for a batch instead of one per message.
+
+        Raises:
+            TransportError: not connected, or not every message acknowledged within ``timeout`` seconds.
+        """
+        client = self._require()
+        infos = []
+        for topic, payload in messages:
+            info = client.publish(topic, payload, qos=qos)
+            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_QUEUE_SIZE):
+                raise TransportError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+            infos.append(info)
+        if qos == 0:
+            return
+        deadline = time.monotonic() + timeout
+        for info in infos:
+            try:
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+            except (RuntimeError, ValueError) as exc:
+                raise TransportError(f"publish failed: {exc}") from None
+            if not info.is_published():
+                raise TransportError(f"{len(infos)} publishes not all acknowledged within {timeout}s")
 
     def subscribe(self, filters: Iterable[tuple[str, int]], timeout: float = 10.0) -> None:
         """Subscribe and wait for the SUBACK. Raises: TransportError."""

@@ -136,7 +136,8 @@ class FleetService:
                 model_sequence=r["model_sequence"],
                 health=self.ingest.health(r["id"]),
             )
-            for r in self.targeted(selector)
+            for r in self.store.device_states(self.fleet)
+            if selector.matches(r["sku"], r["tags"] or [])
         )
 
     # --- rollouts -------------------------------------------------------------------------------

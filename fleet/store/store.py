@@ -6,9 +6,10 @@ phase), so an operator's pause can never be overwritten by a tick computed just 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ class Store:
             Path(url.split("///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
         self.url = url
         self.engine = sa.create_engine(url, pool_pre_ping=True)
+        self._local = threading.local()  # the connection of an open batch() per thread
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         if migrate_schema:
@@ -90,8 +92,24 @@ class Store:
 
     @contextmanager
     def tx(self) -> Iterator[Connection]:
+        """One transaction; inside ``batch()`` on the same thread, the batch's transaction."""
+        outer: Connection | None = getattr(self._local, "conn", None)
+        if outer is not None:
+            yield outer
+            return
         with self.engine.begin() as conn:
-            yield conn
+            self._local.conn = conn
+            try:
+                yield conn
+            finally:
+                self._local.conn = None
+
+    def batch(self) -> AbstractContextManager[Connection]:
+        """Group the writes of this thread into one transaction (one commit for many ingested messages).
+
+        Anything that fails inside rolls the whole batch back; the caller decides whether to retry parts.
+        """
+        return self.tx()
 
     def _rows(self, query: sa.Select[Any]) -> list[Row]:
         with self.engine.connect() as conn:
@@ -188,6 +206,12 @@ class Store:
         if fleet is not None:
             q = q.where(t.devices.c.fleet == fleet)
         return self._rows(q)
+
+    def device_states(self, fleet: str) -> list[Row]:
+        """What a rollout decides on, per device (no ``info`` document: cheap for a large fleet)."""
+        c = t.devices.c
+        q = sa.select(c.id, c.sku, c.tags, c.status, c.model_name, c.model_sequence).where(c.fleet == fleet)
+        return self._rows(q.order_by(c.id))
 
     def device(self, device: str) -> Row:
         """Raises: NotFoundError."""
@@ -384,6 +408,25 @@ class Store:
                         rollout_id=rollout_id, device_id=action.device, created_at=now, **values
                     )
                 )
+
+    def record_deploys(self, rollout_id: int, actions: Sequence[Deploy], now: float) -> None:
+        """``record_deploy`` for many attempts in one transaction."""
+        with self.tx():
+            for action in actions:
+                self.record_deploy(rollout_id, action, now)
+
+    def mark_sent_many(self, deployment_ids: Sequence[str], now: float) -> None:
+        self._set_many(deployment_ids, sent_at=now, updated_at=now)
+
+    def mark_rollbacks_sent(self, deployment_ids: Sequence[str], now: float) -> None:
+        self._set_many(deployment_ids, rollback_sent_at=now, updated_at=now)
+
+    def _set_many(self, deployment_ids: Sequence[str], **values: Any) -> None:
+        c = t.deployments.c
+        with self.tx() as conn:
+            for i in range(0, len(deployment_ids), 500):
+                chunk = list(deployment_ids[i : i + 500])
+                conn.execute(t.deployments.update().where(c.deployment_id.in_(chunk)).values(**values))
 
     def _set(self, deployment_id: str, **values: Any) -> None:
         with self.tx() as conn:
