@@ -138,6 +138,7 @@ def measure(n: int, processes: int, tiny: dict[str, Path], work: Path) -> Rollou
             for path in (v2, v3):
                 api.add_release(path)
             rid, t0 = start_rollout(api, "digits@2.0.0", n)
+            print(f"{n} devices: clean rollout started", file=sys.stderr, flush=True)
             clean = wait(lambda: ended(api, rid), 600, "the clean rollout")
             clean_s = time.time() - t0
             print(f"{n} devices: clean rollout {clean['state']} in {clean_s:.1f} s: {clean['reason']}", file=sys.stderr)

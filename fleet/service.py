@@ -127,18 +127,13 @@ class FleetService:
         return [r for r in self.store.devices(self.fleet) if selector.matches(r["sku"], r["tags"] or [])]
 
     def device_views(self, selector: Selector) -> tuple[DeviceView, ...]:
+        health = self.ingest.health
         return tuple(
-            DeviceView(
-                id=r["id"],
-                sku=r["sku"] or "unknown",
-                online=r["status"] == "online",
-                model_name=r["model_name"],
-                model_sequence=r["model_sequence"],
-                health=self.ingest.health(r["id"]),
-            )
-            for r in self.store.device_states(self.fleet)
-            if selector.matches(r["sku"], r["tags"] or [])
-        )
+            DeviceView(id=dev, sku=sku or "unknown", online=status == "online", model_name=name,
+                       model_sequence=seq, health=health(dev))
+            for dev, sku, status, name, seq, tags in self.store.device_states(self.fleet, tags=bool(selector.tags))
+            if selector.matches(sku, tags or [])
+        )  # fmt: skip
 
     # --- rollouts -------------------------------------------------------------------------------
 

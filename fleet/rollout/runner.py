@@ -60,6 +60,7 @@ class Runner:
         self.public_url = public_url.rstrip("/")
         self.clock = clock
         self.sent = 0  # commands published, for metrics
+        self.transitions = 0  # rollout transitions applied
 
     def step(self) -> int:
         """Tick every live rollout once if this process holds the rollout lease; returns actions applied.
@@ -93,6 +94,7 @@ class Runner:
                         return done  # an operator moved it meanwhile: decide again next step
                     row = self.store.rollout(rollout_id)
                     done += 1
+                    self.transitions += 1
             elif kind is Deploy:
                 self._deploy([a for a in batch if isinstance(a, Deploy)], rollout_id, release)
             elif kind is Rollback:
@@ -130,10 +132,16 @@ class Runner:
         self.sent += len(messages)
 
     def run(self, stop: threading.Event, interval: float = 0.5) -> None:
-        """Step until ``stop`` is set; a failing step is logged and retried, never fatal."""
+        """Step until ``stop`` is set; a failing step is logged and retried, never fatal.
+
+        A step that moved a rollout (e.g. a stage deployed → baking → next stage) is followed at once by
+        another, so a zero-bake rollout does not wait ``interval`` at every transition.
+        """
         while not stop.is_set():
+            before = self.transitions
             try:
                 self.step()
             except Exception:  # the loop must outlive one bad step (e.g. the database restarting)
                 log.exception("rollout step failed; retrying")
-            stop.wait(interval)
+            if self.transitions == before:
+                stop.wait(interval)
