@@ -41,7 +41,7 @@ SKUS = ("pi4", "jetson", "esp")
 STAGES = ["5%", "25%", "50%", "100%"]
 PROBATION_S = 2.0  # seconds a device keeps a new model on probation before committing it
 TELEMETRY_S = 60.0  # long: this measures rollouts, the ingest bench measures telemetry
-REPLAY_RATE = 0.2  # inferences per second per device (real LiteRT, shared per process)
+REPLAY_RATE = 0.1  # inferences per second per device (real LiteRT, shared per process)
 TOKEN = "bench-token"
 
 

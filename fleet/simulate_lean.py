@@ -39,13 +39,13 @@ from typing import Any
 from device_agent import __version__
 from device_agent import protocol as P
 from device_agent.agent import Agent, Backoff, total_ram_bytes
-from device_agent.bundle import TrustStore, read_bundle, verify_bundle
+from device_agent.bundle import Bundle, TrustStore, read_bundle, verify_bundle
 from device_agent.bundle.reader import DeviceCapabilities
 from device_agent.config import AgentConfig, load_config
 from device_agent.errors import ConfigError, EdgefleetError, ProtocolError
 from device_agent.fetch import HttpFetcher
 from device_agent.home import Home
-from device_agent.model import LoadedModel
+from device_agent.model import LoadedModel, SelfTestResult
 from device_agent.mqtt import Message, Will
 from device_agent.mqttmux import MqttMux, MuxClient
 from device_agent.runtime import Runtime, available_runtimes, load_runtime
@@ -71,10 +71,31 @@ class SharedRuntime(Runtime):
             return self.inner.run(feeds)
 
 
+class SharedModel(LoadedModel):
+    """A device's ``LoadedModel`` on a shared runtime: its self-test result is the process's for that model.
+
+    The self-test runs the bundle's reference inputs through the runtime and compares with its reference
+    outputs; on one shared runtime every device would compute the same numbers, so it runs once per
+    model per process (the injected ``selftest`` fault still applies per device, in the ``Updater``).
+    """
+
+    def __init__(self, bundle: Bundle, runtime: Runtime, slot: str, results: dict[str, SelfTestResult]) -> None:
+        super().__init__(bundle, runtime, slot)
+        self._results = results
+
+    def selftest(self) -> SelfTestResult:
+        key = f"{self.manifest.runtime.name}:{self.sha256}"
+        result = self._results.get(key)
+        if result is None:
+            result = self._results[key] = super().selftest()
+        return result
+
+
 class SharedModels:
-    """Per process: runtimes by model sha256, and slot manifests by bundle content."""
+    """Per process: runtimes and self-test results by model sha256, and slot manifests by bundle content."""
 
     def __init__(self) -> None:
+        self._selftests: dict[str, SelfTestResult] = {}
         self._runtimes: dict[tuple[str, str], SharedRuntime] = {}
         self._refs: dict[str, P.ModelRef | None] = {}
         self._lock = threading.Lock()
@@ -101,7 +122,7 @@ class SharedModels:
             runtime = self._runtimes.get(key)
             if runtime is None:
                 runtime = self._runtimes[key] = SharedRuntime(load_runtime(m.runtime.name, bundle.read(m.model.path)))
-        return LoadedModel(bundle, runtime, slot)
+        return SharedModel(bundle, runtime, slot, self._selftests)
 
     def slot_ref(self, path: Path) -> P.ModelRef | None:
         try:
