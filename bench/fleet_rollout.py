@@ -103,7 +103,7 @@ def online(api: ApiClient, n: int) -> bool:
 
 def start_rollout(api: ApiClient, release: str, n: int) -> tuple[int, float]:
     body = {"release": release, "stages": STAGES,
-            "gates": {"bake_s": 0, "max_concurrent": n, "failure": "10%", "retries": 0, "max_psi": 1e9}}  # fmt: skip
+            "gates": {"bake_s": 0, "max_concurrent": n, "failure": "10%", "retries": 0, "max_psi": 1e9, "max_p95_ratio": 1e9}}  # fmt: skip
     t0 = time.time()
     return api.post("/rollouts", body)["id"], t0
 
@@ -194,9 +194,10 @@ def report(results: list[RolloutResult]) -> str:
         f"devices, telemetry every {TELEMETRY_S:g} s, {REPLAY_RATE:g} inferences/s per device in real LiteRT "
         "(one interpreter per model per simulator process, shared by its devices; every device verifies every "
         "bundle itself). The faulty release fails its self-test on one sku; the failure gate (10%) trips. "
-        "The health gate compares error rate, p95 latency and confidence as usual; its drift limit is lifted, "
-        "because the simulator replays the bundle's 8 self-test inputs, whose histograms are far from the "
-        "calibration set's (PSI ≈ 4 for any release).\n",
+        "The health gate compares error rate and confidence as usual; its drift and latency-ratio limits are "
+        "lifted: the simulator replays the bundle's 8 self-test inputs, whose histograms are far from the "
+        "calibration set's (PSI ≈ 4 for any release), and a latency measured in a process shared by thousands "
+        "of devices measures that process's load (GIL, shared interpreter), not the model.\n",
         "| devices | K | clean release | start → completed (server) | stages done at (s) | faulty release "
         "| self-test failures | devices switched, then rolled back | gate trip → every device back on its previous "
         "version |",

@@ -26,6 +26,7 @@ import logging
 import multiprocessing as mp
 import random
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -49,7 +50,7 @@ from device_agent.model import LoadedModel, SelfTestResult
 from device_agent.mqtt import Message, Will
 from device_agent.mqttmux import MqttMux, MuxClient
 from device_agent.runtime import Runtime, available_runtimes, load_runtime
-from device_agent.updater import DeviceCrashed, FaultPlan
+from device_agent.updater import MIN_GATE_SAMPLES, DeviceCrashed, FaultPlan
 from fleet.simulate import SimulationConfig, fault_plan, provision_device
 
 log = logging.getLogger("fleetctl.simulate")
@@ -195,6 +196,7 @@ class LeanAgent(Agent):
         self.alive = False
         self.ever_connected = False
         self._replayed = 0
+        self._probation_queued = False
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -312,14 +314,27 @@ class LeanAgent(Agent):
             pass
 
     def check_probation_soon(self) -> None:
-        if self.alive and self.updater.state.probation is not None:
-            self._loop.submit(self._check_probation)
+        """Queue the agent loop's probation check, unless one is queued already or its verdict must be
+        "wait" (neither the probation time nor the gates' sample count reached): with thousands of
+        devices on probation at once, most checks would only cost a latency percentile each."""
+        pr, engine = self.updater.state.probation, self.engine
+        if not self.alive or pr is None or engine is None or self._probation_queued:
+            return
+        cfg = self.config.probation
+        elapsed_s = time.time() - pr.started_ms / 1000
+        inferences = engine.model_window.inferences
+        if elapsed_s < cfg.seconds and inferences < min(MIN_GATE_SAMPLES, cfg.min_inferences):
+            return
+        self._probation_queued = True
+        self._loop.submit(self._check_probation)
 
     def _check_probation(self) -> None:
+        self._probation_queued = False
         self.updater.check_probation()
 
 
-POOL_THREADS = 8  # per process: downloads wait on the network, the rest is serialized by the GIL anyway
+SWITCH_INTERVAL_S = 0.001  # GIL hand-over: a strand back from I/O should not wait 5 ms (the default) for it
+POOL_THREADS = 16  # per process: downloads and fsyncs wait; more strands in flight hide that latency
 
 
 class Worker:
@@ -431,6 +446,7 @@ def merge_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:
 def _worker_main(config: SimulationConfig, root: str, index: int, processes: int, conn: Any) -> None:
     """One worker process: provision, start, answer ``summary``/``stop`` requests from the parent."""
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s sim-{index} %(message)s")
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         worker = Worker(config, Path(root), index, processes)
         worker.provision()
