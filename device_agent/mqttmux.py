@@ -31,7 +31,7 @@ from device_agent.errors import TransportError
 from device_agent.mqtt import Message, MqttClient, MqttConfig, Will, _paho_client, _paho_connect
 
 log = logging.getLogger("edge-agent.mux")
-MISC_INTERVAL = 1.0  # seconds between keepalive sweeps over every connection
+MISC_INTERVAL = 2.0  # seconds between keepalive sweeps over every connection (keepalives are 30 s or more)
 
 
 class MqttMux:

@@ -44,7 +44,7 @@ from device_agent.bundle import Bundle, TrustStore, read_bundle, verify_bundle
 from device_agent.bundle.reader import DeviceCapabilities
 from device_agent.config import AgentConfig, load_config
 from device_agent.errors import ConfigError, EdgefleetError, ProtocolError
-from device_agent.fetch import HttpFetcher
+from device_agent.fetch import Fetcher, KeepAliveHttpFetcher
 from device_agent.home import Home
 from device_agent.model import LoadedModel, SelfTestResult
 from device_agent.mqtt import Message, Will
@@ -177,7 +177,7 @@ class WorkerContext:
     mux: MqttMux
     pool: ThreadPoolExecutor
     models: SharedModels
-    fetcher: HttpFetcher
+    fetcher: Fetcher
     replay_rate: float
     rng: random.Random
 
@@ -349,7 +349,7 @@ class Worker:
             mux=MqttMux(f"sim-mux-{index}"),
             pool=ThreadPoolExecutor(POOL_THREADS, thread_name_prefix=f"sim-{index}"),
             models=SharedModels(),
-            fetcher=HttpFetcher(FetchConfig(timeout_s=60.0, retries=5, backoff_s=0.5)),
+            fetcher=KeepAliveHttpFetcher(FetchConfig(timeout_s=60.0, retries=5, backoff_s=0.5)),
             replay_rate=config.replay_rate,
             rng=random.Random(config.seed * 1000 + index),
         )
@@ -509,6 +509,10 @@ class LeanSimulation:
             if kind == "error":
                 self.stop()
                 raise ConfigError(f"simulator worker {proc.name}: {detail}")
+
+    def pids(self) -> list[int]:
+        """The worker processes' ids (for CPU accounting)."""
+        return [proc.pid for proc, _ in self._workers if proc.pid is not None]
 
     def summary(self) -> dict[str, Any]:
         parts = []
