@@ -143,9 +143,9 @@ def test_fleetctl_simulate_lean_command(
     initial = tmp_path / "digits-1.0.0.efb"
     initial.write_bytes(package_tiny(tiny_models, release_key, "1.0.0", 1))
     watcher = Watcher(broker.url, fleet="sim")
-    args = ["simulate", "--devices", "6", "--fleet", "sim", "--broker", broker.url, "--bundle", str(initial),
-            "--trust", str(key_files[1]), "--skus", "a,b", "--duration", "3", "--telemetry-interval", "0.5",
-            "--mode", "lean", "--processes", "2", "--workdir", str(tmp_path / "homes"), "--json"]  # fmt: skip
+    base = ["simulate", "--devices", "6", "--fleet", "sim", "--broker", broker.url, "--bundle", str(initial),
+            "--trust", str(key_files[1]), "--skus", "a,b", "--duration", "3", "--telemetry-interval", "0.5"]  # fmt: skip
+    args = [*base, "--mode", "lean", "--processes", "2", "--workdir", str(tmp_path / "homes"), "--json"]
     result = CliRunner().invoke(cli, args)
     watcher.drain(1.0)
     watcher.close()
@@ -154,5 +154,5 @@ def test_fleetctl_simulate_lean_command(
     assert (summary["devices"], summary["versions"], summary["crashes"]) == (6, {"1.0.0": 6}, 0)
     assert {d for d, _ in watcher.telemetry} == {f"sim-{i:05d}" for i in range(6)}  # every device reports
     assert watcher.status == {f"sim-{i:05d}": "offline" for i in range(6)}  # and said goodbye
-    bad = CliRunner().invoke(cli, [*args[:-8], "--mode", "agents", "--processes", "2"])
+    bad = CliRunner().invoke(cli, [*base, "--mode", "agents", "--processes", "2"])
     assert bad.exit_code == 1 and "--processes needs --mode lean" in bad.output
