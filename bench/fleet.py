@@ -33,7 +33,7 @@ from fleet.rollout.model import DeploymentView, DeviceView, Health, Phase, Rollo
 from fleet.service import parse_stages
 from fleet.store import Store
 
-ROLLOUT_SIZES = ((1_000, 2), (10_000, 2))  # (devices, simulator processes)
+ROLLOUT_SIZES = ((1_000, 2), (10_000, 4))  # (devices, simulator processes)
 N = 60_000  # telemetry points per run
 PUBLISHERS = 4  # mosquitto_pub processes, one device topic each
 ROUNDS = 3
