@@ -150,7 +150,7 @@ def run() -> str:
     tick_t = _median_time(lambda: engine.tick(view, 1.0))
     bake_t = _median_time(lambda: engine.tick(baking, 1.0))
     return "\n".join([
-        "## Fleet manager: ingest and rollout decisions (issue 5)\n",
+        "## Fleet manager: ingest, rollout decisions and rollouts (issue 5)\n",
         f"Ingest: {N:,} flat telemetry points (12 keys) published by {PUBLISHERS} `mosquitto_pub -l` processes "
         "through a real Mosquitto; time from the first publish to the last point consumed; median of "
         f"{ROUNDS} alternating runs.\n",

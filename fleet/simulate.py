@@ -189,7 +189,9 @@ class Simulation:
                 if device.agent is not None and self._rng.random() < self.config.offline_rate / 12.5:
                     device.agent.go_offline(self._rng.uniform(5.0, 20.0))
 
-    def stop(self) -> None:
+    def stop(self) -> dict[str, Any]:
+        """Stop every device (warmly); returns the summary taken just before."""
+        summary = self.summary()
         self._stop.set()
         for device in self.devices.values():
             if device.agent is not None:
@@ -199,6 +201,7 @@ class Simulation:
                 device.thread.join(timeout=30)
         if self._owned is not None:
             self._owned.cleanup()
+        return summary
 
     # --- reports ---------------------------------------------------------------------------------
 
@@ -240,7 +243,7 @@ def run_simulation(
 ) -> dict[str, Any]:
     """Provision, start, report every ``report_every_s`` until ``duration_s`` (None: until Ctrl-C), stop."""
     if mode == "lean":
-        from fleet.simulate_lean import LeanSimulation
+        from fleet.simulate_procs import LeanSimulation
 
         sim: Simulation | LeanSimulation = LeanSimulation(config, processes)
         sim.start()
@@ -252,7 +255,6 @@ def run_simulation(
         sim.start()
     log.info("simulation: %d devices running (%s mode)", config.devices, mode)
     started = time.monotonic()
-    summary: dict[str, Any] = {}
     try:
         while duration_s is None or time.monotonic() - started < duration_s:
             time.sleep(min(report_every_s, max(0.1, (duration_s or 1e9) - (time.monotonic() - started))))
@@ -260,9 +262,7 @@ def run_simulation(
     except KeyboardInterrupt:
         pass
     finally:
-        summary = sim.summary() if mode != "lean" else {}
-        final = sim.stop()
-        summary = final if mode == "lean" and final else summary
+        summary = sim.stop()
     return summary
 
 

@@ -15,7 +15,8 @@ from device_agent.config import ProbationSection
 from device_agent.errors import ConfigError
 from fleet.broker import LocalBroker
 from fleet.simulate import Fault, SimulationConfig, pick_mode
-from fleet.simulate_lean import LeanSimulation, Strand, merge_summaries
+from fleet.simulate_lean import Strand
+from fleet.simulate_procs import LeanSimulation, merge_summaries
 from tests.agent_harness import package_tiny
 from tests.fleet_harness import Harness, running_fleet, wait_until
 
