@@ -11,8 +11,10 @@ session. What changes is who runs that code:
 - work: each device has two strands on a shared thread pool, one for what the agent's loop does
   (commands, probation checks, telemetry) and one for what its deployment worker does;
 - inference: real LiteRT / ONNX Runtime, but one runtime per model per process, shared by the
-  devices of that process (a lock serializes it) instead of one interpreter per device. Every
-  device still verifies every bundle it loads (signatures, hashes, sequence) itself;
+  devices of that process (a lock serializes it) instead of one interpreter per device, and so one
+  self-test result per model per process (``SharedModel``). Every device still verifies every bundle
+  it loads (signatures, hashes, sequence, requirements) itself;
+- downloads: the same resumable, hash-checked ``Fetcher`` over a kept-alive connection per pool thread;
 - the manifest summary of a slot in ``info`` is parsed once per bundle content per process;
 - timers (telemetry, replayed inferences, probation checks) run on the mux thread's timer queue.
 

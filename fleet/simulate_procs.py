@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import random
-import sys
 import tempfile
 import threading
 import time
@@ -26,7 +25,6 @@ from fleet.simulate import SimulationConfig, fault_plan, provision_device
 from fleet.simulate_lean import CONNECTS_PER_S, PROBATION_CHECK_S, LeanAgent, SharedModels, WorkerContext
 
 log = logging.getLogger("fleetctl.simulate")
-SWITCH_INTERVAL_S = 0.001  # GIL hand-over: a strand back from I/O should not wait 5 ms (the default) for it
 POOL_THREADS = 16  # per process: downloads and fsyncs wait; more strands in flight hide that latency
 
 
@@ -137,7 +135,6 @@ def merge_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:
 def _worker_main(config: SimulationConfig, root: str, index: int, processes: int, conn: Any) -> None:
     """One worker process: provision, start, answer ``summary``/``stop`` requests from the parent."""
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s sim-{index} %(message)s")
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         worker = Worker(config, Path(root), index, processes)
         worker.provision()
