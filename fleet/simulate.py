@@ -308,7 +308,7 @@ def run_simulation(
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Keep device homes here (default: a temporary directory).",
+    help="Keep device homes here (default: a temporary directory; lean mode puts it on /dev/shm when it exists).",
 )
 @click.option(
     "--mode",
