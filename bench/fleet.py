@@ -1,5 +1,6 @@
-"""Fleet manager benchmarks: telemetry ingest vs ``mosquitto_sub`` on the same stream (ratio), and the
-pure rollout ``tick()`` decision time for 10,000 devices.
+"""Fleet manager benchmarks: telemetry ingest vs ``mosquitto_sub`` on the same stream (ratio), the
+pure rollout ``tick()`` decision time for 10,000 devices, and rollouts to 1,000 and 10,000 simulated
+devices (``bench/fleet_rollout.py``).
 
 Ingest: the C publisher ``mosquitto_pub -l`` sends N telemetry points through a real Mosquitto; the time
 from the first publish to the last point consumed is measured for ``mosquitto_sub`` (to /dev/null) and
@@ -21,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from bench import fleet_rollout
 from device_agent import protocol as proto
 from device_agent.mqtt import MqttClient, MqttConfig
 from device_agent.protocol import DeploymentState as D
@@ -31,6 +33,7 @@ from fleet.rollout.model import DeploymentView, DeviceView, Health, Phase, Rollo
 from fleet.service import parse_stages
 from fleet.store import Store
 
+ROLLOUT_SIZES = ((1_000, 2), (10_000, 4))  # (devices, simulator processes)
 N = 60_000  # telemetry points per run
 PUBLISHERS = 4  # mosquitto_pub processes, one device topic each
 ROUNDS = 3
@@ -147,7 +150,7 @@ def run() -> str:
     tick_t = _median_time(lambda: engine.tick(view, 1.0))
     bake_t = _median_time(lambda: engine.tick(baking, 1.0))
     return "\n".join([
-        "## Fleet manager: ingest and rollout decisions (issue 5)\n",
+        "## Fleet manager: ingest, rollout decisions and rollouts (issue 5)\n",
         f"Ingest: {N:,} flat telemetry points (12 keys) published by {PUBLISHERS} `mosquitto_pub -l` processes "
         "through a real Mosquitto; time from the first publish to the last point consumed; median of "
         f"{ROUNDS} alternating runs.\n",
@@ -163,7 +166,10 @@ def run() -> str:
         f"| deploying stage 3 of 4 (picks the next devices) | {tick_t * 1000:.1f} ms |",
         f"| baking (health comparison over both cohorts) | {bake_t * 1000:.1f} ms |",
         "",
-        "Target (issue 5): ingest ≥ 10,000 msgs/s. The broker, the 4 publishers and the ingest processes all share this machine's cores, so a second ingest process only helps where there are cores to spare. The full 1,000 and 10,000-device rollout benches (with `fleetctl simulate`) are not written yet.",
+        "Target (issue 5): ingest ≥ 10,000 msgs/s. The broker, the 4 publishers and the ingest processes all share this machine's cores, so a second ingest process only helps where there are cores to spare.",
+        "",
+        "### Rollouts to 1,000 and 10,000 simulated devices\n",
+        fleet_rollout.report(fleet_rollout.run_sizes(ROLLOUT_SIZES)),
     ])  # fmt: skip
 
 

@@ -17,6 +17,7 @@ import random
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from device_agent.errors import EdgefleetError, ProtocolError, TransportError
 from device_agent.fetch import FetchConfig, Fetcher, HttpFetcher
 from device_agent.fsutil import atomic_write
 from device_agent.home import DeviceState, Home
+from device_agent.model import LoadedModel
 from device_agent.mqtt import MqttClient, MqttConfig, Will
 from device_agent.runtime import available_runtimes
 from device_agent.spool import Spool
@@ -122,14 +124,16 @@ class Agent:
         faults: FaultPlan | None = None,
         api: bool = True,
         step_delay_s: float = 0.0,
+        loader: Callable[..., LoadedModel] = LoadedModel.load,
     ) -> None:
         self.home, self.config = home, config
         d = config.download
         self.fetcher = fetcher or HttpFetcher(FetchConfig(d.timeout_s, d.retries, d.backoff_s, d.max_bytes))
         self.trust = TrustStore.from_paths([home.trust], config.trust.threshold)
         self.updater = Updater(
-            home, config, self.trust, self.fetcher, self._emit, self.capabilities, faults, step_delay_s=step_delay_s
-        )
+            home, config, self.trust, self.fetcher, self._emit, self.capabilities, faults, step_delay_s=step_delay_s,
+            loader=loader,
+        )  # fmt: skip
         self.events: collections.deque[P.DeploymentEvent] = collections.deque(maxlen=MAX_PENDING_EVENTS)
         self.spool = Spool(home.spool, config.telemetry.spool_max_points)
         self.telemetry_interval = config.telemetry.interval_s
@@ -173,12 +177,7 @@ class Agent:
         Raises:
             NoVerifiedModelError, ConfigError
         """
-        model = self.updater.boot()
-        self.engine = InferenceEngine(model)
-        self.updater.engine = self.engine
-        if self.updater.state.probation is not None:
-            key = f"{model.manifest.name}@{model.manifest.version}"
-            self.engine.extra_latency_s = self.updater.faults.slow_s.get(key, 0.0)
+        self.boot()
         self._spawn("deploy-worker", self._deploy_worker)
         if self.config.replay.rate > 0:
             self._spawn("replay", self._replay)
@@ -191,6 +190,19 @@ class Agent:
         )
         if self.updater.state.pending is not None:
             self._work.set()  # a deployment interrupted by a restart: resume it
+
+    def boot(self) -> None:
+        """Load the active model (settling an interrupted probation) into a new inference engine.
+
+        Raises:
+            NoVerifiedModelError
+        """
+        model = self.updater.boot()
+        self.engine = InferenceEngine(model)
+        self.updater.engine = self.engine
+        if self.updater.state.probation is not None:
+            key = f"{model.manifest.name}@{model.manifest.version}"
+            self.engine.extra_latency_s = self.updater.faults.slow_s.get(key, 0.0)
 
     def _spawn(self, name: str, target: Any) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import ssl
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -137,28 +138,8 @@ class MqttClient:
         raise TransportError(error)
 
     def _connect_once(self, version: str, will: Will | None, timeout: float) -> None:
-        v5 = version == "5"
         self.disconnect()  # a previous, lost connection: stop its network thread first
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.config.client_id,
-            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
-            clean_session=None if v5 else self.config.clean_start,
-            reconnect_on_failure=False,  # the caller's supervisor owns the reconnection policy
-            manual_ack=self.config.manual_ack,
-        )
-        username = self.config.username or self.broker.username
-        if username:
-            client.username_pw_set(username, self.config.password or self.broker.password)
-        if self.broker.tls or self.config.cafile:
-            client.tls_set(
-                ca_certs=self.config.cafile,
-                certfile=self.config.certfile,
-                keyfile=self.config.keyfile,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-        if will is not None:
-            client.will_set(will.topic, will.payload, will.qos, will.retain)
+        client = _paho_client(self.config, self.broker, version, will)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -166,19 +147,7 @@ class MqttClient:
         self._connack.clear()
         self._connack_error = None
         try:
-            if v5:
-                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-                # without it an MQTT 5 session (subscriptions, queued QoS 1 commands) ends at disconnect
-                props.SessionExpiryInterval = 0 if self.config.clean_start else self.config.session_expiry_s
-                client.connect(
-                    self.broker.host,
-                    self.broker.port,
-                    self.config.keepalive,
-                    clean_start=self.config.clean_start,
-                    properties=props,
-                )
-            else:
-                client.connect(self.broker.host, self.broker.port, self.config.keepalive)
+            _paho_connect(client, self.config, self.broker, version)
         except (OSError, ValueError) as exc:
             raise TransportError(f"cannot reach broker {self.broker}: {exc}") from None
         client.loop_start()
@@ -235,6 +204,31 @@ class MqttClient:
             if not info.is_published():
                 raise TransportError(f"publish to {topic} not acknowledged within {timeout}s")
 
+    def publish_many(self, messages: Iterable[tuple[str, bytes]], qos: int = 1, timeout: float = 30.0) -> None:
+        """Publish every (topic, payload), then wait until the broker acknowledged all of them (QoS ≥ 1):
+        one round of waiting for a batch instead of one per message.
+
+        Raises:
+            TransportError: not connected, or not every message acknowledged within ``timeout`` seconds.
+        """
+        client = self._require()
+        infos = []
+        for topic, payload in messages:
+            info = client.publish(topic, payload, qos=qos)
+            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_QUEUE_SIZE):
+                raise TransportError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+            infos.append(info)
+        if qos == 0:
+            return
+        deadline = time.monotonic() + timeout
+        for info in infos:
+            try:
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+            except (RuntimeError, ValueError) as exc:
+                raise TransportError(f"publish failed: {exc}") from None
+            if not info.is_published():
+                raise TransportError(f"{len(infos)} publishes not all acknowledged within {timeout}s")
+
     def subscribe(self, filters: Iterable[tuple[str, int]], timeout: float = 10.0) -> None:
         """Subscribe and wait for the SUBACK. Raises: TransportError."""
         rc, mid = self._require().subscribe(list(filters))
@@ -272,3 +266,40 @@ class MqttClient:
             client.disconnect()
             client.loop_stop()
         self._connected.clear()
+
+
+def _paho_client(config: MqttConfig, broker: BrokerURL, version: str, will: Will | None) -> Any:
+    """A configured paho client (not connected) for MQTT ``version`` "5" or "3.1.1"."""
+    v5 = version == "5"
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=config.client_id,
+        protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+        clean_session=None if v5 else config.clean_start,
+        reconnect_on_failure=False,  # the caller's supervisor owns the reconnection policy
+        manual_ack=config.manual_ack,
+    )
+    username = config.username or broker.username
+    if username:
+        client.username_pw_set(username, config.password or broker.password)
+    if broker.tls or config.cafile:
+        client.tls_set(
+            ca_certs=config.cafile,
+            certfile=config.certfile,
+            keyfile=config.keyfile,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+    if will is not None:
+        client.will_set(will.topic, will.payload, will.qos, will.retain)
+    return client
+
+
+def _paho_connect(client: Any, config: MqttConfig, broker: BrokerURL, version: str) -> None:
+    """Open the TCP connection and send CONNECT. Raises: OSError, ValueError."""
+    if version == "5":
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        # without it an MQTT 5 session (subscriptions, queued QoS 1 commands) ends at disconnect
+        props.SessionExpiryInterval = 0 if config.clean_start else config.session_expiry_s
+        client.connect(broker.host, broker.port, config.keepalive, clean_start=config.clean_start, properties=props)
+    else:
+        client.connect(broker.host, broker.port, config.keepalive)

@@ -103,8 +103,10 @@ class Updater:
         faults: FaultPlan | None = None,
         clock: Callable[[], float] = time.time,
         step_delay_s: float = 0.0,
+        loader: Callable[..., LoadedModel] = LoadedModel.load,
     ) -> None:
         self.home, self.config, self.trust, self.fetcher = home, config, trust, fetcher
+        self._load = loader  # verify + load a bundle (``LoadedModel.load``; simulations may share runtimes)
         self._emit, self._capabilities, self._clock = emit, capabilities, clock
         self.faults = faults or FaultPlan()
         self.step_delay_s = step_delay_s  # a pause inside each step, for the power-cut harness only
@@ -172,7 +174,7 @@ class Updater:
 
     def _load_slot(self, slot: str) -> LoadedModel:
         data = self.home.slot(slot).read_bytes()
-        return LoadedModel.load(data, self.trust, slot=slot, threads=self.config.runtime.threads)
+        return self._load(data, self.trust, slot=slot, threads=self.config.runtime.threads)
 
     # --- commands ------------------------------------------------------------------------------
 
@@ -211,7 +213,7 @@ class Updater:
             if self._stopped_by_cancel(pending):
                 return
             self._step(dep, P.DeploymentState.VERIFYING)
-            model = LoadedModel.load(
+            model = self._load(
                 data,
                 self.trust,
                 slot=pending.slot,

@@ -5,12 +5,15 @@ artifact downloads with Range, and ``/metrics``. Mutating calls need ``Authoriza
 from __future__ import annotations
 
 import secrets
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -144,13 +147,21 @@ def _release_routes(app: FastAPI, service: FleetService, actor: Any) -> None:
     def check(ref: str, selector: str = "") -> list[dict[str, Any]]:
         return service.check_release(ref, selector)
 
+    cache = ArtifactCache()
+
     @app.head("/artifacts/{name}", include_in_schema=False)
     @app.get("/artifacts/{name}")
-    def artifact(name: str, range_: Annotated[str | None, Header(alias="range")] = None) -> Response:
+    async def artifact(name: str, range_: Annotated[str | None, Header(alias="range")] = None) -> Response:
         sha = name.removesuffix(".efb")
         if len(sha) != 64 or not all(c in "0123456789abcdef" for c in sha):
             raise NotFoundError(f"no artifact {name[:80]}")
-        return ranged(service.artifact_path(sha), range_)
+        data = cache.get(sha)
+        if data is None:  # the store and the disk are read in a worker thread, once per artifact
+            path = await run_in_threadpool(service.artifact_path, sha)
+            data = await run_in_threadpool(cache.load, sha, path)
+            if data is None:
+                return ranged(path, range_)
+        return ranged_bytes(data, range_)
 
 
 def _rollout_routes(app: FastAPI, service: FleetService, actor: Any) -> None:
@@ -187,30 +198,84 @@ def _rollout_routes(app: FastAPI, service: FleetService, actor: Any) -> None:
         return {"release": body.release, "rollouts": service.rollback_release(body.release, who)}
 
 
-def ranged(path: Path, header: str | None) -> Response:
-    """The file, or the one byte range asked for (``bytes=A-B``, ``bytes=A-``, ``bytes=-N``): 206 or 416.
+class ArtifactCache:
+    """Artifacts are immutable (named by their sha256): small ones are kept in memory, so thousands of
+    devices downloading a release cost no store query, file read or thread hop each."""
 
-    Streamed in chunks from a plain generator (no lazily imported async file layer).
-    """
-    size = path.stat().st_size
-    base = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
-    if not header:
-        return StreamingResponse(_chunks(path, 0, size), headers={**base, "Content-Length": str(size)})
+    def __init__(self, max_bytes: int = 256 << 20, max_artifact: int = 16 << 20) -> None:
+        self.max_bytes, self.max_artifact = max_bytes, max_artifact
+        self._data: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, sha: str) -> bytes | None:
+        with self._lock:
+            data = self._data.get(sha)
+            if data is not None:
+                self._data.move_to_end(sha)
+            return data
+
+    def load(self, sha: str, path: Path) -> bytes | None:
+        """Read ``path`` into the cache if it is small enough; None for a large one (stream it)."""
+        if path.stat().st_size > self.max_artifact:
+            return None
+        data = path.read_bytes()
+        with self._lock:
+            self._data[sha] = data
+            while sum(len(d) for d in self._data.values()) > self.max_bytes:
+                self._data.popitem(last=False)
+        return data
+
+
+BASE_HEADERS = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+
+
+def byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """(start, end) of the one range asked for (``bytes=A-B``, ``bytes=A-``, ``bytes=-N``); None if unsatisfiable."""
     unit, _, spec = header.partition("=")
     start_s, dash, end_s = spec.strip().partition("-")
     try:
         if unit.strip() != "bytes" or not dash or "," in spec:
-            raise ValueError(header)
+            return None
         if start_s:
             start, end = int(start_s), min(int(end_s) if end_s else size - 1, size - 1)
         else:
             start, end = max(0, size - int(end_s)), size - 1
-        if start < 0 or start > end or start >= size:
-            raise ValueError(header)
     except ValueError:
-        return Response(status_code=416, headers={**base, "Content-Range": f"bytes */{size}"})
-    headers = {**base, "Content-Range": f"bytes {start}-{end}/{size}", "Content-Length": str(end - start + 1)}
+        return None
+    return None if start < 0 or start > end or start >= size else (start, end)
+
+
+def _unsatisfiable(size: int) -> Response:
+    return Response(status_code=416, headers={**BASE_HEADERS, "Content-Range": f"bytes */{size}"})
+
+
+def ranged(path: Path, header: str | None) -> Response:
+    """The file, or the one byte range asked for: 206 or 416.
+
+    Streamed in chunks from a plain generator (no lazily imported async file layer).
+    """
+    size = path.stat().st_size
+    if not header:
+        return StreamingResponse(_chunks(path, 0, size), headers={**BASE_HEADERS, "Content-Length": str(size)})
+    span = byte_range(header, size)
+    if span is None:
+        return _unsatisfiable(size)
+    start, end = span
+    headers = {**BASE_HEADERS, "Content-Range": f"bytes {start}-{end}/{size}", "Content-Length": str(end - start + 1)}
     return StreamingResponse(_chunks(path, start, end - start + 1), status_code=206, headers=headers)
+
+
+def ranged_bytes(data: bytes, header: str | None) -> Response:
+    """``ranged`` for an artifact held in memory."""
+    size = len(data)
+    if not header:
+        return Response(data, headers=BASE_HEADERS)
+    span = byte_range(header, size)
+    if span is None:
+        return _unsatisfiable(size)
+    start, end = span
+    return Response(data[start : end + 1], status_code=206,
+                    headers={**BASE_HEADERS, "Content-Range": f"bytes {start}-{end}/{size}"})  # fmt: skip
 
 
 def _chunks(path: Path, start: int, length: int, chunk: int = 1 << 20) -> Iterator[bytes]:

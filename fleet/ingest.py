@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -98,22 +98,46 @@ class Ingest:
 
     def handle(self, msg: Message) -> None:
         """Route one message; count and drop whatever is not protocol v1 for this fleet."""
-        try:
-            topic = proto.parse_topic(msg.topic)
-            if topic.fleet != self.config.fleet:
-                self.dropped["other-fleet"] += 1
-                return
-            if topic.kind not in proto.DEVICE_TOPICS:
-                self.dropped["not-a-device-topic"] += 1
-                return
-            payload = proto.parse_payload(topic.kind, msg.payload)
+        self.handle_many([msg])
+
+    def handle_many(self, msgs: Sequence[Message]) -> None:
+        """Route messages in order, their store writes in one transaction (one commit, not one per message).
+
+        If the batch's transaction fails, each write is retried in its own, so one bad write costs
+        only itself; in-memory state is updated once either way.
+        """
+        writes: list[Callable[[], None]] = []
+        for msg in msgs:
+            try:
+                topic = proto.parse_topic(msg.topic)
+                if topic.fleet != self.config.fleet:
+                    self.dropped["other-fleet"] += 1
+                    continue
+                if topic.kind not in proto.DEVICE_TOPICS:
+                    self.dropped["not-a-device-topic"] += 1
+                    continue
+                payload = proto.parse_payload(topic.kind, msg.payload)
+            except ProtocolError as exc:
+                self.dropped[exc.code] += 1
+                continue
             self.received[topic.kind] += 1
-            self._route(topic, payload)
-        except ProtocolError as exc:
-            self.dropped[exc.code] += 1
+            self._route(topic, payload, writes)
+        if not writes:
+            return
+        try:
+            with self.store.batch():
+                for write in writes:
+                    write()
+        except SQLAlchemyError:
+            for write in writes:
+                self._write_alone(write)
+
+    def _write_alone(self, write: Callable[[], None]) -> None:
+        try:
+            write()
         except SQLAlchemyError as exc:
             self.dropped["store-error"] += 1
-            log.warning("store error while ingesting %s: %s", msg.topic[:120], exc)
+            log.warning("store error while ingesting: %s", exc)
 
     def _state(self, device: str, now: float) -> DeviceState:
         with self._lock:
@@ -127,21 +151,26 @@ class Ingest:
             state.last_seen = now
             return state
 
-    def _route(self, topic: proto.Topic, payload: object) -> None:
+    def _route(self, topic: proto.Topic, payload: object, writes: list[Callable[[], None]]) -> None:
+        """Update the in-memory state now; append the store writes to ``writes``."""
         now = self.clock()
         state = self._state(topic.device, now)
+        fleet, device = topic.fleet, topic.device
         if isinstance(payload, proto.Telemetry):
             state.telemetry, state.telemetry_at = payload.values, now
-            self._accumulate(topic.device, payload.values, now)
+            self._accumulate(device, payload.values, now)
         elif isinstance(payload, proto.Info):
             state.info = payload
-            self.store.record_info(topic.fleet, topic.device, payload, now)
+            writes.append(lambda: self.store.record_info(fleet, device, payload, now))
         elif isinstance(payload, proto.DeploymentEvent):
-            if not self.store.apply_event(topic.device, payload, now):
-                self.dropped["unknown-or-stale-deployment"] += 1
+            writes.append(lambda: self._apply_event(device, payload, now))
         elif isinstance(payload, str):
             state.status = payload
-            self.store.record_status(topic.fleet, topic.device, payload, now)
+            writes.append(lambda: self.store.record_status(fleet, device, payload, now))
+
+    def _apply_event(self, device: str, event: proto.DeploymentEvent, now: float) -> None:
+        if not self.store.apply_event(device, event, now):
+            self.dropped["unknown-or-stale-deployment"] += 1
 
     def _accumulate(self, device: str, v: dict[str, float], now: float) -> None:
         key = (device, int(now // 60))

@@ -46,13 +46,22 @@ class ServeConfig:
     lease_ttl: float = 10.0  # seconds before another process takes over rollouts from a silent leader
 
 
+PUMP_BATCH = 1000  # messages handled per store transaction at most
+
+
 def pump(client: MqttClient, ingest: Ingest, stop: threading.Event) -> None:
-    """Feed received messages to the ingest; flush rollups every ``flush_interval_s``."""
+    """Feed received messages to the ingest, as many as are waiting (up to ``PUMP_BATCH``) per store
+    transaction; flush rollups every ``flush_interval_s``."""
     interval = ingest.config.flush_interval_s
     next_flush = ingest.clock() + interval
     while not stop.is_set():
+        batch = []
         with contextlib.suppress(queue.Empty):
-            ingest.handle(client.messages.get(timeout=0.2))
+            batch.append(client.messages.get(timeout=0.2))
+            while len(batch) < PUMP_BATCH:
+                batch.append(client.messages.get_nowait())
+        if batch:
+            ingest.handle_many(batch)
         if ingest.clock() >= next_flush:
             ingest.flush()
             next_flush = ingest.clock() + interval

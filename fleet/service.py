@@ -84,6 +84,8 @@ class FleetService:
         self.trust = trust
         self.artifacts = artifacts
         self.clock = clock
+        self.device_view_ttl_s = 1.0  # seconds a rollout's device list is reused (see device_views)
+        self._views: dict[str, tuple[float, tuple[DeviceView, ...]]] = {}
         artifacts.mkdir(parents=True, exist_ok=True)
 
     # --- releases -------------------------------------------------------------------------------
@@ -127,17 +129,24 @@ class FleetService:
         return [r for r in self.store.devices(self.fleet) if selector.matches(r["sku"], r["tags"] or [])]
 
     def device_views(self, selector: Selector) -> tuple[DeviceView, ...]:
+        """The selected devices as a rollout sees them; reused for ``device_view_ttl_s`` (monotonic) so the
+        runner's ticks do not re-read a large fleet every half second."""
+        key = str(selector)
+        cached = self._views.get(key)
+        if cached is not None and time.monotonic() - cached[0] < self.device_view_ttl_s:
+            return cached[1]
+        views = self._device_views(selector)
+        self._views[key] = (time.monotonic(), views)
+        return views
+
+    def _device_views(self, selector: Selector) -> tuple[DeviceView, ...]:
+        health = self.ingest.health
         return tuple(
-            DeviceView(
-                id=r["id"],
-                sku=r["sku"] or "unknown",
-                online=r["status"] == "online",
-                model_name=r["model_name"],
-                model_sequence=r["model_sequence"],
-                health=self.ingest.health(r["id"]),
-            )
-            for r in self.targeted(selector)
-        )
+            DeviceView(id=dev, sku=sku or "unknown", online=status == "online", model_name=name,
+                       model_sequence=seq, health=health(dev))
+            for dev, sku, status, name, seq, tags in self.store.device_states(self.fleet, tags=bool(selector.tags))
+            if selector.matches(sku, tags or [])
+        )  # fmt: skip
 
     # --- rollouts -------------------------------------------------------------------------------
 

@@ -11,7 +11,14 @@ from click.testing import CliRunner
 
 from device_agent.config import AgentConfig, DeviceSection, ProbationSection, parse_config
 from device_agent.errors import ConfigError
-from device_agent.fetch import DownloadError, DownloadHashError, DownloadTooLargeError, FetchConfig, HttpFetcher
+from device_agent.fetch import (
+    DownloadError,
+    DownloadHashError,
+    DownloadTooLargeError,
+    FetchConfig,
+    HttpFetcher,
+    KeepAliveHttpFetcher,
+)
 from device_agent.home import DeviceState, Home, StateError
 from device_agent.stats import Snapshot, Window, psi
 from device_agent.updater import NoVerifiedModelError, Updater, probation_verdict
@@ -132,14 +139,16 @@ def test_flash_refuses_untrusted_bundles_and_existing_homes(tmp_path: Path, flas
     assert result.exit_code == 0, result.output
 
 
-def test_fetcher_limits(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", [HttpFetcher, KeepAliveHttpFetcher])
+def test_fetcher_limits(tmp_path: Path, kind: type[HttpFetcher]) -> None:
     (tmp_path / "srv").mkdir()
     server = ArtifactServer(tmp_path / "srv")
     data = bytes(range(256)) * 100
     url, sha, size = server.publish("a.bin", data)
-    fetcher = HttpFetcher(FetchConfig(retries=2, backoff_s=0.01, max_bytes=1 << 20), sleep=lambda s: None)
+    fetcher = kind(FetchConfig(retries=2, backoff_s=0.01, max_bytes=1 << 20), sleep=lambda s: None)
     try:
         assert fetcher.download(url, tmp_path / "ok.bin", size, sha).read_bytes() == data
+        assert fetcher.download(url, tmp_path / "again.bin", size, sha).read_bytes() == data  # connection reused
         with pytest.raises(DownloadTooLargeError):
             fetcher.download(url, tmp_path / "a1.bin", size - 10, hashlib.sha256(data[:-10]).hexdigest())
         with pytest.raises(DownloadHashError):
@@ -148,7 +157,22 @@ def test_fetcher_limits(tmp_path: Path) -> None:
             fetcher.download(server.url("missing"), tmp_path / "a3.bin", 10, "0" * 64)
         with pytest.raises(DownloadTooLargeError, match="cap"):
             fetcher.download(url, tmp_path / "a4.bin", 2 << 20, sha)
-        assert not list(tmp_path.glob("a*.bin"))  # only resumable .part files remain, never a complete-looking file
+        assert not list(tmp_path.glob("a[0-9].bin"))  # only resumable .part files remain, never a complete-looking file
+    finally:
+        server.close()
+
+
+def test_keepalive_fetcher_resumes_a_cut_download_and_refuses_https(tmp_path: Path) -> None:
+    (tmp_path / "srv").mkdir()
+    server = ArtifactServer(tmp_path / "srv", drop_after=1000)
+    data = bytes(range(256)) * 40
+    url, sha, size = server.publish("a.bin", data)
+    fetcher = KeepAliveHttpFetcher(FetchConfig(retries=2, backoff_s=0.01), sleep=lambda s: None)
+    try:
+        assert fetcher.download(url, tmp_path / "a.bin", size, sha).read_bytes() == data
+        assert server.requests[-1][1] == "bytes=1000-"  # resumed where the connection broke
+        with pytest.raises(DownloadError, match="only http"):
+            fetcher.download("https://example.invalid/a.bin", tmp_path / "b.bin", 10, "0" * 64)
     finally:
         server.close()
 

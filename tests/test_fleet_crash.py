@@ -99,8 +99,9 @@ def test_kill_9_mid_rollout_resumes_without_duplicates_or_skipped_stages(
             assert len(dev.acted_on) == 1 and set(deploys) == set(dev.acted_on), dev.device_id
             assert dev.model.version == "2.0.0"
             resent += len(deploys) - 1
-        # a kill between publishing and recording "sent" re-publishes the SAME id (devices act once)
-        assert resent <= serve.kills
+        # a kill between publishing a batch of deploys and recording it sent re-publishes that batch (at most
+        # max_concurrent = 3 commands) under the SAME ids (devices act once)
+        assert resent <= 3 * serve.kills
         print(f"kills={serve.kills} devices acting twice=0 same-id re-publishes={resent}")
         audit = [a["detail"].split(": ", 1)[1] for a in reversed(api.get(f"/rollouts/{rid}/audit"))
                  if a["action"] == "rollout.transition"]  # fmt: skip

@@ -130,6 +130,8 @@ def _order_key(rollout_id: int, device: str) -> str:
 def pick(view: RolloutView, count: int) -> list[DeviceView]:
     """The next ``count`` online devices without a deployment: first one per sku not yet sampled,
     then a stable pseudo-random order (so stages spread over skus roughly in proportion)."""
+    if count <= 0:
+        return []
     pool = sorted(
         (d for d in view.devices if d.id not in view.deployments and d.online and not _already_there(view, d)),
         key=lambda d: _order_key(view.id, d.id),

@@ -9,16 +9,17 @@ under a new id unless the engine decided on a retry.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from device_agent import protocol as proto
 from device_agent.errors import TransportError
 from fleet.rollout import engine
-from fleet.rollout.model import Action, Deploy, Rollback, RolloutState, TimeOut, Transition
+from fleet.rollout.model import Deploy, Rollback, RolloutState, TimeOut, Transition
 from fleet.service import FleetService
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,8 @@ LIVE = (RolloutState.RUNNING, RolloutState.ABORTED, RolloutState.ROLLED_BACK)
 
 
 class Publisher(Protocol):
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False, timeout: float = 10.0) -> None:
-        """Raises: TransportError."""
+    def publish_many(self, messages: Iterable[tuple[str, bytes]], qos: int = 1, timeout: float = 30.0) -> None:
+        """Publish all, return when the broker has acknowledged all. Raises: TransportError."""
 
 
 def rollback_request_id(deployment_id: str) -> str:
@@ -59,6 +60,7 @@ class Runner:
         self.public_url = public_url.rstrip("/")
         self.clock = clock
         self.sent = 0  # commands published, for metrics
+        self.transitions = 0  # rollout transitions applied
 
     def step(self) -> int:
         """Tick every live rollout once if this process holds the rollout lease; returns actions applied.
@@ -77,53 +79,69 @@ class Runner:
         return applied
 
     def advance(self, rollout_id: int) -> int:
+        """Tick one rollout and apply its actions in order; consecutive deploys (or rollbacks) go as one
+        batch: recorded in one transaction, published together, marked sent in one transaction."""
         row, view = self.service.view(rollout_id, finished_without_devices=True)
         actions = engine.tick(view, self.clock())
         release = self.service.release(row["release"]) if any(isinstance(a, Deploy) for a in actions) else {}
-        for n, action in enumerate(actions):
-            if isinstance(action, Transition):
-                if not self.store.transition(rollout_id, row, action, RUNNER, self.clock()):
-                    return n  # an operator moved it meanwhile: decide again next step
-                row = self.store.rollout(rollout_id)
+        done = 0
+        for kind, group in itertools.groupby(actions, key=type):
+            batch = list(group)
+            if kind is Transition:
+                for action in batch:
+                    assert isinstance(action, Transition)
+                    if not self.store.transition(rollout_id, row, action, RUNNER, self.clock()):
+                        return done  # an operator moved it meanwhile: decide again next step
+                    row = self.store.rollout(rollout_id)
+                    done += 1
+                    self.transitions += 1
+            elif kind is Deploy:
+                self._deploy([a for a in batch if isinstance(a, Deploy)], rollout_id, release)
+            elif kind is Rollback:
+                self._rollback([a for a in batch if isinstance(a, Rollback)])
             else:
-                self._apply(rollout_id, action, release)
-        return len(actions)
+                for action in batch:
+                    if isinstance(action, TimeOut):
+                        self.store.mark_timed_out(action.deployment_id, self.clock())
+            done += 0 if kind is Transition else len(batch)
+        return done
 
-    def _apply(self, rollout_id: int, action: Action, release: dict[str, Any]) -> None:
-        now = self.clock()
-        if isinstance(action, Deploy):
-            if action.new:
-                self.store.record_deploy(rollout_id, action, now)
-            cmd = proto.DeployCommand(
-                request_id=action.deployment_id,
-                deployment_id=action.deployment_id,
-                url=f"{self.public_url}/artifacts/{release['sha256']}.efb",
-                sha256=release["sha256"],
-                size=release["size"],
-            )
-            self._publish(action.device, cmd)
-            self.store.mark_sent(action.deployment_id, self.clock())
-        elif isinstance(action, TimeOut):
-            self.store.mark_timed_out(action.deployment_id, now)
-        elif isinstance(action, Rollback):
-            cmd_rb = proto.RollbackCommand(
-                request_id=rollback_request_id(action.deployment_id),
-                deployment_id=action.deployment_id,
-                reason=action.reason[:256],
-            )
-            self._publish(action.device, cmd_rb)
-            self.store.mark_rollback_sent(action.deployment_id, self.clock())
+    def _deploy(self, deploys: list[Deploy], rollout_id: int, release: dict[str, Any]) -> None:
+        self.store.record_deploys(rollout_id, [d for d in deploys if d.new], self.clock())
+        url = f"{self.public_url}/artifacts/{release['sha256']}.efb"
+        commands = [
+            (d.device, proto.DeployCommand(request_id=d.deployment_id, deployment_id=d.deployment_id, url=url,
+                                           sha256=release["sha256"], size=release["size"]))
+            for d in deploys
+        ]  # fmt: skip
+        self._publish(commands)
+        self.store.mark_sent_many([d.deployment_id for d in deploys], self.clock())
 
-    def _publish(self, device: str, cmd: proto.Command) -> None:
-        topic = proto.topic(self.service.fleet, device, cmd.kind)
-        self.publisher.publish(topic, proto.encode(cmd), qos=1)
-        self.sent += 1
+    def _rollback(self, rollbacks: list[Rollback]) -> None:
+        commands = [
+            (r.device, proto.RollbackCommand(request_id=rollback_request_id(r.deployment_id),
+                                             deployment_id=r.deployment_id, reason=r.reason[:256]))
+            for r in rollbacks
+        ]  # fmt: skip
+        self._publish(commands)
+        self.store.mark_rollbacks_sent([r.deployment_id for r in rollbacks], self.clock())
+
+    def _publish(self, commands: Sequence[tuple[str, proto.Command]]) -> None:
+        messages = [(proto.topic(self.service.fleet, device, cmd.kind), proto.encode(cmd)) for device, cmd in commands]
+        self.publisher.publish_many(messages, qos=1, timeout=30.0 + len(messages) / 100)
+        self.sent += len(messages)
 
     def run(self, stop: threading.Event, interval: float = 0.5) -> None:
-        """Step until ``stop`` is set; a failing step is logged and retried, never fatal."""
+        """Step until ``stop`` is set; a failing step is logged and retried, never fatal.
+
+        A step that moved a rollout (e.g. a stage deployed → baking → next stage) is followed at once by
+        another, so a zero-bake rollout does not wait ``interval`` at every transition.
+        """
         while not stop.is_set():
+            before = self.transitions
             try:
                 self.step()
             except Exception:  # the loop must outlive one bad step (e.g. the database restarting)
                 log.exception("rollout step failed; retrying")
-            stop.wait(interval)
+            if self.transitions == before:
+                stop.wait(interval)

@@ -6,9 +6,10 @@ phase), so an operator's pause can never be overwritten by a tick computed just 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,42 @@ class Rollup:
     psi_max: float
 
 
+# Statements on the ingest's hot path, built once: thousands of devices send several events each.
+_D, _DEP = t.devices.c, t.deployments.c
+_DEVICE_EXISTS = sa.select(_D.id).where(_D.id == sa.bindparam("_id"))
+_SET_STATUS = t.devices.update().where(_D.id == sa.bindparam("_id"))
+_SET_STATUS_LAST_SEEN = _SET_STATUS.values(status=sa.bindparam("status"), last_seen=sa.bindparam("last_seen"))
+_TOUCH = _SET_STATUS.values(last_seen=sa.bindparam("last_seen"))
+_SET_INFO = _SET_STATUS.values(
+    {k: sa.bindparam(k) for k in ("sku", "info", "model_name", "model_version", "model_sequence", "last_seen")}
+)
+_DEPLOYMENT_STATE = sa.select(_DEP.state, _DEP.reason).where(
+    _DEP.deployment_id == sa.bindparam("_dep"), _DEP.device_id == sa.bindparam("_dev")
+)
+_SET_DEPLOYMENT = t.deployments.update().where(_DEP.deployment_id == sa.bindparam("_dep"))
+_APPLY_EVENT = _SET_DEPLOYMENT.values(
+    {k: sa.bindparam(k) for k in ("state", "reason", "detail", "updated_at", "finished_at")}
+)
+
+
+_R = t.telemetry_rollups.c
+_MERGE_ROLLUP = (
+    t.telemetry_rollups.update()
+    .where(_R.device_id == sa.bindparam("_device_id"), _R.minute == sa.bindparam("_minute"))
+    .values(
+        points=_R.points + sa.bindparam("_points"),
+        inferences=_R.inferences + sa.bindparam("_inferences"),
+        errors=_R.errors + sa.bindparam("_errors"),
+        ips_sum=_R.ips_sum + sa.bindparam("_ips_sum"),
+        lat_p95_sum=_R.lat_p95_sum + sa.bindparam("_lat_p95_sum"),
+        lat_p95_max=sa.case((_R.lat_p95_max > sa.bindparam("_lat_p95_max"), _R.lat_p95_max),
+                            else_=sa.bindparam("_lat_p95_max")),
+        conf_sum=_R.conf_sum + sa.bindparam("_conf_sum"),
+        psi_max=sa.case((_R.psi_max > sa.bindparam("_psi_max"), _R.psi_max), else_=sa.bindparam("_psi_max")),
+    )
+)  # fmt: skip
+
+
 def _sqlite_pragmas(dbapi_conn: Any, record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -76,6 +113,7 @@ class Store:
             Path(url.split("///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
         self.url = url
         self.engine = sa.create_engine(url, pool_pre_ping=True)
+        self._local = threading.local()  # the connection of an open batch() per thread
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         if migrate_schema:
@@ -90,8 +128,24 @@ class Store:
 
     @contextmanager
     def tx(self) -> Iterator[Connection]:
+        """One transaction; inside ``batch()`` on the same thread, the batch's transaction."""
+        outer: Connection | None = getattr(self._local, "conn", None)
+        if outer is not None:
+            yield outer
+            return
         with self.engine.begin() as conn:
-            yield conn
+            self._local.conn = conn
+            try:
+                yield conn
+            finally:
+                self._local.conn = None
+
+    def batch(self) -> AbstractContextManager[Connection]:
+        """Group the writes of this thread into one transaction (one commit for many ingested messages).
+
+        Anything that fails inside rolls the whole batch back; the caller decides whether to retry parts.
+        """
+        return self.tx()
 
     def _rows(self, query: sa.Select[Any]) -> list[Row]:
         with self.engine.connect() as conn:
@@ -141,7 +195,7 @@ class Store:
     # --- devices --------------------------------------------------------------------------------
 
     def _ensure_device(self, conn: Connection, fleet: str, device: str, now: float) -> None:
-        exists = conn.execute(sa.select(t.devices.c.id).where(t.devices.c.id == device)).first()
+        exists = conn.execute(_DEVICE_EXISTS, {"_id": device}).first()
         if exists is None:
             conn.execute(
                 t.devices.insert().values(
@@ -154,23 +208,15 @@ class Store:
         with self.tx() as conn:
             self._ensure_device(conn, fleet, device, now)
             model = info.model
-            conn.execute(
-                t.devices.update()
-                .where(t.devices.c.id == device)
-                .values(
-                    sku=info.sku,
-                    info=info.to_dict(),
-                    model_name=model.name if model else None,
-                    model_version=model.version if model else None,
-                    model_sequence=model.sequence if model else None,
-                    last_seen=now,
-                )
-            )
+            values = {"sku": info.sku, "info": info.to_dict(), "model_name": model.name if model else None,
+                      "model_version": model.version if model else None,
+                      "model_sequence": model.sequence if model else None, "last_seen": now}  # fmt: skip
+            conn.execute(_SET_INFO, {"_id": device, **values})
 
     def record_status(self, fleet: str, device: str, status: str, now: float) -> None:
         with self.tx() as conn:
             self._ensure_device(conn, fleet, device, now)
-            conn.execute(t.devices.update().where(t.devices.c.id == device).values(status=status, last_seen=now))
+            conn.execute(_SET_STATUS_LAST_SEEN, {"_id": device, "status": status, "last_seen": now})
 
     def touch(self, fleet: str, last_seen: dict[str, float]) -> None:
         """Update last-seen times, registering devices seen for the first time (one transaction)."""
@@ -178,16 +224,29 @@ class Store:
             return
         c = t.devices.c
         with self.tx() as conn:
-            for device, ts in last_seen.items():
-                done = conn.execute(t.devices.update().where(c.id == device).values(last_seen=ts))
-                if done.rowcount == 0:
-                    self._ensure_device(conn, fleet, device, ts)
+            known: set[str] = set()
+            ids = sorted(last_seen)
+            for i in range(0, len(ids), 500):
+                known.update(d for (d,) in conn.execute(sa.select(c.id).where(c.id.in_(ids[i : i + 500]))))
+            if known:
+                conn.execute(_TOUCH, [{"_id": d, "last_seen": last_seen[d]} for d in known])
+            for device in set(ids) - known:
+                self._ensure_device(conn, fleet, device, last_seen[device])
 
     def devices(self, fleet: str | None = None) -> list[Row]:
         q = sa.select(t.devices).order_by(t.devices.c.id)
         if fleet is not None:
             q = q.where(t.devices.c.fleet == fleet)
         return self._rows(q)
+
+    def device_states(self, fleet: str, *, tags: bool = True) -> list[tuple[Any, ...]]:
+        """(id, sku, status, model_name, model_sequence, tags) per device: what a rollout decides on, without
+        the ``info`` document (and without tags unless asked: JSON decoding 10,000 of them costs)."""
+        c = t.devices.c
+        tag_col = c.tags if tags else sa.null()
+        q = sa.select(c.id, c.sku, c.status, c.model_name, c.model_sequence, tag_col).where(c.fleet == fleet)
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(q.order_by(c.id))]
 
     def device(self, device: str) -> Row:
         """Raises: NotFoundError."""
@@ -221,27 +280,23 @@ class Store:
             self._add_rollups(rollups)
 
     def _add_rollups(self, rollups: Sequence[Rollup]) -> None:
+        """Rows that exist are updated and new ones inserted, each kind as one executemany."""
         if not rollups:
             return
         c = t.telemetry_rollups.c
         with self.tx() as conn:
-            for r in rollups:
-                updated = conn.execute(
-                    t.telemetry_rollups.update()
-                    .where(c.device_id == r.device_id, c.minute == r.minute)
-                    .values(
-                        points=c.points + r.points,
-                        inferences=c.inferences + r.inferences,
-                        errors=c.errors + r.errors,
-                        ips_sum=c.ips_sum + r.ips_sum,
-                        lat_p95_sum=c.lat_p95_sum + r.lat_p95_sum,
-                        lat_p95_max=sa.case((c.lat_p95_max > r.lat_p95_max, c.lat_p95_max), else_=r.lat_p95_max),
-                        conf_sum=c.conf_sum + r.conf_sum,
-                        psi_max=sa.case((c.psi_max > r.psi_max, c.psi_max), else_=r.psi_max),
-                    )
-                )
-                if updated.rowcount == 0:
-                    conn.execute(t.telemetry_rollups.insert().values(**r.__dict__))
+            existing: set[tuple[str, int]] = set()
+            minutes = sorted({r.minute for r in rollups})
+            devices = sorted({r.device_id for r in rollups})
+            for i in range(0, len(devices), 500):
+                q = sa.select(c.device_id, c.minute).where(c.device_id.in_(devices[i : i + 500]), c.minute.in_(minutes))
+                existing.update((d, m) for d, m in conn.execute(q))
+            old = [r for r in rollups if (r.device_id, r.minute) in existing]
+            new = [r for r in rollups if (r.device_id, r.minute) not in existing]
+            if old:
+                conn.execute(_MERGE_ROLLUP, [{f"_{k}": v for k, v in r.__dict__.items()} for r in old])
+            if new:
+                conn.execute(t.telemetry_rollups.insert(), [r.__dict__ for r in new])
 
     def rollups(self, device: str) -> list[Row]:
         c = t.telemetry_rollups.c
@@ -350,19 +405,16 @@ class Store:
         return self._rows(sa.select(t.deployments).where(c.rollout_id == rollout_id).order_by(c.id))
 
     def deployment_views(self, rollout_id: int) -> dict[str, DeploymentView]:
+        c = t.deployments.c
+        q = sa.select(c.device_id, c.deployment_id, c.state, c.stage, c.attempts, c.sent_at, c.finished_at,
+                      c.reason, c.rollback_sent_at).where(c.rollout_id == rollout_id).order_by(c.id)  # fmt: skip
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
         return {
-            r["device_id"]: DeploymentView(
-                device=r["device_id"],
-                deployment_id=r["deployment_id"],
-                state=DeploymentState(r["state"]),
-                stage=r["stage"],
-                attempts=r["attempts"],
-                sent_at=r["sent_at"],
-                finished_at=r["finished_at"],
-                reason=r["reason"],
-                rollback_sent=r["rollback_sent_at"] is not None,
+            dev: DeploymentView(
+                dev, dep, DeploymentState(state), stage, attempts, sent, finished, reason, rb is not None
             )
-            for r in self.deployments(rollout_id)
+            for dev, dep, state, stage, attempts, sent, finished, reason, rb in rows
         }
 
     def record_deploy(self, rollout_id: int, action: Deploy, now: float) -> None:
@@ -385,6 +437,34 @@ class Store:
                     )
                 )
 
+    def record_deploys(self, rollout_id: int, actions: Sequence[Deploy], now: float) -> None:
+        """``record_deploy`` for many attempts in one transaction (first attempts as one multi-row insert)."""
+        first = [a for a in actions if a.attempt <= 1]
+        with self.tx() as conn:
+            if first:
+                conn.execute(t.deployments.insert(), [
+                    {"rollout_id": rollout_id, "device_id": a.device, "created_at": now, "deployment_id": a.deployment_id,
+                     "stage": a.stage, "state": DeploymentState.QUEUED.value, "attempts": a.attempt, "sent_at": None,
+                     "updated_at": now, "finished_at": None, "reason": "", "detail": ""}
+                    for a in first
+                ])  # fmt: skip
+            for action in actions:
+                if action.attempt > 1:
+                    self.record_deploy(rollout_id, action, now)
+
+    def mark_sent_many(self, deployment_ids: Sequence[str], now: float) -> None:
+        self._set_many(deployment_ids, sent_at=now, updated_at=now)
+
+    def mark_rollbacks_sent(self, deployment_ids: Sequence[str], now: float) -> None:
+        self._set_many(deployment_ids, rollback_sent_at=now, updated_at=now)
+
+    def _set_many(self, deployment_ids: Sequence[str], **values: Any) -> None:
+        c = t.deployments.c
+        with self.tx() as conn:
+            for i in range(0, len(deployment_ids), 500):
+                chunk = list(deployment_ids[i : i + 500])
+                conn.execute(t.deployments.update().where(c.deployment_id.in_(chunk)).values(**values))
+
     def _set(self, deployment_id: str, **values: Any) -> None:
         with self.tx() as conn:
             conn.execute(t.deployments.update().where(t.deployments.c.deployment_id == deployment_id).values(**values))
@@ -405,22 +485,16 @@ class Store:
         a timeout (the device was slow, not dead). ``FAILED no-previous`` answers a rollback command
         the device could not act on yet; it is not the deployment's outcome.
         """
-        c = t.deployments.c
         with self.tx() as conn:
-            row = conn.execute(
-                sa.select(c.state, c.reason).where(c.deployment_id == event.deployment_id, c.device_id == device)
-            ).first()
+            row = conn.execute(_DEPLOYMENT_STATE, {"_dep": event.deployment_id, "_dev": device}).first()
             if row is None:
                 return False
             if not _moves(DeploymentState(row.state), row.reason, event):
                 return False
             finished = now if event.state.terminal else None
-            conn.execute(
-                t.deployments.update()
-                .where(c.deployment_id == event.deployment_id)
-                .values(state=event.state.value, reason=event.reason[:64], detail=event.detail[:1024],
-                        updated_at=now, finished_at=finished)
-            )  # fmt: skip
+            conn.execute(_APPLY_EVENT, {"_dep": event.deployment_id, "state": event.state.value,
+                                        "reason": event.reason[:64], "detail": event.detail[:1024],
+                                        "updated_at": now, "finished_at": finished})  # fmt: skip
         return True
 
 
