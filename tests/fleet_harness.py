@@ -73,3 +73,26 @@ def add_release(h: Harness, tmp: Path, key: PrivateKey, version: str, sequence: 
     path = tmp / f"digits-{version}.efb"
     path.write_bytes(simple_bundle(key, version=version, sequence=sequence))
     return h.api.add_release(path)  # type: ignore[no-any-return]
+
+
+def add_tiny_release(
+    h: Harness, tmp: Path, tiny: dict[str, Path], key: PrivateKey, version: str, sequence: int
+) -> None:
+    """Package the tiny-digits model as ``digits@version`` and add it as a release."""
+    from tests.agent_harness import package_tiny
+
+    path = tmp / f"digits-{version}.efb"
+    path.write_bytes(package_tiny(tiny, key, version, sequence))
+    h.api.add_release(path)
+
+
+def device_versions(h: Harness) -> dict[str, Any]:
+    return {d["id"]: d["model_version"] for d in h.api.get("/devices")}
+
+
+def rollout_finished(h: Harness, rid: int, timeout: float = 120.0) -> dict[str, Any]:
+    return wait_until(  # type: ignore[no-any-return]
+        lambda: (s := h.api.get(f"/rollouts/{rid}"))["state"] in ("SUCCEEDED", "ABORTED") and s,
+        timeout,
+        "the rollout to end",
+    )

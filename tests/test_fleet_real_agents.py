@@ -14,7 +14,6 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,7 +21,7 @@ from device_agent.bundle import PrivateKey
 from device_agent.updater import FaultPlan
 from fleet.broker import LocalBroker
 from tests.agent_harness import AgentThread, flash_device, package_tiny
-from tests.fleet_harness import Harness, running_fleet, wait_until
+from tests.fleet_harness import Harness, add_tiny_release, device_versions, rollout_finished, running_fleet, wait_until
 from tests.powercut import start_agent
 
 DEVICES = ("pi4-0", "pi4-1", "jetson-0", "jetson-1", "esp-0")
@@ -57,29 +56,14 @@ def fleet(
                 p.wait(30)
 
 
-def add(h: Harness, tmp: Path, tiny: dict[str, Path], key: PrivateKey, version: str, sequence: int) -> None:
-    path = tmp / f"digits-{version}.efb"
-    path.write_bytes(package_tiny(tiny, key, version, sequence))
-    h.api.add_release(path)
-
-
-def versions(h: Harness) -> dict[str, Any]:
-    return {d["id"]: d["model_version"] for d in h.api.get("/devices")}
-
-
-def done(h: Harness, rid: int) -> dict[str, Any]:
-    return wait_until(lambda: (s := h.api.get(f"/rollouts/{rid}"))["state"] in ("SUCCEEDED", "ABORTED") and s,  # type: ignore[no-any-return]
-                      120, "the rollout to end")  # fmt: skip
-
-
 def test_real_agents_selftest_failures_on_one_sku_abort_and_roll_back_then_a_clean_release_completes(
     fleet: Harness, tmp_path: Path, tiny_models: dict[str, Path], release_key: PrivateKey
 ) -> None:
     h = fleet
-    add(h, tmp_path, tiny_models, release_key, "1.1.0", 2)
+    add_tiny_release(h, tmp_path, tiny_models, release_key, "1.1.0", 2)
     rid = h.api.post("/rollouts", {"release": "digits@1.1.0", "stages": ["50%", "100%"],
                                    "gates": {"failure": "20%", "retries": 0}})["id"]  # fmt: skip
-    status = done(h, rid)
+    status = rollout_finished(h, rid)
     assert status["state"] == "ABORTED" and "failure threshold 20% tripped" in status["reason"]
     deps = {d["device_id"]: d for d in h.api.get(f"/rollouts/{rid}/deployments")}
     assert sorted(d.split("-")[0] for d in deps) == ["esp", "jetson", "pi4"]  # stage 1 sampled every sku
@@ -89,10 +73,10 @@ def test_real_agents_selftest_failures_on_one_sku_abort_and_roll_back_then_a_cle
     # the fleet rolls each back once it reports the switch (an agent cannot roll back mid-install)
     wait_until(lambda: all(d["state"] == "ROLLED_BACK" for d in h.api.get(f"/rollouts/{rid}/deployments")), 60,
                "every sampled agent rolled back")  # fmt: skip
-    wait_until(lambda: set(versions(h).values()) == {"1.0.0"}, 60, "every agent back on 1.0.0")
+    wait_until(lambda: set(device_versions(h).values()) == {"1.0.0"}, 60, "every agent back on 1.0.0")
 
-    add(h, tmp_path, tiny_models, release_key, "1.2.0", 3)
+    add_tiny_release(h, tmp_path, tiny_models, release_key, "1.2.0", 3)
     rid = h.api.post("/rollouts", {"release": "digits@1.2.0", "stages": ["50%", "100%"]})["id"]
-    status = done(h, rid)
+    status = rollout_finished(h, rid)
     assert status["state"] == "SUCCEEDED", (status["reason"], h.api.get(f"/rollouts/{rid}/deployments"))
-    wait_until(lambda: set(versions(h).values()) == {"1.2.0"}, 60, "every agent on 1.2.0")
+    wait_until(lambda: set(device_versions(h).values()) == {"1.2.0"}, 60, "every agent on 1.2.0")

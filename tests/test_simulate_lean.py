@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -18,28 +17,13 @@ from fleet.simulate import Fault, SimulationConfig, pick_mode
 from fleet.simulate_lean import Strand
 from fleet.simulate_procs import LeanSimulation, merge_summaries
 from tests.agent_harness import package_tiny
-from tests.fleet_harness import Harness, running_fleet, wait_until
+from tests.fleet_harness import Harness, add_tiny_release, device_versions, rollout_finished, running_fleet, wait_until
 
 DEVICES = 120
 SKUS = ("pi4", "jetson", "esp")
 # replayed self-test inputs are not the calibration distribution (drift), and latency in a process shared
 # by 60 devices measures its load: those health limits are lifted, as in bench/fleet_rollout.py
 SIM_GATES = {"max_psi": 1e9, "max_p95_ratio": 1e9}
-
-
-def add(h: Harness, tmp: Path, tiny: dict[str, Path], key: PrivateKey, version: str, sequence: int) -> None:
-    path = tmp / f"digits-{version}.efb"
-    path.write_bytes(package_tiny(tiny, key, version, sequence))
-    h.api.add_release(path)
-
-
-def versions(h: Harness) -> dict[str, Any]:
-    return {d["id"]: d["model_version"] for d in h.api.get("/devices")}
-
-
-def finished(h: Harness, rid: int) -> dict[str, Any]:
-    return wait_until(lambda: (s := h.api.get(f"/rollouts/{rid}"))["state"] in ("SUCCEEDED", "ABORTED") and s,  # type: ignore[no-any-return]
-                      120, "the rollout to end")  # fmt: skip
 
 
 @pytest.fixture
@@ -69,35 +53,35 @@ def test_lean_simulator_clean_rollout_then_selftest_fault_rolls_back(
     fleet: tuple[Harness, LeanSimulation], tmp_path: Path, tiny_models: dict[str, Path], release_key: PrivateKey
 ) -> None:
     h, sim = fleet
-    add(h, tmp_path, tiny_models, release_key, "1.1.0", 2)  # fails its self-test on esp devices
-    add(h, tmp_path, tiny_models, release_key, "1.2.0", 3)
+    add_tiny_release(h, tmp_path, tiny_models, release_key, "1.1.0", 2)  # fails its self-test on esp devices
+    add_tiny_release(h, tmp_path, tiny_models, release_key, "1.2.0", 3)
     rid = h.api.post("/rollouts", {"release": "digits@1.2.0", "stages": ["5%", "25%", "50%", "100%"],
                                    "gates": SIM_GATES})["id"]  # fmt: skip
-    status = finished(h, rid)
+    status = rollout_finished(h, rid)
     assert status["state"] == "SUCCEEDED", status["reason"]
-    wait_until(lambda: set(versions(h).values()) == {"1.2.0"}, 60, "every device on 1.2.0")
+    wait_until(lambda: set(device_versions(h).values()) == {"1.2.0"}, 60, "every device on 1.2.0")
     assert sim.summary()["versions"] == {"1.2.0": DEVICES}
 
-    add(h, tmp_path, tiny_models, release_key, "1.3.0", 4)
+    add_tiny_release(h, tmp_path, tiny_models, release_key, "1.3.0", 4)
     rid = h.api.post("/rollouts", {"release": "digits@1.3.0", "stages": ["25%", "50%", "100%"],
                                    "gates": {"failure": "5%", "retries": 0, **SIM_GATES}})["id"]  # fmt: skip
-    assert finished(h, rid)["state"] == "SUCCEEDED"  # the fault is 1.1.0's, which nobody installs now
+    assert rollout_finished(h, rid)["state"] == "SUCCEEDED"  # the fault is 1.1.0's, which nobody installs now
 
 
 def test_lean_simulator_selftest_fault_on_one_sku_trips_the_gate_and_every_device_is_back(
     fleet: tuple[Harness, LeanSimulation], tmp_path: Path, tiny_models: dict[str, Path], release_key: PrivateKey
 ) -> None:
     h, sim = fleet
-    add(h, tmp_path, tiny_models, release_key, "1.1.0", 2)
+    add_tiny_release(h, tmp_path, tiny_models, release_key, "1.1.0", 2)
     rid = h.api.post("/rollouts", {"release": "digits@1.1.0", "stages": ["25%", "50%", "75%", "100%"],
                                    "gates": {"failure": "10%", "retries": 0, **SIM_GATES}})["id"]  # fmt: skip
-    status = finished(h, rid)
+    status = rollout_finished(h, rid)
     assert status["state"] == "ABORTED" and "failure threshold 10% tripped" in status["reason"]
     deps = h.api.get(f"/rollouts/{rid}/deployments")
     assert {d["device_id"] for d in deps if d["reason"] == "selftest"}, "esp devices failed their self-test"
     wait_until(lambda: all(d["state"] in ("ROLLED_BACK", "REJECTED", "FAILED")
                            for d in h.api.get(f"/rollouts/{rid}/deployments")), 60, "every deployment undone")  # fmt: skip
-    wait_until(lambda: set(versions(h).values()) == {"1.0.0"}, 60, "every device back on 1.0.0")
+    wait_until(lambda: set(device_versions(h).values()) == {"1.0.0"}, 60, "every device back on 1.0.0")
     assert sim.summary()["versions"] == {"1.0.0": DEVICES}
 
 
