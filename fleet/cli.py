@@ -143,6 +143,21 @@ def parse_tokens(values: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option("--broker", help="mqtt://HOST:PORT (default: start a local broker: mosquitto, else embedded).")
 @click.option(
+    "--broker-username",
+    envvar="FLEETCTL_BROKER_USERNAME",
+    help="MQTT username (env FLEETCTL_BROKER_USERNAME; default: from the broker URL, if it has one).",
+)
+@click.option(
+    "--broker-password",
+    envvar="FLEETCTL_BROKER_PASSWORD",
+    help="MQTT password (env FLEETCTL_BROKER_PASSWORD, which keeps it out of the process list).",
+)
+@click.option(
+    "--broker-cafile",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CA certificate for an mqtts:// broker with a private CA (e.g. broker-config --tls's ca.crt).",
+)
+@click.option(
     "--artifacts",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("artifacts"),

@@ -44,6 +44,9 @@ class ServeConfig:
     ingest_only: bool = False  # a follower: shares telemetry ingest (MQTT 5 $share), runs no rollouts
     instance: str = "main"  # distinguishes processes of one fleet (MQTT client id fleetctl-FLEET-INSTANCE)
     lease_ttl: float = 10.0  # seconds before another process takes over rollouts from a silent leader
+    broker_username: str | None = None  # default: the broker URL's
+    broker_password: str | None = None
+    broker_cafile: Path | None = None  # CA for mqtts:// with a private CA
 
 
 PUMP_BATCH = 1000  # messages handled per store transaction at most
@@ -86,6 +89,9 @@ class FleetServer:
             MqttConfig(
                 url=config.broker,
                 client_id=f"fleetctl-{config.fleet}-{config.instance}",
+                username=config.broker_username,
+                password=config.broker_password,
+                cafile=str(config.broker_cafile) if config.broker_cafile else None,
                 # a follower keeps no session: the broker would go on handing a stopped member its share
                 # of the $share telemetry group (and drop it) until the session expired
                 clean_start=config.ingest_only,

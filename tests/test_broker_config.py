@@ -7,8 +7,10 @@ forbidden message would already have arrived had the broker let it through.
 
 from __future__ import annotations
 
+import os
 import queue
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,9 +23,12 @@ from device_agent.mqtt import Message, MqttClient, MqttConfig
 from fleet.broker import LocalBroker, free_port, mosquitto_binary, wait_for_port
 from fleet.brokerconfig import BrokerConfigSpec, write
 from fleet.cli import cli
+from fleet.client import ApiClient
+from tests.fleet_harness import TOKEN, wait_until
 
 pytestmark = pytest.mark.skipif(mosquitto_binary() is None, reason="needs mosquitto (.ci/run installs it)")
 FLEET = "plant"
+FLEETCTL = str(Path(sys.executable).parent / "fleetctl")
 
 
 def start(conf_dir: Path, port: int) -> LocalBroker:
@@ -132,3 +137,54 @@ def test_tls_listener_with_the_generated_ca(tmp_path: Path) -> None:
 def test_bad_ids_are_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["broker-config", "--out", str(tmp_path), "--device", "Bad Id"])
     assert result.exit_code == 1 and "must be an id" in result.output
+
+
+def test_fleetctl_serve_on_the_generated_tls_broker_with_its_own_credentials(tmp_path: Path, key_files) -> None:
+    """The production wiring of docs/operations.md: broker-config --tls, then `fleetctl serve` over mqtts://
+    as the `fleetctl` user, the password from the environment (not the command line), the private CA given
+    with --broker-cafile; a device publishing over TLS is registered. A wrong password is one clear error."""
+    port, api_port = free_port(), free_port()
+    out = tmp_path / "tls"
+    result = CliRunner().invoke(cli, ["broker-config", "--out", str(out), "--fleet", FLEET, "--device", "cam-1",
+                                      "--tls", "--port", str(port), "--run-as", "root"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    creds = dict(line.split() for line in (out / "credentials.txt").read_text().splitlines())
+    args = [FLEETCTL, "serve", "--db", f"sqlite:///{tmp_path / 'fleet.db'}", "--fleet", FLEET,
+            "--broker", f"mqtts://127.0.0.1:{port}", "--broker-username", "fleetctl",
+            "--broker-cafile", str(out / "ca.crt"), "--artifacts", str(tmp_path / "artifacts"),
+            "--listen", f"127.0.0.1:{api_port}", "--trust", str(key_files[1]), "--token", f"alice={TOKEN}"]  # fmt: skip
+    assert creds["fleetctl"] not in " ".join(args)
+    with start(out, port):
+        wrong = {**os.environ, "FLEETCTL_BROKER_PASSWORD": "not-the-password"}
+        refused = subprocess.run(args, env=wrong, capture_output=True, text=True, timeout=60, check=False)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        errors = [line for line in refused.stderr.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and "Traceback" not in refused.stderr, refused.stderr
+
+        env = {**os.environ, "FLEETCTL_BROKER_PASSWORD": creds["fleetctl"]}
+        log = (tmp_path / "serve.log").open("wb")
+        proc = subprocess.Popen(args, env=env, stdout=log, stderr=log)
+        api = ApiClient(f"http://127.0.0.1:{api_port}", TOKEN)
+        try:
+            wait_until(lambda: _answers(api), 30, "fleetctl serve to answer")
+            cam = MqttClient(MqttConfig(url=f"mqtts://127.0.0.1:{port}", client_id="cam-1", username="cam-1",
+                                        password=creds["cam-1"], cafile=str(out / "ca.crt")))  # fmt: skip
+            cam.connect()
+            info = P.Info("0.1.0", "tflite", "2.16.1", "pi4", "aarch64", 1 << 29,
+                          model=P.ModelRef("digits", "1.0.0", 1, "a" * 64))  # fmt: skip
+            cam.publish(P.topic(FLEET, "cam-1", P.INFO), P.encode(info), qos=1, retain=True)
+            cam.disconnect()
+            devices = wait_until(lambda: api.get("/devices") or None, 30, "the device to be registered")
+            assert [(d["id"], d["model_version"]) for d in devices] == [("cam-1", "1.0.0")]
+        finally:
+            proc.terminate()
+            proc.wait(15)
+            log.close()
+
+
+def _answers(api: ApiClient) -> bool:
+    try:
+        api.get("/devices")
+        return True
+    except Exception:
+        return False
