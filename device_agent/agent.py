@@ -275,20 +275,25 @@ class Agent:
     def _connect(self) -> bool:
         try:
             self.mqtt.connect(will=Will(self.topic(P.STATUS), b"offline", qos=1, retain=True))
-            cmd = f"{P.PREFIX}/{self.config.device.fleet}/{self.config.device.id}/cmd/+"
-            self.mqtt.subscribe([(cmd, 1)])
-            self.mqtt.publish(self.topic(P.STATUS), b"online", qos=1, retain=True)
-            self.publish_info()
-            if self.config.telemetry.home_assistant:
-                self._publish_discovery()
-            sent = self.spool.replay(lambda payload: self.mqtt.publish(self.topic(P.TELEMETRY), payload, qos=1))
-            if sent:
-                log.info("replayed %d spooled telemetry points", sent)
+            self.announce()
             return True
         except TransportError as exc:
             log.warning("broker: %s", exc)
             self.mqtt.disconnect()
             return False
+
+    def announce(self) -> None:
+        """On a new connection: subscribe to our commands, say online, publish info (and discovery),
+        replay the telemetry spooled while offline. Raises: TransportError."""
+        cmd = f"{P.PREFIX}/{self.config.device.fleet}/{self.config.device.id}/cmd/+"
+        self.mqtt.subscribe([(cmd, 1)])
+        self.mqtt.publish(self.topic(P.STATUS), b"online", qos=1, retain=True)
+        self.publish_info()
+        if self.config.telemetry.home_assistant:
+            self._publish_discovery()
+        sent = self.spool.replay(lambda payload: self.mqtt.publish(self.topic(P.TELEMETRY), payload, qos=1))
+        if sent:
+            log.info("replayed %d spooled telemetry points", sent)
 
     def publish_info(self) -> None:
         if self.mqtt.is_connected:
@@ -390,26 +395,33 @@ class Agent:
         period = 1.0 / self.config.replay.rate
         i = 0
         while not self.stop_event.wait(period):
-            engine = self._engine()
-            try:
-                inputs, _ = engine.model.selftest_samples()
-                n = len(next(iter(inputs.values())))
-                engine.predict({k: v[i % n : i % n + 1] for k, v in inputs.items()})
-            except EdgefleetError:
-                pass
+            self.replay_one(i)
             i += 1
+
+    def replay_one(self, i: int) -> None:
+        """One inference on self-test sample ``i`` (modulo their count) of the active model."""
+        engine = self._engine()
+        try:
+            inputs, _ = engine.model.selftest_samples()
+            n = len(next(iter(inputs.values())))
+            engine.predict({k: v[i % n : i % n + 1] for k, v in inputs.items()})
+        except EdgefleetError:
+            pass
 
     # --- reports ---------------------------------------------------------------------------------
 
     def capabilities(self) -> DeviceCapabilities:
         d = self.config.device
         return DeviceCapabilities(
-            runtimes=available_runtimes(),
+            runtimes=self._runtimes(),
             agent_version=__version__,
             arch=d.arch,
             ram_bytes=d.ram_bytes or total_ram_bytes() or None,
             flash_free_bytes=shutil.disk_usage(self.home.root).free,
         )
+
+    def _runtimes(self) -> dict[str, str]:
+        return available_runtimes()
 
     def _slot_ref(self, slot: str) -> P.ModelRef | None:
         path = self.home.slot(slot)

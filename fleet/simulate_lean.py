@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-import shutil
 import threading
 import time
 from collections import deque
@@ -36,9 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device_agent import __version__
 from device_agent import protocol as P
-from device_agent.agent import Agent, Backoff, total_ram_bytes
+from device_agent.agent import Agent, Backoff
 from device_agent.bundle import Bundle, TrustStore, read_bundle, verify_bundle
 from device_agent.bundle.reader import DeviceCapabilities
 from device_agent.config import AgentConfig
@@ -227,12 +225,8 @@ class LeanAgent(Agent):
         self._offline_until = time.monotonic() + seconds
         self.mqtt.abort()
 
-    def capabilities(self) -> DeviceCapabilities:
-        """As the agent's, with the process's runtime versions looked up once."""
-        d = self.config.device
-        return DeviceCapabilities(runtimes=self.ctx.models.runtimes, agent_version=__version__, arch=d.arch,
-                                  ram_bytes=d.ram_bytes or total_ram_bytes() or None,
-                                  flash_free_bytes=shutil.disk_usage(self.home.root).free)  # fmt: skip
+    def _runtimes(self) -> dict[str, str]:
+        return self.ctx.models.runtimes  # the process's runtime versions, looked up once
 
     def _slot_ref(self, slot: str) -> P.ModelRef | None:
         return self.ctx.models.slot_ref(self.home.slot(slot))
@@ -248,10 +242,7 @@ class LeanAgent(Agent):
         self._loop.submit(self._announce)
 
     def _announce(self) -> None:
-        self.mqtt.subscribe([(f"{P.PREFIX}/{self.config.device.fleet}/{self.config.device.id}/cmd/+", 1)])
-        self.mqtt.publish(self.topic(P.STATUS), b"online", qos=1, retain=True)
-        self.publish_info()
-        self.spool.replay(lambda payload: self.mqtt.publish(self.topic(P.TELEMETRY), payload, qos=1))
+        self.announce()
         self._flush_events()
         self.ever_connected = True
 
@@ -301,15 +292,8 @@ class LeanAgent(Agent):
         self.ctx.mux.call_later(1 / self.ctx.replay_rate, self._replay_timer)
 
     def _infer(self) -> None:
-        engine = self._engine()
-        try:
-            inputs, _ = engine.model.selftest_samples()
-            n = len(next(iter(inputs.values())))
-            i = self._replayed % n
-            self._replayed += 1
-            engine.predict({k: v[i : i + 1] for k, v in inputs.items()})
-        except EdgefleetError:
-            pass
+        self.replay_one(self._replayed)
+        self._replayed += 1
 
     def check_probation_soon(self) -> None:
         """Queue the agent loop's probation check, unless one is queued already or its verdict must be
