@@ -84,7 +84,7 @@ def test_deployments_events_and_unique_per_rollout_and_device(store_url: str) ->
     store.record_deploy(rid, Deploy("cam-1", "r1-cam-1", 0, 1), NOW)
     with pytest.raises(sa.exc.IntegrityError):
         store.record_deploy(rid, Deploy("cam-1", "r1-cam-1-x", 0, 1), NOW)
-    store.mark_sent("r1-cam-1", NOW + 1)
+    store.mark_sent(["r1-cam-1"], NOW + 1)
     ev = P.DeploymentEvent("r1-cam-1", D.DOWNLOADING, 1)
     assert store.apply_event("cam-1", ev, NOW + 2)
     assert not store.apply_event("cam-2", ev, NOW + 2)  # the event's device must own the deployment

@@ -95,7 +95,8 @@ class Runner:
                     row = self.store.rollout(rollout_id)
                     done += 1
                     self.transitions += 1
-            elif kind is Deploy:
+                continue
+            if kind is Deploy:
                 self._deploy([a for a in batch if isinstance(a, Deploy)], rollout_id, release)
             elif kind is Rollback:
                 self._rollback([a for a in batch if isinstance(a, Rollback)])
@@ -103,7 +104,7 @@ class Runner:
                 for action in batch:
                     if isinstance(action, TimeOut):
                         self.store.mark_timed_out(action.deployment_id, self.clock())
-            done += 0 if kind is Transition else len(batch)
+            done += len(batch)
         return done
 
     def _deploy(self, deploys: list[Deploy], rollout_id: int, release: dict[str, Any]) -> None:
@@ -115,7 +116,7 @@ class Runner:
             for d in deploys
         ]  # fmt: skip
         self._publish(commands)
-        self.store.mark_sent_many([d.deployment_id for d in deploys], self.clock())
+        self.store.mark_sent([d.deployment_id for d in deploys], self.clock())
 
     def _rollback(self, rollbacks: list[Rollback]) -> None:
         commands = [

@@ -419,40 +419,28 @@ class Store:
 
     def record_deploy(self, rollout_id: int, action: Deploy, now: float) -> None:
         """Record a new attempt (QUEUED, not yet sent) before the command is published."""
-        c = t.deployments.c
-        values = {"deployment_id": action.deployment_id, "stage": action.stage, "state": DeploymentState.QUEUED.value,
-                  "attempts": action.attempt, "sent_at": None, "updated_at": now, "finished_at": None,
-                  "reason": "", "detail": ""}  # fmt: skip
-        with self.tx() as conn:
-            if action.attempt > 1:
-                conn.execute(
-                    t.deployments.update()
-                    .where(c.rollout_id == rollout_id, c.device_id == action.device)
-                    .values(**values)
-                )
-            else:
-                conn.execute(
-                    t.deployments.insert().values(
-                        rollout_id=rollout_id, device_id=action.device, created_at=now, **values
-                    )
-                )
+        self.record_deploys(rollout_id, [action], now)
 
     def record_deploys(self, rollout_id: int, actions: Sequence[Deploy], now: float) -> None:
-        """``record_deploy`` for many attempts in one transaction (first attempts as one multi-row insert)."""
+        """Record new attempts in one transaction: first attempts as one multi-row insert, retries as
+        updates of the device's row."""
+        c = t.deployments.c
         first = [a for a in actions if a.attempt <= 1]
         with self.tx() as conn:
             if first:
                 conn.execute(t.deployments.insert(), [
-                    {"rollout_id": rollout_id, "device_id": a.device, "created_at": now, "deployment_id": a.deployment_id,
-                     "stage": a.stage, "state": DeploymentState.QUEUED.value, "attempts": a.attempt, "sent_at": None,
-                     "updated_at": now, "finished_at": None, "reason": "", "detail": ""}
+                    {"rollout_id": rollout_id, "device_id": a.device, "created_at": now, **_queued(a, now)}
                     for a in first
                 ])  # fmt: skip
-            for action in actions:
-                if action.attempt > 1:
-                    self.record_deploy(rollout_id, action, now)
+            for a in actions:
+                if a.attempt > 1:
+                    conn.execute(
+                        t.deployments.update()
+                        .where(c.rollout_id == rollout_id, c.device_id == a.device)
+                        .values(**_queued(a, now))
+                    )
 
-    def mark_sent_many(self, deployment_ids: Sequence[str], now: float) -> None:
+    def mark_sent(self, deployment_ids: Sequence[str], now: float) -> None:
         self._set_many(deployment_ids, sent_at=now, updated_at=now)
 
     def mark_rollbacks_sent(self, deployment_ids: Sequence[str], now: float) -> None:
@@ -469,14 +457,8 @@ class Store:
         with self.tx() as conn:
             conn.execute(t.deployments.update().where(t.deployments.c.deployment_id == deployment_id).values(**values))
 
-    def mark_sent(self, deployment_id: str, now: float) -> None:
-        self._set(deployment_id, sent_at=now, updated_at=now)
-
     def mark_timed_out(self, deployment_id: str, now: float) -> None:
         self._set(deployment_id, state=DeploymentState.FAILED.value, reason="timeout", finished_at=now, updated_at=now)
-
-    def mark_rollback_sent(self, deployment_id: str, now: float) -> None:
-        self._set(deployment_id, rollback_sent_at=now, updated_at=now)
 
     def apply_event(self, device: str, event: DeploymentEvent, now: float) -> bool:
         """Apply a device's deployment event; False (nothing changed) for an unknown or stale one.
@@ -496,6 +478,13 @@ class Store:
                                         "reason": event.reason[:64], "detail": event.detail[:1024],
                                         "updated_at": now, "finished_at": finished})  # fmt: skip
         return True
+
+
+def _queued(action: Deploy, now: float) -> dict[str, Any]:
+    """A deployment row's columns for a new attempt: QUEUED, not yet sent."""
+    return {"deployment_id": action.deployment_id, "stage": action.stage, "state": DeploymentState.QUEUED.value,
+            "attempts": action.attempt, "sent_at": None, "updated_at": now, "finished_at": None,
+            "reason": "", "detail": ""}  # fmt: skip
 
 
 def _moves(current: DeploymentState, reason: str, event: DeploymentEvent) -> bool:
