@@ -161,7 +161,7 @@ def _release_routes(app: FastAPI, service: FleetService, actor: Any) -> None:
             data = await run_in_threadpool(cache.load, sha, path)
             if data is None:
                 return ranged(path, range_)
-        return ranged_bytes(data, range_)
+        return ranged(data, range_)
 
 
 def _rollout_routes(app: FastAPI, service: FleetService, actor: Any) -> None:
@@ -249,33 +249,23 @@ def _unsatisfiable(size: int) -> Response:
     return Response(status_code=416, headers={**BASE_HEADERS, "Content-Range": f"bytes */{size}"})
 
 
-def ranged(path: Path, header: str | None) -> Response:
-    """The file, or the one byte range asked for: 206 or 416.
+def ranged(source: Path | bytes, header: str | None) -> Response:
+    """An artifact (a file, or its bytes held in memory), or the one byte range asked for: 206 or 416.
 
-    Streamed in chunks from a plain generator (no lazily imported async file layer).
+    A file is streamed in chunks from a plain generator (no lazily imported async file layer).
     """
-    size = path.stat().st_size
-    if not header:
-        return StreamingResponse(_chunks(path, 0, size), headers={**BASE_HEADERS, "Content-Length": str(size)})
-    span = byte_range(header, size)
-    if span is None:
+    size = len(source) if isinstance(source, bytes) else source.stat().st_size
+    span = byte_range(header, size) if header else None
+    if header and span is None:
         return _unsatisfiable(size)
-    start, end = span
-    headers = {**BASE_HEADERS, "Content-Range": f"bytes {start}-{end}/{size}", "Content-Length": str(end - start + 1)}
-    return StreamingResponse(_chunks(path, start, end - start + 1), status_code=206, headers=headers)
-
-
-def ranged_bytes(data: bytes, header: str | None) -> Response:
-    """``ranged`` for an artifact held in memory."""
-    size = len(data)
-    if not header:
-        return Response(data, headers=BASE_HEADERS)
-    span = byte_range(header, size)
-    if span is None:
-        return _unsatisfiable(size)
-    start, end = span
-    return Response(data[start : end + 1], status_code=206,
-                    headers={**BASE_HEADERS, "Content-Range": f"bytes {start}-{end}/{size}"})  # fmt: skip
+    start, end = span or (0, size - 1)
+    headers = {**BASE_HEADERS, "Content-Length": str(end - start + 1)}
+    if span is not None:
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    status = 206 if span is not None else 200
+    if isinstance(source, bytes):
+        return Response(source[start : end + 1], status_code=status, headers=headers)
+    return StreamingResponse(_chunks(source, start, end - start + 1), status_code=status, headers=headers)
 
 
 def _chunks(path: Path, start: int, length: int, chunk: int = 1 << 20) -> Iterator[bytes]:
