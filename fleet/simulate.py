@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -107,6 +107,19 @@ def fault_plan(c: SimulationConfig, sku: str, on_crash: Callable[[], None]) -> F
         else:
             plan.crash.add(f.release)
     return plan
+
+
+def count_agents(agents: Iterable[Agent | None]) -> tuple[dict[str, int], dict[str, int]]:
+    """Running devices by active model version, and by update state (committed, deploying, probation)."""
+    versions: Counter[str] = Counter()
+    states: Counter[str] = Counter()
+    for agent in agents:
+        if agent is None or agent.engine is None:
+            continue
+        versions[agent.engine.model.manifest.version] += 1
+        s = agent.updater.state
+        states["probation" if s.probation else "deploying" if s.pending else "committed"] += 1
+    return dict(versions), dict(states)
 
 
 @dataclass
@@ -211,19 +224,11 @@ class Simulation:
 
     def summary(self) -> dict[str, Any]:
         """Counts of devices by active model version, by update state, and crashes so far."""
-        versions: Counter[str] = Counter()
-        states: Counter[str] = Counter()
-        for device in self.devices.values():
-            agent = device.agent
-            if agent is None or agent.engine is None:
-                continue
-            versions[agent.engine.model.manifest.version] += 1
-            s = agent.updater.state
-            states["probation" if s.probation else "deploying" if s.pending else "committed"] += 1
+        versions, states = count_agents(d.agent for d in self.devices.values())
         return {
             "devices": len(self.devices),
-            "versions": dict(versions),
-            "states": dict(states),
+            "versions": versions,
+            "states": states,
             "crashes": sum(d.crashes for d in self.devices.values()),
         }
 

@@ -21,7 +21,7 @@ from device_agent.fetch import FetchConfig, KeepAliveHttpFetcher
 from device_agent.home import Home
 from device_agent.mqttmux import MqttMux
 from device_agent.updater import DeviceCrashed
-from fleet.simulate import SimulationConfig, fault_plan, provision_device
+from fleet.simulate import SimulationConfig, count_agents, fault_plan, provision_device
 from fleet.simulate_lean import CONNECTS_PER_S, PROBATION_CHECK_S, LeanAgent, SharedModels, WorkerContext
 
 log = logging.getLogger("fleetctl.simulate")
@@ -101,15 +101,8 @@ class Worker:
         return sum(1 for a in self.agents.values() if a.ever_connected and a.mqtt.is_connected)
 
     def summary(self) -> dict[str, Any]:
-        versions: Counter[str] = Counter()
-        states: Counter[str] = Counter()
-        for agent in self.agents.values():
-            if agent.engine is None:
-                continue
-            versions[agent.engine.model.manifest.version] += 1
-            s = agent.updater.state
-            states["probation" if s.probation else "deploying" if s.pending else "committed"] += 1
-        return {"devices": len(self.agents), "versions": dict(versions), "states": dict(states),
+        versions, states = count_agents(self.agents.values())
+        return {"devices": len(self.agents), "versions": versions, "states": states,
                 "crashes": self.crashes, "connected": self.connected()}  # fmt: skip
 
     def stop(self) -> None:
