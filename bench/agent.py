@@ -1,4 +1,4 @@
-"""Device-agent benchmarks (issue 4), each a ratio measured side by side in one run.
+"""Device-agent benchmarks, each a ratio measured side by side in one run.
 
 - throughput: the agent's inference path (InferenceEngine: verified model, quantized I/O,
   statistics, drift sampling) vs a bare LiteRT interpreter loop, same model, one thread;
@@ -34,8 +34,8 @@ from device_agent.fetch import HttpFetcher
 from device_agent.fsutil import atomic_write
 from device_agent.model import LoadedModel
 from fleet.broker import start_local_broker
-from tests.agent_harness import ArtifactServer, flash_device
-from tests.bundles import simple_manifest
+from tests.support.agent_harness import ArtifactServer, flash_device
+from tests.support.bundles import simple_manifest
 from toolchain.packaging import PackageOptions, package
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -256,7 +256,7 @@ def run() -> str:
         update_line, _ = update_path(tmp / "upd", key)
     return "\n".join(
         [
-            "## Device agent (issue 4)\n",
+            "## Device agent\n",
             "In-process inference throughput, one thread, same input: 101 rounds of ~50 ms blocks of three loops, "
             "rotating which goes first; each ratio is the median of the per-round ratios (target ≥ 0.95). The agent "
             "is `InferenceEngine.predict` (the verified bundle's model, input checks, latency and prediction "

@@ -236,7 +236,7 @@ def report(results: list[RolloutResult]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        "Targets (issue 5): 10,000 devices rolled out in ≤ 60 s; all changed devices back on the previous "
+        "Targets: 10,000 devices rolled out in ≤ 60 s; all changed devices back on the previous "
         "version ≤ 10 s after a gate trips. Each stage waits for every device of the stage to commit (probation), "
         "so 4 stages cost at least 4 × probation. Rollback times run from the gate's trip (the audit log's "
         "ABORTED transition) or the rollback call to the last device's ROLLED_BACK event as the fleet manager "

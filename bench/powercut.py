@@ -1,4 +1,4 @@
-"""Power-cut benchmark (issue 4): 200 SIGKILLs of a real agent across every deployment phase."""
+"""Power-cut benchmark: 200 SIGKILLs of a real agent across every deployment phase."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from bench.agent import CACHE, models
 from device_agent.bundle import PrivateKey
 from fleet.broker import start_local_broker
-from tests.powercut import KillResult, run_power_cuts
+from tests.support.powercut import KillResult, run_power_cuts
 
 KILL_POINTS = 200
 
@@ -40,8 +40,8 @@ def run() -> str:
     finals = Counter(r.final for r in results)
     return "\n".join(
         [
-            "## Power-cut safety (issue 4)\n",
-            f"`tests/powercut.py`: {len(results)} SIGKILLs of a real `edge-agent run` during deployments "
+            "## Power-cut safety\n",
+            f"`tests/support/powercut.py`: {len(results)} SIGKILLs of a real `edge-agent run` during deployments "
             f"(broker: {broker.kind}), each followed by the boot checks and a restart.\n",
             f"- failures: **{len(failures)}** of {len(results)}"
             + (f" — first: {failures[0].problem}" if failures else ""),

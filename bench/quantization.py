@@ -1,4 +1,4 @@
-"""Quantization benchmark (issue 3): every reference model in every mode, against its float32 model.
+"""Quantization benchmark: every reference model in every mode, against its float32 model.
 
 For each model and format: size ratio vs float32, top-1 accuracy delta (labelled eval sets),
 top-1 agreement with float32, host latency ratio vs float32 (single-threaded, in the device
@@ -79,7 +79,7 @@ def _rows(name: str, paths: dict[str, Path], work: Path) -> list[str]:
 
 def run() -> str:
     lines = [
-        "## Quantization: size, accuracy and host latency per mode (issue 3)\n",
+        "## Quantization: size, accuracy and host latency per mode\n",
         "Each reference model (`python -m models build NAME`) in each mode, produced by the same code as "
         "`edgetool quantize` with its default calibration (200 samples of calib.npz), evaluated on eval.npz "
         "in the device runtime (ai-edge-litert / onnxruntime). digits-cnn: the 360 held-out digits; kws-cnn: "
@@ -95,7 +95,7 @@ def run() -> str:
             lines += _rows(name, paths, Path(tmp))
         auto = _auto_rows(build("digits-outlier", Path(tmp) / "digits-outlier"), Path(tmp))
     lines.append(
-        "\nAcceptance (issue 3): digits-cnn int8 TFLite ≤ 0.30× float32 bytes and ONNX int8 ≤ 0.35×, each with "
+        "\nAcceptance: digits-cnn int8 TFLite ≤ 0.30× float32 bytes and ONNX int8 ≤ 0.35×, each with "
         "a top-1 drop ≤ 1.0 pp (also asserted by tests/test_quantize_modes.py).\n\n"
         "Reading the latency column: on this x86 host LiteRT runs float32, float16 (dequantized at load) and int8 "
         "through XNNPACK, but int16x8 through reference kernels, hence its large ratio; onnxruntime's dynamic "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from device_agent.bundle import PrivateKey, TrustStore, verify_bundle
 from device_agent.bundle.writer import build_bundle
-from tests.bundles import simple_manifest
+from tests.support.bundles import simple_manifest
 
 SIZE = 50 * 2**20  # bytes of (incompressible) model
 ROUNDS = 9
@@ -66,7 +66,7 @@ def run() -> str:
     mb = size / 2**20
     return "\n".join(
         [
-            "## Bundle verification vs SHA-256 (issue 2)\n",
+            "## Bundle verification vs SHA-256\n",
             f"A {mb:.1f} MiB bundle (50 MiB random model, stored), median of {ROUNDS} interleaved runs, read from page cache.\n",
             "| what | median time | throughput | ratio vs sha256 |",
             "|---|---|---|---|",

@@ -19,7 +19,7 @@ from device_agent.cli import cli
 from device_agent.engine import InferenceEngine
 from device_agent.model import InferenceError, LoadedModel
 from fleet.broker import free_port
-from tests.agent_harness import AgentThread, flash_device, package_tiny
+from tests.support.agent_harness import AgentThread, flash_device, package_tiny
 from toolchain.packaging import PackageOptions, package
 
 

@@ -14,7 +14,7 @@ import pytest
 from device_agent import protocol as P
 from device_agent.bundle import PrivateKey
 from fleet.broker import LocalBroker, mosquitto_binary, start_mosquitto
-from tests.agent_harness import AgentThread, Watcher, flash_device, package_tiny
+from tests.support.agent_harness import AgentThread, Watcher, flash_device, package_tiny
 
 DESIGN_KEYS = {
     "ts",

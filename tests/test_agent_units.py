@@ -22,7 +22,7 @@ from device_agent.fetch import (
 from device_agent.home import DeviceState, Home, StateError
 from device_agent.stats import Snapshot, Window, psi
 from device_agent.updater import NoVerifiedModelError, Updater, probation_verdict
-from tests.agent_harness import ArtifactServer, package_tiny
+from tests.support.agent_harness import ArtifactServer, package_tiny
 from toolchain.cli import cli as edgetool
 from toolchain.flash import FlashOptions, flash
 

@@ -17,7 +17,7 @@ from device_agent.bundle import PrivateKey
 from device_agent.config import ProbationSection
 from device_agent.home import Home
 from fleet.broker import LocalBroker
-from tests.agent_harness import (
+from tests.support.agent_harness import (
     FAST_PROBATION,
     AgentThread,
     ArtifactServer,
@@ -28,7 +28,7 @@ from tests.agent_harness import (
     send_deploy,
     with_bad_selftest,
 )
-from tests.bundles import Entry, Parts, forge
+from tests.support.bundles import Entry, Parts, forge
 
 S = P.DeploymentState
 HAPPY_PATH = ["QUEUED", "DOWNLOADING", "VERIFYING", "INSTALLING", "SELFTEST", "PROBATION", "SUCCEEDED"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.quant_helpers import assert_one_line_error, edgetool, eval_set, run_model
+from tests.support.quant_helpers import assert_one_line_error, edgetool, eval_set, run_model
 
 BOUND_PP = 1.0
 

@@ -24,7 +24,7 @@ from fleet.broker import LocalBroker, free_port, mosquitto_binary, wait_for_port
 from fleet.brokerconfig import BrokerConfigSpec, write
 from fleet.cli import cli
 from fleet.client import ApiClient
-from tests.fleet_harness import TOKEN, wait_until
+from tests.support.fleet_harness import TOKEN, wait_until
 
 pytestmark = pytest.mark.skipif(mosquitto_binary() is None, reason="needs mosquitto (.ci/run installs it)")
 FLEET = "plant"

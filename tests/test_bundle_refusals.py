@@ -9,7 +9,7 @@ import pytest
 
 from device_agent import errors as E
 from device_agent.bundle import DeviceCapabilities, Limits, PrivateKey, TrustStore, verify_bundle
-from tests.bundles import MODEL, Entry, Parts, forge, simple_bundle
+from tests.support.bundles import MODEL, Entry, Parts, forge, simple_bundle
 
 
 @pytest.fixture
@@ -183,7 +183,7 @@ def test_requirements_the_device_cannot_meet(
     from dataclasses import replace
 
     from device_agent.bundle import Requirements, build_bundle
-    from tests.bundles import simple_manifest
+    from tests.support.bundles import simple_manifest
 
     manifest = replace(simple_manifest(), requirements=Requirements(ram_bytes=1 << 20, min_agent_version="0.1.0"))
     data = build_bundle(manifest, {"model/model.tflite": MODEL}, [release_key])
@@ -198,7 +198,7 @@ def test_not_a_zip(trust: TrustStore) -> None:
 
 
 def test_no_manifest(parts: Parts, trust: TrustStore) -> None:
-    from tests.bundles import write_raw
+    from tests.support.bundles import write_raw
 
     with pytest.raises(E.BundleFormatError, match=r"no manifest\.json"):
         verify_bundle(write_raw([Entry("model/model.tflite", MODEL)]), trust)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from device_agent.bundle import TensorInfo, read_bundle
-from tests.quant_helpers import assert_one_line_error, edgetool, eval_set, run_model
+from tests.support.quant_helpers import assert_one_line_error, edgetool, eval_set, run_model
 from toolchain.calibration import open_samples
 from toolchain.npzio import save_npz
 

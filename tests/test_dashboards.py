@@ -24,9 +24,9 @@ from device_agent import protocol as P
 from device_agent.bundle import PrivateKey
 from device_agent.mqtt import MqttClient, MqttConfig
 from fleet.broker import LocalBroker, free_port, wait_for_port
-from tests.agent_harness import AgentThread, flash_device, package_tiny
-from tests.fleet_harness import Harness, running_fleet, wait_until
-from tests.telegraf import consume
+from tests.support.agent_harness import AgentThread, flash_device, package_tiny
+from tests.support.fleet_harness import Harness, running_fleet, wait_until
+from tests.support.telegraf import consume
 
 DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
 METRIC = re.compile(r"\bedgefleet_[a-z0-9_]+")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from fleet.broker import mosquitto_binary
-from tests.processes import alive, descendants, processes_mentioning
+from tests.support.processes import alive, descendants, processes_mentioning
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from device_agent.bundle import read_bundle
-from tests.bundles import Entry, Parts, forge
+from tests.support.bundles import Entry, Parts, forge
 from toolchain.cli import cli
 
 

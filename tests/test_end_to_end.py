@@ -21,8 +21,8 @@ from device_agent.bundle import PrivateKey
 from fleet.broker import LocalBroker, free_port
 from fleet.client import ApiClient
 from fleet.errors import ApiError
-from tests.fleet_harness import wait_until
-from tests.processes import BIN, background
+from tests.support.fleet_harness import wait_until
+from tests.support.processes import BIN, background
 from toolchain.packaging import PackageOptions, package
 
 pytestmark = pytest.mark.slow

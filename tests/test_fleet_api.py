@@ -17,9 +17,9 @@ from device_agent.bundle import PrivateKey
 from fleet.broker import LocalBroker, free_port
 from fleet.cli import cli
 from fleet.errors import ApiError
-from tests.bundles import simple_bundle
-from tests.fleet_harness import TOKEN, Harness, add_release, running_fleet, wait_until
-from tests.scripted_device import ScriptedDevice
+from tests.support.bundles import simple_bundle
+from tests.support.fleet_harness import TOKEN, Harness, add_release, running_fleet, wait_until
+from tests.support.scripted_device import ScriptedDevice
 
 OLD = P.ModelRef("digits", "1.0.0", 1, "1" * 64)
 

@@ -18,8 +18,8 @@ from device_agent.bundle import PrivateKey
 from fleet.broker import LocalBroker, free_port
 from fleet.client import ApiClient
 from fleet.errors import ApiError
-from tests.fleet_harness import TOKEN, wait_until
-from tests.scripted_device import start_fleet
+from tests.support.fleet_harness import TOKEN, wait_until
+from tests.support.scripted_device import start_fleet
 
 OLD = P.ModelRef("digits", "1.0.0", 1, "1" * 64)
 FLEETCTL = str(Path(sys.executable).parent / "fleetctl")
@@ -62,7 +62,7 @@ class ServeProcess:
 def test_kill_9_mid_rollout_resumes_without_duplicates_or_skipped_stages(
     broker: LocalBroker, tmp_path: Path, key_files: tuple[Path, Path], release_key: PrivateKey
 ) -> None:
-    from tests.bundles import simple_bundle
+    from tests.support.bundles import simple_bundle
 
     serve = ServeProcess(broker, tmp_path, key_files[1])
     serve.start()

@@ -1,7 +1,7 @@
 """Rollouts end to end over a real Mosquitto and real HTTP, with scripted stand-in devices.
 
-Stand-in devices (tests/scripted_device.py) until the real agent lands: they download the artifact
-from the fleet manager, read its manifest, and answer with events; failures are injected per sku.
+Stand-in devices (tests/support/scripted_device.py): they download the artifact from the fleet
+manager, read its manifest, and answer with events; failures are injected per sku.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from device_agent import protocol as P
 from device_agent.bundle import PrivateKey
 from device_agent.protocol import DeploymentState as D
 from fleet.broker import LocalBroker
-from tests.fleet_harness import Harness, add_release, running_fleet, wait_until
-from tests.scripted_device import ScriptedDevice, start_fleet
+from tests.support.fleet_harness import Harness, add_release, running_fleet, wait_until
+from tests.support.scripted_device import ScriptedDevice, start_fleet
 
 OLD = P.ModelRef("digits", "1.0.0", 1, "1" * 64)
 SKUS = {"pi4": 4, "jetson": 4, "esp": 4}

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from device_agent import protocol as P
 from device_agent.bundle import PrivateKey, TrustStore, read_bundle, verify_bundle
 from device_agent.errors import BundleError, ProtocolError
-from tests.bundles import simple_bundle
+from tests.support.bundles import simple_bundle
 
 KEY = PrivateKey.generate()
 TRUST = TrustStore.of([KEY.public_key])

@@ -12,7 +12,7 @@ from device_agent.mqtt import Message, MqttClient, MqttConfig
 from fleet.broker import LocalBroker
 from fleet.ingest import Ingest, IngestConfig, subscriptions
 from fleet.store import Store
-from tests.fleet_harness import wait_until
+from tests.support.fleet_harness import wait_until
 
 INFO = P.Info("0.1.0", "tflite", "2.16.1", "pi4", "aarch64", 1 << 29, model=P.ModelRef("digits", "1.0.0", 1, "a" * 64))
 

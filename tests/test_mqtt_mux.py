@@ -13,7 +13,7 @@ from device_agent.errors import TransportError
 from device_agent.mqtt import Message, MqttClient, MqttConfig, Will
 from device_agent.mqttmux import MqttMux, MuxClient
 from fleet.broker import LocalBroker, free_port
-from tests.fleet_harness import wait_until
+from tests.support.fleet_harness import wait_until
 
 
 class Recorder:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from device_agent.bundle import PrivateKey
 from fleet.broker import LocalBroker
-from tests.powercut import run_power_cuts
+from tests.support.powercut import run_power_cuts
 
 KILL_POINTS = 21  # three rounds over every phase; `make bench` runs 200
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from device_agent.runtime import load_runtime
-from tests.quant_helpers import edgetool, eval_set, run_model
+from tests.support.quant_helpers import edgetool, eval_set, run_model
 
 # (format, extra CLI arguments, minimum top-1 agreement with float, max abs error on the scores)
 MODES = {
@@ -63,7 +63,7 @@ def _size_and_drop(model: Path, float_model: Path, digits: dict[str, Path]) -> t
     return model.stat().st_size / float_model.stat().st_size, 100 * (float_acc - acc)
 
 
-# issue 3 acceptance: (format, source role, extra arguments, max size ratio vs float32, max top-1 drop pp)
+# acceptance targets: (format, source role, extra arguments, max size ratio vs float32, max top-1 drop pp)
 ACCEPTANCE = {
     "int8 TFLite": ("tflite", "keras", [], 0.30, 1.0),
     "int8 ONNX (static QDQ, per-channel)": ("onnx", "onnx", ["--per-channel"], 0.35, 1.0),

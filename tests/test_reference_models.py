@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, build_reference_model
-from tests.quant_helpers import edgetool, eval_set, run_model
+from tests.support.quant_helpers import edgetool, eval_set, run_model
 
 
 def test_a_recipe_builds_the_same_bytes_twice(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from device_agent.bundle import PrivateKey
 from device_agent.errors import ConfigError
 from fleet.broker import LocalBroker
 from fleet.simulate import Fault, Simulation, SimulationConfig
-from tests.agent_harness import ArtifactServer, Watcher, package_tiny, send_deploy
+from tests.support.agent_harness import ArtifactServer, Watcher, package_tiny, send_deploy
 
 S = P.DeploymentState
 

@@ -16,8 +16,8 @@ from fleet.broker import LocalBroker
 from fleet.simulate import Fault, SimulationConfig, pick_mode
 from fleet.simulate_lean import Strand
 from fleet.simulate_procs import LeanSimulation, merge_summaries
-from tests.agent_harness import package_tiny
-from tests.fleet_harness import Harness, add_tiny_release, device_versions, rollout_finished, running_fleet, wait_until
+from tests.support.agent_harness import package_tiny
+from tests.support.fleet_harness import Harness, add_tiny_release, device_versions, rollout_finished, running_fleet, wait_until
 
 DEVICES = 120
 SKUS = ("pi4", "jetson", "esp")
@@ -123,7 +123,7 @@ def test_fleetctl_simulate_lean_command(
     from click.testing import CliRunner
 
     from fleet.cli import cli
-    from tests.agent_harness import Watcher
+    from tests.support.agent_harness import Watcher
 
     initial = tmp_path / "digits-1.0.0.efb"
     initial.write_bytes(package_tiny(tiny_models, release_key, "1.0.0", 1))

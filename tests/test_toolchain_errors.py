@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.quant_helpers import assert_one_line_error, edgetool
+from tests.support.quant_helpers import assert_one_line_error, edgetool
 from toolchain.npzio import save_npz
 
 

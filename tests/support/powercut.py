@@ -35,7 +35,7 @@ from device_agent.bundle import PrivateKey, TrustStore, verify_bundle
 from device_agent.config import ProbationSection
 from device_agent.errors import EdgefleetError
 from device_agent.home import Home, StateError
-from tests.agent_harness import ArtifactServer, Watcher, flash_device, package_tiny, send_deploy
+from tests.support.agent_harness import ArtifactServer, Watcher, flash_device, package_tiny, send_deploy
 
 PHASES = ["DOWNLOADING", "VERIFYING", "INSTALLING", "SELFTEST", "PROBATION", "SUCCEEDED", "random"]
 TERMINAL = {

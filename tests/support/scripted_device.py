@@ -1,11 +1,12 @@
-"""A protocol-level STAND-IN for the device agent, until the real agent (issue 4) lands.
+"""A protocol-level stand-in for the device agent: a scripted device that runs no model (named so: a fake).
 
 ``ScriptedDevice`` speaks MQTT protocol v1 like a device would: retained ``status`` (last will
 ``offline``) and ``info``, periodic ``telemetry``, and it answers ``cmd/deploy`` by really downloading
 the artifact over HTTP (Range-resumable, sha256-checked), reading the bundle's manifest and publishing
 ``events/deployment`` — SUCCEEDED, or a failure injected per sku — and ``cmd/rollback`` by going back
-to its previous model. It records every command it received, so tests can count duplicates. It runs
-no model: the real agent and the simulator will replace it in these tests.
+to its previous model. It records every command it received, so tests can count duplicates. The
+rollout tests use it where they need a failure per sku without a runtime; tests/test_fleet_real_agents.py
+runs the same flows with real agents.
 """
 
 from __future__ import annotations

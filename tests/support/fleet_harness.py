@@ -19,7 +19,7 @@ from fleet.api import create_app
 from fleet.broker import free_port
 from fleet.client import ApiClient
 from fleet.server import FleetServer, ServeConfig
-from tests.bundles import simple_bundle
+from tests.support.bundles import simple_bundle
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -79,7 +79,7 @@ def add_tiny_release(
     h: Harness, tmp: Path, tiny: dict[str, Path], key: PrivateKey, version: str, sequence: int
 ) -> None:
     """Package the tiny-digits model as ``digits@version`` and add it as a release."""
-    from tests.agent_harness import package_tiny
+    from tests.support.agent_harness import package_tiny
 
     path = tmp / f"digits-{version}.efb"
     path.write_bytes(package_tiny(tiny, key, version, sequence))
