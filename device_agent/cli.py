@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from device_agent import __version__
-from device_agent._cli import Group, debug_option
+from device_agent.cliutil import Group, debug_option
 from device_agent.errors import ConfigError, EdgefleetError, TransportError
 
 home_option = click.option(

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from device_agent import __version__
-from device_agent._cli import Group, debug_option
+from device_agent.cliutil import Group, debug_option
 from fleet.cli_common import CONTEXT, DEFAULT_SERVER, api, emit, json_option
 from fleet.cli_rollout import rollback, rollout, watch
 

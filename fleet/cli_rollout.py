@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from device_agent._cli import Group
+from device_agent.cliutil import Group
 from fleet.cli_common import api, emit, json_option
 
 STATUS_COLS = ["id", "release", "state", "stage", "phase", "selector", "reason"]
