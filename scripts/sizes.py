@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         for o in over_f:
             print(f"function {o['path']}:{o['name']}: {o['lines']} lines > {args.max_function}")
         print(
-            f"{report['modules']} modules, {report['functions']} functions: "
-            f"{len(over_m)} modules over {args.max_module} lines, {len(over_f)} functions over {args.max_function} lines"
+            f"{report['modules']} modules, {report['functions']} functions: {len(over_m)} modules over "
+            f"{args.max_module} lines, {len(over_f)} functions over {args.max_function} lines"
         )
     return 1 if over_f or over_m else 0
 
