@@ -54,13 +54,21 @@ def check(extra: str, home: Path, eval_npz: Path) -> str:
     if heavy != "[]":
         return f"{extra}: heavy packages installed: {heavy}"
     versions = subprocess.run(
-        [py, "-c", f"import numpy, {EXTRAS[extra]} as r; print(numpy.__version__, r.__name__, getattr(r, '__version__', '?'))"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
+        [
+            py,
+            "-c",
+            f"import numpy, {EXTRAS[extra]} as r; print(numpy.__version__, r.__name__, getattr(r, '__version__', '?'))",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     out = subprocess.run(
         [str(env_dir / "bin" / "edge-agent"), "predict", "--home", str(home), str(eval_npz), "--json"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.returncode != 0:
         return f"{extra}: edge-agent predict failed: {out.stderr.strip()[-300:]}"
     with np.load(eval_npz) as data:

@@ -17,164 +17,39 @@ Ctrl-C while stopping kills at once. Run ``python scripts/demo.py --help`` for t
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import secrets
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # `python scripts/demo.py` from anywhere: the project's packages
-
-from fleet.broker import LocalBroker, free_port, start_local_broker  # noqa: E402
-from fleet.client import ApiClient  # noqa: E402
-from fleet.errors import ApiError  # noqa: E402
-
-BIN = Path(sys.executable).parent
-DEFAULT_WORKDIR = ROOT / "build" / "demo"
-FLEET = "demo"
-SKUS = ("a", "b", "c")
-BAD_SKU = "c"
-TF_NOISE = re.compile(
-    r"^([IWE]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl|To enable the following instructions"
-    r"|INFO: Created TensorFlow Lite|fully_quantize:)"
+from demo_support import (
+    BAD_SKU,
+    BIN,
+    DEFAULT_WORKDIR,
+    FLEET,
+    ROOT,
+    SKUS,
+    TF_NOISE,
+    DemoError,
+    Options,
+    Processes,
+    interrupted,
+    rel,
+    say,
+    show,
 )
 
-
-class DemoError(Exception):
-    """A step failed; the message says which and where its log is."""
-
-
-@dataclass(frozen=True)
-class Options:
-    devices: int
-    workdir: Path
-    keep_running: bool
-    fast: bool
-    models: Path | None
-
-    @property
-    def bake_s(self) -> float:  # seconds each stage is watched by the health gate
-        return 6.0 if self.fast else 12.0
-
-    @property
-    def settle_s(self) -> float:  # seconds before a fresh model's telemetry counts in the health gate
-        return 3.0 if self.fast else 5.0
-
-    @property
-    def telemetry_s(self) -> float:
-        return 1.0 if self.fast else 2.0
-
-
-# --- output -------------------------------------------------------------------------------------
-
-
-def rel(path: Path) -> str:
-    """``path`` as a user in the repository root would type it."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
-def say(title: str) -> None:
-    print(f"\n== {title}", flush=True)
-
-
-def show(argv: list[str], background: bool = False) -> None:
-    """Print a command as typed, wrapped before options like the README does."""
-    words = [shlex.quote(w) for w in argv] + (["&"] if background else [])
-    lines, line = [], "$"
-    for word in words:
-        if len(line) + len(word) > 100 and word.startswith("-") and line.strip() != "$":
-            lines.append(line + " \\")
-            line = "     "
-        line += " " + word
-    print("\n".join([*lines, line]), flush=True)
-
-
-# --- processes ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen[Any]
-    log: Path | None
-    stop_signal: int = signal.SIGTERM
-
-
-class Processes:
-    """Every process the demo started. ``stop_all`` stops them newest first, each with its whole group."""
-
-    def __init__(self) -> None:
-        self.children: list[Child] = []
-
-    def spawn(self, name: str, argv: list[str], log: Path | None, stop_signal: int = signal.SIGTERM) -> Child:
-        """Start ``argv`` in a new session (so a terminal's Ctrl-C reaches only the demo, which stops it)."""
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
-               "COLUMNS": os.environ.get("COLUMNS", str(shutil.get_terminal_size((120, 40)).columns))}  # fmt: skip
-        out: Any = subprocess.PIPE if log is None else log.open("ab")
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                text=log is None)  # fmt: skip
-        child = Child(name, proc, log, stop_signal)
-        self.children.append(child)
-        if log is not None:
-            out.close()
-        return child
-
-    def adopt_broker(self, broker: LocalBroker) -> None:
-        self.children.append(Child(f"{broker.kind} broker", broker.process, broker.log_path))
-
-    def check_alive(self) -> None:
-        """Raises: DemoError when a background process has died."""
-        for child in self.children:
-            code = child.proc.poll()
-            if code is not None and child.log is not None:
-                tail = child.log.read_text(errors="replace")[-1500:] if child.log.exists() else ""
-                raise DemoError(f"{child.name} exited with status {code}; log {rel(child.log)}:\n{tail}")
-
-    def stop_all(self, timeout: float = 20.0) -> None:
-        """Warm (the process's stop signal, then wait), then cold; a Ctrl-C meanwhile goes cold at once."""
-        previous = signal.signal(signal.SIGINT, lambda *_: self._kill_all())
-        try:
-            for child in reversed(self.children):
-                if child.proc.poll() is None:
-                    print(f"   stopping {child.name} (pid {child.proc.pid})", flush=True)
-                    _signal_group(child.proc, child.stop_signal)
-                    try:
-                        child.proc.wait(timeout)
-                    except subprocess.TimeoutExpired:
-                        _signal_group(child.proc, signal.SIGKILL)
-                        child.proc.wait()
-                _signal_group(child.proc, signal.SIGKILL)  # anything its group left behind
-            self.children.clear()
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-    def _kill_all(self) -> None:
-        for child in self.children:
-            _signal_group(child.proc, signal.SIGKILL)
-
-
-def _signal_group(proc: subprocess.Popen[Any], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
-        os.killpg(proc.pid, sig)
-
-
-def _interrupted(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
+from fleet.broker import LocalBroker, free_port, start_local_broker
+from fleet.client import ApiClient
+from fleet.errors import ApiError
 
 # --- the demo -----------------------------------------------------------------------------------
 
@@ -243,30 +118,82 @@ class Demo:
             self.run("python", "-m", "models", "build", "digits-cnn", "--out", rel(self.models))
         else:
             say(f"reuse the digits-cnn build in {rel(self.models)} (--models)")
+        self.quantize()
+        self.package_releases()
+
+    def quantize(self) -> None:
         say("quantize it to int8 and measure what that cost")
         m = rel(self.models)
-        self.run("edgetool", "quantize", f"{m}/model.keras", "--format", "tflite", "--mode", "int8",
-                 "--calibration", f"{m}/calib.npz", "--eval", f"{m}/eval.npz",
-                 "-o", self.path("digits-int8.tflite"), "--report", self.path("report"))  # fmt: skip
+        self.run(
+            "edgetool",
+            "quantize",
+            f"{m}/model.keras",
+            "--format",
+            "tflite",
+            "--mode",
+            "int8",
+            "--calibration",
+            f"{m}/calib.npz",
+            "--eval",
+            f"{m}/eval.npz",
+            "-o",
+            self.path("digits-int8.tflite"),
+            "--report",
+            self.path("report"),
+        )
+
+    def package_releases(self) -> None:
         say("package and sign three releases")
-        print("   1.0.0 the float model (every device starts on it), 1.1.0 the int8 model, 1.2.0 the int8 model\n"
-              f"   again: the bad release. Its badness is INJECTED by the simulator (--fault below): on sku\n"
-              f"   {BAD_SKU!r} every inference of 1.2.0 is 50 ms slower, which its latency gate must catch.\n"
-              "   --selftest-samples 128: simulated devices replay a bundle's self-test inputs, so that many\n"
-              "   calibration samples keep their input drift (PSI) against the bundle's reference realistic.")  # fmt: skip
+        m = rel(self.models)
+        print(
+            "   1.0.0 the float model (every device starts on it), 1.1.0 the int8 model, 1.2.0 the int8 model\n"
+            f"   again: the bad release. Its badness is INJECTED by the simulator (--fault below): on sku\n"
+            f"   {BAD_SKU!r} every inference of 1.2.0 is 50 ms slower, which its latency gate must catch.\n"
+            "   --selftest-samples 128: simulated devices replay a bundle's self-test inputs, so that many\n"
+            "   calibration samples keep their input drift (PSI) against the bundle's reference realistic."
+        )
         int8, report = self.path("digits-int8.tflite"), ["--report", self.path("report/report.json")]
-        for version, seq, model, extra in (("1.0.0", 1, f"{m}/model.tflite", []), ("1.1.0", 2, int8, report),
-                                           ("1.2.0", 3, int8, report)):  # fmt: skip
-            self.run("edgetool", "package", model, "--name", "digits", "--version", version, "--sequence", str(seq),
-                     "--key", self.path("keys/release.key"), "--labels", f"{m}/labels.txt",
-                     "--calibration", f"{m}/calib.npz", "--selftest-samples", "128", *extra,
-                     "-o", self.path(f"digits-{version}.efb"),
-                     brief=version != "1.1.0")  # fmt: skip
+        for version, seq, model, extra in (
+            ("1.0.0", 1, f"{m}/model.tflite", []),
+            ("1.1.0", 2, int8, report),
+            ("1.2.0", 3, int8, report),
+        ):
+            self.run(
+                "edgetool",
+                "package",
+                model,
+                "--name",
+                "digits",
+                "--version",
+                version,
+                "--sequence",
+                str(seq),
+                "--key",
+                self.path("keys/release.key"),
+                "--labels",
+                f"{m}/labels.txt",
+                "--calibration",
+                f"{m}/calib.npz",
+                "--selftest-samples",
+                "128",
+                *extra,
+                "-o",
+                self.path(f"digits-{version}.efb"),
+                brief=version != "1.1.0",
+            )
         self.run("edgetool", "verify", self.path("digits-1.2.0.efb"), "--trust", self.path("keys/release.pub"))
 
     # --- 3: broker, fleet manager, simulated fleet -------------------------------------------
 
     def start_fleet(self) -> None:
+        self.start_broker()
+        self.start_manager()
+        self.start_devices()
+        self.run("fleetctl", "releases", "add", self.path("digits-1.1.0.efb"))
+        self.run("fleetctl", "releases", "add", self.path("digits-1.2.0.efb"))
+        self.run("fleetctl", "releases", "check", "digits@1.1.0")
+
+    def start_broker(self) -> None:
         say("start an MQTT broker")
         self.broker = start_local_broker(workdir=self.work / "broker", own_session=True)
         self.procs.adopt_broker(self.broker)
@@ -276,30 +203,69 @@ class Demo:
         else:
             show(["python", "-m", "fleet.embedded_broker", "--port", str(self.broker.port)], background=True)
             print(f"   broker: the embedded amqtt broker at {self.broker.url} (mosquitto is not installed)")
+
+    def start_manager(self) -> None:
+        assert self.broker is not None
         say("start the fleet manager")
         self.port = free_port()
         server = f"http://127.0.0.1:{self.port}"
-        self.background("serve", ["fleetctl", "serve", "--db", f"sqlite:///{self.path('fleet.db')}",
-                                  "--broker", self.broker.url, "--artifacts", self.path("artifacts"),
-                                  "--listen", f"127.0.0.1:{self.port}", "--trust", self.path("keys/release.pub"),
-                                  "--fleet", FLEET, "--token", f"demo={self.token}"])  # fmt: skip
+        self.background(
+            "serve",
+            [
+                "fleetctl",
+                "serve",
+                "--db",
+                f"sqlite:///{self.path('fleet.db')}",
+                "--broker",
+                self.broker.url,
+                "--artifacts",
+                self.path("artifacts"),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--trust",
+                self.path("keys/release.pub"),
+                "--fleet",
+                FLEET,
+                "--token",
+                f"demo={self.token}",
+            ],
+        )
         self.api = ApiClient(server, self.token)
         self.wait("the fleet manager to answer", 60, self._api_up)
         print(f"   the fleet manager answers at {server}", flush=True)
         os.environ.update(FLEETCTL_SERVER=server, FLEETCTL_TOKEN=self.token)
         print(f"$ export FLEETCTL_SERVER={server} FLEETCTL_TOKEN={self.token}", flush=True)
+
+    def start_devices(self) -> None:
+        assert self.broker is not None
         say(f"start {self.opts.devices} simulated devices over skus {','.join(SKUS)} (real agent code each)")
-        self.background("simulate", ["fleetctl", "simulate", "--devices", str(self.opts.devices), "--fleet", FLEET,
-                                     "--broker", self.broker.url, "--bundle", self.path("digits-1.0.0.efb"),
-                                     "--trust", self.path("keys/release.pub"), "--skus", ",".join(SKUS),
-                                     "--fault", f"digits@1.2.0:{BAD_SKU}=slow",
-                                     "--telemetry-interval", f"{self.opts.telemetry_s:g}",
-                                     "--workdir", self.path("devices")],
-                        stop_signal=signal.SIGINT)  # fmt: skip
+        self.background(
+            "simulate",
+            [
+                "fleetctl",
+                "simulate",
+                "--devices",
+                str(self.opts.devices),
+                "--fleet",
+                FLEET,
+                "--broker",
+                self.broker.url,
+                "--bundle",
+                self.path("digits-1.0.0.efb"),
+                "--trust",
+                self.path("keys/release.pub"),
+                "--skus",
+                ",".join(SKUS),
+                "--fault",
+                f"digits@1.2.0:{BAD_SKU}=slow",
+                "--telemetry-interval",
+                f"{self.opts.telemetry_s:g}",
+                "--workdir",
+                self.path("devices"),
+            ],
+            stop_signal=signal.SIGINT,
+        )
         self.wait(f"{self.opts.devices} devices online on digits 1.0.0", 300, self._fleet_online, every=5.0)
-        self.run("fleetctl", "releases", "add", self.path("digits-1.1.0.efb"))
-        self.run("fleetctl", "releases", "add", self.path("digits-1.2.0.efb"))
-        self.run("fleetctl", "releases", "check", "digits@1.1.0")
 
     def _api_up(self) -> tuple[bool, str]:
         try:
@@ -335,9 +301,22 @@ class Demo:
     # --- 4: rollouts --------------------------------------------------------------------------
 
     def rollout(self, release: str, stages: str) -> dict[str, Any]:
-        out = self.run("fleetctl", "rollout", "start", release, "--stages", stages, "--max-concurrent", "10",
-                       "--bake", f"{self.opts.bake_s:g}", "--health-settle", f"{self.opts.settle_s:g}",
-                       "--min-p95-delta", "5")  # fmt: skip
+        out = self.run(
+            "fleetctl",
+            "rollout",
+            "start",
+            release,
+            "--stages",
+            stages,
+            "--max-concurrent",
+            "10",
+            "--bake",
+            f"{self.opts.bake_s:g}",
+            "--health-settle",
+            f"{self.opts.settle_s:g}",
+            "--min-p95-delta",
+            "5",
+        )
         match = re.search(r"rollout (\d+) started", out)
         if not match:
             raise DemoError(f"unexpected output of rollout start: {out!r}")
@@ -364,8 +343,10 @@ class Demo:
         fleet = " ".join(f"{v}×{n}" for v, n in sorted(versions.items()))
         deps = " ".join(f"{k}={v}" for k, v in counts.items()) or "-"
         size = f"{targets[stage]} devices" if targets else "no devices"
-        return (f"{status['state']:<9} stage {stage + 1}/{len(status['stages'])} ({status['stages'][stage]}: {size})"
-                f" {status['phase']:<9} deployments {deps} | fleet {fleet}")  # fmt: skip
+        return (
+            f"{status['state']:<9} stage {stage + 1}/{len(status['stages'])} ({status['stages'][stage]}: {size})"
+            f" {status['phase']:<9} deployments {deps} | fleet {fleet}"
+        )
 
     def rollouts(self) -> tuple[dict[str, Any], dict[str, Any]]:
         say("the operator: roll 1.1.0 out in stages (10%, then 50%, then all), gated on health")
@@ -399,16 +380,20 @@ class Demo:
         say("summary")
         devices = self.api.get("/devices")
         per_sku = Counter((d["sku"], d["model_version"]) for d in devices)
-        print(f"   devices: {len(devices)}; final versions by sku: "
-              + ", ".join(f"{sku} → {v} ×{n}" for (sku, v), n in sorted(per_sku.items())))  # fmt: skip
+        print(
+            f"   devices: {len(devices)}; final versions by sku: "
+            + ", ".join(f"{sku} → {v} ×{n}" for (sku, v), n in sorted(per_sku.items()))
+        )
         print(f"   rollout {good['id']} digits@1.1.0: {good['state']} ({good['reason']})")
         for dep in self.api.get(f"/rollouts/{good['id']}/deployments"):
             if dep["state"] != "SUCCEEDED":  # tolerated by the failure threshold; say why it happened
                 print(f"     {dep['device_id']}: {dep['state']} [{dep['reason']}] {dep['detail']}")
         print(f"   rollout {bad['id']} digits@1.2.0: {bad['state']}, automatic rollback because: {bad['reason']}")
         skus = {d["id"]: d["sku"] for d in devices}
-        outcomes = Counter((skus.get(d["device_id"]), d["state"], d["reason"] or "-")
-                           for d in self.api.get(f"/rollouts/{bad['id']}/deployments"))  # fmt: skip
+        outcomes = Counter(
+            (skus.get(d["device_id"]), d["state"], d["reason"] or "-")
+            for d in self.api.get(f"/rollouts/{bad['id']}/deployments")
+        )
         for (sku, state, reason), n in sorted(outcomes.items()):
             why = "the device's own gate" if reason.startswith("probation") else "the fleet manager's cmd/rollback"
             print(f"     sku {sku}: {n} device(s) {state} [{reason}] by {why}")
@@ -419,15 +404,18 @@ class Demo:
         assert self.broker is not None
         b, server = self.broker, f"http://127.0.0.1:{self.port}"
         say("where to look next" + ("" if self.opts.keep_running else " (rerun with --keep-running to explore live)"))
-        print(f"   API docs (OpenAPI):   {server}/docs\n"
-              f"   Prometheus metrics:   {server}/metrics\n"
-              f"   live rollout view:    FLEETCTL_SERVER={server} fleetctl watch\n"
-              f"   MQTT topics:          edgefleet/v1/{FLEET}/DEVICE/{{status,info,telemetry,events/deployment,cmd/…}}\n"
-              f"   telemetry stream:     mosquitto_sub -h {b.host} -p {b.port} -t 'edgefleet/v1/{FLEET}/+/telemetry' -v\n"
-              f"   deployment events:    mosquitto_sub -h {b.host} -p {b.port} -t 'edgefleet/v1/{FLEET}/+/events/deployment' -v\n"
-              f"   logs and device homes: {rel(self.logs)}/, {self.path('devices')}/\n"
-              "   dashboards: dashboards/ (Grafana, Telegraf, Node-RED); docs: README.md, docs/architecture.md",
-              flush=True)  # fmt: skip
+        print(
+            f"   API docs (OpenAPI):   {server}/docs\n"
+            f"   Prometheus metrics:   {server}/metrics\n"
+            f"   live rollout view:    FLEETCTL_SERVER={server} fleetctl watch\n"
+            f"   MQTT topics:          edgefleet/v1/{FLEET}/DEVICE/{{status,info,telemetry,events/deployment,cmd/…}}\n"
+            f"   telemetry stream:     mosquitto_sub -h {b.host} -p {b.port} -t 'edgefleet/v1/{FLEET}/+/telemetry' -v\n"
+            f"   deployment events:    mosquitto_sub -h {b.host} -p {b.port}"
+            f" -t 'edgefleet/v1/{FLEET}/+/events/deployment' -v\n"
+            f"   logs and device homes: {rel(self.logs)}/, {self.path('devices')}/\n"
+            "   dashboards: dashboards/ (Grafana, Telegraf, Node-RED); docs: README.md, docs/architecture.md",
+            flush=True,
+        )
 
     def keep_running(self) -> None:
         """Until Ctrl-C (the normal end here, so not an interruption). Raises: DemoError if a process dies."""
@@ -458,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse(argv)
     os.chdir(ROOT)  # every command is shown as typed in the repository root
     procs = Processes()
-    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
     started = time.monotonic()
     try:
         demo = Demo(opts, procs)
