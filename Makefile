@@ -20,6 +20,7 @@ install: $(STAMP)
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) scripts/sizes.py --tests
 
 typecheck: install
 	$(VENV)/bin/mypy device_agent toolchain fleet
