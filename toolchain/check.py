@@ -15,9 +15,10 @@ from typing import Any
 
 from device_agent._version import at_least
 from device_agent.bundle import read_bundle
+from toolchain.errors import ModelError
 from toolchain.measure import measure
 from toolchain.profiles import Profile
-from toolchain.sources import ModelError, ModelKind, model_kind
+from toolchain.sources import ModelKind, model_kind
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from typing import Any
 import click
 
 from device_agent import __version__
-from device_agent.cliutil import Group, debug_option
 from device_agent.bundle import Bundle, PrivateKey, TrustStore, add_signatures, read_bundle, verify_bundle
+from device_agent.cliutil import Group, debug_option
 from device_agent.errors import BundleError, ConfigError
 from device_agent.fsutil import atomic_write
 from toolchain.cli_quant import COMMANDS

@@ -12,7 +12,8 @@ from typing import Any
 
 import click
 
-from toolchain.quantize import ONNX_MODES, TFLITE_MODES, QuantizeError
+from toolchain.errors import QuantizeError
+from toolchain.quantize import ONNX_MODES, TFLITE_MODES
 
 MODEL = click.Path(exists=True, path_type=Path)
 DATA = click.Path(exists=False, path_type=Path)

@@ -14,11 +14,11 @@ from typing import Any
 import click
 
 from toolchain import report
+from toolchain.errors import QuantizeError
 from toolchain.quantize import (
     ONNX_MODES,
     TFLITE_MODES,
     OnnxOptions,
-    QuantizeError,
     QuantizeOptions,
     TFLiteOptions,
     settings_dict,

@@ -18,8 +18,9 @@ import numpy as np
 from device_agent.runtime import Runtime, load_runtime
 from toolchain import qio
 from toolchain.calibration import SampleStream, open_samples, stack
+from toolchain.errors import ModelError
 from toolchain.measure import Measurement, measure
-from toolchain.sources import ModelError, ModelKind, model_kind
+from toolchain.sources import ModelKind, model_kind
 
 BATCH = 32  # samples per inference call during evaluation
 

@@ -29,10 +29,10 @@ from device_agent.bundle import (
     TensorInfo,
     build_bundle,
 )
-from device_agent.errors import ConfigError
 from device_agent.runtime import Runtime, load_runtime
 from device_agent.runtime.base import dequantize
-from toolchain.npzio import DataError, feeds_for, load_arrays, save_npz
+from toolchain.errors import DataError, InputError
+from toolchain.npzio import feeds_for, load_arrays, save_npz
 
 RUNTIME_BY_SUFFIX = {".tflite": "tflite", ".onnx": "onnx"}
 DRIFT_BINS = 10
@@ -66,21 +66,21 @@ def runtime_kind(model: Path) -> str:
     try:
         return RUNTIME_BY_SUFFIX[model.suffix.lower()]
     except KeyError:
-        raise ConfigError(f"{model}: a model must be .tflite or .onnx, not {model.suffix or 'no suffix'}") from None
+        raise InputError(f"{model}: a model must be .tflite or .onnx, not {model.suffix or 'no suffix'}") from None
 
 
 def package(model_path: Path, opts: PackageOptions) -> bytes:
     """Build the bundle bytes.
 
     Raises:
-        ConfigError: unreadable model, data that does not fit the model, bad options.
+        InputError: unreadable model, data that does not fit the model, bad options.
         RuntimeLoadError: the runtime cannot load or run the model.
     """
     kind = runtime_kind(model_path)
     try:
         model_bytes = model_path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"cannot read {model_path}: {exc.strerror}") from None
+        raise InputError(f"cannot read {model_path}: {exc.strerror}") from None
     runtime = load_runtime(kind, model_path, opts.threads)
     model_file = f"model/model.{kind}"
     contents: dict[str, bytes] = {model_file: model_bytes}
@@ -171,7 +171,7 @@ def _selftest_spec(runtime: Runtime, outputs: Mapping[str, np.ndarray]) -> SelfT
 def _postprocess(runtime: Runtime, opts: PackageOptions, contents: dict[str, bytes]) -> Postprocess:
     task = opts.task or ("classification" if opts.labels else "none")
     if task not in ("classification", "regression", "none"):
-        raise ConfigError(f"unknown task {task!r}: use classification, regression or none")
+        raise InputError(f"unknown task {task!r}: use classification, regression or none")
     labels_path = None
     if opts.labels:
         try:
@@ -238,7 +238,7 @@ def _sha256_file(path: Path) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
     return h.hexdigest()
 
 
@@ -260,6 +260,6 @@ def _provenance(model_bytes: bytes, runtime: Runtime, opts: PackageOptions) -> d
         try:
             prov["quantization"] = json.loads(opts.report.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read report {opts.report}: {exc}") from None
+            raise InputError(f"cannot read report {opts.report}: {exc}") from None
     prov.update(opts.extra_provenance)
     return {k: v for k, v in prov.items() if v is not None}

@@ -13,16 +13,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from device_agent.errors import ConfigError
+from toolchain.errors import ProfileError
 
 MIB = 1 << 20
 RUNTIMES = ("tflite", "onnx")
-
-
-class ProfileError(ConfigError):
-    """A device profile is unknown or malformed."""
-
-    code = "profile"
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,9 @@ from onnxruntime.quantization import qdq_loss_debug as qdq_debug
 from device_agent.fsutil import atomic_write
 from device_agent.runtime import load_runtime
 from toolchain.calibration import SampleStream, open_samples
-from toolchain.quantize import OnnxOptions, QuantizeError
-from toolchain.sources import ModelError, ModelKind
+from toolchain.errors import ModelError, QuantizeError
+from toolchain.quantize import OnnxOptions
+from toolchain.sources import ModelKind
 
 _METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -176,20 +177,3 @@ def _producers(model: Path) -> dict[str, str]:
 
     graph = onnx.load(str(model)).graph
     return {out: node.name for node in graph.node for out in node.output}
-
-
-def quantizable_nodes(model: Path, ranked_tensors: Sequence[str]) -> list[str]:
-    """Float-model node names in the order their output tensors appear in ``ranked_tensors``."""
-    producers = _producers(model)
-    seen: list[str] = []
-    for tensor in ranked_tensors:
-        node = producers.get(tensor)
-        if node and node not in seen:
-            seen.append(node)
-    return seen
-
-
-def tool_versions() -> dict[str, str]:
-    import onnxruntime
-
-    return {"onnxruntime": onnxruntime.__version__}
