@@ -109,12 +109,7 @@ def package(model_path: Path, opts: PackageOptions) -> bytes:
         inputs=runtime.inputs,
         outputs=runtime.outputs,
         postprocess=postprocess,
-        requirements=Requirements(
-            ram_bytes=opts.ram_bytes if opts.ram_bytes is not None else _ram_estimate(runtime, len(model_bytes)),
-            flash_bytes=sum(len(b) for b in contents.values()),
-            min_agent_version=opts.min_agent_version,
-            architectures=opts.architectures,
-        ),
+        requirements=_requirements(runtime, opts, contents, len(model_bytes)),
         selftest=_selftest_spec(runtime, outputs),
         drift=drift_path,
         provenance=_provenance(model_bytes, runtime, opts),
@@ -221,6 +216,16 @@ def drift_reference(runtime: Runtime, feeds: Mapping[str, np.ndarray], post: Pos
         ref["classes"] = [round(float(c) / len(scores), 6) for c in classes]
         ref["confidence"] = _histogram(scores.max(axis=1), np.linspace(0.1, 0.9, 9))
     return json.dumps(ref, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _requirements(runtime: Runtime, opts: PackageOptions, contents: dict[str, bytes], model_size: int) -> Requirements:
+    """RAM (given, else estimated), flash (every file in the bundle), agent version and architectures."""
+    return Requirements(
+        ram_bytes=opts.ram_bytes if opts.ram_bytes is not None else _ram_estimate(runtime, model_size),
+        flash_bytes=sum(len(b) for b in contents.values()),
+        min_agent_version=opts.min_agent_version,
+        architectures=opts.architectures,
+    )
 
 
 def _ram_estimate(runtime: Runtime, model_size: int) -> int:

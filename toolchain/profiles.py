@@ -37,9 +37,16 @@ class Profile:
 
 
 _KEYS: dict[str, type | tuple[type, ...]] = {
-    "description": str, "arch": str, "runtime": str, "runtime_version": str, "ram_mib": (int, float),
-    "flash_mib": (int, float), "latency_budget_ms": (int, float), "threads": int, "latency_factor": (int, float),
-}  # fmt: skip
+    "description": str,
+    "arch": str,
+    "runtime": str,
+    "runtime_version": str,
+    "ram_mib": (int, float),
+    "flash_mib": (int, float),
+    "latency_budget_ms": (int, float),
+    "threads": int,
+    "latency_factor": (int, float),
+}
 
 
 def _parse(name: str, table: Any, source: str) -> Profile:

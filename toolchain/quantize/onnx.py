@@ -103,17 +103,27 @@ def _quantize_file(model: Path, out: Path, options: OnnxOptions, stream: SampleS
         prepared = _preprocess(model, out.with_suffix(".pre.onnx")) if options.preprocess else model
         if options.mode == "dynamic":
             quantize_dynamic(
-                prepared, out, per_channel=options.per_channel, weight_type=QuantType.QInt8,
+                prepared,
+                out,
+                per_channel=options.per_channel,
+                weight_type=QuantType.QInt8,
                 nodes_to_exclude=list(options.float_nodes),
-            )  # fmt: skip
+            )
             return
         if stream is None:
             raise QuantizeError("--mode int8 needs calibration data")
         quantize_static(
-            prepared, out, StreamReader(stream), quant_format=QuantFormat.QDQ, per_channel=options.per_channel,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=_METHODS[options.calibrate],
-            nodes_to_exclude=list(options.float_nodes), extra_options={"ActivationSymmetric": False},
-        )  # fmt: skip
+            prepared,
+            out,
+            StreamReader(stream),
+            quant_format=QuantFormat.QDQ,
+            per_channel=options.per_channel,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=_METHODS[options.calibrate],
+            nodes_to_exclude=list(options.float_nodes),
+            extra_options={"ActivationSymmetric": False},
+        )
     except (QuantizeError, ModelError):
         raise
     except Exception as exc:  # onnxruntime.quantization raises bare Exceptions and onnx errors
