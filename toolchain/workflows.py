@@ -23,6 +23,8 @@ from toolchain.quantize import (
     DEFAULT_SAMPLES,
     ONNX_MODES,
     TFLITE_MODES,
+    Calibrate,
+    IOType,
     OnnxOptions,
     QuantizeOptions,
     TFLiteOptions,
@@ -49,9 +51,9 @@ class QuantizeRequest:
     output: Path
     calibration: Path | None = None
     samples: int = DEFAULT_SAMPLES
-    io: str | None = None  # TFLite int8 only; default int8
+    io: IOType | None = None  # TFLite int8 only; default int8
     per_channel: bool = False  # ONNX only
-    calibrate: str | None = None  # ONNX int8 (and auto) only; default minmax
+    calibrate: Calibrate | None = None  # ONNX int8 (and auto) only; default minmax
     eval_data: Path | None = None  # evaluation .npz; auto needs it
     max_accuracy_drop: float | None = None  # auto only, in pp
 
@@ -139,7 +141,7 @@ def _auto(req: QuantizeRequest, measure: bool, log: Log | None) -> Outcome:
         eval_data=eval_data,
         calibration=calibration,
         samples=req.samples,
-        calibrate=req.calibrate or "minmax",  # type: ignore[arg-type]
+        calibrate=req.calibrate or "minmax",
         latency_runs=30 if measure else 0,
     )
     result = auto_quantize(req.model, req.output, opts, log=log)
