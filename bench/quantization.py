@@ -86,7 +86,8 @@ def run() -> str:
         "400 synthetic spectrograms; mobilenet-96: 256 synthetic images. Latency: one "
         f"thread, one sample, median of {ROUNDS} interleaved rounds of {RUNS} runs (p50), each in a fresh "
         "child process; the ratio is what transfers to other machines, not the milliseconds.\n",
-        "| model | format | mode | KiB | size vs float32 | top-1 % | Δ top-1 pp | agreement % | p50 ms | latency vs float32 | quantize s |",
+        "| model | format | mode | KiB | size vs float32 | top-1 % | Δ top-1 pp | agreement % | p50 ms "
+        "| latency vs float32 | quantize s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     with tempfile.TemporaryDirectory(prefix="bench-quant-") as tmp:
@@ -114,7 +115,8 @@ def _auto_rows(paths: dict[str, Path], work: Path) -> list[str]:
         "digits-outlier has one activation with an outlier channel (models/outlier.py), so full int8 fails; "
         f"auto mode keeps the worst layers in float until the drop is within the bound. Latency: {RUNS} runs, "
         "one child process per variant.\n",
-        "| format | variant | KiB | size vs float32 | top-1 % | drop pp | agreement % | p50 ms | latency vs float32 | chosen |",
+        "| format | variant | KiB | size vs float32 | top-1 % | drop pp | agreement % | p50 ms | latency vs float32 "
+        "| chosen |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for fmt in ("tflite", "onnx"):

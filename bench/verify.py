@@ -67,12 +67,16 @@ def run() -> str:
     return "\n".join(
         [
             "## Bundle verification vs SHA-256\n",
-            f"A {mb:.1f} MiB bundle (50 MiB random model, stored), median of {ROUNDS} interleaved runs, read from page cache.\n",
+            f"A {mb:.1f} MiB bundle (50 MiB random model, stored), median of {ROUNDS} interleaved runs, "
+            "read from page cache.\n",
             "| what | median time | throughput | ratio vs sha256 |",
             "|---|---|---|---|",
-            f"| `verify_bundle` (the check `edgetool verify` runs): read + zip checks + signature + sha256 | {v * 1000:.1f} ms | {mb / v:.0f} MiB/s | **{s / v:.2f}** |",
-            f"| `hashlib.sha256` over the same file bytes (read + hash) | {s * 1000:.1f} ms | {mb / s:.0f} MiB/s | 1.00 |",
-            f"| `edgetool verify` whole command (incl. Python start-up and imports) | {c * 1000:.0f} ms | {mb / c:.0f} MiB/s | {h / c:.2f} vs `sha256sum` |",
+            "| `verify_bundle` (the check `edgetool verify` runs): read + zip checks + signature + sha256 "
+            f"| {v * 1000:.1f} ms | {mb / v:.0f} MiB/s | **{s / v:.2f}** |",
+            "| `hashlib.sha256` over the same file bytes (read + hash) "
+            f"| {s * 1000:.1f} ms | {mb / s:.0f} MiB/s | 1.00 |",
+            "| `edgetool verify` whole command (incl. Python start-up and imports) "
+            f"| {c * 1000:.0f} ms | {mb / c:.0f} MiB/s | {h / c:.2f} vs `sha256sum` |",
             f"| `sha256sum` command | {h * 1000:.0f} ms | {mb / h:.0f} MiB/s | |",
             "",
             f"Target: verify throughput ≥ 0.8 × sha256 → measured {s / v:.2f}. "

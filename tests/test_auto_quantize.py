@@ -20,11 +20,11 @@ def test_auto_keeps_the_worst_layers_in_float_until_within_the_bound(
     fmt: str, tmp_path: Path, digits_outlier: dict[str, Path]
 ) -> None:
     out = tmp_path / f"auto.{fmt}"
+    auto = ["--format", fmt, "--mode", "auto", "--max-accuracy-drop", str(BOUND_PP)]
+    data = ["--calibration", digits_outlier["calibration"], "--eval", digits_outlier["eval"]]
     result = edgetool(
-        "quantize", digits_outlier["keras"], "--format", fmt, "--mode", "auto",
-        "--max-accuracy-drop", str(BOUND_PP), "--calibration", digits_outlier["calibration"],
-        "--eval", digits_outlier["eval"], "-o", out, "--report", tmp_path / "report", "--json",
-    )  # fmt: skip
+        "quantize", digits_outlier["keras"], *auto, *data, "-o", out, "--report", tmp_path / "report", "--json"
+    )
     doc = json.loads(result.stdout)
     variants = {v["name"]: v for v in doc["variants"]}
     print(doc["reason"])
@@ -58,7 +58,6 @@ def _has_int8_weights(model: Path, fmt: str) -> bool:
 
 
 def test_auto_needs_eval_and_bound(tmp_path: Path, digits_outlier: dict[str, Path]) -> None:
-    result = edgetool("quantize", digits_outlier["keras"], "--format", "tflite", "--mode", "auto",
-                      "--calibration", digits_outlier["calibration"], "-o", tmp_path / "a.tflite",
-                      ok=False)  # fmt: skip
+    auto = ["--format", "tflite", "--mode", "auto", "--calibration", digits_outlier["calibration"]]
+    result = edgetool("quantize", digits_outlier["keras"], *auto, "-o", tmp_path / "a.tflite", ok=False)
     assert_one_line_error(result, "--mode auto needs --eval, --max-accuracy-drop")

@@ -61,10 +61,10 @@ def test_convert_savedmodel_and_unsupported_ops(tmp_path: Path) -> None:
 
 def test_evaluate_reports_every_metric(tmp_path: Path, digits_cnn: dict[str, Path]) -> None:
     q = tmp_path / "int8.tflite"
-    edgetool("quantize", digits_cnn["keras"], "--format", "tflite", "--mode", "int8",
-             "--calibration", digits_cnn["calibration"], "-o", q)  # fmt: skip
-    result = edgetool("evaluate", q, "--reference", digits_cnn["keras"], "--data", digits_cnn["eval"],
-                      "--runs", "5", "--layers", "3", "--json")  # fmt: skip
+    int8 = ["--format", "tflite", "--mode", "int8", "--calibration", digits_cnn["calibration"]]
+    edgetool("quantize", digits_cnn["keras"], *int8, "-o", q)
+    against = ["--reference", digits_cnn["keras"], "--data", digits_cnn["eval"]]
+    result = edgetool("evaluate", q, *against, "--runs", "5", "--layers", "3", "--json")
     ev = json.loads(result.stdout)["evaluation"]
     assert ev["samples"] == 360
     assert ev["candidate"]["bytes"] == q.stat().st_size
@@ -81,10 +81,10 @@ def test_evaluate_reports_every_metric(tmp_path: Path, digits_cnn: dict[str, Pat
 
 def test_evaluate_onnx_layer_table_and_report(tmp_path: Path, digits_cnn: dict[str, Path]) -> None:
     q = tmp_path / "int8.onnx"
-    edgetool("quantize", digits_cnn["onnx"], "--format", "onnx", "--mode", "int8",
-             "--calibration", digits_cnn["calibration"], "-o", q)  # fmt: skip
-    result = edgetool("evaluate", q, "--reference", digits_cnn["onnx"], "--data", digits_cnn["eval"],
-                      "--runs", "5", "--report", tmp_path / "rep")  # fmt: skip
+    int8 = ["--format", "onnx", "--mode", "int8", "--calibration", digits_cnn["calibration"]]
+    edgetool("quantize", digits_cnn["onnx"], *int8, "-o", q)
+    against = ["--reference", digits_cnn["onnx"], "--data", digits_cnn["eval"]]
+    result = edgetool("evaluate", q, *against, "--runs", "5", "--report", tmp_path / "rep")
     assert "layers that lose most" in result.stdout
     doc = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert doc["evaluation"]["layers"][0]["sqnr_db"] <= doc["evaluation"]["layers"][-1]["sqnr_db"]
@@ -116,8 +116,8 @@ def test_check_model_and_bundle(tmp_path: Path, tiny_models: dict[str, Path], ke
         "latency_factor = 2.0\n"
     )
     bundle = tmp_path / "d.efb"
-    edgetool("package", tiny_models["onnx"], "--name", "digits", "--version", "1.0.0", "--sequence", "1",
-             "--key", key_files[0], "-o", bundle)  # fmt: skip
+    release = ["--name", "digits", "--version", "1.0.0", "--sequence", "1", "--key", key_files[0]]
+    edgetool("package", tiny_models["onnx"], *release, "-o", bundle)
     result = edgetool("check", bundle, "--profile", tight, "--runs", "5", "--json", ok=False)
     doc = json.loads(result.stdout)
     assert result.exit_code == 1 and not doc["fits"]
@@ -130,13 +130,12 @@ def test_report_travels_into_the_bundle(
     tmp_path: Path, tiny_models: dict[str, Path], key_files: tuple[Path, Path]
 ) -> None:
     q = tmp_path / "q.onnx"
-    edgetool("quantize", tiny_models["onnx"], "--format", "onnx", "--mode", "int8", "--calibration",
-             tiny_models["calibration"], "--eval", tiny_models["eval"], "-o", q,
-             "--report", tmp_path / "r")  # fmt: skip
+    int8 = ["--format", "onnx", "--mode", "int8", "--calibration", tiny_models["calibration"]]
+    edgetool("quantize", tiny_models["onnx"], *int8, "--eval", tiny_models["eval"], "-o", q, "--report", tmp_path / "r")
     bundle = tmp_path / "q.efb"
-    edgetool("package", q, "--name", "digits", "--version", "1.0.0", "--sequence", "1", "--key", key_files[0],
-             "--report", tmp_path / "r" / "report.json", "--source-model", tiny_models["onnx"],
-             "-o", bundle)  # fmt: skip
+    release = ["--name", "digits", "--version", "1.0.0", "--sequence", "1", "--key", key_files[0]]
+    provenance = ["--report", tmp_path / "r" / "report.json", "--source-model", tiny_models["onnx"]]
+    edgetool("package", q, *release, *provenance, "-o", bundle)
     prov = read_bundle(bundle.read_bytes()).manifest.provenance
     assert prov["quantization"]["settings"]["mode"] == "int8"
     assert prov["quantization"]["chosen"] == "int8"
@@ -173,11 +172,9 @@ def test_json_output_is_clean_even_with_the_converters_native_prints(
 ) -> None:
     """TFLite's C++ code prints to file descriptor 1; ``--json`` must still be pure JSON on stdout."""
     edgetool_bin = Path(sys.executable).parent / "edgetool"
-    proc = subprocess.run(
-        [str(edgetool_bin), "quantize", str(tiny_models["keras"]), "--format", "tflite", "--mode", "int8",
-         "--calibration", str(tiny_models["calibration"]), "-o", str(tmp_path / "q.tflite"), "--json"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    int8 = ["--format", "tflite", "--mode", "int8", "--calibration", str(tiny_models["calibration"])]
+    argv = [str(edgetool_bin), "quantize", str(tiny_models["keras"]), *int8, "-o", str(tmp_path / "q.tflite"), "--json"]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(proc.stdout)
     assert doc["settings"]["mode"] == "int8" and doc["bytes"] == (tmp_path / "q.tflite").stat().st_size
@@ -197,11 +194,11 @@ def test_package_full_integer_model_with_float_calibration(
 ) -> None:
     """Float calibration/self-test data is quantized with the int8 input's scale and zero point."""
     q = tmp_path / "q.tflite"
-    edgetool("quantize", tiny_models["keras"], "--format", "tflite", "--mode", "int8",
-             "--calibration", tiny_models["calibration"], "-o", q)  # fmt: skip
+    calibration = ["--calibration", tiny_models["calibration"]]
+    edgetool("quantize", tiny_models["keras"], "--format", "tflite", "--mode", "int8", *calibration, "-o", q)
     bundle = tmp_path / "q.efb"
-    edgetool("package", q, "--name", "digits", "--version", "1.0.0", "--sequence", "1", "--key", key_files[0],
-             "--calibration", tiny_models["calibration"], "--labels", tiny_models["labels"], "-o", bundle)  # fmt: skip
+    release = ["--name", "digits", "--version", "1.0.0", "--sequence", "1", "--key", key_files[0]]
+    edgetool("package", q, *release, *calibration, "--labels", tiny_models["labels"], "-o", bundle)
     read = read_bundle(bundle.read_bytes())
     assert read.manifest.inputs[0].dtype == "int8"
     with np.load(io.BytesIO(read.read("selftest.npz"))) as st:

@@ -30,11 +30,9 @@ def keys(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.fixture
 def packaged(tmp_path: Path, keys: tuple[Path, Path], tiny_models: dict[str, Path]) -> Path:
     out = tmp_path / "digits-1.0.0.efb"
-    run(
-        "package", str(tiny_models["tflite"]), "--name", "digits", "--version", "1.0.0", "--sequence", "1",
-        "--key", str(keys[0]), "--labels", str(tiny_models["labels"]),
-        "--calibration", str(tiny_models["calibration"]), "-o", str(out),
-    )  # fmt: skip
+    release = ["--name", "digits", "--version", "1.0.0", "--sequence", "1", "--key", str(keys[0])]
+    data = ["--labels", str(tiny_models["labels"]), "--calibration", str(tiny_models["calibration"])]
+    run("package", str(tiny_models["tflite"]), *release, *data, "-o", str(out))
     return out
 
 
@@ -64,8 +62,9 @@ def test_packaging_the_same_inputs_twice_gives_identical_bytes(
     outs = []
     for i in range(2):
         out = tmp_path / f"b{i}.efb"
-        run("package", str(tiny_models["onnx"]), "--name", "digits", "--version", "2.0.0", "--sequence", "2",
-            "--key", str(keys[0]), "--calibration", str(tiny_models["calibration"]), "-o", str(out))  # fmt: skip
+        release = ["--name", "digits", "--version", "2.0.0", "--sequence", "2", "--key", str(keys[0])]
+        calibration = ["--calibration", str(tiny_models["calibration"])]
+        run("package", str(tiny_models["onnx"]), *release, *calibration, "-o", str(out))
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
 
@@ -74,8 +73,8 @@ def test_package_onnx_reads_tensors_from_onnxruntime(
     tmp_path: Path, keys: tuple[Path, Path], tiny_models: dict[str, Path]
 ) -> None:
     out = tmp_path / "o.efb"
-    run("package", str(tiny_models["onnx"]), "--name", "digits-onnx", "--version", "1.0.0", "--sequence", "1",
-        "--key", str(keys[0]), "-o", str(out))  # fmt: skip
+    release = ["--name", "digits-onnx", "--version", "1.0.0", "--sequence", "1", "--key", str(keys[0])]
+    run("package", str(tiny_models["onnx"]), *release, "-o", str(out))
     m = read_bundle(out.read_bytes()).manifest
     assert (m.runtime.name, m.inputs[0].name, m.outputs[0].shape) == ("onnx", "image", (-1, 10))
 
@@ -132,11 +131,11 @@ def test_bad_inputs_give_one_clear_line(tmp_path: Path, keys: tuple[Path, Path],
     import numpy as np
 
     np.savez(wrong, x=np.zeros((4, 3, 3), np.float32))
-    out = run("package", str(tiny_models["tflite"]), "--name", "x", "--version", "1.0.0", "--sequence", "1",
-              "--key", str(keys[0]), "--calibration", str(wrong), ok=False)  # fmt: skip
+    release = ["--name", "x", "--version", "1.0.0", "--sequence", "1", "--key", str(keys[0])]
+    out = run("package", str(tiny_models["tflite"]), *release, "--calibration", str(wrong), ok=False)
     assert "needs samples of shape [8, 8, 1]" in out
-    out = run("package", str(tiny_models["tflite"]), "--name", "Bad_Name", "--version", "1.0.0", "--sequence", "1",
-              "--key", str(keys[0]), ok=False)  # fmt: skip
+    release = ["--name", "Bad_Name", "--version", "1.0.0", "--sequence", "1", "--key", str(keys[0])]
+    out = run("package", str(tiny_models["tflite"]), *release, ok=False)
     assert "manifest.name" in out
     out = run("verify", str(tmp_path / "wrong.npz"), "--trust", str(keys[1]), ok=False)
     assert "[bad-archive]" in out or "refused" in out

@@ -40,8 +40,9 @@ def test_mode_runs_in_the_device_runtime_close_to_float(
 ) -> None:
     fmt, args, min_agreement, max_err = MODES[variant]
     out = tmp_path / f"model.{fmt}"
-    edgetool("quantize", digits_cnn["keras"], "--format", fmt, *args,
-             "--calibration", digits_cnn["calibration"], "-o", out)  # fmt: skip
+    edgetool(
+        "quantize", digits_cnn["keras"], "--format", fmt, *args, "--calibration", digits_cnn["calibration"], "-o", out
+    )
     x, _ = eval_set(digits_cnn)
     scores = run_model(out, x)
     reference = float_scores[fmt]
@@ -74,8 +75,8 @@ ACCEPTANCE = {
 def test_digits_cnn_int8_size_and_accuracy_targets(variant: str, tmp_path: Path, digits_cnn: dict[str, Path]) -> None:
     fmt, source, args, max_ratio, max_drop = ACCEPTANCE[variant]
     out = tmp_path / f"int8.{fmt}"
-    edgetool("quantize", digits_cnn[source], "--format", fmt, "--mode", "int8", *args,
-             "--calibration", digits_cnn["calibration"], "-o", out)  # fmt: skip
+    int8 = ["--format", fmt, "--mode", "int8", *args]
+    edgetool("quantize", digits_cnn[source], *int8, "--calibration", digits_cnn["calibration"], "-o", out)
     ratio, drop = _size_and_drop(out, digits_cnn[fmt], digits_cnn)
     print(f"digits-cnn {variant}: {ratio:.3f}x the float32 bytes, top-1 drop {drop:.2f} pp")
     assert ratio <= max_ratio
@@ -86,7 +87,7 @@ def test_quantizing_twice_gives_identical_bytes(tmp_path: Path, digits_cnn: dict
     outs = []
     for i in range(2):
         out = tmp_path / f"q{i}.onnx"
-        edgetool("quantize", digits_cnn["onnx"], "--format", "onnx", "--mode", "int8", "--samples", "50",
-                 "--calibration", digits_cnn["calibration"], "-o", out)  # fmt: skip
+        int8 = ["--format", "onnx", "--mode", "int8", "--samples", "50"]
+        edgetool("quantize", digits_cnn["onnx"], *int8, "--calibration", digits_cnn["calibration"], "-o", out)
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]

@@ -18,8 +18,8 @@ def test_a_recipe_builds_the_same_bytes_twice(tmp_path: Path) -> None:
     digests = []
     for i in range(2):
         out = tmp_path / str(i)
-        subprocess.run([sys.executable, "-m", "models", "build", "tiny-digits", "--out", str(out)],
-                       check=True, cwd=ROOT, capture_output=True)  # fmt: skip
+        build = [sys.executable, "-m", "models", "build", "tiny-digits", "--out", str(out)]
+        subprocess.run(build, check=True, cwd=ROOT, capture_output=True)
         names = ("model.tflite", "model.onnx", "calib.npz", "eval.npz", "labels.txt")
         digests.append({n: hashlib.sha256((out / n).read_bytes()).hexdigest() for n in names})
     assert digests[0] == digests[1]

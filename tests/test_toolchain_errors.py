@@ -22,14 +22,15 @@ def _garbage(path: Path) -> Path:
 
 
 def test_missing_calibration_file(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
-    result = edgetool("quantize", tiny_models["onnx"], "--format", "onnx", "--mode", "int8",
-                      "--calibration", tmp_path / "nope.npz", "-o", tmp_path / "q.onnx", ok=False)  # fmt: skip
+    int8 = ["--format", "onnx", "--mode", "int8", "--calibration", tmp_path / "nope.npz"]
+    result = edgetool("quantize", tiny_models["onnx"], *int8, "-o", tmp_path / "q.onnx", ok=False)
     assert_one_line_error(result, "nope.npz: no such file", "[data]")
 
 
 def test_calibration_needed_for_int8(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
-    result = edgetool("quantize", tiny_models["keras"], "--format", "tflite", "--mode", "int8",
-                      "-o", tmp_path / "q.tflite", ok=False)  # fmt: skip
+    result = edgetool(
+        "quantize", tiny_models["keras"], "--format", "tflite", "--mode", "int8", "-o", tmp_path / "q.tflite", ok=False
+    )
     assert_one_line_error(result, "--mode int8 needs --calibration", "[quantize]")
 
 
@@ -48,15 +49,18 @@ def test_calibration_that_does_not_fit_the_model(
 ) -> None:
     source = tiny_models["onnx" if fmt == "onnx" else "keras"]
     bad = _npz(tmp_path / "bad.npz", **arrays)
-    result = edgetool("quantize", source, "--format", fmt, "--mode", "int8", "--calibration", bad,
-                      "-o", tmp_path / f"q.{fmt}", ok=False)  # fmt: skip
+    int8 = ["--format", fmt, "--mode", "int8"]
+    result = edgetool("quantize", source, *int8, "--calibration", bad, "-o", tmp_path / f"q.{fmt}", ok=False)
     assert_one_line_error(result, fragment, "[data]")
     assert not (tmp_path / f"q.{fmt}").exists()
 
 
 def test_unreadable_calibration_file(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
-    result = edgetool("quantize", tiny_models["onnx"], "--format", "onnx", "--mode", "int8",
-                      "--calibration", _garbage(tmp_path / "c.npz"), "-o", tmp_path / "q.onnx", ok=False)  # fmt: skip
+    garbage = _garbage(tmp_path / "c.npz")
+    int8 = ["--format", "onnx", "--mode", "int8"]
+    result = edgetool(
+        "quantize", tiny_models["onnx"], *int8, "--calibration", garbage, "-o", tmp_path / "q.onnx", ok=False
+    )
     assert_one_line_error(result, "is not a readable .npz file", "[data]")
 
 
@@ -86,20 +90,22 @@ def test_corrupt_model(name: str, command: list[str], fragment: str, tmp_path: P
 
 
 def test_corrupt_candidate_in_evaluate(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
-    result = edgetool("evaluate", _garbage(tmp_path / "c.tflite"), "--reference", tiny_models["tflite"],
-                      "--data", tiny_models["eval"], ok=False)  # fmt: skip
+    garbage = _garbage(tmp_path / "c.tflite")
+    result = edgetool(
+        "evaluate", garbage, "--reference", tiny_models["tflite"], "--data", tiny_models["eval"], ok=False
+    )
     assert_one_line_error(result, "LiteRT cannot load", "[runtime]")
 
 
 def test_tflite_cannot_be_requantized(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
-    result = edgetool("quantize", tiny_models["tflite"], "--format", "tflite", "--mode", "dynamic",
-                      "-o", tmp_path / "q.tflite", ok=False)  # fmt: skip
+    dynamic = ["--format", "tflite", "--mode", "dynamic"]
+    result = edgetool("quantize", tiny_models["tflite"], *dynamic, "-o", tmp_path / "q.tflite", ok=False)
     assert_one_line_error(result, "TFLite quantization needs the float source model", "[quantize]")
 
 
 def test_mode_not_available_for_format(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
-    result = edgetool("quantize", tiny_models["onnx"], "--format", "onnx", "--mode", "float16",
-                      "-o", tmp_path / "q.onnx", ok=False)  # fmt: skip
+    float16 = ["--format", "onnx", "--mode", "float16"]
+    result = edgetool("quantize", tiny_models["onnx"], *float16, "-o", tmp_path / "q.onnx", ok=False)
     assert_one_line_error(result, "--format onnx has no mode 'float16'")
 
 
@@ -135,6 +141,6 @@ def test_unknown_model_type(tmp_path: Path) -> None:
 def test_options_that_do_not_apply_are_refused(
     args: list[str], fragment: str, tmp_path: Path, tiny_models: dict[str, Path]
 ) -> None:
-    result = edgetool("quantize", tiny_models["keras"], *args, "--calibration", tiny_models["calibration"],
-                      "-o", tmp_path / "q.out", ok=False)  # fmt: skip
+    calibration = ["--calibration", tiny_models["calibration"]]
+    result = edgetool("quantize", tiny_models["keras"], *args, *calibration, "-o", tmp_path / "q.out", ok=False)
     assert_one_line_error(result, fragment, "[quantize]")

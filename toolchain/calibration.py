@@ -19,7 +19,8 @@ from typing import IO
 import numpy as np
 
 from device_agent.bundle.manifest import TensorInfo
-from toolchain.npzio import DataError, check_meta
+from toolchain.errors import DataError
+from toolchain.npzio import check_meta
 
 # One array's rows: a callable that opens a fresh iterator over (1, *sample_shape) arrays.
 RowSource = Callable[[], Iterator[np.ndarray]]

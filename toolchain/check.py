@@ -15,9 +15,10 @@ from typing import Any
 
 from device_agent._version import at_least
 from device_agent.bundle import read_bundle
+from toolchain.errors import ModelError
 from toolchain.measure import measure
 from toolchain.profiles import Profile
-from toolchain.sources import ModelError, ModelKind, model_kind
+from toolchain.sources import ModelKind, model_kind
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,13 @@ def check(target: Path, profile: Profile, runs: int = 30) -> CheckResult:
     ram = max(m.peak_rss_bytes, declared_ram)
     result = CheckResult(str(target), profile.name, ops=ops)
     result.numbers = {
-        "bytes": stored, "peak_rss_bytes": m.peak_rss_bytes, "declared_ram_bytes": declared_ram,
-        "host_p50_ms": m.p50_ms, "host_p95_ms": m.p95_ms, "device_p95_ms_estimate": device_ms,
-    }  # fmt: skip
+        "bytes": stored,
+        "peak_rss_bytes": m.peak_rss_bytes,
+        "declared_ram_bytes": declared_ram,
+        "host_p50_ms": m.p50_ms,
+        "host_p95_ms": m.p95_ms,
+        "device_p95_ms_estimate": device_ms,
+    }
     version_ok = min_version is None or at_least(profile.runtime_version, min_version)
     result.rows = [
         CheckRow("runtime", kind.value, profile.runtime, kind.value == profile.runtime),

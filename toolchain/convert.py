@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from device_agent.fsutil import atomic_write
-from toolchain.sources import ModelError, ModelKind, model_kind
+from toolchain.errors import ModelError
+from toolchain.sources import ModelKind, model_kind
 
 TARGETS = ("tflite", "onnx")
 DEFAULT_OPSET = 17

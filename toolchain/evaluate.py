@@ -18,8 +18,9 @@ import numpy as np
 from device_agent.runtime import Runtime, load_runtime
 from toolchain import qio
 from toolchain.calibration import SampleStream, open_samples, stack
+from toolchain.errors import ModelError
 from toolchain.measure import Measurement, measure
-from toolchain.sources import ModelError, ModelKind, model_kind
+from toolchain.sources import ModelKind, model_kind
 
 BATCH = 32  # samples per inference call during evaluation
 
@@ -33,7 +34,9 @@ class EvalOptions:
 
 
 @dataclass(frozen=True)
-class OutputError:
+class OutputDiff:
+    """How far one output of the candidate is from the reference's (a measurement, not an exception)."""
+
     name: str
     max_abs_error: float
     mean_abs_error: float
@@ -49,13 +52,24 @@ class ModelStats:
     latency: Measurement | None = None
 
 
+@dataclass(frozen=True)
+class _Pair:
+    """The two models compared: the candidate, and the reference as given and as run."""
+
+    candidate: Path
+    kind: ModelKind
+    reference: Path
+    ref_kind: ModelKind
+    ref_path: Path  # the reference in the candidate's format (converted from a float source)
+
+
 @dataclass
 class Evaluation:
     candidate: ModelStats
     reference: ModelStats
     samples: int
     agreement: float  # top-1 agreement with the reference, 0..1
-    outputs: list[OutputError]
+    outputs: list[OutputDiff]
     layers: list[dict[str, Any]] = field(default_factory=list)
     layer_note: str = ""
 
@@ -104,13 +118,10 @@ def evaluate(candidate: Path, reference: Path, data: Path, opts: EvalOptions | N
             reference=_stats(reference, ref_rt, ref_out, labels, opts=opts, run_path=ref_path),
             samples=len(stream),
             agreement=top1_agreement(cand_out, ref_out),
-            outputs=[output_error(name, cand_out[name], ref_out[name]) for name in ref_out],
+            outputs=[output_diff(name, cand_out[name], ref_out[name]) for name in ref_out],
         )
         if opts.layers:
-            _layer_table(
-                result, candidate=candidate, kind=kind, reference=reference, ref_kind=ref_kind, ref_path=ref_path,
-                opts=opts, eval_stream=stream,
-            )  # fmt: skip
+            _layer_table(result, _Pair(candidate, kind, reference, ref_kind, ref_path), opts, stream)
     return result
 
 
@@ -159,12 +170,12 @@ def top1_agreement(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> 
     return float(np.mean(_top1(a) == _top1(b)))
 
 
-def output_error(name: str, got: np.ndarray, want: np.ndarray) -> OutputError:
+def output_diff(name: str, got: np.ndarray, want: np.ndarray) -> OutputDiff:
     g, w = got.reshape(len(got), -1).astype(np.float64), want.reshape(len(want), -1).astype(np.float64)
     diff = np.abs(g - w)
     norms = np.linalg.norm(g, axis=1) * np.linalg.norm(w, axis=1)
     cos = np.where(norms > 0, np.sum(g * w, axis=1) / np.maximum(norms, 1e-30), 1.0)
-    return OutputError(name, float(diff.max(initial=0.0)), float(diff.mean()), float(cos.mean()))
+    return OutputDiff(name, float(diff.max(initial=0.0)), float(diff.mean()), float(cos.mean()))
 
 
 def _stats(
@@ -182,34 +193,24 @@ def _stats(
     return ModelStats(str(path), runtime.name, run_path.stat().st_size, accuracy, latency)
 
 
-def _layer_table(
-    result: Evaluation,
-    *,
-    candidate: Path,
-    kind: ModelKind,
-    reference: Path,
-    ref_kind: ModelKind,
-    ref_path: Path,
-    opts: EvalOptions,
-    eval_stream: SampleStream,
-) -> None:
+def _layer_table(result: Evaluation, pair: _Pair, opts: EvalOptions, eval_stream: SampleStream) -> None:
     """Fill ``result.layers`` with the layers that lose most (or say why there is no table)."""
     stream = open_samples(opts.calibration, eval_stream.inputs, 64) if opts.calibration else eval_stream
-    if kind is ModelKind.ONNX:
-        if not _has_qdq(candidate):
+    if pair.kind is ModelKind.ONNX:
+        if not _has_qdq(pair.candidate):
             result.layer_note = "no per-layer table: the candidate has no QuantizeLinear/DequantizeLinear nodes"
             return
         from toolchain.quantize import onnx as q_onnx
 
-        result.layers = q_onnx.layer_errors(ref_path, candidate, stream)[: opts.layers]
+        result.layers = q_onnx.layer_errors(pair.ref_path, pair.candidate, stream)[: opts.layers]
         result.layer_note = "onnxruntime qdq_loss_debug: SQNR (dB) of each tensor vs the float model, lowest first"
         return
-    if not ref_kind.is_float_source:
+    if not pair.ref_kind.is_float_source:
         result.layer_note = "no per-layer table: pass the Keras/SavedModel source as --reference"
         return
     from toolchain.quantize import tflite as q_tflite
 
-    result.layers = q_tflite.layer_errors(reference, ref_kind, stream)[: opts.layers]
+    result.layers = q_tflite.layer_errors(pair.reference, pair.ref_kind, stream)[: opts.layers]
     result.layer_note = "TFLite QuantizationDebugger on an int8 quantization of the reference, largest MSE first"
 
 

@@ -19,14 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from device_agent.errors import EdgefleetError
+from toolchain.errors import MeasureError
 
 WARMUP = 5  # runs discarded before timing
-
-
-class MeasureError(EdgefleetError):
-    """The measuring child process failed."""
-
-    code = "measure"
 
 
 @dataclass(frozen=True)
@@ -52,7 +47,7 @@ def measure(kind: str, model: Path, runs: int = 50) -> Measurement:
     )
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise MeasureError(f"measuring {model.name} failed: {last[:300]}")
+        raise MeasureError(f"measuring {model.name} failed: {last[:300]}", proc.returncode)
     return Measurement(**json.loads(proc.stdout.strip().splitlines()[-1]))
 
 

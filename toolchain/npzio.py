@@ -13,14 +13,8 @@ import numpy as np
 
 from device_agent.bundle.archive import FIXED_DATE
 from device_agent.bundle.manifest import TensorInfo
-from device_agent.errors import ConfigError
 from device_agent.runtime.base import quantize
-
-
-class DataError(ConfigError):
-    """A user-supplied data file is missing, unreadable, or does not fit the model's inputs."""
-
-    code = "data"
+from toolchain.errors import DataError
 
 
 def save_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
@@ -81,7 +75,8 @@ def feeds_for(arrays: Mapping[str, np.ndarray], inputs: Sequence[TensorInfo], so
     """Map arrays to model inputs: ``x`` for a single-input model, else one array per input name.
 
     Samples run along axis 0. Floating data is cast to a floating input's precision, or quantized
-    with a quantized input's scale and zero-point; any other dtype mismatch, a missing input, or a per-sample shape that does not fit is an error.
+    with a quantized input's scale and zero-point; any other dtype mismatch, a missing input, or a
+    per-sample shape that does not fit is an error.
 
     Raises:
         DataError: naming the input and what was expected.

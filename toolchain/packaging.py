@@ -29,10 +29,10 @@ from device_agent.bundle import (
     TensorInfo,
     build_bundle,
 )
-from device_agent.errors import ConfigError
 from device_agent.runtime import Runtime, load_runtime
 from device_agent.runtime.base import dequantize
-from toolchain.npzio import DataError, feeds_for, load_arrays, save_npz
+from toolchain.errors import DataError, InputError
+from toolchain.npzio import feeds_for, load_arrays, save_npz
 
 RUNTIME_BY_SUFFIX = {".tflite": "tflite", ".onnx": "onnx"}
 DRIFT_BINS = 10
@@ -66,21 +66,21 @@ def runtime_kind(model: Path) -> str:
     try:
         return RUNTIME_BY_SUFFIX[model.suffix.lower()]
     except KeyError:
-        raise ConfigError(f"{model}: a model must be .tflite or .onnx, not {model.suffix or 'no suffix'}") from None
+        raise InputError(f"{model}: a model must be .tflite or .onnx, not {model.suffix or 'no suffix'}") from None
 
 
 def package(model_path: Path, opts: PackageOptions) -> bytes:
     """Build the bundle bytes.
 
     Raises:
-        ConfigError: unreadable model, data that does not fit the model, bad options.
+        InputError: unreadable model, data that does not fit the model, bad options.
         RuntimeLoadError: the runtime cannot load or run the model.
     """
     kind = runtime_kind(model_path)
     try:
         model_bytes = model_path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"cannot read {model_path}: {exc.strerror}") from None
+        raise InputError(f"cannot read {model_path}: {exc.strerror}") from None
     runtime = load_runtime(kind, model_path, opts.threads)
     model_file = f"model/model.{kind}"
     contents: dict[str, bytes] = {model_file: model_bytes}
@@ -109,12 +109,7 @@ def package(model_path: Path, opts: PackageOptions) -> bytes:
         inputs=runtime.inputs,
         outputs=runtime.outputs,
         postprocess=postprocess,
-        requirements=Requirements(
-            ram_bytes=opts.ram_bytes if opts.ram_bytes is not None else _ram_estimate(runtime, len(model_bytes)),
-            flash_bytes=sum(len(b) for b in contents.values()),
-            min_agent_version=opts.min_agent_version,
-            architectures=opts.architectures,
-        ),
+        requirements=_requirements(runtime, opts, contents, len(model_bytes)),
         selftest=_selftest_spec(runtime, outputs),
         drift=drift_path,
         provenance=_provenance(model_bytes, runtime, opts),
@@ -171,7 +166,7 @@ def _selftest_spec(runtime: Runtime, outputs: Mapping[str, np.ndarray]) -> SelfT
 def _postprocess(runtime: Runtime, opts: PackageOptions, contents: dict[str, bytes]) -> Postprocess:
     task = opts.task or ("classification" if opts.labels else "none")
     if task not in ("classification", "regression", "none"):
-        raise ConfigError(f"unknown task {task!r}: use classification, regression or none")
+        raise InputError(f"unknown task {task!r}: use classification, regression or none")
     labels_path = None
     if opts.labels:
         try:
@@ -223,6 +218,16 @@ def drift_reference(runtime: Runtime, feeds: Mapping[str, np.ndarray], post: Pos
     return json.dumps(ref, sort_keys=True, separators=(",", ":")).encode()
 
 
+def _requirements(runtime: Runtime, opts: PackageOptions, contents: dict[str, bytes], model_size: int) -> Requirements:
+    """RAM (given, else estimated), flash (every file in the bundle), agent version and architectures."""
+    return Requirements(
+        ram_bytes=opts.ram_bytes if opts.ram_bytes is not None else _ram_estimate(runtime, model_size),
+        flash_bytes=sum(len(b) for b in contents.values()),
+        min_agent_version=opts.min_agent_version,
+        architectures=opts.architectures,
+    )
+
+
 def _ram_estimate(runtime: Runtime, model_size: int) -> int:
     io_bytes = sum(
         int(np.prod([d if d > 0 else 1 for d in t.shape])) * np.dtype(t.dtype).itemsize
@@ -238,7 +243,7 @@ def _sha256_file(path: Path) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
     return h.hexdigest()
 
 
@@ -260,6 +265,6 @@ def _provenance(model_bytes: bytes, runtime: Runtime, opts: PackageOptions) -> d
         try:
             prov["quantization"] = json.loads(opts.report.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read report {opts.report}: {exc}") from None
+            raise InputError(f"cannot read report {opts.report}: {exc}") from None
     prov.update(opts.extra_provenance)
     return {k: v for k, v in prov.items() if v is not None}

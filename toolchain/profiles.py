@@ -13,16 +13,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from device_agent.errors import ConfigError
+from toolchain.errors import ProfileError
 
 MIB = 1 << 20
 RUNTIMES = ("tflite", "onnx")
-
-
-class ProfileError(ConfigError):
-    """A device profile is unknown or malformed."""
-
-    code = "profile"
 
 
 @dataclass(frozen=True)
@@ -43,9 +37,16 @@ class Profile:
 
 
 _KEYS: dict[str, type | tuple[type, ...]] = {
-    "description": str, "arch": str, "runtime": str, "runtime_version": str, "ram_mib": (int, float),
-    "flash_mib": (int, float), "latency_budget_ms": (int, float), "threads": int, "latency_factor": (int, float),
-}  # fmt: skip
+    "description": str,
+    "arch": str,
+    "runtime": str,
+    "runtime_version": str,
+    "ram_mib": (int, float),
+    "flash_mib": (int, float),
+    "latency_budget_ms": (int, float),
+    "threads": int,
+    "latency_factor": (int, float),
+}
 
 
 def _parse(name: str, table: Any, source: str) -> Profile:

@@ -78,9 +78,7 @@ def rows(variants: Sequence[Variant]) -> list[list[str]]:
     ]
 
 
-HEADERS = [
-    "variant", "bytes", "size", "top-1 %", "drop pp", "agree %", "p50 ms", "p95 ms", "peak MiB", "quantize s",
-]  # fmt: skip
+HEADERS = ["variant", "bytes", "size", "top-1 %", "drop pp", "agree %", "p50 ms", "p95 ms", "peak MiB", "quantize s"]
 
 
 def print_table(variants: Sequence[Variant], title: str) -> None:
@@ -94,6 +92,35 @@ def print_table(variants: Sequence[Variant], title: str) -> None:
     for row in rows(variants):
         table.add_row(*row)
     Console(width=None if sys.stdout.isatty() else 140).print(table)
+
+
+def detail_lines(doc: dict[str, Any]) -> list[str]:
+    """The lines printed under the table: per-output errors, the layers that lose most, and the outcome."""
+    lines: list[str] = []
+    ev = doc.get("evaluation")
+    if isinstance(ev, dict):
+        lines += _evaluation_lines(ev)
+    if doc.get("reason"):
+        lines.append(doc["reason"])
+    elif doc.get("output"):
+        lines.append(f"wrote {doc['output']} ({doc.get('bytes')} bytes)")
+    return lines
+
+
+def _evaluation_lines(ev: dict[str, Any]) -> list[str]:
+    lines = [
+        f"output {out['name']}: max |err| {out['max_abs_error']:.4g}, mean |err| {out['mean_abs_error']:.4g}, "
+        f"cosine {out['cosine']:.6f}"
+        for out in ev["outputs"]
+    ]
+    if ev.get("layers"):
+        lines.append(f"layers that lose most ({ev['layer_note']}):")
+        for row in ev["layers"]:
+            metric = row.get("sqnr_db", row.get("mse"))
+            lines.append(f"  {row['layer']:<24} {metric:>12.4g}  {row['tensor']}")
+    elif ev.get("layer_note"):
+        lines.append(ev["layer_note"])
+    return lines
 
 
 def write(out_dir: Path, doc: dict[str, Any], variants: Sequence[Variant]) -> dict[str, Path]:
@@ -169,20 +196,33 @@ def _plot(path: Path, variants: Sequence[Variant], title: str) -> None:
     plt.close(fig)
 
 
+@dataclass(frozen=True)
+class Scores:
+    """How one model did on the evaluation data, against the float reference."""
+
+    accuracy: float | None  # top-1, 0..1
+    drop_pp: float | None  # accuracy drop (labels) or disagreement, pp
+    agreement: float | None  # top-1 agreement with the reference, 0..1
+
+    @classmethod
+    def reference(cls, accuracy: float | None) -> Scores:
+        """The float reference's own scores: no drop, full agreement."""
+        return cls(accuracy, 0.0, 1.0)
+
+
 def from_evaluation(name: str, ev: Evaluation, quantize_seconds: float | None = None) -> list[Variant]:
     """The float reference and one candidate, from ``edgetool evaluate`` (or quantize --eval)."""
     ref, cand = ev.reference, ev.candidate
     delta = ev.accuracy_delta_pp
+    drop = -delta if delta is not None else 100 * (1 - ev.agreement)
     return [
-        _variant("float32", ref.bytes, ref.bytes, accuracy=ref.accuracy, drop=0.0, agreement=1.0, latency=ref.latency),
+        _variant("float32", ref.bytes, ref.bytes, Scores.reference(ref.accuracy), ref.latency),
         _variant(
             name,
             cand.bytes,
             ref.bytes,
-            accuracy=cand.accuracy,
-            drop=-delta if delta is not None else 100 * (1 - ev.agreement),
-            agreement=ev.agreement,
-            latency=cand.latency,
+            Scores(cand.accuracy, drop, ev.agreement),
+            cand.latency,
             seconds=quantize_seconds,
             chosen=True,
         ),
@@ -192,15 +232,19 @@ def from_evaluation(name: str, ev: Evaluation, quantize_seconds: float | None = 
 def from_auto(result: AutoResult) -> list[Variant]:
     """The float reference and every variant auto mode tried, the chosen one marked."""
     ref = result.reference_bytes
-    out = [
-        _variant("float32", ref, ref, accuracy=result.reference_accuracy, drop=0.0, agreement=1.0,
-                 latency=result.reference_latency)
-    ]  # fmt: skip
+    out = [_variant("float32", ref, ref, Scores.reference(result.reference_accuracy), result.reference_latency)]
     out += [
-        _variant(t.name, t.bytes, ref, accuracy=t.accuracy, drop=t.drop_pp, agreement=t.agreement,
-                 latency=t.latency, seconds=t.seconds, chosen=t is result.chosen)
+        _variant(
+            t.name,
+            t.bytes,
+            ref,
+            Scores(t.accuracy, t.drop_pp, t.agreement),
+            t.latency,
+            seconds=t.seconds,
+            chosen=t is result.chosen,
+        )
         for t in result.trials
-    ]  # fmt: skip
+    ]
     return out
 
 
@@ -208,11 +252,9 @@ def _variant(
     name: str,
     size: int,
     ref_size: int,
-    *,
-    accuracy: float | None,
-    drop: float | None,
-    agreement: float | None,
+    scores: Scores,
     latency: Measurement | None,
+    *,
     seconds: float | None = None,
     chosen: bool = False,
 ) -> Variant:
@@ -220,9 +262,9 @@ def _variant(
         name=name,
         bytes=size,
         size_ratio=size / ref_size if ref_size else 1.0,
-        accuracy=accuracy,
-        drop_pp=drop,
-        agreement=agreement,
+        accuracy=scores.accuracy,
+        drop_pp=scores.drop_pp,
+        agreement=scores.agreement,
         p50_ms=latency.p50_ms if latency else None,
         p95_ms=latency.p95_ms if latency else None,
         peak_rss_bytes=latency.peak_rss_bytes if latency else None,

@@ -5,23 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from device_agent.errors import ConfigError
-
-
-class ModelError(ConfigError):
-    """A model file is missing, of an unknown kind, corrupt, or cannot be converted."""
-
-    code = "model"
-
-
-class UnsupportedOpsError(ModelError):
-    """The model uses operations the target format's built-in kernels do not provide."""
-
-    code = "unsupported-ops"
-
-    def __init__(self, message: str, ops: tuple[str, ...]) -> None:
-        super().__init__(message)
-        self.ops = ops
+from toolchain.errors import ModelError
 
 
 class ModelKind(StrEnum):

@@ -23,8 +23,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep C++ start-up chatter 
 import tensorflow as tf
 
 from device_agent.bundle.manifest import TensorInfo
-from device_agent.errors import ConfigError
-from toolchain.sources import ModelError, ModelKind, UnsupportedOpsError
+from toolchain.errors import InputError, ModelError, UnsupportedOpsError
+from toolchain.sources import ModelKind
 
 __all__ = ["tf"]
 
@@ -299,7 +299,7 @@ def debugger(converter: Any, dataset: Dataset, denylisted_nodes: Sequence[str] =
     """A ``QuantizationDebugger`` over ``converter`` (already set up for int8), calibrated on ``dataset``.
 
     Raises:
-        ConfigError: the debugger cannot calibrate or quantize the model.
+        InputError: the debugger cannot calibrate or quantize the model.
     """
     options = tf.lite.experimental.QuantizationDebugOptions(
         denylisted_nodes=list(denylisted_nodes) or None, fully_quantize=False
@@ -310,7 +310,7 @@ def debugger(converter: Any, dataset: Dataset, denylisted_nodes: Sequence[str] =
                 converter=converter, debug_dataset=dataset, debug_options=options
             )
     except Exception as exc:  # the debugger re-raises converter and interpreter errors unchanged
-        raise ConfigError(f"quantization debugger failed: {str(exc).strip()[:400]}") from None
+        raise InputError(f"quantization debugger failed: {str(exc).strip()[:400]}") from None
 
 
 def layer_statistics(dbg: Any) -> list[dict[str, str]]:
@@ -320,10 +320,3 @@ def layer_statistics(dbg: Any) -> list[dict[str, str]]:
     buf = io.StringIO()
     dbg.layer_statistics_dump(buf)
     return list(csv.DictReader(io.StringIO(buf.getvalue())))
-
-
-def tool_versions() -> dict[str, str]:
-    """Versions of the TensorFlow-side tools, for provenance."""
-    import tf2onnx
-
-    return {"tensorflow": tf.__version__, "tf2onnx": tf2onnx.__version__}

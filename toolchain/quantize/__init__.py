@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from device_agent.errors import ConfigError
+from toolchain.errors import QuantizeError
 from toolchain.sources import model_kind
 
 TFLiteMode = Literal["float16", "dynamic", "int8", "int16x8"]
@@ -24,12 +24,6 @@ TFLITE_MODES: tuple[str, ...] = ("float16", "dynamic", "int8", "int16x8")
 ONNX_MODES: tuple[str, ...] = ("dynamic", "int8")
 CALIBRATED = {("tflite", "int8"), ("tflite", "int16x8"), ("onnx", "int8")}
 DEFAULT_SAMPLES = 200  # calibration samples used unless --samples says otherwise
-
-
-class QuantizeError(ConfigError):
-    """The model cannot be quantized as asked (wrong source, missing calibration, bad options)."""
-
-    code = "quantize"
 
 
 @dataclass(frozen=True)

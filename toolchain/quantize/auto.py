@@ -20,16 +20,10 @@ import numpy as np
 
 from device_agent.runtime import load_runtime
 from toolchain.calibration import open_samples, stack
+from toolchain.errors import QuantizeError
 from toolchain.evaluate import labels_from, predict, top1_accuracy, top1_agreement
 from toolchain.measure import Measurement, measure
-from toolchain.quantize import (
-    DEFAULT_SAMPLES,
-    OnnxOptions,
-    QuantizeError,
-    QuantizeOptions,
-    TFLiteOptions,
-    quantize,
-)
+from toolchain.quantize import DEFAULT_SAMPLES, OnnxOptions, QuantizeOptions, TFLiteOptions, quantize
 from toolchain.sources import model_kind
 
 MAX_FLOAT_LAYERS = 8  # most layers auto mode keeps in float before moving to other modes

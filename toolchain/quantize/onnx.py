@@ -28,8 +28,9 @@ from onnxruntime.quantization import qdq_loss_debug as qdq_debug
 from device_agent.fsutil import atomic_write
 from device_agent.runtime import load_runtime
 from toolchain.calibration import SampleStream, open_samples
-from toolchain.quantize import OnnxOptions, QuantizeError
-from toolchain.sources import ModelError, ModelKind
+from toolchain.errors import ModelError, QuantizeError
+from toolchain.quantize import OnnxOptions
+from toolchain.sources import ModelKind
 
 _METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -102,17 +103,27 @@ def _quantize_file(model: Path, out: Path, options: OnnxOptions, stream: SampleS
         prepared = _preprocess(model, out.with_suffix(".pre.onnx")) if options.preprocess else model
         if options.mode == "dynamic":
             quantize_dynamic(
-                prepared, out, per_channel=options.per_channel, weight_type=QuantType.QInt8,
+                prepared,
+                out,
+                per_channel=options.per_channel,
+                weight_type=QuantType.QInt8,
                 nodes_to_exclude=list(options.float_nodes),
-            )  # fmt: skip
+            )
             return
         if stream is None:
             raise QuantizeError("--mode int8 needs calibration data")
         quantize_static(
-            prepared, out, StreamReader(stream), quant_format=QuantFormat.QDQ, per_channel=options.per_channel,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=_METHODS[options.calibrate],
-            nodes_to_exclude=list(options.float_nodes), extra_options={"ActivationSymmetric": False},
-        )  # fmt: skip
+            prepared,
+            out,
+            StreamReader(stream),
+            quant_format=QuantFormat.QDQ,
+            per_channel=options.per_channel,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=_METHODS[options.calibrate],
+            nodes_to_exclude=list(options.float_nodes),
+            extra_options={"ActivationSymmetric": False},
+        )
     except (QuantizeError, ModelError):
         raise
     except Exception as exc:  # onnxruntime.quantization raises bare Exceptions and onnx errors
@@ -176,20 +187,3 @@ def _producers(model: Path) -> dict[str, str]:
 
     graph = onnx.load(str(model)).graph
     return {out: node.name for node in graph.node for out in node.output}
-
-
-def quantizable_nodes(model: Path, ranked_tensors: Sequence[str]) -> list[str]:
-    """Float-model node names in the order their output tensors appear in ``ranked_tensors``."""
-    producers = _producers(model)
-    seen: list[str] = []
-    for tensor in ranked_tensors:
-        node = producers.get(tensor)
-        if node and node not in seen:
-            seen.append(node)
-    return seen
-
-
-def tool_versions() -> dict[str, str]:
-    import onnxruntime
-
-    return {"onnxruntime": onnxruntime.__version__}
