@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from device_agent import protocol as proto
-from device_agent.errors import ConfigError
 from device_agent.fsutil import atomic_write
+from fleet.errors import FleetConfigError
 
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.x writes by default
 DEVICE_WRITES = (proto.STATUS, proto.INFO, proto.TELEMETRY, proto.EVENTS)
@@ -91,13 +91,13 @@ def mosquitto_conf(spec: BrokerConfigSpec, out: Path) -> str:
 def write(spec: BrokerConfigSpec, out: Path, use_binary: bool = True) -> dict[str, str]:
     """Write mosquitto.conf, passwd, acl, credentials.txt (0600) and, with TLS, a CA and server cert.
 
-    Returns the credentials (user → password). Raises: ConfigError for a bad id.
+    Returns the credentials (user → password). Raises: FleetConfigError for a bad id.
     """
     for user in (*spec.devices, spec.manager, *spec.readers):
         if not proto.ID_RE.fullmatch(user):
-            raise ConfigError(f"user {user[:64]!r} must be an id ({proto.ID_RE.pattern})")
+            raise FleetConfigError(f"user {user[:64]!r} must be an id ({proto.ID_RE.pattern})")
     if set(spec.devices) & {spec.manager, *spec.readers}:
-        raise ConfigError("a device id must not also be the manager or a reader")
+        raise FleetConfigError("a device id must not also be the manager or a reader")
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     creds = {
