@@ -100,8 +100,9 @@ class FleetServer:
             max_queued=100_000,
         )
         public = config.public_url or f"http://{config.host}:{config.port}"
-        self.runner = Runner(self.service, self.mqtt, public, holder=f"{config.fleet}/{config.instance}",
-                             lease_ttl=config.lease_ttl)  # fmt: skip
+        self.runner = Runner(
+            self.service, self.mqtt, public, holder=f"{config.fleet}/{config.instance}", lease_ttl=config.lease_ttl
+        )
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
 
@@ -141,9 +142,13 @@ class FleetServer:
             self.start_background()
             log.warning(
                 "fleetctl serving fleet %s on http://%s:%s (broker %s, MQTT %s%s)",
-                self.config.fleet, self.config.host, self.config.port, self.config.broker, self.mqtt.protocol_version,
+                self.config.fleet,
+                self.config.host,
+                self.config.port,
+                self.config.broker,
+                self.mqtt.protocol_version,
                 ", ingest only" if self.config.ingest_only else "",
-            )  # fmt: skip
+            )
             server.run()
         finally:
             self.teardown()
