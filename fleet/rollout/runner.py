@@ -92,7 +92,8 @@ class Runner:
         batch: recorded in one transaction, published together, marked sent in one transaction."""
         row, view = self.service.view(rollout_id, finished_without_devices=True)
         actions = engine.tick(view, self.clock())
-        release: ReleaseRow | None = None  # read once, at the first deploy
+        deploys = any(isinstance(a, Deploy) for a in actions)
+        release = self.service.release(row.release) if deploys else None  # read once, before anything changes
         done = 0
         for kind, group in itertools.groupby(actions, key=type):
             batch = list(group)
@@ -106,8 +107,7 @@ class Runner:
                     done += 1
                     self.transitions += 1
                 continue
-            if kind is Deploy:
-                release = release or self.service.release(row.release)
+            if kind is Deploy and release is not None:
                 self._deploy([a for a in batch if isinstance(a, Deploy)], rollout_id, release)
             elif kind is Rollback:
                 self._rollback([a for a in batch if isinstance(a, Rollback)])
