@@ -10,10 +10,11 @@ from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 
+@dataclass(frozen=True)
 class _Row:
     def to_dict(self) -> dict[str, Any]:
         """The columns as a dict, in the table's order (JSON documents stay shared, not copied)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True)

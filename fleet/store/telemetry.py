@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import astuple, fields
 
 import sqlalchemy as sa
 
@@ -33,7 +32,6 @@ _MERGE = (
         psi_max=_larger(_C.psi_max, "_psi_max"),
     )
 )
-_NAMES = tuple(f.name for f in fields(RollupRow))
 
 
 class RollupRepository:
@@ -66,7 +64,7 @@ class RollupRepository:
             old = [r for r in rollups if (r.device_id, r.minute) in existing]
             new = [r for r in rollups if (r.device_id, r.minute) not in existing]
             if old:
-                conn.execute(_MERGE, [{f"_{k}": v for k, v in zip(_NAMES, astuple(r), strict=True)} for r in old])
+                conn.execute(_MERGE, [{f"_{k}": v for k, v in r.to_dict().items()} for r in old])
             if new:
                 conn.execute(t.telemetry_rollups.insert(), [r.to_dict() for r in new])
 
