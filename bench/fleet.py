@@ -43,9 +43,20 @@ FLEET = "bench"
 def _payload_file(tmp: Path) -> Path:
     lines = []
     for i in range(N // PUBLISHERS):
-        values = {"ts": 1_700_000_000_000 + i, "seq": i, "inferences": 50, "errors": 0, "ips": 9.5,
-                  "lat_p50_ms": 3.1, "lat_p95_ms": 4.2, "lat_p99_ms": 6.0, "cpu_pct": 31.0, "rss_mb": 48.0,
-                  "conf_mean": 0.91, "psi_max": 0.02}  # fmt: skip
+        values = {
+            "ts": 1_700_000_000_000 + i,
+            "seq": i,
+            "inferences": 50,
+            "errors": 0,
+            "ips": 9.5,
+            "lat_p50_ms": 3.1,
+            "lat_p95_ms": 4.2,
+            "lat_p99_ms": 6.0,
+            "cpu_pct": 31.0,
+            "rss_mb": 48.0,
+            "conf_mean": 0.91,
+            "psi_max": 0.02,
+        }
         lines.append(proto.encode(proto.Telemetry(values)).decode())
     path = tmp / "telemetry.txt"
     path.write_text("\n".join(lines) + "\n")
@@ -59,16 +70,31 @@ def _publish(broker: LocalBroker, payloads: Path) -> float:
     for j in range(PUBLISHERS):
         with payloads.open("rb") as fh:
             topic = proto.topic(FLEET, f"dev-{j}", proto.TELEMETRY)
-            procs.append(subprocess.Popen(["mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-t", topic,
-                                           "-l"], stdin=fh))  # fmt: skip
+            procs.append(
+                subprocess.Popen(
+                    ["mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-t", topic, "-l"], stdin=fh
+                )
+            )
     for p in procs:
         p.wait()
     return t0
 
 
 def _mosquitto_sub(broker: LocalBroker, payloads: Path) -> float:
-    sub = subprocess.Popen(["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-C", str(N), "-t",
-                            proto.subscription(FLEET, proto.TELEMETRY)], stdout=subprocess.DEVNULL)  # fmt: skip
+    sub = subprocess.Popen(
+        [
+            "mosquitto_sub",
+            "-h",
+            broker.host,
+            "-p",
+            str(broker.port),
+            "-C",
+            str(N),
+            "-t",
+            proto.subscription(FLEET, proto.TELEMETRY),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     time.sleep(0.5)  # subscribed
     t0 = _publish(broker, payloads)
     sub.wait(120)
@@ -122,11 +148,14 @@ def _ingest(broker: LocalBroker, payloads: Path, processes: int) -> float:
 def _tick_view(n: int) -> RolloutView:
     skus = ("pi4", "jetson", "esp")
     health = Health(1.0, 0.0, 5.0, 0.02, 0.9)
-    devices = tuple(DeviceView(f"d-{i}", skus[i % 3], model_name="digits", model_sequence=1, health=health)
-                    for i in range(n))  # fmt: skip
+    devices = tuple(
+        DeviceView(f"d-{i}", skus[i % 3], model_name="digits", model_sequence=1, health=health) for i in range(n)
+    )
     states = (D.SUCCEEDED, D.SUCCEEDED, D.SUCCEEDED, D.DOWNLOADING, D.INSTALLING)
-    deps = {d.id: DeploymentView(d.id, deployment_id(1, d.id, 1), states[i % 5], 1, sent_at=0.5, finished_at=0.5)
-            for i, d in enumerate(devices[: n // 2])}  # fmt: skip
+    deps = {
+        d.id: DeploymentView(d.id, deployment_id(1, d.id, 1), states[i % 5], 1, sent_at=0.5, finished_at=0.5)
+        for i, d in enumerate(devices[: n // 2])
+    }
     from fleet.rollout.model import RolloutSpec, Stage
 
     spec = RolloutSpec("digits@2.0.0", 2, tuple(Stage(s) for s in parse_stages(["5", "25", "50", "100"])))
@@ -145,32 +174,38 @@ def run() -> str:
             times["two"].append(_ingest(broker, payloads, 2))
     s, one, two = (statistics.median(times[k]) for k in ("sub", "one", "two"))
     view = _tick_view(10_000)
-    baking = replace(view, phase=Phase.BAKING, deployments={k: replace(v, state=D.SUCCEEDED)
-                                                             for k, v in view.deployments.items()})  # fmt: skip
+    baking = replace(
+        view, phase=Phase.BAKING, deployments={k: replace(v, state=D.SUCCEEDED) for k, v in view.deployments.items()}
+    )
     tick_t = _median_time(lambda: engine.tick(view, 1.0))
     bake_t = _median_time(lambda: engine.tick(baking, 1.0))
-    return "\n".join([
-        "## Fleet manager: ingest, rollout decisions and rollouts\n",
-        f"Ingest: {N:,} flat telemetry points (12 keys) published by {PUBLISHERS} `mosquitto_pub -l` processes "
-        "through a real Mosquitto; time from the first publish to the last point consumed; median of "
-        f"{ROUNDS} alternating runs.\n",
-        "| consumer | median time | msgs/s | ratio vs mosquitto_sub |",
-        "|---|---|---|---|",
-        f"| `mosquitto_sub` → /dev/null (C client, no parsing) | {s:.2f} s | {N / s:,.0f} | 1.00 |",
-        f"| fleet ingest, 1 process (paho, MQTT 5 → parse + validate → latest state → per-minute rollups in SQLite) | {one:.2f} s | {N / one:,.0f} | **{s / one:.2f}** |",
-        f"| fleet ingest, 2 processes sharing `$share/edgefleet/…` (`serve` + `serve --ingest-only`) | {two:.2f} s | {N / two:,.0f} | **{s / two:.2f}** |",
-        "",
-        "Rollout decision core, 10,000 devices in 3 skus, half of them with a deployment:\n",
-        "| `tick()` | median time |",
-        "|---|---|",
-        f"| deploying stage 3 of 4 (picks the next devices) | {tick_t * 1000:.1f} ms |",
-        f"| baking (health comparison over both cohorts) | {bake_t * 1000:.1f} ms |",
-        "",
-        "Target: ingest ≥ 10,000 msgs/s. The broker, the 4 publishers and the ingest processes all share this machine's cores, so a second ingest process only helps where there are cores to spare.",
-        "",
-        "### Rollouts to 1,000 and 10,000 simulated devices\n",
-        fleet_rollout.report(fleet_rollout.run_sizes(ROLLOUT_SIZES)),
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            "## Fleet manager: ingest, rollout decisions and rollouts\n",
+            f"Ingest: {N:,} flat telemetry points (12 keys) published by {PUBLISHERS} `mosquitto_pub -l` processes "
+            "through a real Mosquitto; time from the first publish to the last point consumed; median of "
+            f"{ROUNDS} alternating runs.\n",
+            "| consumer | median time | msgs/s | ratio vs mosquitto_sub |",
+            "|---|---|---|---|",
+            f"| `mosquitto_sub` → /dev/null (C client, no parsing) | {s:.2f} s | {N / s:,.0f} | 1.00 |",
+            "| fleet ingest, 1 process (paho, MQTT 5 → parse + validate → latest state → per-minute rollups in SQLite) "
+            f"| {one:.2f} s | {N / one:,.0f} | **{s / one:.2f}** |",
+            "| fleet ingest, 2 processes sharing `$share/edgefleet/…` (`serve` + `serve --ingest-only`) "
+            f"| {two:.2f} s | {N / two:,.0f} | **{s / two:.2f}** |",
+            "",
+            "Rollout decision core, 10,000 devices in 3 skus, half of them with a deployment:\n",
+            "| `tick()` | median time |",
+            "|---|---|",
+            f"| deploying stage 3 of 4 (picks the next devices) | {tick_t * 1000:.1f} ms |",
+            f"| baking (health comparison over both cohorts) | {bake_t * 1000:.1f} ms |",
+            "",
+            "Target: ingest ≥ 10,000 msgs/s. The broker, the 4 publishers and the ingest processes all share this "
+            "machine's cores, so a second ingest process only helps where there are cores to spare.",
+            "",
+            "### Rollouts to 1,000 and 10,000 simulated devices\n",
+            fleet_rollout.report(fleet_rollout.run_sizes(ROLLOUT_SIZES)),
+        ]
+    )
 
 
 def _median_time(fn: object, rounds: int = 7) -> float:

@@ -45,11 +45,24 @@ class GatesIn(BaseModel):
     min_p95_delta_ms: Annotated[float, Field(ge=0)] = 2.0
 
     def to_gates(self) -> Gates:
-        health = HealthGate(self.max_error_rate_increase, self.max_p95_ratio, self.max_psi, self.max_conf_drop,
-                            settle_s=self.health_settle_s, min_p95_delta_ms=self.min_p95_delta_ms)  # fmt: skip
-        return Gates(Threshold.parse(self.success), Threshold.parse(self.failure), self.bake_s,
-                     self.device_timeout_s, self.retries, self.max_concurrent, self.rate_per_min,
-                     health=health if self.health else None)  # fmt: skip
+        health = HealthGate(
+            self.max_error_rate_increase,
+            self.max_p95_ratio,
+            self.max_psi,
+            self.max_conf_drop,
+            settle_s=self.health_settle_s,
+            min_p95_delta_ms=self.min_p95_delta_ms,
+        )
+        return Gates(
+            Threshold.parse(self.success),
+            Threshold.parse(self.failure),
+            self.bake_s,
+            self.device_timeout_s,
+            self.retries,
+            self.max_concurrent,
+            self.rate_per_min,
+            health=health if self.health else None,
+        )
 
 
 class RolloutIn(BaseModel):
@@ -101,9 +114,14 @@ def create_app(service: FleetService, tokens: dict[str, str]) -> FastAPI:
     @app.get(f"{API}/health")
     def health() -> dict[str, Any]:
         ingest = service.ingest
-        leader = service.store.lease_holder("rollouts", time.time())
-        return {"fleet": service.fleet, "devices_in_memory": len(ingest), "received": dict(ingest.received),
-                "dropped": dict(ingest.dropped), "rollout_leader": leader}  # fmt: skip
+        leader = service.rollout_leader(time.time())
+        return {
+            "fleet": service.fleet,
+            "devices_in_memory": len(ingest),
+            "received": dict(ingest.received),
+            "dropped": dict(ingest.dropped),
+            "rollout_leader": leader,
+        }
 
     _device_routes(app, service, actor)
     _release_routes(app, service, actor)
@@ -114,38 +132,39 @@ def create_app(service: FleetService, tokens: dict[str, str]) -> FastAPI:
 def _device_routes(app: FastAPI, service: FleetService, actor: Any) -> None:
     @app.get(f"{API}/devices")
     def devices(selector: str = "") -> list[dict[str, Any]]:
-        return service.targeted(Selector.parse(selector))
+        return [row.to_dict() for row in service.targeted(Selector.parse(selector))]
 
     @app.get(f"{API}/devices/{{device}}")
     def device(device: str) -> dict[str, Any]:
-        row = service.store.device(device)
+        row = service.store.devices.get(device)
         latest = service.ingest.latest(device)
-        return {**row, "telemetry": latest.telemetry if latest else {}, "rollups": service.store.rollups(device)[-60:]}
+        rollups = [r.to_dict() for r in service.store.rollups.for_device(device)[-60:]]
+        return {**row.to_dict(), "telemetry": latest.telemetry if latest else {}, "rollups": rollups}
 
     @app.post(f"{API}/devices/{{device}}/tags")
     def tag(device: str, body: TagsIn, who: str = actor) -> dict[str, Any]:
-        return {"device": device, "tags": service.store.tag_device(device, body.add, body.remove, who)}
+        return {"device": device, "tags": service.store.devices.tag(device, body.add, body.remove, who)}
 
 
 def _release_routes(app: FastAPI, service: FleetService, actor: Any) -> None:
     @app.get(f"{API}/releases")
     def releases() -> list[dict[str, Any]]:
-        return service.store.releases()
+        return [row.to_dict() for row in service.store.releases.all()]
 
     @app.post(f"{API}/releases", status_code=201)
     async def add_release(request: Request, who: str = actor) -> dict[str, Any]:
         data = await request.body()
         if len(data) > MAX_BUNDLE:
             raise ConflictError(f"bundle is larger than {MAX_BUNDLE} bytes")
-        return service.add_release(data, who)
+        return service.add_release(data, who).to_dict()
 
     @app.get(f"{API}/releases/{{ref}}")
     def release(ref: str) -> dict[str, Any]:
-        return service.release(ref)
+        return service.release(ref).to_dict()
 
     @app.get(f"{API}/releases/{{ref}}/check")
     def check(ref: str, selector: str = "") -> list[dict[str, Any]]:
-        return service.check_release(ref, selector)
+        return [check.to_dict() for check in service.check_release(ref, selector)]
 
     cache = ArtifactCache()
 
@@ -168,30 +187,31 @@ def _rollout_routes(app: FastAPI, service: FleetService, actor: Any) -> None:
     @app.post(f"{API}/rollouts", status_code=201)
     def start(body: RolloutIn, who: str = actor) -> dict[str, Any]:
         req = RolloutRequest(body.release, tuple(body.stages), body.selector, body.gates.to_gates(), body.approval)
-        return service.status(service.start_rollout(req, who))
+        return service.status(service.start_rollout(req, who)).to_dict()
 
     @app.get(f"{API}/rollouts")
     def rollouts(release: str | None = None) -> list[dict[str, Any]]:
-        return [{k: v for k, v in r.items() if k != "spec"} for r in service.store.rollouts(release=release)]
+        rows = service.store.rollouts.find(release=release)
+        return [{k: v for k, v in row.to_dict().items() if k != "spec"} for row in rows]
 
     @app.get(f"{API}/rollouts/{{rollout_id}}")
     def status(rollout_id: int) -> dict[str, Any]:
-        return service.status(rollout_id)
+        return service.status(rollout_id).to_dict()
 
     @app.get(f"{API}/rollouts/{{rollout_id}}/deployments")
     def deployments(rollout_id: int) -> list[dict[str, Any]]:
-        service.store.rollout(rollout_id)
-        return service.store.deployments(rollout_id)
+        service.store.rollouts.get(rollout_id)
+        return [row.to_dict() for row in service.store.deployments.for_rollout(rollout_id)]
 
     @app.get(f"{API}/rollouts/{{rollout_id}}/audit")
     def audit(rollout_id: int, limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[dict[str, Any]]:
-        return service.store.audit_log(f"rollout/{rollout_id}", limit)
+        return [row.to_dict() for row in service.store.audit.log(f"rollout/{rollout_id}", limit)]
 
     @app.post(f"{API}/rollouts/{{rollout_id}}/{{verb}}")
     def command(rollout_id: int, verb: str, who: str = actor) -> dict[str, Any]:
         if verb not in ("pause", "resume", "abort", "approve"):
             raise NotFoundError(f"no rollout command {verb[:20]!r}")
-        return service.command(rollout_id, verb, who)
+        return service.command(rollout_id, verb, who).to_dict()
 
     @app.post(f"{API}/rollback")
     def rollback(body: ReleaseRef, who: str = actor) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from device_agent.errors import TransportError
+from fleet.errors import BrokerError
 
 STARTUP_TIMEOUT = 15.0  # seconds for a broker to accept connections
 
@@ -51,13 +51,13 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[b
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise TransportError(f"broker exited with status {proc.returncode} before listening on {port}")
+            raise BrokerError(f"broker exited with status {proc.returncode} before listening on {port}")
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
-    raise TransportError(f"nothing listens on {host}:{port} after {timeout}s")
+    raise BrokerError(f"nothing listens on {host}:{port} after {timeout}s")
 
 
 @dataclass
@@ -103,10 +103,10 @@ def _listening(broker: LocalBroker) -> LocalBroker:
     """Wait until the broker accepts connections; otherwise stop it and raise with its log."""
     try:
         wait_for_port(broker.host, broker.port, STARTUP_TIMEOUT, broker.process)
-    except TransportError as exc:
+    except BrokerError as exc:
         text = broker.log()
         broker.stop()
-        raise TransportError(f"{exc}; {broker.kind} broker log: {text[-500:]}") from None
+        raise BrokerError(f"{exc}; {broker.kind} broker log: {text[-500:]}") from None
     return broker
 
 
@@ -138,11 +138,11 @@ def start_mosquitto(
     which then stops the broker after the processes that use it.
 
     Raises:
-        TransportError: no mosquitto binary, or it did not start listening.
+        BrokerError: no mosquitto binary, or it did not start listening.
     """
     binary = mosquitto_binary()
     if binary is None:
-        raise TransportError("mosquitto is not installed (apt-get install mosquitto)")
+        raise BrokerError("mosquitto is not installed (apt-get install mosquitto)")
     port = port or free_port()
     wd, owned = _workdir(workdir)
     log_path = wd / "mosquitto.log"
@@ -173,7 +173,7 @@ def start_mosquitto(
 
 def start_embedded(*, port: int | None = None, workdir: Path | None = None, own_session: bool = False) -> LocalBroker:
     """Start the embedded amqtt broker in a child process on 127.0.0.1 (``own_session`` as for
-    ``start_mosquitto``). Raises: TransportError."""
+    ``start_mosquitto``). Raises: BrokerError."""
     port = port or free_port()
     wd, owned = _workdir(workdir)
     log_path = wd / "embedded-broker.log"

@@ -19,7 +19,7 @@ from device_agent import protocol as proto
 from device_agent.errors import ProtocolError
 from device_agent.mqtt import Message
 from fleet.rollout.model import Health
-from fleet.store.store import Rollup, Store
+from fleet.store import RollupRow, Store
 
 log = logging.getLogger(__name__)
 SHARE_GROUP = "edgefleet"
@@ -161,15 +161,15 @@ class Ingest:
             self._accumulate(device, payload.values, now)
         elif isinstance(payload, proto.Info):
             state.info = payload
-            writes.append(lambda: self.store.record_info(fleet, device, payload, now))
+            writes.append(lambda: self.store.devices.record_info(fleet, device, payload, now))
         elif isinstance(payload, proto.DeploymentEvent):
             writes.append(lambda: self._apply_event(device, payload, now))
         elif isinstance(payload, str):
             state.status = payload
-            writes.append(lambda: self.store.record_status(fleet, device, payload, now))
+            writes.append(lambda: self.store.devices.record_status(fleet, device, payload, now))
 
     def _apply_event(self, device: str, event: proto.DeploymentEvent, now: float) -> None:
-        if not self.store.apply_event(device, event, now):
+        if not self.store.deployments.apply_event(device, event, now):
             self.dropped["unknown-or-stale-deployment"] += 1
 
     def _accumulate(self, device: str, v: dict[str, float], now: float) -> None:
@@ -178,8 +178,16 @@ class Ingest:
         with self._lock:
             acc = self._pending.get(key)
             if acc is None:
-                self._pending[key] = [1, v.get("inferences", 0.0), v.get("errors", 0.0), v.get("ips", 0.0),
-                                      p95, p95, v.get("conf_mean", 0.0), v.get("psi_max", 0.0)]  # fmt: skip
+                self._pending[key] = [
+                    1,
+                    v.get("inferences", 0.0),
+                    v.get("errors", 0.0),
+                    v.get("ips", 0.0),
+                    p95,
+                    p95,
+                    v.get("conf_mean", 0.0),
+                    v.get("psi_max", 0.0),
+                ]
                 return
             acc[0] += 1
             acc[1] += v.get("inferences", 0.0)
@@ -196,12 +204,12 @@ class Ingest:
             pending, self._pending = self._pending, {}
             seen = {dev: self._latest[dev].last_seen for dev, _ in pending if dev in self._latest}
         rollups = [
-            Rollup(dev, minute, int(a[0]), a[1], a[2], a[3], a[4], a[5], a[6], a[7])
+            RollupRow(dev, minute, int(a[0]), a[1], a[2], a[3], a[4], a[5], a[6], a[7])
             for (dev, minute), a in pending.items()
         ]
         try:
-            self.store.add_rollups(rollups)
-            self.store.touch(self.config.fleet, seen)
+            self.store.rollups.add(rollups)
+            self.store.devices.touch(self.config.fleet, seen)
         except SQLAlchemyError as exc:
             self.dropped["store-error"] += len(rollups)
             log.warning("could not flush %d rollups: %s", len(rollups), exc)

@@ -28,27 +28,33 @@ class FleetCollector(Collector):
         yield from self._ingest()
 
     def _devices(self) -> Iterator[Any]:
-        g = GaugeMetricFamily("edgefleet_devices", "Devices by status, sku and model version",
-                              labels=["status", "sku", "model", "version"])  # fmt: skip
+        g = GaugeMetricFamily(
+            "edgefleet_devices",
+            "Devices by status, sku and model version",
+            labels=["status", "sku", "model", "version"],
+        )
         counts = Counter(
-            (r["status"], r["sku"] or "", r["model_name"] or "", r["model_version"] or "")
-            for r in self.service.store.devices(self.service.fleet)
+            (r.status, r.sku or "", r.model_name or "", r.model_version or "")
+            for r in self.service.store.devices.all(self.service.fleet)
         )
         for labels, n in sorted(counts.items()):
             g.add_metric(list(labels), n)
         yield g
 
     def _rollouts(self) -> Iterator[Any]:
-        state = GaugeMetricFamily("edgefleet_rollout_state", "1 for the rollout's current state",
-                                  labels=["rollout", "release", "state"])  # fmt: skip
+        state = GaugeMetricFamily(
+            "edgefleet_rollout_state", "1 for the rollout's current state", labels=["rollout", "release", "state"]
+        )
         stage = GaugeMetricFamily("edgefleet_rollout_stage", "Current stage (1-based)", labels=["rollout", "release"])
-        deps = GaugeMetricFamily("edgefleet_rollout_deployments", "Deployments by state",
-                                 labels=["rollout", "release", "state"])  # fmt: skip
-        for row in self.service.store.rollouts(states=[s for s in RolloutState if s.active]):
-            rid, rel = str(row["id"]), row["release"]
-            state.add_metric([rid, rel, row["state"]], 1)
-            stage.add_metric([rid, rel], row["stage"] + 1)
-            for st, n in sorted(Counter(d["state"] for d in self.service.store.deployments(row["id"])).items()):
+        deps = GaugeMetricFamily(
+            "edgefleet_rollout_deployments", "Deployments by state", labels=["rollout", "release", "state"]
+        )
+        store = self.service.store
+        for row in store.rollouts.find(states=[s for s in RolloutState if s.active]):
+            rid, rel = str(row.id), row.release
+            state.add_metric([rid, rel, row.state], 1)
+            stage.add_metric([rid, rel], row.stage + 1)
+            for st, n in sorted(Counter(d.state for d in store.deployments.for_rollout(row.id)).items()):
                 deps.add_metric([rid, rel, st], n)
         yield from (state, stage, deps)
 

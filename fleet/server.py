@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from device_agent.bundle import TrustStore
-from device_agent.errors import ConfigError
 from device_agent.mqtt import MqttClient, MqttConfig
 from fleet.api import create_app
+from fleet.errors import FleetConfigError
 from fleet.ingest import Ingest, IngestConfig, subscriptions
 from fleet.rollout.runner import Runner
 from fleet.service import FleetService
@@ -100,8 +100,9 @@ class FleetServer:
             max_queued=100_000,
         )
         public = config.public_url or f"http://{config.host}:{config.port}"
-        self.runner = Runner(self.service, self.mqtt, public, holder=f"{config.fleet}/{config.instance}",
-                             lease_ttl=config.lease_ttl)  # fmt: skip
+        self.runner = Runner(
+            self.service, self.mqtt, public, holder=f"{config.fleet}/{config.instance}", lease_ttl=config.lease_ttl
+        )
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
 
@@ -110,13 +111,13 @@ class FleetServer:
 
         Raises:
             TransportError: the broker is unreachable.
-            ConfigError: ``ingest_only`` without MQTT 5.
+            FleetConfigError: ``ingest_only`` without MQTT 5.
         """
         self.mqtt.connect()
         filters = subscriptions(self.config.fleet, self.mqtt.protocol_version)
         if self.config.ingest_only:
             if self.mqtt.protocol_version != "5":
-                raise ConfigError("--ingest-only needs an MQTT 5 broker (shared subscriptions)")
+                raise FleetConfigError("--ingest-only needs an MQTT 5 broker (shared subscriptions)")
             filters = [f for f in filters if f[0].startswith("$share/")]
         self.mqtt.subscribe(filters)
         parts: list[tuple[str, Callable[[], None]]] = [("ingest", lambda: pump(self.mqtt, self.ingest, self.stop))]
@@ -141,9 +142,13 @@ class FleetServer:
             self.start_background()
             log.warning(
                 "fleetctl serving fleet %s on http://%s:%s (broker %s, MQTT %s%s)",
-                self.config.fleet, self.config.host, self.config.port, self.config.broker, self.mqtt.protocol_version,
+                self.config.fleet,
+                self.config.host,
+                self.config.port,
+                self.config.broker,
+                self.mqtt.protocol_version,
                 ", ingest only" if self.config.ingest_only else "",
-            )  # fmt: skip
+            )
             server.run()
         finally:
             self.teardown()

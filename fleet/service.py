@@ -1,6 +1,5 @@
-"""The fleet manager's operations, behind the HTTP API: releases, dry-run checks, rollouts, devices.
-
-Thin over the store and the pure rollout core; the API layer only parses and serializes.
+"""The fleet manager's operations: releases, dry-run checks, devices, rollouts, and the steps the rollout
+runner applies. Thin over the store and the pure rollout core; the API layer only parses and serializes.
 """
 
 from __future__ import annotations
@@ -9,7 +8,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from fleet.errors import InvalidRequestError, NotFoundError
 from fleet.ingest import Ingest
 from fleet.rollout import engine
 from fleet.rollout.model import (
+    Deploy,
     DeviceView,
     Gates,
     Phase,
@@ -30,10 +30,12 @@ from fleet.rollout.model import (
     Selector,
     Stage,
     Threshold,
+    Transition,
 )
-from fleet.store import Store
+from fleet.store import DeviceRow, NewRelease, ReleaseRow, RolloutRow, Store
 
-Row = dict[str, Any]
+ROLLOUT_LEASE = "rollouts"  # the lease whose holder leads rollouts
+LIVE = (RolloutState.RUNNING, RolloutState.ABORTED, RolloutState.ROLLED_BACK)  # states the runner ticks
 
 
 def split_release(ref: str) -> tuple[str, str]:
@@ -67,8 +69,38 @@ class RolloutRequest:
     approval: bool = False  # manual approval after every stage but the last
 
 
+@dataclass(frozen=True)
+class RolloutStatus:
+    """A rollout's row with its stage sizes, the targets per stage and deployment counts now."""
+
+    rollout: RolloutRow
+    stages: list[str]
+    targets: list[int]
+    progress: dict[str, int]
+    spec: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row's columns but ``spec``, then stages, targets, progress and the spec (the API's shape)."""
+        row = {k: v for k, v in self.rollout.to_dict().items() if k != "spec"}
+        return {**row, "stages": self.stages, "targets": self.targets, "progress": self.progress, "spec": self.spec}
+
+
+@dataclass(frozen=True)
+class DeviceCheck:
+    """Whether one targeted device would accept a release, and if not, why."""
+
+    device: str
+    sku: str | None
+    ok: bool
+    reason: str
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class FleetService:
-    """Everything an operator can ask of one fleet."""
+    """Everything an operator (or the rollout runner) can ask of one fleet."""
 
     def __init__(
         self,
@@ -90,7 +122,7 @@ class FleetService:
 
     # --- releases -------------------------------------------------------------------------------
 
-    def add_release(self, data: bytes, actor: str) -> Row:
+    def add_release(self, data: bytes, actor: str) -> ReleaseRow:
         """Verify against the fleet's trusted keys, store the artifact, record the release.
 
         Raises:
@@ -103,30 +135,29 @@ class FleetService:
         path = self.artifacts / f"{sha}.efb"
         if not path.exists():
             atomic_write(path, data)
-        values = {"name": m.name, "version": m.version, "sequence": m.sequence, "sha256": sha, "size": len(data),
-                  "manifest": m.to_dict(), "artifact": str(path)}  # fmt: skip
-        return self.store.add_release(values, actor)
+        new = NewRelease(m.name, m.version, m.sequence, sha, len(data), m.to_dict(), str(path))
+        return self.store.releases.add(new, actor)
 
-    def release(self, ref: str) -> Row:
-        return self.store.release(*split_release(ref))
+    def release(self, ref: str) -> ReleaseRow:
+        """Raises: InvalidRequestError (not NAME@VERSION), NotFoundError."""
+        return self.store.releases.get(*split_release(ref))
 
     def artifact_path(self, sha256: str) -> Path:
         """Raises: NotFoundError."""
-        return Path(self.store.release_by_sha(sha256)["artifact"])
+        return Path(self.store.releases.by_sha(sha256).artifact)
 
-    def check_release(self, ref: str, selector: str = "") -> list[Row]:
+    def check_release(self, ref: str, selector: str = "") -> list[DeviceCheck]:
         """Dry run: every targeted device and whether it would refuse the release, and why."""
-        release = self.release(ref)
-        manifest = Manifest.from_dict(release["manifest"])
-        out = []
-        for row in self.targeted(Selector.parse(selector)):
-            out.append({"device": row["id"], "sku": row["sku"], **_would_accept(manifest, row.get("info"))})
-        return out
+        manifest = Manifest.from_dict(self.release(ref).manifest)
+        return [
+            DeviceCheck(row.id, row.sku, **_would_accept(manifest, row.info))
+            for row in self.targeted(Selector.parse(selector))
+        ]
 
     # --- devices --------------------------------------------------------------------------------
 
-    def targeted(self, selector: Selector) -> list[Row]:
-        return [r for r in self.store.devices(self.fleet) if selector.matches(r["sku"], r["tags"] or [])]
+    def targeted(self, selector: Selector) -> list[DeviceRow]:
+        return [r for r in self.store.devices.all(self.fleet) if selector.matches(r.sku, r.tags or [])]
 
     def device_views(self, selector: Selector) -> tuple[DeviceView, ...]:
         """The selected devices as a rollout sees them; reused for ``device_view_ttl_s`` (monotonic) so the
@@ -142,11 +173,17 @@ class FleetService:
     def _device_views(self, selector: Selector) -> tuple[DeviceView, ...]:
         health = self.ingest.health
         return tuple(
-            DeviceView(id=dev, sku=sku or "unknown", online=status == "online", model_name=name,
-                       model_sequence=seq, health=health(dev))
-            for dev, sku, status, name, seq, tags in self.store.device_states(self.fleet, tags=bool(selector.tags))
-            if selector.matches(sku, tags or [])
-        )  # fmt: skip
+            DeviceView(
+                id=d.id,
+                sku=d.sku or "unknown",
+                online=d.status == "online",
+                model_name=d.model_name,
+                model_sequence=d.model_sequence,
+                health=health(d.id),
+            )
+            for d in self.store.devices.briefs(self.fleet, tags=bool(selector.tags))
+            if selector.matches(d.sku, d.tags or [])
+        )
 
     # --- rollouts -------------------------------------------------------------------------------
 
@@ -154,16 +191,16 @@ class FleetService:
         """Raises: NotFoundError (no such release), InvalidRequestError (bad stages or selector, no device)."""
         release = self.release(req.release)
         sizes = parse_stages(req.stages)
+        last = len(sizes) - 1
         stages = tuple(
-            Stage(size, _with_approval(req.gates, req.approval and i < len(sizes) - 1)) for i, size in enumerate(sizes)
+            Stage(size, _with_approval(req.gates, req.approval and i < last)) for i, size in enumerate(sizes)
         )
-        spec = RolloutSpec(f"{release['name']}@{release['version']}", release["sequence"], stages,
-                           Selector.parse(req.selector))  # fmt: skip
+        spec = RolloutSpec(release.ref, release.sequence, stages, Selector.parse(req.selector))
         if not self.targeted(spec.selector):
             raise InvalidRequestError(f"no device matches the selector {str(spec.selector) or '(all)'!r}")
-        return self.store.create_rollout(release, spec, actor, self.clock())
+        return self.store.rollouts.create(release, spec, actor, self.clock())
 
-    def view(self, rollout_id: int, *, finished_without_devices: bool = False) -> tuple[Row, RolloutView]:
+    def view(self, rollout_id: int, *, finished_without_devices: bool = False) -> tuple[RolloutRow, RolloutView]:
         """The stored rollout row and the engine's view of it now.
 
         ``finished_without_devices`` leaves the device list out of finished rollouts (the engine only
@@ -171,33 +208,33 @@ class FleetService:
 
         Raises: NotFoundError.
         """
-        row = self.store.rollout(rollout_id)
-        spec = RolloutSpec.from_dict(row["spec"])
-        state = RolloutState(row["state"])
+        row = self.store.rollouts.get(rollout_id)
+        spec = RolloutSpec.from_dict(row.spec)
+        state = RolloutState(row.state)
         skip = finished_without_devices and not state.active
         view = RolloutView(
-            id=row["id"],
+            id=row.id,
             spec=spec,
             state=state,
-            stage=row["stage"],
-            phase=Phase(row["phase"]),
-            phase_started_at=row["phase_started_at"],
+            stage=row.stage,
+            phase=Phase(row.phase),
+            phase_started_at=row.phase_started_at,
             devices=() if skip else self.device_views(spec.selector),
-            deployments=self.store.deployment_views(rollout_id),
+            deployments=self.store.deployments.views(rollout_id),
         )
         return row, view
 
-    def status(self, rollout_id: int) -> Row:
+    def status(self, rollout_id: int) -> RolloutStatus:
+        """Raises: NotFoundError."""
         row, view = self.view(rollout_id)
-        row = {k: v for k, v in row.items() if k != "spec"}
-        return {**row, "stages": [str(s.size) for s in view.spec.stages], "targets": engine.targets(view),
-                "progress": engine.progress(view), "spec": view.spec.to_dict()}  # fmt: skip
+        stages = [str(s.size) for s in view.spec.stages]
+        return RolloutStatus(row, stages, engine.targets(view), engine.progress(view), view.spec.to_dict())
 
-    def command(self, rollout_id: int, verb: str, actor: str) -> Row:
+    def command(self, rollout_id: int, verb: str, actor: str) -> RolloutStatus:
         """Pause, resume, abort, approve or roll back. Raises: NotFoundError, ConflictError."""
         row, view = self.view(rollout_id)
         transition = engine.command(view, verb)
-        if not self.store.transition(rollout_id, row, transition, actor, self.clock()):
+        if not self.store.rollouts.transition(rollout_id, row, transition, actor, self.clock()):
             return self.command(rollout_id, verb, actor)  # it moved meanwhile: decide again on the new state
         return self.status(rollout_id)
 
@@ -205,21 +242,55 @@ class FleetService:
         """Roll back every rollout of NAME@VERSION (aborting active ones). Raises: NotFoundError."""
         release = self.release(ref)
         ids = []
-        for row in self.store.rollouts(release=f"{release['name']}@{release['version']}"):
-            if RolloutState(row["state"]) in (RolloutState.ABORTED, RolloutState.ROLLED_BACK):
+        for row in self.store.rollouts.find(release=release.ref):
+            if RolloutState(row.state) in (RolloutState.ABORTED, RolloutState.ROLLED_BACK):
                 continue
-            self.command(row["id"], "rollback", actor)
-            ids.append(row["id"])
+            self.command(row.id, "rollback", actor)
+            ids.append(row.id)
         if not ids:
             raise NotFoundError(f"no rollout of {ref} to roll back")
         return ids
+
+    # --- what the rollout runner applies ----------------------------------------------------------
+
+    def lead_rollouts(self, holder: str, now: float, ttl: float) -> bool:
+        """Take or renew the lead of this fleet's rollouts until ``now + ttl``; False while another holds it."""
+        return self.store.leases.acquire(ROLLOUT_LEASE, holder, now, ttl)
+
+    def rollout_leader(self, now: float) -> str | None:
+        return self.store.leases.holder(ROLLOUT_LEASE, now)
+
+    def live_rollouts(self) -> list[RolloutRow]:
+        """Rollouts the runner still ticks: running, or finished with rollbacks possibly outstanding."""
+        return self.store.rollouts.find(states=LIVE)
+
+    def transition(self, expect: RolloutRow, to: Transition, actor: str, now: float) -> RolloutRow | None:
+        """Apply ``to`` if the rollout is still as ``expect`` says; the new row, or None if it moved meanwhile."""
+        if not self.store.rollouts.transition(expect.id, expect, to, actor, now):
+            return None
+        return self.store.rollouts.get(expect.id)
+
+    def record_deploys(self, rollout_id: int, deploys: Sequence[Deploy], now: float) -> None:
+        """Record new attempts (QUEUED, not yet sent) before their commands are published."""
+        self.store.deployments.record(rollout_id, deploys, now)
+
+    def mark_deploys_sent(self, deployment_ids: Sequence[str], now: float) -> None:
+        self.store.deployments.mark_sent(deployment_ids, now)
+
+    def mark_rollbacks_sent(self, deployment_ids: Sequence[str], now: float) -> None:
+        self.store.deployments.mark_rollbacks_sent(deployment_ids, now)
+
+    def time_out(self, deployment_id: str, now: float) -> None:
+        """A device did not finish in time: its deployment FAILED (reason ``timeout``)."""
+        self.store.deployments.mark_timed_out(deployment_id, now)
 
 
 def _with_approval(gates: Gates, approval: bool) -> Gates:
     return replace(gates, approval=approval)
 
 
-def _would_accept(manifest: Manifest, info_obj: Any) -> Row:
+def _would_accept(manifest: Manifest, info_obj: Any) -> dict[str, Any]:
+    """``ok``, ``reason`` and ``detail`` for one device's latest info document."""
     if not info_obj:
         return {"ok": False, "reason": "no-info", "detail": "the device has not reported its info yet"}
     info = Info.parse(json.dumps(info_obj).encode())

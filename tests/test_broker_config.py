@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -32,8 +33,11 @@ FLEETCTL = str(Path(sys.executable).parent / "fleetctl")
 
 
 def start(conf_dir: Path, port: int) -> LocalBroker:
-    proc = subprocess.Popen([str(mosquitto_binary()), "-c", str(conf_dir / "mosquitto.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(mosquitto_binary()), "-c", str(conf_dir / "mosquitto.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_for_port("127.0.0.1", port, 15, proc)
     return LocalBroker("mosquitto", "127.0.0.1", port, proc, conf_dir, conf_dir / "none.log")
 
@@ -47,9 +51,11 @@ def secured(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Lo
         yield b, creds
 
 
-def connect(broker: LocalBroker, creds: dict[str, str], user: str, **kw: object) -> MqttClient:
-    c = MqttClient(MqttConfig(url=broker.url, client_id=f"{user}-c", username=user, password=creds.get(user, "x"),
-                              connect_timeout=2, **kw))  # type: ignore[arg-type]  # fmt: skip
+def connect(broker: LocalBroker, creds: dict[str, str], user: str, **kw: Any) -> MqttClient:
+    password = creds.get(user, "x")
+    c = MqttClient(
+        MqttConfig(url=broker.url, client_id=f"{user}-c", username=user, password=password, connect_timeout=2, **kw)
+    )
     c.connect()
     return c
 
@@ -72,8 +78,13 @@ def test_each_acl_rule_both_ways(secured: tuple[LocalBroker, dict[str, str]]) ->
     try:
         manager.subscribe([(f"{P.PREFIX}/{FLEET}/#", 1)])
         cam1.subscribe([(f"{P.PREFIX}/{FLEET}/cam-1/cmd/#", 1)])
-        cam2.subscribe([(f"{P.PREFIX}/{FLEET}/cam-1/cmd/#", 1), (f"{P.PREFIX}/{FLEET}/+/telemetry", 1),
-                        (f"{P.PREFIX}/{FLEET}/cam-2/cmd/#", 1)])  # fmt: skip
+        cam2.subscribe(
+            [
+                (f"{P.PREFIX}/{FLEET}/cam-1/cmd/#", 1),
+                (f"{P.PREFIX}/{FLEET}/+/telemetry", 1),
+                (f"{P.PREFIX}/{FLEET}/cam-2/cmd/#", 1),
+            ]
+        )
         own = P.topic(FLEET, "cam-1", P.TELEMETRY)
         # a device publishes under its own prefix (allowed) but not under another's (forbidden)
         cam1.publish(P.topic(FLEET, "cam-2", P.TELEMETRY), b'{"ts":1,"seq":1}', qos=1)
@@ -117,19 +128,38 @@ def test_readers_see_telemetry_but_not_commands_and_strangers_are_refused(
 def test_tls_listener_with_the_generated_ca(tmp_path: Path) -> None:
     port = free_port()
     out = tmp_path / "tls"
-    result = CliRunner().invoke(cli, ["broker-config", "--out", str(out), "--fleet", FLEET, "--device", "cam-1",
-                                      "--tls", "--port", str(port), "--run-as", "root"])  # fmt: skip
+    result = CliRunner().invoke(
+        cli,
+        [
+            "broker-config",
+            "--out",
+            str(out),
+            "--fleet",
+            FLEET,
+            "--device",
+            "cam-1",
+            "--tls",
+            "--port",
+            str(port),
+            "--run-as",
+            "root",
+        ],
+    )
     assert result.exit_code == 0, result.output
     creds = dict(line.split() for line in (out / "credentials.txt").read_text().splitlines())
     with start(out, port) as broker:
         url = f"mqtts://127.0.0.1:{port}"
-        c = MqttClient(MqttConfig(url=url, client_id="cam-1", username="cam-1", password=creds["cam-1"],
-                                  cafile=str(out / "ca.crt")))  # fmt: skip
+        c = MqttClient(
+            MqttConfig(
+                url=url, client_id="cam-1", username="cam-1", password=creds["cam-1"], cafile=str(out / "ca.crt")
+            )
+        )
         c.connect()
         c.publish(P.topic(FLEET, "cam-1", P.STATUS), b"online", qos=1)
         c.disconnect()
-        plain = MqttClient(MqttConfig(url=broker.url, client_id="x", username="cam-1", password=creds["cam-1"],
-                                      connect_timeout=1))  # fmt: skip
+        plain = MqttClient(
+            MqttConfig(url=broker.url, client_id="x", username="cam-1", password=creds["cam-1"], connect_timeout=1)
+        )
         with pytest.raises(TransportError):
             plain.connect()  # no plaintext on a TLS listener
 
@@ -145,14 +175,47 @@ def test_fleetctl_serve_on_the_generated_tls_broker_with_its_own_credentials(tmp
     with --broker-cafile; a device publishing over TLS is registered. A wrong password is one clear error."""
     port, api_port = free_port(), free_port()
     out = tmp_path / "tls"
-    result = CliRunner().invoke(cli, ["broker-config", "--out", str(out), "--fleet", FLEET, "--device", "cam-1",
-                                      "--tls", "--port", str(port), "--run-as", "root"])  # fmt: skip
+    result = CliRunner().invoke(
+        cli,
+        [
+            "broker-config",
+            "--out",
+            str(out),
+            "--fleet",
+            FLEET,
+            "--device",
+            "cam-1",
+            "--tls",
+            "--port",
+            str(port),
+            "--run-as",
+            "root",
+        ],
+    )
     assert result.exit_code == 0, result.output
     creds = dict(line.split() for line in (out / "credentials.txt").read_text().splitlines())
-    args = [FLEETCTL, "serve", "--db", f"sqlite:///{tmp_path / 'fleet.db'}", "--fleet", FLEET,
-            "--broker", f"mqtts://127.0.0.1:{port}", "--broker-username", "fleetctl",
-            "--broker-cafile", str(out / "ca.crt"), "--artifacts", str(tmp_path / "artifacts"),
-            "--listen", f"127.0.0.1:{api_port}", "--trust", str(key_files[1]), "--token", f"alice={TOKEN}"]  # fmt: skip
+    args = [
+        FLEETCTL,
+        "serve",
+        "--db",
+        f"sqlite:///{tmp_path / 'fleet.db'}",
+        "--fleet",
+        FLEET,
+        "--broker",
+        f"mqtts://127.0.0.1:{port}",
+        "--broker-username",
+        "fleetctl",
+        "--broker-cafile",
+        str(out / "ca.crt"),
+        "--artifacts",
+        str(tmp_path / "artifacts"),
+        "--listen",
+        f"127.0.0.1:{api_port}",
+        "--trust",
+        str(key_files[1]),
+        "--token",
+        f"alice={TOKEN}",
+    ]
     assert creds["fleetctl"] not in " ".join(args)
     with start(out, port):
         wrong = {**os.environ, "FLEETCTL_BROKER_PASSWORD": "not-the-password"}
@@ -167,11 +230,19 @@ def test_fleetctl_serve_on_the_generated_tls_broker_with_its_own_credentials(tmp
         api = ApiClient(f"http://127.0.0.1:{api_port}", TOKEN)
         try:
             wait_until(lambda: _answers(api), 30, "fleetctl serve to answer")
-            cam = MqttClient(MqttConfig(url=f"mqtts://127.0.0.1:{port}", client_id="cam-1", username="cam-1",
-                                        password=creds["cam-1"], cafile=str(out / "ca.crt")))  # fmt: skip
+            cam = MqttClient(
+                MqttConfig(
+                    url=f"mqtts://127.0.0.1:{port}",
+                    client_id="cam-1",
+                    username="cam-1",
+                    password=creds["cam-1"],
+                    cafile=str(out / "ca.crt"),
+                )
+            )
             cam.connect()
-            info = P.Info("0.1.0", "tflite", "2.16.1", "pi4", "aarch64", 1 << 29,
-                          model=P.ModelRef("digits", "1.0.0", 1, "a" * 64))  # fmt: skip
+            info = P.Info(
+                "0.1.0", "tflite", "2.16.1", "pi4", "aarch64", 1 << 29, model=P.ModelRef("digits", "1.0.0", 1, "a" * 64)
+            )
             cam.publish(P.topic(FLEET, "cam-1", P.INFO), P.encode(info), qos=1, retain=True)
             cam.disconnect()
             devices = wait_until(lambda: api.get("/devices") or None, 30, "the device to be registered")

@@ -45,16 +45,22 @@ def prometheus_binary() -> str:
 
 @pytest.fixture
 def fleet_with_agent(
-    tmp_path: Path, broker: LocalBroker, tiny_models: dict[str, Path], release_key: PrivateKey,
+    tmp_path: Path,
+    broker: LocalBroker,
+    tiny_models: dict[str, Path],
+    release_key: PrivateKey,
     key_files: tuple[Path, Path],
-) -> Iterator[tuple[Harness, AgentThread]]:  # fmt: skip
+) -> Iterator[tuple[Harness, AgentThread]]:
     """A fleet manager (fleet "test") and one real agent (dev-1, sku pi4) registered with it."""
     bundle = package_tiny(tiny_models, release_key, "1.0.0", 1)
     with running_fleet(broker.url, tmp_path / "fm", key_files[1], fleet="test") as h:
         agent = AgentThread(flash_device(tmp_path, bundle, broker.url, key_files[1], sku="pi4"))
         try:
-            wait_until(lambda: any(d["status"] == "online" and d["model_version"] for d in h.api.get("/devices")),
-                       30, "dev-1 registered")  # fmt: skip
+            wait_until(
+                lambda: any(d["status"] == "online" and d["model_version"] for d in h.api.get("/devices")),
+                30,
+                "dev-1 registered",
+            )
             yield h, agent
         finally:
             agent.stop()
@@ -78,9 +84,15 @@ def test_a_real_prometheus_scrapes_the_fleet_manager(
     )
     log = (tmp_path / "prometheus.log").open("wb")
     proc = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log,
-    )  # fmt: skip
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=log,
+    )
     api = f"http://127.0.0.1:{port}/api/v1"
 
     def online() -> list[dict[str, Any]]:
@@ -92,17 +104,24 @@ def test_a_real_prometheus_scrapes_the_fleet_manager(
         result = wait_until(online, 60, "Prometheus to have scraped edgefleet_devices")
         assert len(result) == 1
         assert result[0]["metric"] | {"__name__": "x"} == {
-            "__name__": "x", "job": "edgefleet", "instance": target,
-            "status": "online", "sku": "pi4", "model": "digits", "version": "1.0.0",
-        }  # fmt: skip
+            "__name__": "x",
+            "job": "edgefleet",
+            "instance": target,
+            "status": "online",
+            "sku": "pi4",
+            "model": "digits",
+            "version": "1.0.0",
+        }
         assert result[0]["value"][1] == "1"
         targets = httpx.get(f"{api}/targets", timeout=5).json()["data"]["activeTargets"]
         assert [t["health"] for t in targets] == ["up"]
         rate = wait_until(
-            lambda: httpx.get(f"{api}/query", params={"query": "edgefleet_ingest_messages_total"}, timeout=5)
-            .json()["data"]["result"],
-            30, "ingest counters",
-        )  # fmt: skip
+            lambda: httpx.get(f"{api}/query", params={"query": "edgefleet_ingest_messages_total"}, timeout=5).json()[
+                "data"
+            ]["result"],
+            30,
+            "ingest counters",
+        )
         assert {r["metric"]["kind"] for r in rate} >= {"status", "info", "telemetry"}
     finally:
         proc.terminate()

@@ -122,8 +122,10 @@ def test_devices_check_rollout_status_and_metrics_through_fleetctl(
     try:
         wait_until(lambda: len([d for d in h.api.get("/devices") if d["sku"]]) == 2, what="devices registered")
         code, out = fleetctl(h, "devices", "ls", "--json")
-        assert code == 0 and {d["id"]: d["model_version"] for d in json.loads(out)} == {"cam-1": "1.0.0",
-                                                                                        "cam-2": "3.0.0"}  # fmt: skip
+        assert code == 0 and {d["id"]: d["model_version"] for d in json.loads(out)} == {
+            "cam-1": "1.0.0",
+            "cam-2": "3.0.0",
+        }
         assert fleetctl(h, "devices", "tag", "cam-1", "--add", "canary")[0] == 0
         add_release(h, tmp_path, release_key, "2.0.0", 2)
         code, out = fleetctl(h, "releases", "check", "digits@2.0.0", "--json")
@@ -131,12 +133,15 @@ def test_devices_check_rollout_status_and_metrics_through_fleetctl(
         assert checks["cam-1"]["ok"] and (checks["cam-2"]["ok"], checks["cam-2"]["reason"]) == (False, "downgrade")
         code, out = fleetctl(h, "releases", "check", "digits@2.0.0", "--selector", "tag=canary")
         assert code == 0 and out.strip() == "1 of 1 targeted devices would accept digits@2.0.0"
-        code, out = fleetctl(h, "rollout", "start", "digits@2.0.0", "--stages", "5,25,100", "--selector", "tag=canary",
-                             "--json")  # fmt: skip
+        code, out = fleetctl(
+            h, "rollout", "start", "digits@2.0.0", "--stages", "5,25,100", "--selector", "tag=canary", "--json"
+        )
         assert code == 0, out
         rid = json.loads(out)["id"]
-        wait_until(lambda: json.loads(fleetctl(h, "rollout", "status", str(rid), "--json")[1])["state"] == "SUCCEEDED",
-                   what="rollout done")  # fmt: skip
+        wait_until(
+            lambda: json.loads(fleetctl(h, "rollout", "status", str(rid), "--json")[1])["state"] == "SUCCEEDED",
+            what="rollout done",
+        )
         assert small.model.version == "2.0.0" and big.model.version == "3.0.0"
         metrics = httpx.get(f"{h.url}/metrics").text
         assert 'edgefleet_devices{model="digits",sku="pi4",status="online",version="2.0.0"} 1.0' in metrics
@@ -174,12 +179,14 @@ def test_garbage_over_mqtt_is_counted_dropped_and_harmless(h: Harness, broker: L
             ("edgefleet/v1/default/Not_An_Id/telemetry", b"{}"),
         ]:
             rogue.publish(topic, payload, qos=1)
-        dropped = wait_until(lambda: (d := h.api.get("/health")["dropped"]) and sum(d.values()) >= 6 and d,
-                             what="drops counted")  # fmt: skip
+        dropped = wait_until(
+            lambda: (d := h.api.get("/health")["dropped"]) and sum(d.values()) >= 6 and d, what="drops counted"
+        )
         assert dropped == {"payload-too-large": 1, "bad-payload": 3, "unknown-or-stale-deployment": 1, "bad-topic": 1}
         after = h.api.get("/devices/cam-1")
         assert {k: after[k] for k in ("sku", "status", "info", "model_version")} == {
-            k: before[k] for k in ("sku", "status", "info", "model_version")}  # fmt: skip
+            k: before[k] for k in ("sku", "status", "info", "model_version")
+        }
         assert [d["id"] for d in h.api.get("/devices")] == ["cam-1"]
         assert 'edgefleet_ingest_dropped_total{reason="payload-too-large"} 1.0' in httpx.get(f"{h.url}/metrics").text
     finally:

@@ -29,9 +29,22 @@ class ServeProcess:
     def __init__(self, broker: LocalBroker, tmp: Path, pub: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.args = [FLEETCTL, "serve", "--db", f"sqlite:///{tmp / 'fleet.db'}", "--broker", broker.url,
-                     "--artifacts", str(tmp / "artifacts"), "--listen", f"127.0.0.1:{self.port}",
-                     "--trust", str(pub), "--token", f"alice={TOKEN}"]  # fmt: skip
+        self.args = [
+            FLEETCTL,
+            "serve",
+            "--db",
+            f"sqlite:///{tmp / 'fleet.db'}",
+            "--broker",
+            broker.url,
+            "--artifacts",
+            str(tmp / "artifacts"),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--trust",
+            str(pub),
+            "--token",
+            f"alice={TOKEN}",
+        ]
         self.log = tmp / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.kills = 0
@@ -72,8 +85,10 @@ def test_kill_9_mid_rollout_resumes_without_duplicates_or_skipped_stages(
         wait_until(lambda: sum(1 for d in api.get("/devices") if d["sku"]) == 24, what="devices registered")
         (tmp_path / "d.efb").write_bytes(simple_bundle(release_key, version="2.0.0", sequence=2))
         api.add_release(tmp_path / "d.efb")
-        rid = api.post("/rollouts", {"release": "digits@2.0.0", "stages": ["10%", "40%", "70%", "100%"],
-                                     "gates": {"max_concurrent": 3}})["id"]  # fmt: skip
+        rid = api.post(
+            "/rollouts",
+            {"release": "digits@2.0.0", "stages": ["10%", "40%", "70%", "100%"], "gates": {"max_concurrent": 3}},
+        )["id"]
 
         def status() -> dict[str, object]:
             try:
@@ -83,9 +98,15 @@ def test_kill_9_mid_rollout_resumes_without_duplicates_or_skipped_stages(
 
         # kill points: stage 1 under way, stage 2 under way, stage 3 half done
         for stage, min_deployments in ((0, 1), (1, 5), (2, 13)):
-            wait_until(lambda s=stage, n=min_deployments: (st := status()) and st["stage"] >= s
-                       and sum(st["progress"].values()) - st["progress"]["targeted"] >= n, 60,
-                       f"stage {stage + 1} under way")  # fmt: skip
+            wait_until(
+                lambda s=stage, n=min_deployments: (
+                    (st := status())
+                    and st["stage"] >= s
+                    and sum(st["progress"].values()) - st["progress"]["targeted"] >= n
+                ),
+                60,
+                f"stage {stage + 1} under way",
+            )
             serve.kill9()
             serve.start()
         final = wait_until(lambda: (st := status()) and st["state"] in ("SUCCEEDED", "ABORTED") and st, 90, "the end")
@@ -103,10 +124,15 @@ def test_kill_9_mid_rollout_resumes_without_duplicates_or_skipped_stages(
         # max_concurrent = 3 commands) under the SAME ids (devices act once)
         assert resent <= 3 * serve.kills
         print(f"kills={serve.kills} devices acting twice=0 same-id re-publishes={resent}")
-        audit = [a["detail"].split(": ", 1)[1] for a in reversed(api.get(f"/rollouts/{rid}/audit"))
-                 if a["action"] == "rollout.transition"]  # fmt: skip
+        audit = [
+            a["detail"].split(": ", 1)[1]
+            for a in reversed(api.get(f"/rollouts/{rid}/audit"))
+            if a["action"] == "rollout.transition"
+        ]
         assert audit == [f"stage {i} {w}" for i in (1, 2, 3) for w in ("deployed", "baked")] + [
-            "stage 4 deployed", "last stage baked"]  # fmt: skip
+            "stage 4 deployed",
+            "last stage baked",
+        ]
         assert serve.kills == 3
     finally:
         for d in devices:
@@ -119,9 +145,24 @@ def test_sigterm_stops_serve_warmly_with_its_local_broker(tmp_path: Path, key_fi
     port = free_port()
     log = tmp_path / "serve.log"
     with log.open("wb") as fh:
-        proc = subprocess.Popen([FLEETCTL, "serve", "--db", f"sqlite:///{tmp_path / 'f.db'}", "--listen",
-                                 f"127.0.0.1:{port}", "--trust", str(key_files[1]), "--artifacts",
-                                 str(tmp_path / "a"), "--token", TOKEN], stdout=fh, stderr=fh)  # fmt: skip
+        proc = subprocess.Popen(
+            [
+                FLEETCTL,
+                "serve",
+                "--db",
+                f"sqlite:///{tmp_path / 'f.db'}",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--trust",
+                str(key_files[1]),
+                "--artifacts",
+                str(tmp_path / "a"),
+                "--token",
+                TOKEN,
+            ],
+            stdout=fh,
+            stderr=fh,
+        )
     try:
         wait_until(lambda: "serving fleet default" in log.read_text(), 30, "serve to start")
         broker_port = int(log.read_text().split("broker at mqtt://127.0.0.1:")[1].split()[0])

@@ -31,8 +31,10 @@ def fleet_env(broker: LocalBroker, tmp_path: Path, key_files: tuple[Path, Path])
 
 
 def devices_up(h: Harness, devices: list[ScriptedDevice]) -> None:
-    wait_until(lambda: sum(1 for d in h.api.get("/devices") if d["sku"] and d["status"] == "online") == len(devices),
-               what="every device registered")  # fmt: skip
+    wait_until(
+        lambda: sum(1 for d in h.api.get("/devices") if d["sku"] and d["status"] == "online") == len(devices),
+        what="every device registered",
+    )
 
 
 def finished(h: Harness, rid: int, *states: str) -> dict[str, object]:
@@ -66,15 +68,18 @@ def test_failures_on_one_sku_trip_the_gate_and_every_changed_device_rolls_back(
     h = fleet_env
     fault = lambda sku, rel: (D.ROLLED_BACK, "selftest-mismatch") if sku == "esp" and rel == "digits@2.0.0" else None  # noqa: E731
     with scripted(h, broker, fault=fault) as devices:
-        rid = start_rollout(h, tmp_path, release_key, stages=["10%", "50%", "100%"],
-                            gates={"failure": "20%", "retries": 0})  # fmt: skip
+        rid = start_rollout(
+            h, tmp_path, release_key, stages=["10%", "50%", "100%"], gates={"failure": "20%", "retries": 0}
+        )
         status = finished(h, rid, "ABORTED")
         assert "failure threshold 20% tripped: 1 of 3" in str(status["reason"])
         deps = h.api.get(f"/rollouts/{rid}/deployments")
         assert sorted(d["device_id"].split("-")[0] for d in deps) == ["esp", "jetson", "pi4"]  # one per sku, no more
         changed = {d["device_id"] for d in deps if d["device_id"].split("-")[0] != "esp"}
-        wait_until(lambda: all(d["state"] == "ROLLED_BACK" for d in h.api.get(f"/rollouts/{rid}/deployments")),
-                   what="rollbacks confirmed")  # fmt: skip
+        wait_until(
+            lambda: all(d["state"] == "ROLLED_BACK" for d in h.api.get(f"/rollouts/{rid}/deployments")),
+            what="rollbacks confirmed",
+        )
         told = {d.device_id for d in devices if any(kind == P.CMD_ROLLBACK for kind, _ in d.received)}
         assert told == changed
         assert all(d.model == OLD for d in devices)  # every device on its previous version
@@ -100,8 +105,13 @@ def test_a_clean_release_completes_on_every_device_once(
         assert all(d.model.version == "2.0.0" and len(d.acted_on) == 1 for d in devices)
         stages = [a["detail"] for a in reversed(h.api.get(f"/rollouts/{rid}/audit")) if a["actor"] == "runner"]
         assert [s.split(": ")[1] for s in stages] == [
-            "stage 1 deployed", "stage 1 baked", "stage 2 deployed", "stage 2 baked", "stage 3 deployed",
-            "last stage baked"]  # fmt: skip
+            "stage 1 deployed",
+            "stage 1 baked",
+            "stage 2 deployed",
+            "stage 2 baked",
+            "stage 3 deployed",
+            "last stage baked",
+        ]
 
 
 def test_pause_resume_and_manual_approval(
@@ -109,8 +119,9 @@ def test_pause_resume_and_manual_approval(
 ) -> None:
     h = fleet_env
     with scripted(h, broker, step_delay=0.1) as devices:
-        rid = start_rollout(h, tmp_path, release_key, stages=["25%", "100%"], approval=True,
-                            gates={"max_concurrent": 2})  # fmt: skip
+        rid = start_rollout(
+            h, tmp_path, release_key, stages=["25%", "100%"], approval=True, gates={"max_concurrent": 2}
+        )
         finished(h, rid, "WAITING_APPROVAL")
         assert len(h.api.get(f"/rollouts/{rid}/deployments")) == 3  # the stage, and no more, until approved
         assert h.api.post(f"/rollouts/{rid}/approve")["state"] == "RUNNING"
@@ -139,8 +150,13 @@ def test_model_health_gate_trips_on_one_skus_latency_and_rolls_back(
 
     with scripted(h, broker, telemetry_for=telemetry, telemetry_interval=0.2) as devices:
         wait_until(lambda: all(h.server.ingest.health(d.device_id) for d in devices), what="baseline telemetry")
-        rid = start_rollout(h, tmp_path, release_key, stages=["25%", "100%"],
-                            gates={"bake_s": 30, "max_p95_ratio": 1.5, "health_settle_s": 0.5})  # fmt: skip
+        rid = start_rollout(
+            h,
+            tmp_path,
+            release_key,
+            stages=["25%", "100%"],
+            gates={"bake_s": 30, "max_p95_ratio": 1.5, "health_settle_s": 0.5},
+        )
         status = finished(h, rid, "ABORTED", "SUCCEEDED")
         assert status["state"] == "ABORTED"
         assert "model health: sku jetson: p95 latency 30.0 ms vs 10.0 ms" in str(status["reason"])
@@ -165,7 +181,10 @@ def test_a_second_fleet_manager_takes_over_rollouts_when_the_leader_stops(
             )
             wait_until(lambda: len(first.api.get(f"/rollouts/{rid}/deployments")) >= 2, what="stage 1 under way")
             first.server.stop.set()  # the leader stops stepping (its lease is no longer renewed)
-            wait_until(lambda: second.api.get("/health")["rollout_leader"] == second.server.runner.holder, 15,
-                       "the other process to lead")  # fmt: skip
+            wait_until(
+                lambda: second.api.get("/health")["rollout_leader"] == second.server.runner.holder,
+                15,
+                "the other process to lead",
+            )
             assert finished(second, rid, "SUCCEEDED", "ABORTED")["state"] == "SUCCEEDED"
             assert all(d.model.version == "2.0.0" and len(d.acted_on) == 1 for d in devices)

@@ -37,11 +37,11 @@ def test_devices_register_and_rollups_land_in_the_store(store_url: str) -> None:
         )
     ingest.handle(msg(P.topic("plant", "cam-9", P.TELEMETRY), point(1, inferences=1)))  # telemetry-only device
     assert ingest.flush() == 2
-    row = store.device("cam-1")
-    assert (row["status"], row["sku"], row["model_version"]) == ("online", "pi4", "1.0.0")
-    (rollup,) = store.rollups("cam-1")
-    assert (rollup["points"], rollup["inferences"], rollup["errors"], rollup["lat_p95_max"]) == (3, 30.0, 3.0, 7.0)
-    assert store.device("cam-9")["status"] == "unknown"
+    row = store.devices.get("cam-1")
+    assert (row.status, row.sku, row.model_version) == ("online", "pi4", "1.0.0")
+    (rollup,) = store.rollups.for_device("cam-1")
+    assert (rollup.points, rollup.inferences, rollup.errors, rollup.lat_p95_max) == (3, 30.0, 3.0, 7.0)
+    assert store.devices.get("cam-9").status == "unknown"
     health = ingest.health("cam-1")
     assert health is not None and (health.error_rate, health.lat_p95_ms) == (0.1, 7.0)
     assert ingest.received == {"status": 1, "info": 1, "telemetry": 4}
@@ -52,7 +52,7 @@ def test_bad_messages_are_counted_and_dropped_and_the_store_is_untouched(store_u
     store = Store(store_url)
     ingest = Ingest(store, IngestConfig(fleet="plant"))
     ingest.handle(msg(P.topic("plant", "cam-1", P.INFO), P.encode(INFO)))
-    before = store.device("cam-1")
+    before = store.devices.get("cam-1")
     bad = [
         msg(P.topic("plant", "cam-1", P.TELEMETRY), b"{not json"),
         msg(P.topic("plant", "cam-1", P.TELEMETRY), b'{"ts": 1, "seq": 1, "x": "str"}'),
@@ -77,8 +77,8 @@ def test_bad_messages_are_counted_and_dropped_and_the_store_is_untouched(store_u
     assert ingest.dropped["unknown-or-stale-deployment"] == 1
     assert ingest.dropped["other-fleet"] == 1 and ingest.dropped["not-a-device-topic"] == 1
     assert ingest.received == {"info": 1, "events/deployment": 1}
-    assert store.device("cam-1") == before
-    assert [d["id"] for d in store.devices()] == ["cam-1"]
+    assert store.devices.get("cam-1") == before
+    assert [d.id for d in store.devices.all()] == ["cam-1"]
     store.close()
 
 

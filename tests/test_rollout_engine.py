@@ -172,8 +172,9 @@ def test_health_gate_compares_updated_cohort_with_baseline_of_the_same_sku() -> 
         replace(d, health=Health(T0 + 5, error_rate=0.0, lat_p95_ms=10.0, psi_max=0.01, conf_mean=0.9))
         for d in fleet(4)
     )
-    v = RolloutView(1, spec("50%", "100%", bake_s=100.0, health=gate), RolloutState.RUNNING, 0, Phase.BAKING, T0,
-                    devices, {})  # fmt: skip
+    v = RolloutView(
+        1, spec("50%", "100%", bake_s=100.0, health=gate), RolloutState.RUNNING, 0, Phase.BAKING, T0, devices, {}
+    )
     deps = {
         d.id: DeploymentView(d.id, deployment_id(1, d.id, 1), D.SUCCEEDED, 0, sent_at=T0, finished_at=T0)
         for d in devices

@@ -9,20 +9,18 @@ from device_agent import protocol as P
 from device_agent.protocol import DeploymentState as D
 from fleet.errors import ConflictError, NotFoundError
 from fleet.rollout.model import Deploy, Phase, RolloutSpec, RolloutState, Stage, Threshold, Transition
-from fleet.store import Store
+from fleet.store import NewRelease, ReleaseRow, RollupRow, Store
 from fleet.store import tables as t
-from fleet.store.store import Rollup
 
 NOW = 1_700_000_000.0
-INFO = P.Info("0.1.0", "tflite", "2.14.0", "pi4", "aarch64", 1 << 30,
-              model=P.ModelRef("digits", "1.0.0", 1, "a" * 64))  # fmt: skip
+INFO = P.Info("0.1.0", "tflite", "2.14.0", "pi4", "aarch64", 1 << 30, model=P.ModelRef("digits", "1.0.0", 1, "a" * 64))
 
 
-def release_row(store: Store, version: str = "2.0.0") -> dict[str, object]:
-    return store.add_release(
-        {"name": "digits", "version": version, "sequence": 2, "sha256": "b" * 64, "size": 10,
-         "manifest": {"name": "digits"}, "artifact": "/x.efb"}, actor="alice",
-    )  # fmt: skip
+def release_row(store: Store, version: str = "2.0.0") -> ReleaseRow:
+    new = NewRelease(
+        "digits", version, sequence=2, sha256="b" * 64, size=10, manifest={"name": "digits"}, artifact="/x.efb"
+    )
+    return store.releases.add(new, actor="alice")
 
 
 def test_migrations_create_the_declared_schema_and_are_idempotent(store_url: str) -> None:
@@ -36,18 +34,22 @@ def test_migrations_create_the_declared_schema_and_are_idempotent(store_url: str
 
 def test_devices_register_update_and_tag(store_url: str) -> None:
     store = Store(store_url)
-    store.record_status("default", "cam-1", "online", NOW)
-    store.record_info("default", "cam-1", INFO, NOW + 1)
-    row = store.device("cam-1")
-    assert (row["sku"], row["status"], row["model_version"], row["info"]["hardware"]["arch"]) == (
-        "pi4", "online", "1.0.0", "aarch64")  # fmt: skip
-    assert store.tag_device("cam-1", ["lab", "b"], [], actor="bob") == ["b", "lab"]
-    assert store.tag_device("cam-1", [], ["b"], actor="bob") == ["lab"]
+    store.devices.record_status("default", "cam-1", "online", NOW)
+    store.devices.record_info("default", "cam-1", INFO, NOW + 1)
+    row = store.devices.get("cam-1")
+    assert (row.sku, row.status, row.model_version, row.info["hardware"]["arch"]) == (
+        "pi4",
+        "online",
+        "1.0.0",
+        "aarch64",
+    )
+    assert store.devices.tag("cam-1", ["lab", "b"], [], actor="bob") == ["b", "lab"]
+    assert store.devices.tag("cam-1", [], ["b"], actor="bob") == ["lab"]
     with pytest.raises(NotFoundError):
-        store.tag_device("ghost", ["x"], [], actor="bob")
+        store.devices.tag("ghost", ["x"], [], actor="bob")
     with pytest.raises(NotFoundError):
-        store.device("ghost")
-    assert [a["actor"] for a in store.audit_log("device/cam-1")] == ["bob", "bob"]
+        store.devices.get("ghost")
+    assert [a.actor for a in store.audit.log("device/cam-1")] == ["bob", "bob"]
     store.close()
 
 
@@ -56,70 +58,74 @@ def test_release_twice_is_a_conflict_and_nothing_changes(store_url: str) -> None
     release_row(store)
     with pytest.raises(ConflictError):
         release_row(store)
-    assert len(store.releases()) == 1
+    assert len(store.releases.all()) == 1
     with pytest.raises(NotFoundError):
-        store.release("digits", "9.9.9")
+        store.releases.get("digits", "9.9.9")
     store.close()
 
 
 def test_rollout_transitions_are_compare_and_set(store_url: str) -> None:
     store = Store(store_url)
     spec = RolloutSpec("digits@2.0.0", 2, (Stage(Threshold(50.0)), Stage(Threshold(100.0))))
-    rid = store.create_rollout(release_row(store), spec, "alice", NOW)
-    before = store.rollout(rid)
-    assert RolloutSpec.from_dict(before["spec"]) == spec
+    rid = store.rollouts.create(release_row(store), spec, "alice", NOW)
+    before = store.rollouts.get(rid)
+    assert RolloutSpec.from_dict(before.spec) == spec
     pause = Transition(RolloutState.PAUSED, 0, Phase.DEPLOYING, "paused")
-    assert store.transition(rid, before, pause, "alice", NOW + 1)
+    assert store.rollouts.transition(rid, before, pause, "alice", NOW + 1)
     advance = Transition(RolloutState.RUNNING, 1, Phase.DEPLOYING, "stale tick")
-    assert not store.transition(rid, before, advance, "runner", NOW + 2)  # computed before the pause
-    assert store.rollout(rid)["state"] == "PAUSED"
-    assert [a["action"] for a in store.audit_log(f"rollout/{rid}")] == ["rollout.transition", "rollout.start"]
+    assert not store.rollouts.transition(rid, before, advance, "runner", NOW + 2)  # computed before the pause
+    assert store.rollouts.get(rid).state == "PAUSED"
+    assert [a.action for a in store.audit.log(f"rollout/{rid}")] == ["rollout.transition", "rollout.start"]
     store.close()
 
 
 def test_deployments_events_and_unique_per_rollout_and_device(store_url: str) -> None:
     store = Store(store_url)
     spec = RolloutSpec("digits@2.0.0", 2, (Stage(Threshold(100.0)),))
-    rid = store.create_rollout(release_row(store), spec, "alice", NOW)
-    store.record_deploy(rid, Deploy("cam-1", "r1-cam-1", 0, 1), NOW)
+    rid = store.rollouts.create(release_row(store), spec, "alice", NOW)
+    store.deployments.record(rid, [Deploy("cam-1", "r1-cam-1", 0, 1)], NOW)
     with pytest.raises(sa.exc.IntegrityError):
-        store.record_deploy(rid, Deploy("cam-1", "r1-cam-1-x", 0, 1), NOW)
-    store.mark_sent(["r1-cam-1"], NOW + 1)
+        store.deployments.record(rid, [Deploy("cam-1", "r1-cam-1-x", 0, 1)], NOW)
+    store.deployments.mark_sent(["r1-cam-1"], NOW + 1)
     ev = P.DeploymentEvent("r1-cam-1", D.DOWNLOADING, 1)
-    assert store.apply_event("cam-1", ev, NOW + 2)
-    assert not store.apply_event("cam-2", ev, NOW + 2)  # the event's device must own the deployment
-    assert not store.apply_event("cam-1", P.DeploymentEvent("r9-unknown", D.SUCCEEDED, 1), NOW)
-    assert store.apply_event("cam-1", P.DeploymentEvent("r1-cam-1", D.SUCCEEDED, 2), NOW + 3)
-    assert not store.apply_event("cam-1", P.DeploymentEvent("r1-cam-1", D.INSTALLING, 3), NOW + 4)  # stale
-    view = store.deployment_views(rid)["cam-1"]
+    assert store.deployments.apply_event("cam-1", ev, NOW + 2)
+    assert not store.deployments.apply_event("cam-2", ev, NOW + 2)  # the event's device must own the deployment
+    assert not store.deployments.apply_event("cam-1", P.DeploymentEvent("r9-unknown", D.SUCCEEDED, 1), NOW)
+    assert store.deployments.apply_event("cam-1", P.DeploymentEvent("r1-cam-1", D.SUCCEEDED, 2), NOW + 3)
+    assert not store.deployments.apply_event("cam-1", P.DeploymentEvent("r1-cam-1", D.INSTALLING, 3), NOW + 4)  # stale
+    view = store.deployments.views(rid)["cam-1"]
     assert (view.state, view.sent_at, view.finished_at) == (D.SUCCEEDED, NOW + 1, NOW + 3)
-    assert not store.apply_event("cam-1", P.DeploymentEvent("r1-cam-1", D.FAILED, 4, "no-previous"), NOW + 4)
-    store.record_deploy(rid, Deploy("cam-1", "r1-cam-1-a2", 0, 2), NOW + 5)
-    assert store.deployment_views(rid)["cam-1"].attempts == 2
-    store.mark_timed_out("r1-cam-1-a2", NOW + 6)
-    assert store.apply_event("cam-1", P.DeploymentEvent("r1-cam-1-a2", D.SUCCEEDED, 5), NOW + 7)  # slow, not dead
-    assert store.deployment_views(rid)["cam-1"].state is D.SUCCEEDED
+    assert not store.deployments.apply_event(
+        "cam-1", P.DeploymentEvent("r1-cam-1", D.FAILED, 4, "no-previous"), NOW + 4
+    )
+    store.deployments.record(rid, [Deploy("cam-1", "r1-cam-1-a2", 0, 2)], NOW + 5)
+    assert store.deployments.views(rid)["cam-1"].attempts == 2
+    store.deployments.mark_timed_out("r1-cam-1-a2", NOW + 6)
+    assert store.deployments.apply_event(
+        "cam-1", P.DeploymentEvent("r1-cam-1-a2", D.SUCCEEDED, 5), NOW + 7
+    )  # slow, not dead
+    assert store.deployments.views(rid)["cam-1"].state is D.SUCCEEDED
     store.close()
 
 
 def test_rollups_merge(store_url: str) -> None:
     store = Store(store_url)
-    r = Rollup("cam-1", 28_333_333, 2, 100.0, 1.0, 20.0, 10.0, 6.0, 1.8, 0.1)
-    store.add_rollups([r])
-    store.add_rollups([Rollup("cam-1", 28_333_333, 1, 50.0, 0.0, 10.0, 9.0, 9.0, 0.9, 0.05)])
-    (row,) = store.rollups("cam-1")
-    assert (row["points"], row["inferences"], row["lat_p95_max"], row["psi_max"]) == (3, 150.0, 9.0, 0.1)
+    r = RollupRow("cam-1", 28_333_333, 2, 100.0, 1.0, 20.0, 10.0, 6.0, 1.8, 0.1)
+    store.rollups.add([r])
+    store.rollups.add([RollupRow("cam-1", 28_333_333, 1, 50.0, 0.0, 10.0, 9.0, 9.0, 0.9, 0.05)])
+    (row,) = store.rollups.for_device("cam-1")
+    assert (row.points, row.inferences, row.lat_p95_max, row.psi_max) == (3, 150.0, 9.0, 0.1)
     store.close()
 
 
 def test_one_process_leads_rollouts_and_another_takes_over_when_its_lease_expires(store_url: str) -> None:
     a, b = Store(store_url), Store(store_url)
-    assert a.acquire_lease("rollouts", "default/main", NOW, ttl=10)
-    assert not b.acquire_lease("rollouts", "default/second", NOW + 1, ttl=10)
-    assert a.acquire_lease("rollouts", "default/main", NOW + 5, ttl=10)  # renewed until NOW + 15
-    assert not b.acquire_lease("rollouts", "default/second", NOW + 14, ttl=10)
-    assert b.lease_holder("rollouts", NOW + 14) == "default/main"
-    assert b.acquire_lease("rollouts", "default/second", NOW + 16, ttl=10)  # main stopped renewing
-    assert not a.acquire_lease("rollouts", "default/main", NOW + 17, ttl=10)
+    assert a.leases.acquire("rollouts", "default/main", NOW, ttl=10)
+    assert not b.leases.acquire("rollouts", "default/second", NOW + 1, ttl=10)
+    assert a.leases.acquire("rollouts", "default/main", NOW + 5, ttl=10)  # renewed until NOW + 15
+    assert not b.leases.acquire("rollouts", "default/second", NOW + 14, ttl=10)
+    assert b.leases.holder("rollouts", NOW + 14) == "default/main"
+    assert b.leases.acquire("rollouts", "default/second", NOW + 16, ttl=10)  # main stopped renewing
+    assert not a.leases.acquire("rollouts", "default/main", NOW + 17, ttl=10)
     a.close()
     b.close()

@@ -39,8 +39,11 @@ def tick(view: RolloutView, now: float) -> list[Action]:
     if view.state is not RolloutState.RUNNING:
         return []
     gates = view.spec.stages[view.stage].gates
-    actions: list[Action] = [Deploy(d.device, d.deployment_id, d.stage, d.attempts, new=False)
-                             for d in view.deployments.values() if d.sent_at is None]  # fmt: skip
+    actions: list[Action] = [
+        Deploy(d.device, d.deployment_id, d.stage, d.attempts, new=False)
+        for d in view.deployments.values()
+        if d.sent_at is None
+    ]
     deployments = dict(view.deployments)
     for dep in view.deployments.values():
         if _timed_out(dep, gates, now):

@@ -14,18 +14,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from device_agent import protocol as proto
 from device_agent.errors import TransportError
 from fleet.rollout import engine
-from fleet.rollout.model import Deploy, Rollback, RolloutState, TimeOut, Transition
+from fleet.rollout.model import Deploy, Rollback, TimeOut, Transition
 from fleet.service import FleetService
+from fleet.store import ReleaseRow
 
 log = logging.getLogger(__name__)
 RUNNER = "runner"  # the actor named in the audit log for automatic transitions
-LEASE = "rollouts"  # the lease whose holder leads rollouts
-LIVE = (RolloutState.RUNNING, RolloutState.ABORTED, RolloutState.ROLLED_BACK)
 
 
 class Publisher(Protocol):
@@ -38,8 +37,19 @@ def rollback_request_id(deployment_id: str) -> str:
     return rid if len(rid) <= 64 else f"rb-{hashlib.sha256(deployment_id.encode()).hexdigest()[:40]}"
 
 
+def _deploy_command(deployment_id: str, url: str, release: ReleaseRow) -> proto.DeployCommand:
+    return proto.DeployCommand(
+        request_id=deployment_id, deployment_id=deployment_id, url=url, sha256=release.sha256, size=release.size
+    )
+
+
+def _rollback_command(action: Rollback) -> proto.RollbackCommand:
+    request_id = rollback_request_id(action.deployment_id)
+    return proto.RollbackCommand(request_id=request_id, deployment_id=action.deployment_id, reason=action.reason[:256])
+
+
 class Runner:
-    """Advances every live rollout of one fleet, one ``step()`` at a time."""
+    """Advances every live rollout of one fleet, one ``step()`` at a time, through the service."""
 
     def __init__(
         self,
@@ -55,7 +65,6 @@ class Runner:
         self.lease_ttl = lease_ttl
         self.leading = False
         self.service = service
-        self.store = service.store
         self.publisher = publisher
         self.public_url = public_url.rstrip("/")
         self.clock = clock
@@ -67,15 +76,15 @@ class Runner:
 
         One process of a fleet leads rollouts; the others take over when its lease expires.
         """
-        self.leading = self.store.acquire_lease(LEASE, self.holder, self.clock(), self.lease_ttl)
+        self.leading = self.service.lead_rollouts(self.holder, self.clock(), self.lease_ttl)
         if not self.leading:
             return 0
         applied = 0
-        for row in self.store.rollouts(states=LIVE):
+        for row in self.service.live_rollouts():
             try:
-                applied += self.advance(row["id"])
+                applied += self.advance(row.id)
             except TransportError as exc:
-                log.warning("rollout %s: broker trouble, will retry: %s", row["id"], exc)
+                log.warning("rollout %s: broker trouble, will retry: %s", row.id, exc)
         return applied
 
     def advance(self, rollout_id: int) -> int:
@@ -83,49 +92,43 @@ class Runner:
         batch: recorded in one transaction, published together, marked sent in one transaction."""
         row, view = self.service.view(rollout_id, finished_without_devices=True)
         actions = engine.tick(view, self.clock())
-        release = self.service.release(row["release"]) if any(isinstance(a, Deploy) for a in actions) else {}
+        deploys = any(isinstance(a, Deploy) for a in actions)
+        release = self.service.release(row.release) if deploys else None  # read once, before anything changes
         done = 0
         for kind, group in itertools.groupby(actions, key=type):
             batch = list(group)
             if kind is Transition:
                 for action in batch:
                     assert isinstance(action, Transition)
-                    if not self.store.transition(rollout_id, row, action, RUNNER, self.clock()):
+                    moved = self.service.transition(row, action, RUNNER, self.clock())
+                    if moved is None:
                         return done  # an operator moved it meanwhile: decide again next step
-                    row = self.store.rollout(rollout_id)
+                    row = moved
                     done += 1
                     self.transitions += 1
                 continue
-            if kind is Deploy:
+            if kind is Deploy and release is not None:
                 self._deploy([a for a in batch if isinstance(a, Deploy)], rollout_id, release)
             elif kind is Rollback:
                 self._rollback([a for a in batch if isinstance(a, Rollback)])
             else:
                 for action in batch:
                     if isinstance(action, TimeOut):
-                        self.store.mark_timed_out(action.deployment_id, self.clock())
+                        self.service.time_out(action.deployment_id, self.clock())
             done += len(batch)
         return done
 
-    def _deploy(self, deploys: list[Deploy], rollout_id: int, release: dict[str, Any]) -> None:
-        self.store.record_deploys(rollout_id, [d for d in deploys if d.new], self.clock())
-        url = f"{self.public_url}/artifacts/{release['sha256']}.efb"
-        commands = [
-            (d.device, proto.DeployCommand(request_id=d.deployment_id, deployment_id=d.deployment_id, url=url,
-                                           sha256=release["sha256"], size=release["size"]))
-            for d in deploys
-        ]  # fmt: skip
+    def _deploy(self, deploys: list[Deploy], rollout_id: int, release: ReleaseRow) -> None:
+        self.service.record_deploys(rollout_id, [d for d in deploys if d.new], self.clock())
+        url = f"{self.public_url}/artifacts/{release.sha256}.efb"
+        commands = [(d.device, _deploy_command(d.deployment_id, url, release)) for d in deploys]
         self._publish(commands)
-        self.store.mark_sent([d.deployment_id for d in deploys], self.clock())
+        self.service.mark_deploys_sent([d.deployment_id for d in deploys], self.clock())
 
     def _rollback(self, rollbacks: list[Rollback]) -> None:
-        commands = [
-            (r.device, proto.RollbackCommand(request_id=rollback_request_id(r.deployment_id),
-                                             deployment_id=r.deployment_id, reason=r.reason[:256]))
-            for r in rollbacks
-        ]  # fmt: skip
+        commands = [(r.device, _rollback_command(r)) for r in rollbacks]
         self._publish(commands)
-        self.store.mark_rollbacks_sent([r.deployment_id for r in rollbacks], self.clock())
+        self.service.mark_rollbacks_sent([r.deployment_id for r in rollbacks], self.clock())
 
     def _publish(self, commands: Sequence[tuple[str, proto.Command]]) -> None:
         messages = [(proto.topic(self.service.fleet, device, cmd.kind), proto.encode(cmd)) for device, cmd in commands]

@@ -50,9 +50,17 @@ def running_fleet(
     broker_url: str, tmp: Path, pub: Path, db: str | None = None, tick: float = 0.1, **config_kw: Any
 ) -> Iterator[Harness]:
     port = free_port()
-    config = ServeConfig(db=db or f"sqlite:///{tmp / 'fleet.db'}", broker=broker_url, artifacts=tmp / "artifacts",
-                         trust=(pub,), port=port, tokens={TOKEN: "alice"}, tick_interval=tick,
-                         public_url=f"http://127.0.0.1:{port}", **config_kw)  # fmt: skip
+    config = ServeConfig(
+        db=db or f"sqlite:///{tmp / 'fleet.db'}",
+        broker=broker_url,
+        artifacts=tmp / "artifacts",
+        trust=(pub,),
+        port=port,
+        tokens={TOKEN: "alice"},
+        tick_interval=tick,
+        public_url=f"http://127.0.0.1:{port}",
+        **config_kw,
+    )
     server = FleetServer(config)
     server.start_background()
     app = create_app(server.service, server.tokens)

@@ -57,8 +57,13 @@ class ScriptedDevice:
         self.deployed: dict[str, P.ModelRef] = {}  # deployment id -> model it installed
         self._stop = threading.Event()
         self._seq = 0
-        cfg = MqttConfig(url=self.broker_url, client_id=self.device_id, username=self.username,
-                         password=self.password, session_expiry_s=600)  # fmt: skip
+        cfg = MqttConfig(
+            url=self.broker_url,
+            client_id=self.device_id,
+            username=self.username,
+            password=self.password,
+            session_expiry_s=600,
+        )
         self.client = MqttClient(cfg)
         self._thread = threading.Thread(target=self._loop, name=f"device-{self.device_id}", daemon=True)
 
@@ -81,8 +86,18 @@ class ScriptedDevice:
         self.client.disconnect()
 
     def info(self) -> P.Info:
-        return P.Info("0.1.0", "tflite", "2.16.1", self.sku, "aarch64", 512 << 20, model=self.model,
-                      active_slot="a", slots={"a": self.model, "b": None}, tags=("lab",))  # fmt: skip
+        return P.Info(
+            "0.1.0",
+            "tflite",
+            "2.16.1",
+            self.sku,
+            "aarch64",
+            512 << 20,
+            model=self.model,
+            active_slot="a",
+            slots={"a": self.model, "b": None},
+            tags=("lab",),
+        )
 
     def publish_info(self) -> None:
         self.client.publish(self.topic(P.INFO), P.encode(self.info()), qos=1, retain=True)
@@ -90,8 +105,14 @@ class ScriptedDevice:
     def publish_telemetry(self) -> None:
         self._seq += 1
         extra = self.telemetry_for(self.sku, f"{self.model.name}@{self.model.version}") if self.telemetry_for else {}
-        values = {"ts": int(time.time() * 1000), "seq": self._seq, "inferences": 100, "errors": 0, **self.telemetry,
-                  **extra}  # fmt: skip
+        values = {
+            "ts": int(time.time() * 1000),
+            "seq": self._seq,
+            "inferences": 100,
+            "errors": 0,
+            **self.telemetry,
+            **extra,
+        }
         self.client.publish(self.topic(P.TELEMETRY), P.encode(P.Telemetry(values)), qos=0)
 
     def event(self, deployment_id: str, state: D, reason: str = "") -> None:
@@ -174,8 +195,11 @@ def start_fleet(
     broker_url: str, fleet: str, skus: dict[str, int], model: P.ModelRef, **kw: object
 ) -> list[ScriptedDevice]:
     """``{"pi4": 10, ...}`` → started devices ``pi4-0`` … each on ``model``."""
-    devices = [ScriptedDevice(broker_url, fleet, f"{sku}-{i}", sku, model, **kw)  # type: ignore[arg-type]
-               for sku, n in skus.items() for i in range(n)]  # fmt: skip
+    devices = [
+        ScriptedDevice(broker_url, fleet, f"{sku}-{i}", sku, model, **kw)  # type: ignore[arg-type]
+        for sku, n in skus.items()
+        for i in range(n)
+    ]
     for d in devices:
         d.start()
     return devices

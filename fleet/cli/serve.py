@@ -1,0 +1,118 @@
+"""``fleetctl serve``: run the fleet manager. The server (paho, FastAPI, SQLAlchemy) is imported when it runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fleet.cli.common import with_options
+
+SERVE_OPTIONS = [
+    click.option(
+        "--db",
+        default="sqlite:///fleet.db",
+        show_default=True,
+        help="Store URL: sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB.",
+    ),
+    click.option("--broker", help="mqtt://HOST:PORT (default: start a local broker: mosquitto, else embedded)."),
+    click.option(
+        "--broker-username",
+        envvar="FLEETCTL_BROKER_USERNAME",
+        help="MQTT username (env FLEETCTL_BROKER_USERNAME; default: from the broker URL, if it has one).",
+    ),
+    click.option(
+        "--broker-password",
+        envvar="FLEETCTL_BROKER_PASSWORD",
+        help="MQTT password (env FLEETCTL_BROKER_PASSWORD, which keeps it out of the process list).",
+    ),
+    click.option(
+        "--broker-cafile",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="CA certificate for an mqtts:// broker with a private CA (e.g. broker-config --tls's ca.crt).",
+    ),
+    click.option(
+        "--artifacts",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("artifacts"),
+        show_default=True,
+        help="Directory for release artifacts (served at /artifacts/).",
+    ),
+    click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT for the HTTP API."),
+    click.option(
+        "--trust",
+        "trust",
+        multiple=True,
+        required=True,
+        type=click.Path(exists=True, path_type=Path),
+        help="Trusted release public key (.pub) or a directory of them (repeatable).",
+    ),
+    click.option("--fleet", default="default", show_default=True, help="Fleet id (one fleet per server)."),
+    click.option(
+        "--token",
+        "tokens",
+        multiple=True,
+        envvar="FLEETCTL_TOKEN",
+        help="API token, SECRET or NAME=SECRET (repeatable; env FLEETCTL_TOKEN). Default: a random one, printed.",
+    ),
+    click.option("--public-url", help="Base URL devices use for artifacts (default http://LISTEN)."),
+    click.option(
+        "--ingest-only",
+        is_flag=True,
+        help="Follower: share telemetry ingest with the main process (MQTT 5 $share); run no rollouts.",
+    ),
+    click.option(
+        "--instance",
+        default="main",
+        show_default=True,
+        help="Name of this process among the fleet's (MQTT client id fleetctl-FLEET-INSTANCE).",
+    ),
+]
+
+
+def parse_tokens(values: tuple[str, ...]) -> dict[str, str]:
+    """``SECRET`` (actor "operator") or ``NAME=SECRET`` → {secret: actor}."""
+    tokens = {}
+    for value in values:
+        name, sep, secret = value.partition("=")
+        if not sep:
+            name, secret = "operator", value
+        if len(secret) < 8:
+            raise click.BadParameter("a token needs at least 8 characters", param_hint="--token")
+        tokens[secret] = name
+    return tokens
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` → (host, port)."""
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter("must be HOST:PORT", param_hint="--listen")
+    return host, int(port)
+
+
+@click.command()
+@with_options(SERVE_OPTIONS)
+def serve(**opts: Any) -> None:
+    """Run the fleet manager: store, MQTT ingest, rollouts, HTTP API, /metrics."""
+    from fleet.server import FleetServer, ServeConfig
+
+    listen, broker, tokens = opts.pop("listen"), opts.pop("broker"), opts.pop("tokens")
+    host, port = parse_listen(listen)
+    local = None
+    if broker is None:
+        from fleet.broker import start_local_broker
+
+        local = start_local_broker()
+        broker = local.url
+        click.echo(f"started a local {local.kind} broker at {broker}", err=True)
+    token_map = parse_tokens(tokens)
+    server = FleetServer(ServeConfig(broker=broker, host=host, port=port, tokens=token_map, **opts))
+    if not token_map:
+        click.echo(f"API token (pass as --token or FLEETCTL_TOKEN): {next(iter(server.tokens))}", err=True)
+    try:
+        server.run()
+    finally:
+        if local is not None:
+            local.stop()
