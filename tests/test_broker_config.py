@@ -25,6 +25,7 @@ from fleet.broker import LocalBroker, free_port, mosquitto_binary, wait_for_port
 from fleet.brokerconfig import BrokerConfigSpec, write
 from fleet.cli import cli
 from fleet.client import ApiClient
+from tests.support.argv import argv
 from tests.support.fleet_harness import TOKEN, wait_until
 
 pytestmark = pytest.mark.skipif(mosquitto_binary() is None, reason="needs mosquitto (.ci/run installs it)")
@@ -129,21 +130,7 @@ def test_tls_listener_with_the_generated_ca(tmp_path: Path) -> None:
     port = free_port()
     out = tmp_path / "tls"
     result = CliRunner().invoke(
-        cli,
-        [
-            "broker-config",
-            "--out",
-            str(out),
-            "--fleet",
-            FLEET,
-            "--device",
-            "cam-1",
-            "--tls",
-            "--port",
-            str(port),
-            "--run-as",
-            "root",
-        ],
+        cli, argv("broker-config", out=out, fleet=FLEET, device="cam-1", tls=True, port=port, run_as="root")
     )
     assert result.exit_code == 0, result.output
     creds = dict(line.split() for line in (out / "credentials.txt").read_text().splitlines())
@@ -176,46 +163,23 @@ def test_fleetctl_serve_on_the_generated_tls_broker_with_its_own_credentials(tmp
     port, api_port = free_port(), free_port()
     out = tmp_path / "tls"
     result = CliRunner().invoke(
-        cli,
-        [
-            "broker-config",
-            "--out",
-            str(out),
-            "--fleet",
-            FLEET,
-            "--device",
-            "cam-1",
-            "--tls",
-            "--port",
-            str(port),
-            "--run-as",
-            "root",
-        ],
+        cli, argv("broker-config", out=out, fleet=FLEET, device="cam-1", tls=True, port=port, run_as="root")
     )
     assert result.exit_code == 0, result.output
     creds = dict(line.split() for line in (out / "credentials.txt").read_text().splitlines())
-    args = [
+    args = argv(
         FLEETCTL,
         "serve",
-        "--db",
-        f"sqlite:///{tmp_path / 'fleet.db'}",
-        "--fleet",
-        FLEET,
-        "--broker",
-        f"mqtts://127.0.0.1:{port}",
-        "--broker-username",
-        "fleetctl",
-        "--broker-cafile",
-        str(out / "ca.crt"),
-        "--artifacts",
-        str(tmp_path / "artifacts"),
-        "--listen",
-        f"127.0.0.1:{api_port}",
-        "--trust",
-        str(key_files[1]),
-        "--token",
-        f"alice={TOKEN}",
-    ]
+        db=f"sqlite:///{tmp_path / 'fleet.db'}",
+        fleet=FLEET,
+        broker=f"mqtts://127.0.0.1:{port}",
+        broker_username="fleetctl",
+        broker_cafile=out / "ca.crt",
+        artifacts=tmp_path / "artifacts",
+        listen=f"127.0.0.1:{api_port}",
+        trust=key_files[1],
+        token=f"alice={TOKEN}",
+    )
     assert creds["fleetctl"] not in " ".join(args)
     with start(out, port):
         wrong = {**os.environ, "FLEETCTL_BROKER_PASSWORD": "not-the-password"}
@@ -230,27 +194,24 @@ def test_fleetctl_serve_on_the_generated_tls_broker_with_its_own_credentials(tmp
         api = ApiClient(f"http://127.0.0.1:{api_port}", TOKEN)
         try:
             wait_until(lambda: _answers(api), 30, "fleetctl serve to answer")
-            cam = MqttClient(
-                MqttConfig(
-                    url=f"mqtts://127.0.0.1:{port}",
-                    client_id="cam-1",
-                    username="cam-1",
-                    password=creds["cam-1"],
-                    cafile=str(out / "ca.crt"),
-                )
-            )
-            cam.connect()
-            info = P.Info(
-                "0.1.0", "tflite", "2.16.1", "pi4", "aarch64", 1 << 29, model=P.ModelRef("digits", "1.0.0", 1, "a" * 64)
-            )
-            cam.publish(P.topic(FLEET, "cam-1", P.INFO), P.encode(info), qos=1, retain=True)
-            cam.disconnect()
+            _publish_info_over_tls(port, creds["cam-1"], out / "ca.crt")
             devices = wait_until(lambda: api.get("/devices") or None, 30, "the device to be registered")
             assert [(d["id"], d["model_version"]) for d in devices] == [("cam-1", "1.0.0")]
         finally:
             proc.terminate()
             proc.wait(15)
             log.close()
+
+
+def _publish_info_over_tls(port: int, password: str, cafile: Path) -> None:
+    """cam-1 says who it is over mqtts://, as its own broker user."""
+    url = f"mqtts://127.0.0.1:{port}"
+    cam = MqttClient(MqttConfig(url=url, client_id="cam-1", username="cam-1", password=password, cafile=str(cafile)))
+    cam.connect()
+    model = P.ModelRef("digits", "1.0.0", 1, "a" * 64)
+    info = P.Info("0.1.0", "tflite", "2.16.1", "pi4", "aarch64", 1 << 29, model=model)
+    cam.publish(P.topic(FLEET, "cam-1", P.INFO), P.encode(info), qos=1, retain=True)
+    cam.disconnect()
 
 
 def _answers(api: ApiClient) -> bool:

@@ -83,16 +83,8 @@ def test_a_real_prometheus_scrapes_the_fleet_manager(
         f"scrape_configs:\n  - job_name: edgefleet\n    static_configs:\n      - targets: ['{target}']\n"
     )
     log = (tmp_path / "prometheus.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=log,
-    )
+    flags = [f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}"]
+    proc = subprocess.Popen([binary, *flags, f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log)
     api = f"http://127.0.0.1:{port}/api/v1"
 
     def online() -> list[dict[str, Any]]:
@@ -115,10 +107,9 @@ def test_a_real_prometheus_scrapes_the_fleet_manager(
         assert result[0]["value"][1] == "1"
         targets = httpx.get(f"{api}/targets", timeout=5).json()["data"]["activeTargets"]
         assert [t["health"] for t in targets] == ["up"]
+        counters = {"query": "edgefleet_ingest_messages_total"}
         rate = wait_until(
-            lambda: httpx.get(f"{api}/query", params={"query": "edgefleet_ingest_messages_total"}, timeout=5).json()[
-                "data"
-            ]["result"],
+            lambda: httpx.get(f"{api}/query", params=counters, timeout=5).json()["data"]["result"],
             30,
             "ingest counters",
         )

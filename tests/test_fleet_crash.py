@@ -9,7 +9,9 @@ import socket
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -19,7 +21,7 @@ from fleet.broker import LocalBroker, free_port
 from fleet.client import ApiClient
 from fleet.errors import ApiError
 from tests.support.fleet_harness import TOKEN, wait_until
-from tests.support.scripted_device import start_fleet
+from tests.support.scripted_device import ScriptedDevice, start_fleet
 
 OLD = P.ModelRef("digits", "1.0.0", 1, "1" * 64)
 FLEETCTL = str(Path(sys.executable).parent / "fleetctl")
@@ -96,48 +98,52 @@ def test_kill_9_mid_rollout_resumes_without_duplicates_or_skipped_stages(
             except ApiError:
                 return {}
 
-        # kill points: stage 1 under way, stage 2 under way, stage 3 half done
-        for stage, min_deployments in ((0, 1), (1, 5), (2, 13)):
-            wait_until(
-                lambda s=stage, n=min_deployments: (
-                    (st := status())
-                    and st["stage"] >= s
-                    and sum(st["progress"].values()) - st["progress"]["targeted"] >= n
-                ),
-                60,
-                f"stage {stage + 1} under way",
-            )
-            serve.kill9()
-            serve.start()
+        _kill_9_in_stages_1_to_3(serve, status)
         final = wait_until(lambda: (st := status()) and st["state"] in ("SUCCEEDED", "ABORTED") and st, 90, "the end")
         assert final["state"] == "SUCCEEDED", final["reason"]
-        deployments = api.get(f"/rollouts/{rid}/deployments")
-        assert len(deployments) == 24 and {d["state"] for d in deployments} == {"SUCCEEDED"}
-        assert Counter(d["stage"] for d in deployments) == {0: 3, 1: 7, 2: 7, 3: 7}  # every stage, in its size
-        resent = 0
-        for dev in devices:
-            deploys = [c["deployment_id"] for kind, c in dev.received if kind == P.CMD_DEPLOY]
-            assert len(dev.acted_on) == 1 and set(deploys) == set(dev.acted_on), dev.device_id
-            assert dev.model.version == "2.0.0"
-            resent += len(deploys) - 1
-        # a kill between publishing a batch of deploys and recording it sent re-publishes that batch (at most
-        # max_concurrent = 3 commands) under the SAME ids (devices act once)
-        assert resent <= 3 * serve.kills
-        print(f"kills={serve.kills} devices acting twice=0 same-id re-publishes={resent}")
+        _assert_each_device_acted_once(api, rid, devices, serve.kills)
         audit = [
             a["detail"].split(": ", 1)[1]
             for a in reversed(api.get(f"/rollouts/{rid}/audit"))
             if a["action"] == "rollout.transition"
         ]
-        assert audit == [f"stage {i} {w}" for i in (1, 2, 3) for w in ("deployed", "baked")] + [
-            "stage 4 deployed",
-            "last stage baked",
-        ]
+        stages = [f"stage {i} {w}" for i in (1, 2, 3) for w in ("deployed", "baked")]
+        assert audit == [*stages, "stage 4 deployed", "last stage baked"]
         assert serve.kills == 3
     finally:
         for d in devices:
             d.stop()
         serve.stop()
+
+
+def _kill_9_in_stages_1_to_3(serve: ServeProcess, status: Callable[[], dict[str, Any]]) -> None:
+    """Kill points: stage 1 under way, stage 2 under way, stage 3 half done; each followed by a restart."""
+    for stage, min_deployments in ((0, 1), (1, 5), (2, 13)):
+        wait_until(
+            lambda s=stage, n=min_deployments: (
+                (st := status()) and st["stage"] >= s and sum(st["progress"].values()) - st["progress"]["targeted"] >= n
+            ),
+            60,
+            f"stage {stage + 1} under way",
+        )
+        serve.kill9()
+        serve.start()
+
+
+def _assert_each_device_acted_once(api: ApiClient, rid: int, devices: list[ScriptedDevice], kills: int) -> None:
+    deployments = api.get(f"/rollouts/{rid}/deployments")
+    assert len(deployments) == 24 and {d["state"] for d in deployments} == {"SUCCEEDED"}
+    assert Counter(d["stage"] for d in deployments) == {0: 3, 1: 7, 2: 7, 3: 7}  # every stage, in its size
+    resent = 0
+    for dev in devices:
+        deploys = [c["deployment_id"] for kind, c in dev.received if kind == P.CMD_DEPLOY]
+        assert len(dev.acted_on) == 1 and set(deploys) == set(dev.acted_on), dev.device_id
+        assert dev.model.version == "2.0.0"
+        resent += len(deploys) - 1
+    # a kill between publishing a batch of deploys and recording it sent re-publishes that batch (at most
+    # max_concurrent = 3 commands) under the SAME ids (devices act once)
+    assert resent <= 3 * kills
+    print(f"kills={kills} devices acting twice=0 same-id re-publishes={resent}")
 
 
 def test_sigterm_stops_serve_warmly_with_its_local_broker(tmp_path: Path, key_files: tuple[Path, Path]) -> None:
