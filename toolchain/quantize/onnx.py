@@ -29,7 +29,7 @@ from device_agent.fsutil import atomic_write
 from device_agent.runtime import load_runtime
 from toolchain.calibration import SampleStream, open_samples
 from toolchain.errors import ModelError, QuantizeError
-from toolchain.quantize import OnnxOptions
+from toolchain.quantize.options import OnnxOptions
 from toolchain.sources import ModelKind
 
 _METHODS = {

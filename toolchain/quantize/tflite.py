@@ -16,7 +16,7 @@ import numpy as np
 from device_agent.fsutil import atomic_write
 from toolchain.calibration import SampleStream, open_samples
 from toolchain.errors import QuantizeError
-from toolchain.quantize import TFLiteOptions
+from toolchain.quantize.options import TFLiteOptions
 from toolchain.sources import ModelKind
 
 
