@@ -247,7 +247,7 @@ def broker_config(**opts: Any) -> None:
 
 
 def _register() -> None:
-    from fleet.simulate import simulate_command
+    from fleet.sim.command import simulate_command
 
     for command in (rollout, rollback, watch, simulate_command):
         cli.add_command(command)

@@ -10,18 +10,19 @@ import pytest
 from click.testing import CliRunner
 
 from device_agent.config import AgentConfig, DeviceSection, ProbationSection, parse_config
-from device_agent.errors import ConfigError
-from device_agent.fetch import (
+from device_agent.errors import (
+    ConfigError,
     DownloadError,
     DownloadHashError,
     DownloadTooLargeError,
-    FetchConfig,
-    HttpFetcher,
-    KeepAliveHttpFetcher,
+    NoVerifiedModelError,
+    StateError,
 )
-from device_agent.home import DeviceState, Home, StateError
+from device_agent.fetch import FetchConfig, HttpFetcher
+from device_agent.home import DeviceState, Home
 from device_agent.stats import Snapshot, Window, psi
-from device_agent.updater import NoVerifiedModelError, Updater, probation_verdict
+from device_agent.updater import Updater, probation_verdict
+from fleet.sim.fetch import KeepAliveHttpFetcher
 from tests.support.agent_harness import ArtifactServer, package_tiny
 from toolchain.cli import cli as edgetool
 from toolchain.flash import FlashOptions, flash

@@ -3,7 +3,7 @@ endpoint, verify, install, self-test, probation, commit — and self-test failur
 trip the gate and roll back.
 
 pi4 and jetson devices are `edge-agent run` processes. The esp device runs the agent in a thread of the
-test process, because only there can its FaultPlan fail the self-test of digits@1.1.0 (the CLI has no
+test process, because only there can its FaultPlan (fleet.sim.faults) fail the self-test of digits@1.1.0 (the CLI has no
 fault option yet); one in-process agent only, as several agents' threads parsing .npz headers at once
 hit a CPython 3.11 ``compile()`` thread-safety bug (``AST constructor recursion depth mismatch``).
 """
@@ -18,10 +18,17 @@ from pathlib import Path
 import pytest
 
 from device_agent.bundle import PrivateKey
-from device_agent.updater import FaultPlan
 from fleet.broker import LocalBroker
+from fleet.sim.faults import FaultPlan
 from tests.support.agent_harness import AgentThread, flash_device, package_tiny
-from tests.support.fleet_harness import Harness, add_tiny_release, device_versions, rollout_finished, running_fleet, wait_until
+from tests.support.fleet_harness import (
+    Harness,
+    add_tiny_release,
+    device_versions,
+    rollout_finished,
+    running_fleet,
+    wait_until,
+)
 from tests.support.powercut import start_agent
 
 DEVICES = ("pi4-0", "pi4-1", "jetson-0", "jetson-1", "esp-0")
