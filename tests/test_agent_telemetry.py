@@ -49,23 +49,9 @@ def test_mosquitto_sub_reads_flat_numeric_telemetry_and_status_goes_offline_on_k
     tmp_path, broker, v1, key_files
 ) -> None:
     home = flash_device(tmp_path, v1, broker.url, key_files[1])
-    sub = subprocess.Popen(
-        [
-            "mosquitto_sub",
-            "-h",
-            broker.host,
-            "-p",
-            str(broker.port),
-            "-t",
-            "edgefleet/v1/test/dev-1/telemetry",
-            "-C",
-            "3",
-            "-W",
-            "60",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    topic = "edgefleet/v1/test/dev-1/telemetry"
+    argv = ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-t", topic, "-C", "3", "-W", "60"]
+    sub = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     watcher = Watcher(broker.url)
     agent = start_agent_process(home.root)
     try:

@@ -3,7 +3,7 @@ endpoint, verify, install, self-test, probation, commit — and self-test failur
 trip the gate and roll back.
 
 pi4 and jetson devices are `edge-agent run` processes. The esp device runs the agent in a thread of the
-test process, because only there can its FaultPlan (fleet.sim.faults) fail the self-test of digits@1.1.0 (the CLI has no
+test process, because only there can its FaultPlan fail the self-test of digits@1.1.0 (the CLI has no
 fault option yet); one in-process agent only, as several agents' threads parsing .npz headers at once
 hit a CPython 3.11 ``compile()`` thread-safety bug (``AST constructor recursion depth mismatch``).
 """

@@ -92,26 +92,10 @@ def test_fleetctl_simulate_command(tmp_path: Path, broker: LocalBroker, tiny_mod
     initial = tmp_path / "digits-1.0.0.efb"
     initial.write_bytes(package_tiny(tiny_models, release_key, "1.0.0", 1))
     watcher = Watcher(broker.url, fleet="sim")
-    args = [
-        "simulate",
-        "--devices",
-        "3",
-        "--fleet",
-        "sim",
-        "--broker",
-        broker.url,
-        "--bundle",
-        str(initial),
-        "--trust",
-        str(key_files[1]),
-        "--skus",
-        "a,b",
-        "--duration",
-        "4",
-        "--telemetry-interval",
-        "0.5",
-        "--json",
-    ]
+    fleet = ["--devices", "3", "--fleet", "sim", "--skus", "a,b"]
+    timing = ["--duration", "4", "--telemetry-interval", "0.5"]
+    where = ["--broker", broker.url, "--bundle", str(initial), "--trust", str(key_files[1])]
+    args = ["simulate", *fleet, *timing, *where, "--json"]
     result = CliRunner().invoke(cli, args)
     watcher.drain(1.0)
     watcher.close()

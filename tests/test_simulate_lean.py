@@ -172,25 +172,10 @@ def test_fleetctl_simulate_lean_command(
     initial = tmp_path / "digits-1.0.0.efb"
     initial.write_bytes(package_tiny(tiny_models, release_key, "1.0.0", 1))
     watcher = Watcher(broker.url, fleet="sim")
-    base = [
-        "simulate",
-        "--devices",
-        "6",
-        "--fleet",
-        "sim",
-        "--broker",
-        broker.url,
-        "--bundle",
-        str(initial),
-        "--trust",
-        str(key_files[1]),
-        "--skus",
-        "a,b",
-        "--duration",
-        "3",
-        "--telemetry-interval",
-        "0.5",
-    ]
+    fleet = ["--devices", "6", "--fleet", "sim", "--skus", "a,b"]
+    timing = ["--duration", "3", "--telemetry-interval", "0.5"]
+    where = ["--broker", broker.url, "--bundle", str(initial), "--trust", str(key_files[1])]
+    base = ["simulate", *fleet, *timing, *where]
     args = [*base, "--mode", "lean", "--processes", "2", "--workdir", str(tmp_path / "homes"), "--json"]
     result = CliRunner().invoke(cli, args)
     watcher.drain(1.0)

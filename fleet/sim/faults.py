@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -116,7 +115,6 @@ class OutageClient(MqttClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.outage = Outage()
-        self._lock = threading.Lock()
 
     def go_offline(self, seconds: float) -> None:
         """Drop the connection without a goodbye (the broker publishes the will); no reconnect for ``seconds``."""

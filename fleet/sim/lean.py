@@ -75,7 +75,7 @@ class SharedModel(LoadedModel):
 
     The self-test runs the bundle's reference inputs through the runtime and compares with its reference
     outputs; on one shared runtime every device would compute the same numbers, so it runs once per
-    model per process (the injected ``selftest`` fault still applies per device, in the ``Updater``).
+    model per process (the injected ``selftest`` fault still applies per device, in its ``LeanHooks``).
     """
 
     def __init__(self, bundle: Bundle, runtime: Runtime, slot: str, results: dict[str, SelfTestResult]) -> None:
