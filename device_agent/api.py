@@ -165,7 +165,7 @@ class AgentClient:
                 detail = json.loads(exc.read()).get("error", exc.reason)
             except ValueError:
                 detail = exc.reason
-            raise LocalApiError(f"agent API: {detail}") from None
+            raise LocalApiError(f"agent API: {detail}", status=exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
             raise TransportError(f"agent API at {self.url} unreachable: {getattr(exc, 'reason', exc)}") from None
 

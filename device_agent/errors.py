@@ -74,9 +74,16 @@ class RangeIgnoredError(TransportError):
 
 
 class LocalApiError(EdgefleetError):
-    """A request to the agent's local HTTP API is malformed, or the API answered with an error."""
+    """A request to the agent's local HTTP API is malformed, or the API answered with an error.
+
+    ``status``: the HTTP status the API answered with (None for a body refused before any answer).
+    """
 
     code = "bad-request"
+
+    def __init__(self, message: str = "", *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 # --- the device: models, runtimes, updates ------------------------------------------------------------
