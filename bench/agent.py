@@ -140,14 +140,17 @@ def api_overhead(tmp: Path, tiny: Path, key: PrivateKey, pub: Path) -> str:
     try:
         client = AgentClient(agent.api.url)  # type: ignore[union-attr]
         x = np.zeros((1, 8, 8, 1), np.float32)
-        engine = agent._engine()
+        engine = agent.core.active_engine()
         inproc = [_time(lambda: engine.predict({"image": x})) for _ in range(300)]
         http = [_time(lambda: client.predict({"image": x})) for _ in range(300)]
     finally:
         agent.stop()
         agent.teardown()
     i, h = statistics.median(inproc) * 1000, statistics.median(http) * 1000
-    return f"Local API round trip (tiny-digits, .npz body, keep-alive off): median {h:.2f} ms vs {i:.3f} ms in process → overhead **{h - i:.2f} ms** per request."
+    return (
+        f"Local API round trip (tiny-digits, .npz body, keep-alive off): median {h:.2f} ms vs {i:.3f} ms "
+        f"in process → overhead **{h - i:.2f} ms** per request."
+    )
 
 
 def _time(fn: Callable[[], object]) -> float:
@@ -173,7 +176,8 @@ BARE_PROCESS = textwrap.dedent(
     x = np.zeros(d["shape"], np.float32)
     for _ in range(50):
         it.set_tensor(d["index"], x); it.invoke()
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bare"); c.connect("127.0.0.1", int(sys.argv[2])); c.loop_start()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bare")
+    c.connect("127.0.0.1", int(sys.argv[2])); c.loop_start()
     print("ready", flush=True); time.sleep(60)
     """
 )
@@ -206,7 +210,8 @@ def rss(tmp: Path, model: Path, key: PrivateKey, pub: Path) -> tuple[str, float]
             agent.wait()
             bare.wait()
     return (
-        f"RSS (MobileNetV2-96 model, MQTT connected, after 50 inferences): edge-agent {a:.1f} MB vs bare process {b:.1f} MB → ratio **{a / b:.2f}**.",
+        f"RSS (MobileNetV2-96 model, MQTT connected, after 50 inferences): edge-agent {a:.1f} MB "
+        f"vs bare process {b:.1f} MB → ratio **{a / b:.2f}**.",
         a / b,
     )
 
@@ -239,7 +244,8 @@ def update_path(tmp: Path, key: PrivateKey) -> tuple[str, float]:
         server.close()
     o, p = statistics.median(ours), statistics.median(plain)
     return (
-        f"Update of a {len(data) / 2**20:.1f} MiB bundle: download over loopback HTTP + verify + atomic install (fsync) "
+        f"Update of a {len(data) / 2**20:.1f} MiB bundle: download over loopback HTTP + verify + atomic install "
+        "(fsync) "
         f"median {o * 1000:.0f} ms vs plain copy + sha256 {p * 1000:.0f} ms → **{o / p:.2f}×** the time."
     ), o / p
 
@@ -269,7 +275,8 @@ def run() -> str:
             "|---|---|---|---|---|---|---|",
             *[r[0] for r in rows],
             "",
-            "The agent's per-call bookkeeping (input checks, statistics) costs ~7 µs per call (read off the tiny-digits row) plus the drift sampling's 1 %; it is "
+            "The agent's per-call bookkeeping (input checks, statistics) costs ~7 µs per call "
+            "(read off the tiny-digits row) plus the drift sampling's 1 %; it is "
             "invisible on a real model and visible only on a toy whose inference takes ~10 µs.\n",
             api,
             "",

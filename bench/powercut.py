@@ -10,7 +10,7 @@ from pathlib import Path
 from bench.agent import CACHE, models
 from device_agent.bundle import PrivateKey
 from fleet.broker import start_local_broker
-from tests.support.powercut import KillResult, run_power_cuts
+from tests.support.powercut import KillResult, Rig, run_power_cuts
 
 KILL_POINTS = 200
 
@@ -34,7 +34,8 @@ def run() -> str:
         tmp = Path(d)
         _, pub = key.save(tmp / "keys" / "release")
         with start_local_broker(workdir=tmp / "broker") as broker:
-            results = run_power_cuts(KILL_POINTS, 2026, tmp / "work", broker.url, tiny, key, pub, progress)
+            rig = Rig(tmp / "work", broker.url, tiny, key, pub)
+            results = run_power_cuts(KILL_POINTS, 2026, rig, progress)
     failures = [r for r in results if r.problem]
     by_phase = Counter(r.killed_after for r in results)
     finals = Counter(r.final for r in results)

@@ -110,10 +110,6 @@ class Fields:
         value = self._get(key, False)
         return self._check_num(key, value, lo, hi)
 
-    def opt_number(self, key: str, *, lo: float | None = None, hi: float | None = None) -> float | None:
-        value = self._get(key, True)
-        return None if value is None else self._check_num(key, value, lo, hi)
-
     def _check_num(self, key: str, value: Any, lo: float | None, hi: float | None) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             self.fail(key, f"must be a finite number, not {_kind(value)}")
@@ -122,14 +118,6 @@ class Fields:
         if hi is not None and value > hi:
             self.fail(key, f"must be <= {hi}")
         return float(value)
-
-    def flag(self, key: str, default: bool = False) -> bool:
-        value = self._get(key, True)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            self.fail(key, f"must be true or false, not {_kind(value)}")
-        return value
 
     def child(self, key: str) -> Fields:
         return Fields(self._get(key, False), f"{self.where}.{key}", self.error)

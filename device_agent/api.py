@@ -24,17 +24,13 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from device_agent.engine import InferenceEngine, Prediction
-from device_agent.errors import EdgefleetError, TransportError
+from device_agent.errors import EdgefleetError, LocalApiError, TransportError
 
 MAX_BODY = 16 << 20  # bytes per request
 
 
-class ApiError(EdgefleetError):
-    code = "bad-request"
-
-
 def decode_inputs(body: bytes, content_type: str) -> dict[str, np.ndarray]:
-    """Raises: ApiError for a body that is not JSON/npy/npz of arrays."""
+    """Raises: LocalApiError for a body that is not JSON/npy/npz of arrays."""
     try:
         if content_type.startswith("application/x-npy"):
             return {"x": np.load(io.BytesIO(body), allow_pickle=False)}
@@ -43,16 +39,16 @@ def decode_inputs(body: bytes, content_type: str) -> dict[str, np.ndarray]:
                 return {k: npz[k] for k in npz.files}
         doc = json.loads(body)
     except (ValueError, OSError, EOFError) as exc:
-        raise ApiError(f"cannot decode the request body: {str(exc)[:200]}") from None
+        raise LocalApiError(f"cannot decode the request body: {str(exc)[:200]}") from None
     if not isinstance(doc, dict):
-        raise ApiError('JSON body must be {"inputs": {name: array}} or {"x": array}')
+        raise LocalApiError('JSON body must be {"inputs": {name: array}} or {"x": array}')
     inputs = doc.get("inputs", doc)
     if not isinstance(inputs, dict) or not inputs:
-        raise ApiError('JSON body must be {"inputs": {name: array}} or {"x": array}')
+        raise LocalApiError('JSON body must be {"inputs": {name: array}} or {"x": array}')
     try:
         return {str(k): np.asarray(v, dtype=np.float32 if _is_float(v) else None) for k, v in inputs.items()}
     except (ValueError, TypeError) as exc:
-        raise ApiError(f"inputs are not rectangular numeric arrays: {exc}") from None
+        raise LocalApiError(f"inputs are not rectangular numeric arrays: {exc}") from None
 
 
 def _is_float(value: Any) -> bool:
@@ -169,7 +165,7 @@ class AgentClient:
                 detail = json.loads(exc.read()).get("error", exc.reason)
             except ValueError:
                 detail = exc.reason
-            raise ApiError(f"agent API: {detail}") from None
+            raise LocalApiError(f"agent API: {detail}", status=exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
             raise TransportError(f"agent API at {self.url} unreachable: {getattr(exc, 'reason', exc)}") from None
 
@@ -178,7 +174,7 @@ class AgentClient:
         return result
 
     def predict(self, inputs: Mapping[str, np.ndarray] | np.ndarray, raw: bool = False) -> dict[str, Any]:
-        """Send arrays as .npz (exact dtypes and shapes). Raises: ApiError, TransportError."""
+        """Send arrays as .npz (exact dtypes and shapes). Raises: LocalApiError, TransportError."""
         arrays = {"x": inputs} if isinstance(inputs, np.ndarray) else dict(inputs)
         buf = io.BytesIO()
         np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub types the first kwarg as allow_pickle

@@ -6,7 +6,6 @@ local API when it runs, and otherwise act on the device home directly.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -14,13 +13,16 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from device_agent import __version__
 from device_agent.cliutil import Group, debug_option
 from device_agent.errors import ConfigError, EdgefleetError, TransportError
+
+if TYPE_CHECKING:
+    from device_agent.core import AgentParts
 
 home_option = click.option(
     "--home",
@@ -48,6 +50,11 @@ def run(home: Path, log_level: str) -> None:
     Loads the active slot's verified model (falling back to the previous slot if it no longer
     verifies), serves the local API, reports over MQTT and applies updates sent on cmd/deploy.
     """
+    run_agent(home, log_level)
+
+
+def run_agent(home: Path, log_level: str, parts: AgentParts | None = None) -> None:
+    """``edge-agent run``, with the agent's replaceable ``parts`` (defaults: the real ones)."""
     from device_agent.agent import Agent
     from device_agent.config import load_config
     from device_agent.home import Home
@@ -56,8 +63,7 @@ def run(home: Path, log_level: str) -> None:
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     h = Home(home)
-    # EDGE_AGENT_STEP_DELAY_S: pause in each update step; only the power-cut test harness sets it.
-    agent = Agent(h, load_config(h.config), step_delay_s=float(os.environ.get("EDGE_AGENT_STEP_DELAY_S", "0")))
+    agent = Agent(h, load_config(h.config), parts=parts)
     agent.start()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -74,18 +80,6 @@ def run(home: Path, log_level: str) -> None:
         f"edge-agent {__version__}: serving {served} on {agent.api.url if agent.api else 'no local API'}", err=True
     )
     agent.run()
-
-
-def _limit_malloc_arenas(arenas: int = 2) -> None:
-    """Cap glibc's per-thread malloc arenas (as MALLOC_ARENA_MAX would): the agent's few threads
-    otherwise each grow an arena, several MB of RSS on a device that has little to spare."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name and sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
-            ctypes.CDLL(name).mallopt(-8, arenas)  # M_ARENA_MAX
 
 
 def _running_client(home: Path) -> Any:
@@ -108,8 +102,8 @@ def _running_client(home: Path) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(home: Path, as_json: bool) -> None:
     """Show the active slot, its model (name, version, sequence, sha256) and the update state."""
-    from device_agent.agent import status_document
     from device_agent.home import Home
+    from device_agent.status import status_document
 
     client = _running_client(home)
     if client is not None:

@@ -73,10 +73,12 @@ class ProbationSection:
 
 @dataclass(frozen=True)
 class DownloadSection:
+    """Artifact downloads; also the ``FetchConfig`` of ``device_agent.fetch`` (one definition)."""
+
     max_bytes: int = 1 << 30
-    timeout_s: float = 30.0
+    timeout_s: float = 30.0  # per connection attempt and read
     retries: int = 5
-    backoff_s: float = 1.0
+    backoff_s: float = 1.0  # first retry delay; doubles, with full jitter, capped at 60 s
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,19 @@ class AgentConfig:
             for key, value in dataclasses.asdict(getattr(self, f.name)).items():
                 out.append(f"{key} = {_toml_value(value)}")
         return "\n".join(out) + "\n"
+
+
+SECTIONS: dict[str, type[Any]] = {
+    "device": DeviceSection,
+    "broker": BrokerSection,
+    "trust": TrustSection,
+    "runtime": RuntimeSection,
+    "telemetry": TelemetrySection,
+    "probation": ProbationSection,
+    "download": DownloadSection,
+    "api": ApiSection,
+    "replay": ReplaySection,
+}  # agent.toml's [name] -> its dataclass (the fields of AgentConfig)
 
 
 def _toml_value(value: Any) -> str:
@@ -171,14 +186,7 @@ def parse_config(text: str) -> AgentConfig:
         raise ConfigError(f"agent.toml: unknown section(s): {', '.join(unknown)}")
     if "device" not in doc:
         raise ConfigError("agent.toml: the [device] section (with id) is required")
-    kwargs = {}
-    for name, data in doc.items():
-        section_type = {
-            "device": DeviceSection, "broker": BrokerSection, "trust": TrustSection, "runtime": RuntimeSection,
-            "telemetry": TelemetrySection, "probation": ProbationSection, "download": DownloadSection,
-            "api": ApiSection, "replay": ReplaySection,
-        }[name]  # fmt: skip
-        kwargs[name] = _section(section_type, data, name)
+    kwargs = {name: _section(SECTIONS[name], data, name) for name, data in doc.items()}
     return AgentConfig(**kwargs)
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from device_agent.model import InferenceError, LoadedModel
+from device_agent.errors import InferenceError
+from device_agent.model import LoadedModel
 from device_agent.runtime.base import dequantize
 from device_agent.stats import Window
 
@@ -52,7 +53,6 @@ class InferenceEngine:
         self._drift_s = 0.0  # total time spent on drift histograms
         self.window = self._new_window(model)  # one telemetry interval
         self.model_window = self._new_window(model, drift=True)  # since the current model became active
-        self.extra_latency_s = 0.0  # fault injection for simulations ("slow" devices); 0 in production
 
     @staticmethod
     def _new_window(model: LoadedModel, drift: bool = False) -> Window:
@@ -94,8 +94,6 @@ class InferenceEngine:
         t0 = time.perf_counter()
         try:
             outputs = model.predict(feeds, raw=raw)
-            if self.extra_latency_s:
-                time.sleep(self.extra_latency_s)
         except InferenceError:
             for w in (window, model_window):
                 w.record(time.perf_counter() - t0, ok=False)

@@ -1,7 +1,8 @@
 """The error hierarchy shared by every edgefleet part.
 
 Few roots, grouped by cause (after python-tuf): bad data (``BundleError``, ``ProtocolError``),
-bad local configuration (``ConfigError``), and transport trouble (``TransportError``). Each error
+bad local configuration (``ConfigError``), and transport trouble (``TransportError``); the device's
+own failures (no verified model, a runtime that cannot load or run a model) subclass the root directly. Each error
 carries a stable, kebab-case ``code`` that travels in deployment events as the ``reason``, so a
 device's refusal can be read by machines as well as people.
 """
@@ -27,10 +28,95 @@ class KeyFileError(ConfigError):
     code = "key-file"
 
 
+class StateError(ConfigError):
+    """state.json is missing or unreadable."""
+
+    code = "state"
+
+
 class TransportError(EdgefleetError):
-    """A network peer (broker, HTTP server) could not be reached or misbehaved."""
+    """A network peer (broker, HTTP server) could not be reached or misbehaved.
+
+    ``rc`` is the MQTT client's return code when the MQTT layer reported one, else None.
+    """
 
     code = "transport"
+
+    def __init__(self, message: str = "", *, rc: int | None = None) -> None:
+        super().__init__(message)
+        self.rc = rc
+
+
+class DownloadError(TransportError):
+    """The artifact could not be downloaded (after retries). ``status``: the HTTP status, when there was one."""
+
+    code = "download"
+
+    def __init__(self, message: str = "", *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DownloadTooLargeError(DownloadError):
+    """The artifact is larger than the cap, or than the size the deploy command announced."""
+
+    code = "download-too-large"
+
+
+class DownloadHashError(DownloadError):
+    """The downloaded artifact's SHA-256 differs from the deploy command's."""
+
+    code = "download-hash"
+
+
+class RangeIgnoredError(TransportError):
+    """The server answered a Range request with the whole resource."""
+
+
+class LocalApiError(EdgefleetError):
+    """A request to the agent's local HTTP API is malformed, or the API answered with an error.
+
+    ``status``: the HTTP status the API answered with (None for a body refused before any answer).
+    """
+
+    code = "bad-request"
+
+    def __init__(self, message: str = "", *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# --- the device: models, runtimes, updates ------------------------------------------------------------
+
+
+class NoVerifiedModelError(EdgefleetError):
+    """Neither slot holds a bundle that verifies: the device cannot serve."""
+
+    code = "no-verified-model"
+
+
+class RuntimeLoadError(EdgefleetError):
+    """The runtime is not installed, or it cannot load the model."""
+
+    code = "runtime"
+
+
+class RuntimeRunError(EdgefleetError):
+    """A loaded model failed while running: a feed it cannot take, or the runtime's own failure."""
+
+    code = "runtime-run"
+
+
+class InferenceError(EdgefleetError):
+    """A request cannot be run: wrong input names, shapes or dtypes, or the runtime failed on it."""
+
+    code = "inference"
+
+
+class SelfTestError(EdgefleetError):
+    """The model does not reproduce its bundle's reference outputs on this device."""
+
+    code = "selftest"
 
 
 # --- bundles -----------------------------------------------------------------------------------

@@ -2,51 +2,36 @@
 
 The base class enforces the size cap, resumes from a ``.part`` file with HTTP Range, retries with
 exponential backoff and jitter, checks SHA-256 and renames into place atomically; backends only
-yield bytes (after python-tuf's FetcherInterface). ``HttpFetcher`` uses the standard library.
+yield bytes (after python-tuf's FetcherInterface). ``HttpFetcher`` uses the standard library; other
+backends (``fleet.sim.fetch.KeepAliveHttpFetcher``) implement the same ``_fetch``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
 import random
-import threading
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-from device_agent.errors import TransportError
+from device_agent.config import DownloadSection
+from device_agent.errors import (
+    DownloadError,
+    DownloadHashError,
+    DownloadTooLargeError,
+    RangeIgnoredError,
+    TransportError,
+)
 from device_agent.fsutil import fsync_dir
 
 CHUNK = 64 * 1024  # bytes per read
 
 
-class DownloadError(TransportError):
-    """The artifact could not be downloaded (after retries)."""
-
-    code = "download"
-
-
-class DownloadTooLargeError(DownloadError):
-    code = "download-too-large"
-
-
-class DownloadHashError(DownloadError):
-    code = "download-hash"
-
-
-@dataclass(frozen=True)
-class FetchConfig:
-    timeout_s: float = 30.0  # per connection attempt and read
-    retries: int = 5
-    backoff_s: float = 1.0  # first retry delay; doubles, with full jitter, capped at 60 s
-    max_bytes: int = 1 << 30
+FetchConfig = DownloadSection  # agent.toml's [download] section is the fetcher's configuration
 
 
 class Fetcher(ABC):
@@ -119,10 +104,6 @@ class Fetcher(ABC):
             raise DownloadError(f"connection closed after {have} of {size} bytes")
 
 
-class RangeIgnoredError(TransportError):
-    """The server answered a Range request with the whole resource."""
-
-
 class HttpFetcher(Fetcher):
     """HTTP(S) with ``Range: bytes=N-`` for resumption (standard library only, no extra dependency)."""
 
@@ -135,59 +116,9 @@ class HttpFetcher(Fetcher):
                 while chunk := response.read(CHUNK):
                     yield chunk
         except urllib.error.HTTPError as exc:
-            raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+            raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}", status=exc.code) from None
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise DownloadError(f"{url}: {getattr(exc, 'reason', exc)}") from None
-
-
-class KeepAliveHttpFetcher(Fetcher):
-    """Plain HTTP with one persistent connection per thread and server (for simulators running thousands of
-    devices in a process: no TCP set-up per download). Same Range semantics as ``HttpFetcher``."""
-
-    def __init__(self, config: FetchConfig | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
-        super().__init__(config, sleep)
-        self._local = threading.local()
-
-    def _connection(self, netloc: str, fresh: bool) -> http.client.HTTPConnection:
-        conns: dict[str, http.client.HTTPConnection] = self._local.__dict__.setdefault("conns", {})
-        conn = conns.get(netloc)
-        if conn is None or fresh:
-            if conn is not None:
-                conn.close()
-            conn = conns[netloc] = http.client.HTTPConnection(netloc, timeout=self.config.timeout_s)
-        return conn
-
-    def _fetch(self, url: str, offset: int) -> Iterator[bytes]:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme != "http" or not parts.netloc:
-            raise DownloadError(f"{url}: only http:// URLs (use HttpFetcher for https)")
-        path = parts.path + (f"?{parts.query}" if parts.query else "")
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
-        for attempt in (0, 1):  # a kept-alive connection the server closed meanwhile: reconnect once
-            conn = self._connection(parts.netloc, fresh=attempt > 0)
-            try:
-                conn.request("GET", path, headers=headers)
-                response = conn.getresponse()
-                break
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
-                if attempt:
-                    raise DownloadError(f"{url}: {exc}") from None
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                raise DownloadError(f"{url}: {exc}") from None
-        try:
-            if response.status >= 400:
-                raise DownloadError(f"{url}: HTTP {response.status} {response.reason}")
-            if offset and response.status != 206:
-                raise RangeIgnoredError("Range ignored")
-            while chunk := response.read(CHUNK):
-                yield chunk
-        except (OSError, http.client.HTTPException) as exc:
-            raise DownloadError(f"{url}: {exc}") from None
-        finally:
-            if not response.isclosed():
-                response.read()  # leave the connection clean for the next request
-                conn.close()
 
 
 def _sha256_file(path: Path) -> str:

@@ -18,18 +18,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device_agent.errors import ConfigError
+from device_agent.errors import StateError
 from device_agent.fsutil import atomic_write
 
 SLOTS = ("a", "b")
 MAX_REMEMBERED_DEPLOYMENTS = 64
 MAX_REMEMBERED_REQUESTS = 256
-
-
-class StateError(ConfigError):
-    """state.json is missing or unreadable."""
-
-    code = "state"
 
 
 def other(slot: str) -> str:

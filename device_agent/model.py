@@ -13,21 +13,9 @@ import numpy as np
 
 from device_agent.bundle import Bundle, TrustStore, verify_bundle
 from device_agent.bundle.reader import DeviceCapabilities
-from device_agent.errors import EdgefleetError
+from device_agent.errors import EdgefleetError, InferenceError, SelfTestError
 from device_agent.runtime import Runtime, load_runtime
 from device_agent.runtime.base import dequantize, quantize
-
-
-class InferenceError(EdgefleetError):
-    """A request cannot be run: wrong input names, shapes or dtypes."""
-
-    code = "inference"
-
-
-class SelfTestError(EdgefleetError):
-    """The model does not reproduce its bundle's reference outputs on this device."""
-
-    code = "selftest"
 
 
 @dataclass(frozen=True)

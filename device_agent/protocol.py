@@ -40,9 +40,21 @@ MAX_TELEMETRY_KEYS = 128
 
 # Keys every dashboard can count on (where the device knows them). Others must still be numeric.
 TELEMETRY_KEYS = (
-    "ts", "seq", "inferences", "ips", "lat_p50_ms", "lat_p95_ms", "lat_p99_ms", "errors",
-    "cpu_pct", "rss_mb", "disk_free_mb", "temp_c", "conf_mean", "psi_max",
-)  # fmt: skip
+    "ts",
+    "seq",
+    "inferences",
+    "ips",
+    "lat_p50_ms",
+    "lat_p95_ms",
+    "lat_p99_ms",
+    "errors",
+    "cpu_pct",
+    "rss_mb",
+    "disk_free_mb",
+    "temp_c",
+    "conf_mean",
+    "psi_max",
+)
 
 
 class DeploymentState(enum.StrEnum):
@@ -101,6 +113,16 @@ def subscription(fleet: str, kind: str, device: str = "+") -> str:
     if device != "+":
         _check_id(device, "device")
     return f"{PREFIX}/{_check_id(fleet, 'fleet')}/{device}/{kind}"
+
+
+def command_subscription(fleet: str, device: str) -> str:
+    """The filter a device subscribes to for its own commands: ``edgefleet/v1/{fleet}/{device}/cmd/+``."""
+    return f"{PREFIX}/{_check_id(fleet, 'fleet')}/{_check_id(device, 'device')}/cmd/+"
+
+
+def ha_discovery_topic(fleet: str, device: str, metric: str) -> str:
+    """Home Assistant's MQTT discovery topic for one sensor (metric) of a device."""
+    return f"homeassistant/sensor/edgefleet_{_check_id(fleet, 'fleet')}_{_check_id(device, 'device')}/{metric}/config"
 
 
 def parse_topic(name: str) -> Topic:

@@ -1,7 +1,7 @@
 """Provision a device home directory with a verified bundle committed in slot A.
 
-Used by ``edgetool flash`` on the engineer's host and by ``fleetctl simulate`` for simulated
-devices; it lives on the device side so both share one definition of the home layout.
+Used by ``edgetool flash`` on the engineer's host and by the fleet's tools that make device homes;
+it lives on the device side so they all share one definition of the home layout.
 """
 
 from __future__ import annotations

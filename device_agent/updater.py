@@ -14,11 +14,9 @@ step that depends on it, so a restart at any instant either resumes the deployme
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from device_agent import protocol as P
@@ -26,38 +24,15 @@ from device_agent.bundle import TrustStore
 from device_agent.bundle.reader import DeviceCapabilities
 from device_agent.config import AgentConfig, ProbationSection
 from device_agent.engine import InferenceEngine
-from device_agent.errors import BundleError, EdgefleetError
-from device_agent.fetch import DownloadError, Fetcher
+from device_agent.errors import BundleError, DownloadError, NoVerifiedModelError, RuntimeLoadError, StateError
+from device_agent.fetch import Fetcher
 from device_agent.fsutil import atomic_write
-from device_agent.home import DeviceState, Home, Pending, Probation, StateError, other
+from device_agent.home import DeviceState, Home, Pending, Probation, other
+from device_agent.hooks import NO_HOOKS, UpdateHooks
 from device_agent.model import LoadedModel
-from device_agent.runtime import RuntimeLoadError
 from device_agent.stats import Snapshot
 
 MIN_GATE_SAMPLES = 20  # inferences before error-rate and latency gates are judged
-
-
-class DeviceCrashed(BaseException):  # not an EdgefleetError: it ends a simulated device, nothing handles it
-    """Raised by a simulator's ``FaultPlan.on_crash`` to end that device's deployment worker."""
-
-
-class NoVerifiedModelError(EdgefleetError):
-    """Neither slot holds a bundle that verifies: the device cannot serve."""
-
-    code = "no-verified-model"
-
-
-@dataclass
-class FaultPlan:
-    """Injected faults for simulations and the fleet tests, keyed by ``name@version``. Empty in production."""
-
-    selftest: set[str] = field(default_factory=set)  # the self-test fails
-    slow_s: dict[str, float] = field(default_factory=dict)  # extra latency per inference in probation
-    crash: set[str] = field(default_factory=set)  # the device dies while installing
-    on_crash: Callable[[], None] = field(default=lambda: os._exit(70))  # a simulator crashes one device only
-
-    def key(self, model: LoadedModel) -> str:
-        return f"{model.manifest.name}@{model.manifest.version}"
 
 
 def probation_verdict(
@@ -81,8 +56,8 @@ def probation_verdict(
             and snap.lat_ms.get("p50", p95) > baseline_p95_ms
         ):
             return "rollback", (
-                f"probation-latency: p95 {p95:.2f} ms > {cfg.max_latency_ratio}x the previous model's {baseline_p95_ms:.2f} ms"
-                f" (median {snap.lat_ms.get('p50', p95):.2f} ms)"
+                f"probation-latency: p95 {p95:.2f} ms > {cfg.max_latency_ratio}x the previous model's "
+                f"{baseline_p95_ms:.2f} ms (median {snap.lat_ms.get('p50', p95):.2f} ms)"
             )
     if snap.inferences >= cfg.min_inferences or elapsed_s >= cfg.seconds:
         return "commit", f"{snap.inferences} inferences in {elapsed_s:.0f} s, error rate {snap.error_rate:.3f}"
@@ -100,16 +75,12 @@ class Updater:
         fetcher: Fetcher,
         emit: Callable[[P.DeploymentEvent], None] = lambda event: None,
         capabilities: Callable[[], DeviceCapabilities] = DeviceCapabilities,
-        faults: FaultPlan | None = None,
-        clock: Callable[[], float] = time.time,
-        step_delay_s: float = 0.0,
-        loader: Callable[..., LoadedModel] = LoadedModel.load,
+        hooks: UpdateHooks = NO_HOOKS,
     ) -> None:
         self.home, self.config, self.trust, self.fetcher = home, config, trust, fetcher
-        self._load = loader  # verify + load a bundle (``LoadedModel.load``; simulations may share runtimes)
-        self._emit, self._capabilities, self._clock = emit, capabilities, clock
-        self.faults = faults or FaultPlan()
-        self.step_delay_s = step_delay_s  # a pause inside each step, for the power-cut harness only
+        self._emit, self._capabilities = emit, capabilities
+        self.hooks = hooks
+        self._load = hooks.load  # verify + load a bundle (``LoadedModel.load`` unless a hook shares runtimes)
         self.lock = threading.RLock()
         self.state = DeviceState()
         self.engine: InferenceEngine | None = None
@@ -141,9 +112,10 @@ class Updater:
                 if pr.boots > self.config.probation.max_boot_tries:
                     self._abandon_probation(f"probation-restarts: {pr.boots - 1} restarts during probation")
             try:
-                return self._load_slot(self.state.active)
+                model = self._load_slot(self.state.active)
             except (BundleError, RuntimeLoadError, OSError) as exc:
                 return self._fall_back(exc)
+            return model if self.state.probation is None else self.hooks.serve(model)
 
     def _recover_state(self) -> DeviceState:
         for slot, path in self.home.slots():
@@ -276,16 +248,13 @@ class Updater:
             if self.state.previous == pending.slot:
                 self.state.previous = None  # the slot is about to change: it is no rollback target any more
                 self.save()
-        if self.faults.key(model) in self.faults.crash:
-            self.faults.on_crash()  # injected fault: die mid-install, as a power cut would
+        self.hooks.before_install(model)
         atomic_write(self.home.slot(pending.slot), data)
 
     def _selftest_and_activate(self, pending: Pending, model: LoadedModel) -> None:
         dep = pending.deployment_id
         self._step(dep, P.DeploymentState.SELFTEST)
-        result = model.selftest()
-        if self.faults.key(model) in self.faults.selftest:
-            result = type(result)(False, result.max_abs_error, result.top1_agreement, "injected self-test fault")
+        result = self.hooks.after_selftest(model, model.selftest())
         if not result.ok:
             self._finish(dep, P.DeploymentState.ROLLED_BACK, "selftest", result.detail)
             return
@@ -303,8 +272,7 @@ class Updater:
             self.state.remember_deployment(dep, P.DeploymentState.PROBATION)
             self.save()
             if engine is not None:
-                engine.swap(model)
-                engine.extra_latency_s = self.faults.slow_s.get(self.faults.key(model), 0.0)
+                engine.swap(self.hooks.serve(model))
         self._emit_event(dep, P.DeploymentState.PROBATION, "", result.detail, m.version)
 
     # --- probation, commit, rollback -------------------------------------------------------------
@@ -349,7 +317,6 @@ class Updater:
             self.save()
             if self.engine is not None:
                 self.engine.swap(model)
-                self.engine.extra_latency_s = 0.0
         self._emit_event(dep, P.DeploymentState.ROLLED_BACK, reason, detail, model.manifest.version)
         return True
 
@@ -365,7 +332,7 @@ class Updater:
     # --- helpers ---------------------------------------------------------------------------------
 
     def _now_ms(self) -> int:
-        return int(self._clock() * 1000)
+        return int(time.time() * 1000)
 
     def save(self) -> None:
         self.home.save_state(self.state)
@@ -374,8 +341,7 @@ class Updater:
         with self.lock:
             self.state.remember_deployment(deployment_id, state)
         self._emit_event(deployment_id, state)
-        if self.step_delay_s:
-            time.sleep(self.step_delay_s)
+        self.hooks.after_step(deployment_id, state)
 
     def _finish(self, deployment_id: str, state: P.DeploymentState, reason: str, detail: str) -> None:
         with self.lock:

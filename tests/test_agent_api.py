@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from device_agent.api import AgentClient, ApiError
+from device_agent.api import AgentClient
 from device_agent.bundle import PrivateKey, TrustStore
 from device_agent.cli import cli
 from device_agent.engine import InferenceEngine
-from device_agent.model import InferenceError, LoadedModel
+from device_agent.errors import InferenceError
+from device_agent.errors import LocalApiError as ApiError
+from device_agent.model import LoadedModel
 from fleet.broker import free_port
 from tests.support.agent_harness import AgentThread, flash_device, package_tiny
 from toolchain.packaging import PackageOptions, package

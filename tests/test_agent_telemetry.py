@@ -49,10 +49,9 @@ def test_mosquitto_sub_reads_flat_numeric_telemetry_and_status_goes_offline_on_k
     tmp_path, broker, v1, key_files
 ) -> None:
     home = flash_device(tmp_path, v1, broker.url, key_files[1])
-    sub = subprocess.Popen(
-        ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-t", "edgefleet/v1/test/dev-1/telemetry", "-C", "3", "-W", "60"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    topic = "edgefleet/v1/test/dev-1/telemetry"
+    argv = ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-t", topic, "-C", "3", "-W", "60"]
+    sub = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     watcher = Watcher(broker.url)
     agent = start_agent_process(home.root)
     try:
@@ -79,7 +78,7 @@ def test_telemetry_is_spooled_while_the_broker_is_down_and_replayed_in_order(tmp
     broker = start_mosquitto(workdir=tmp_path / "broker")
     port = broker.port
     home = flash_device(tmp_path, v1, broker.url, key_files[1], telemetry_interval_s=0.2)
-    agent = AgentThread(home)
+    agent = AgentThread(home, outages=True)
     try:
         agent.wait_connected()
         broker.stop()
@@ -88,7 +87,7 @@ def test_telemetry_is_spooled_while_the_broker_is_down_and_replayed_in_order(tmp
             time.sleep(0.1)
         spooled = sorted(json.loads(p.read_bytes())["seq"] for p in home.spool.glob("*.json"))
         assert len(spooled) >= 10, "telemetry was not spooled while the broker was down"
-        agent.agent.go_offline(2.0)  # the new broker keeps no sessions: let the watcher subscribe first
+        agent.go_offline(2.0)  # the new broker keeps no sessions: let the watcher subscribe first
         broker = start_mosquitto(port=port, workdir=tmp_path / "broker2")
         watcher = Watcher(broker.url)
         try:

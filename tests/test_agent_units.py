@@ -10,18 +10,19 @@ import pytest
 from click.testing import CliRunner
 
 from device_agent.config import AgentConfig, DeviceSection, ProbationSection, parse_config
-from device_agent.errors import ConfigError
-from device_agent.fetch import (
+from device_agent.errors import (
+    ConfigError,
     DownloadError,
     DownloadHashError,
     DownloadTooLargeError,
-    FetchConfig,
-    HttpFetcher,
-    KeepAliveHttpFetcher,
+    NoVerifiedModelError,
+    StateError,
 )
-from device_agent.home import DeviceState, Home, StateError
+from device_agent.fetch import FetchConfig, HttpFetcher
+from device_agent.home import DeviceState, Home
 from device_agent.stats import Snapshot, Window, psi
-from device_agent.updater import NoVerifiedModelError, Updater, probation_verdict
+from device_agent.updater import Updater, probation_verdict
+from fleet.sim.fetch import KeepAliveHttpFetcher
 from tests.support.agent_harness import ArtifactServer, package_tiny
 from toolchain.cli import cli as edgetool
 from toolchain.flash import FlashOptions, flash
@@ -200,3 +201,57 @@ def test_reconnect_backoff_doubles_with_jitter_and_caps() -> None:
     assert len(set(delays)) == 6  # jittered, not lockstep
     b.reset()
     assert b.next_delay() <= 1.0
+
+
+def test_the_core_decides_without_threads_or_a_broker(flashed: Home) -> None:
+    """Commands in, actions and queued events out: each request id once; a ping asks for info."""
+    from device_agent import protocol as P
+    from device_agent.config import load_config
+    from device_agent.core import Action, AgentCore
+
+    notified: list[int] = []
+    core = AgentCore(flashed, load_config(flashed.config), notify=lambda: notified.append(1))
+    core.boot()
+    assert core.handle_command(P.PingCommand("r-1")) is Action.PUBLISH_INFO
+    assert core.handle_command(P.PingCommand("r-1")) is Action.NONE  # acted on once
+    deploy = P.DeployCommand("r-2", "dep-1", "http://127.0.0.1:9/x.efb", "0" * 64, 10)
+    assert core.handle_command(deploy) is Action.DEPLOY
+    assert [e.state for e in core.events] == [P.DeploymentState.QUEUED] and notified == [1]
+    assert core.handle_command(P.RollbackCommand("r-3", "dep-1")) is Action.DEPLOY  # cancels the pending one
+    assert core.telemetry_point().values["seq"] == 1
+    assert core.info().model is not None and core.info().model.version == "1.0.0"
+
+
+def test_update_hooks_see_every_step_and_can_replace_the_selftest_result(
+    flashed: Home, tmp_path: Path, tiny_models, release_key
+) -> None:
+    from device_agent import protocol as P
+    from device_agent.config import load_config
+    from device_agent.core import AgentCore, AgentParts
+    from device_agent.hooks import UpdateHooks
+    from device_agent.model import LoadedModel, SelfTestResult
+
+    class Recording(UpdateHooks):
+        def __init__(self) -> None:
+            self.steps: list[str] = []
+
+        def after_step(self, deployment_id: str, state: P.DeploymentState) -> None:
+            self.steps.append(state.value)
+
+        def after_selftest(self, model: LoadedModel, result: SelfTestResult) -> SelfTestResult:
+            return SelfTestResult(False, result.max_abs_error, result.top1_agreement, "refused by a hook")
+
+    hooks = Recording()
+    core = AgentCore(flashed, load_config(flashed.config), AgentParts(hooks=hooks))
+    core.boot()
+    (tmp_path / "srv").mkdir()
+    server = ArtifactServer(tmp_path / "srv")
+    try:
+        url, sha, size = server.publish("v2.efb", package_tiny(tiny_models, release_key, "1.1.0", 2))
+        core.handle_command(P.DeployCommand("r-1", "dep-1", url, sha, size))
+        assert core.run_deployment()
+    finally:
+        server.close()
+    assert hooks.steps == ["DOWNLOADING", "VERIFYING", "INSTALLING", "SELFTEST"]
+    last = core.events[-1]
+    assert (last.state, last.reason, last.detail) == (P.DeploymentState.ROLLED_BACK, "selftest", "refused by a hook")

@@ -44,3 +44,27 @@ def test_fleet_never_imports_toolchain_or_tensorflow() -> None:
     modules = imported_modules("import fleet.cli, fleet.server, fleet.api, fleet.rollout.runner")
     assert "fleet.server" in modules
     assert not {m for m in modules if m.split(".")[0] in {"toolchain", "tensorflow", "keras", "onnx", "tf2onnx"}}
+
+
+def test_the_simulate_command_is_light_until_it_runs() -> None:
+    """``fleet.sim.command`` (what ``fleetctl simulate`` registers) loads no numpy, paho or agent code."""
+    modules = imported_modules("import fleet.sim.command")
+    assert "fleet.sim.command" in modules
+    heavy = {m for m in modules if m.split(".")[0] in {"numpy", "paho"}}
+    assert not heavy | ({"device_agent.updater", "device_agent.agent", "fleet.sim.agents"} & modules)
+
+
+def test_device_agent_knows_nothing_of_the_simulator() -> None:
+    """No module under device_agent/ imports fleet (the simulator reaches the device code through hooks)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "device_agent"
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.relative_to(root.parent)}: {n}" for n in names if n.split(".")[0] == "fleet"]
+    assert not offenders

@@ -11,7 +11,7 @@ import pytest
 from device_agent import protocol as P
 from device_agent.errors import TransportError
 from device_agent.mqtt import Message, MqttClient, MqttConfig, Will
-from device_agent.mqttmux import MqttMux, MuxClient
+from device_agent.mqtt.mux import MqttMux, MuxClient
 from fleet.broker import LocalBroker, free_port
 from tests.support.fleet_harness import wait_until
 

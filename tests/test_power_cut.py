@@ -7,7 +7,7 @@ from pathlib import Path
 
 from device_agent.bundle import PrivateKey
 from fleet.broker import LocalBroker
-from tests.support.powercut import run_power_cuts
+from tests.support.powercut import Rig, run_power_cuts
 
 KILL_POINTS = 21  # three rounds over every phase; `make bench` runs 200
 
@@ -19,7 +19,8 @@ def test_power_cuts_at_every_phase_leave_a_verified_model_and_valid_state(
     release_key: PrivateKey,
     key_files: tuple[Path, Path],
 ) -> None:
-    results = run_power_cuts(KILL_POINTS, 1234, tmp_path, broker.url, tiny_models, release_key, key_files[1])
+    rig = Rig(tmp_path, broker.url, tiny_models, release_key, key_files[1])
+    results = run_power_cuts(KILL_POINTS, 1234, rig)
     failures = [r for r in results if r.problem]
     assert not failures, failures
     assert len(results) == KILL_POINTS

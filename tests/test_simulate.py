@@ -10,7 +10,8 @@ from device_agent import protocol as P
 from device_agent.bundle import PrivateKey
 from device_agent.errors import ConfigError
 from fleet.broker import LocalBroker
-from fleet.simulate import Fault, Simulation, SimulationConfig
+from fleet.sim.agents import Simulation
+from fleet.sim.config import Fault, SimulationConfig
 from tests.support.agent_harness import ArtifactServer, Watcher, package_tiny, send_deploy
 
 S = P.DeploymentState
@@ -21,6 +22,25 @@ def test_fault_specs() -> None:
     assert Fault.parse("digits@1.2.0=crash") == Fault("digits@1.2.0", None, "crash")
     with pytest.raises(ConfigError, match="NAME@VERSION"):
         Fault.parse("digits=explode")
+
+
+def four_sku_config(tmp_path: Path, broker_url: str, initial: Path, pub: Path) -> SimulationConfig:
+    """8 devices over 4 skus: a clean one, and one per fault kind on digits 2.0.0."""
+    faults = tuple(
+        Fault.parse(f) for f in ("digits@2.0.0:sku-b=selftest", "digits@2.0.0:sku-c=crash", "digits@2.0.0:sku-d=slow")
+    )
+    return SimulationConfig(
+        devices=8,
+        fleet="test",
+        broker=broker_url,
+        bundle=initial,
+        trust=[pub],
+        skus=("sku-a", "sku-b", "sku-c", "sku-d"),
+        faults=faults,
+        workdir=tmp_path / "sim",
+        telemetry_interval_s=1.0,
+        replay_rate=25.0,
+    )
 
 
 def test_simulated_devices_run_the_real_update_path_with_injected_faults(
@@ -35,16 +55,8 @@ def test_simulated_devices_run_the_real_update_path_with_injected_faults(
     (tmp_path / "srv").mkdir()
     server = ArtifactServer(tmp_path / "srv")
     url, sha, size = server.publish("digits-2.0.0.efb", package_tiny(tiny_models, release_key, "2.0.0", 2))
-    faults = tuple(
-        Fault.parse(f) for f in ("digits@2.0.0:sku-b=selftest", "digits@2.0.0:sku-c=crash", "digits@2.0.0:sku-d=slow")
-    )
-    config = SimulationConfig(
-        devices=8, fleet="test", broker=broker.url, bundle=initial, trust=[key_files[1]],
-        skus=("sku-a", "sku-b", "sku-c", "sku-d"), faults=faults, workdir=tmp_path / "sim",
-        telemetry_interval_s=1.0, replay_rate=25.0,
-    )  # fmt: skip
     watcher = Watcher(broker.url)
-    sim = Simulation(config)
+    sim = Simulation(four_sku_config(tmp_path, broker.url, initial, key_files[1]))
     sim.start()
     try:
         watcher.wait(lambda: sum(v == "online" for v in watcher.status.values()) == 8, timeout=30)
@@ -80,8 +92,10 @@ def test_fleetctl_simulate_command(tmp_path: Path, broker: LocalBroker, tiny_mod
     initial = tmp_path / "digits-1.0.0.efb"
     initial.write_bytes(package_tiny(tiny_models, release_key, "1.0.0", 1))
     watcher = Watcher(broker.url, fleet="sim")
-    args = ["simulate", "--devices", "3", "--fleet", "sim", "--broker", broker.url, "--bundle", str(initial),
-            "--trust", str(key_files[1]), "--skus", "a,b", "--duration", "4", "--telemetry-interval", "0.5", "--json"]  # fmt: skip
+    fleet = ["--devices", "3", "--fleet", "sim", "--skus", "a,b"]
+    timing = ["--duration", "4", "--telemetry-interval", "0.5"]
+    where = ["--broker", broker.url, "--bundle", str(initial), "--trust", str(key_files[1])]
+    args = ["simulate", *fleet, *timing, *where, "--json"]
     result = CliRunner().invoke(cli, args)
     watcher.drain(1.0)
     watcher.close()

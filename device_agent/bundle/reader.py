@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
+import device_agent.bundle.signatures as sigs
 from device_agent._version import at_least
-from device_agent.bundle import signatures as sigs
 from device_agent.bundle.archive import Archive, Buffer, Limits
 from device_agent.bundle.keys import TrustStore
 from device_agent.bundle.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, SIGNATURE_NAME, Manifest

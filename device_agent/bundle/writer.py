@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 
-from device_agent.bundle import signatures as sigs
+import device_agent.bundle.signatures as sigs
 from device_agent.bundle.archive import Buffer, Limits, write_zip
 from device_agent.bundle.keys import PrivateKey
 from device_agent.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest

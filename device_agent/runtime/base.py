@@ -11,18 +11,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from device_agent.bundle.manifest import TensorInfo
-from device_agent.errors import EdgefleetError
+from device_agent.errors import RuntimeLoadError, RuntimeRunError
 
 if TYPE_CHECKING:
     import numpy as np
 
 _BACKENDS = {"tflite": "device_agent.runtime.litert", "onnx": "device_agent.runtime.onnx"}
-
-
-class RuntimeLoadError(EdgefleetError):
-    """The runtime is not installed, or it cannot load the model."""
-
-    code = "runtime"
 
 
 class Runtime(ABC):
@@ -53,7 +47,7 @@ class Runtime(ABC):
         """Run one inference.
 
         Raises:
-            RuntimeLoadError: a feed is missing or has the wrong shape or dtype.
+            RuntimeRunError: a feed is missing or has the wrong shape or dtype, or the runtime failed.
         """
 
 
@@ -87,14 +81,14 @@ def _dtype(name: str) -> np.dtype[Any]:
 
 
 def check_feed(spec: TensorInfo, array: np.ndarray) -> None:
-    """Raises: RuntimeLoadError if ``array`` cannot feed ``spec`` (rank, fixed dims, dtype)."""
+    """Raises: RuntimeRunError if ``array`` cannot feed ``spec`` (rank, fixed dims, dtype)."""
     if array.dtype != _dtype(spec.dtype):
-        raise RuntimeLoadError(f"input {spec.name!r} expects {spec.dtype}, got {array.dtype.name}")
+        raise RuntimeRunError(f"input {spec.name!r} expects {spec.dtype}, got {array.dtype.name}")
     shape = array.shape
     if shape == spec.shape:
         return  # the common case: a fully static input, exactly matched
     if len(shape) != len(spec.shape) or any(w not in (-1, g) for w, g in zip(spec.shape, shape, strict=True)):
-        raise RuntimeLoadError(f"input {spec.name!r} expects shape {list(spec.shape)}, got {list(shape)}")
+        raise RuntimeRunError(f"input {spec.name!r} expects shape {list(spec.shape)}, got {list(shape)}")
 
 
 def quantize(array: np.ndarray, spec: TensorInfo) -> np.ndarray:

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from device_agent.bundle.manifest import Quantization, TensorInfo
-from device_agent.runtime.base import Runtime, RuntimeLoadError, check_feed
+from device_agent.errors import RuntimeLoadError, RuntimeRunError
+from device_agent.runtime.base import Runtime, check_feed
 
 
 def _interpreter_module() -> tuple[Any, str]:
@@ -118,7 +119,7 @@ class LiteRTRuntime(Runtime):
                     it.set_tensor(single[2], array)
                     it.invoke()
                 except (RuntimeError, ValueError) as exc:
-                    raise RuntimeLoadError(f"LiteRT failed to run the model: {str(exc)[:300]}") from None
+                    raise RuntimeRunError(f"LiteRT failed to run the model: {str(exc)[:300]}") from None
                 return {name: it.get_tensor(index) for name, index in self._out_index}
         return self._run_checked(feeds)
 
@@ -127,7 +128,7 @@ class LiteRTRuntime(Runtime):
         arrays = []
         for spec in self._inputs:
             if spec.name not in feeds:
-                raise RuntimeLoadError(f"missing input {spec.name!r}")
+                raise RuntimeRunError(f"missing input {spec.name!r}")
             array = np.ascontiguousarray(feeds[spec.name])
             check_feed(spec, array)
             arrays.append(array)
@@ -144,7 +145,7 @@ class LiteRTRuntime(Runtime):
                 self._it.set_tensor(detail["index"], array)
             self._it.invoke()
         except (RuntimeError, ValueError) as exc:  # the interpreter's own failures (bad op, bad tensor)
-            raise RuntimeLoadError(f"LiteRT failed to run the model: {str(exc)[:300]}") from None
+            raise RuntimeRunError(f"LiteRT failed to run the model: {str(exc)[:300]}") from None
         # get_tensor already returns a copy, so callers may keep it across invocations
         return {name: self._it.get_tensor(index) for name, index in self._out_index}
 

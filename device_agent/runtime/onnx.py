@@ -9,13 +9,21 @@ from typing import Any
 import numpy as np
 
 from device_agent.bundle.manifest import TensorInfo
-from device_agent.runtime.base import Runtime, RuntimeLoadError, check_feed
+from device_agent.errors import RuntimeLoadError, RuntimeRunError
+from device_agent.runtime.base import Runtime, check_feed
 
 _DTYPES = {
-    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
-    "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int16)": "int16", "tensor(uint16)": "uint16",
-    "tensor(int32)": "int32", "tensor(int64)": "int64", "tensor(bool)": "bool",
-}  # fmt: skip
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(int16)": "int16",
+    "tensor(uint16)": "uint16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
+}
 
 
 def _ort() -> Any:
@@ -62,12 +70,12 @@ class OnnxRuntime(Runtime):
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         for spec in self._inputs:
             if spec.name not in feeds:
-                raise RuntimeLoadError(f"missing input {spec.name!r}")
+                raise RuntimeRunError(f"missing input {spec.name!r}")
             check_feed(spec, np.asarray(feeds[spec.name]))
         try:
             results = self._session.run(None, {s.name: np.asarray(feeds[s.name]) for s in self._inputs})
         except Exception as exc:  # onnxruntime raises untyped errors (Fail, InvalidArgument, ...)
-            raise RuntimeLoadError(f"ONNX Runtime failed to run the model: {str(exc)[:300]}") from None
+            raise RuntimeRunError(f"ONNX Runtime failed to run the model: {str(exc)[:300]}") from None
         return {spec.name: np.asarray(r) for spec, r in zip(self._outputs, results, strict=True)}
 
 

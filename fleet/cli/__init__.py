@@ -19,7 +19,7 @@ from fleet.cli.rollout import rollout
 from fleet.cli.serve import serve
 from fleet.cli.watch import watch
 
-LAZY_COMMANDS = {"simulate": "fleet.simulate:simulate_command"}
+LAZY_COMMANDS = {"simulate": "fleet.sim.command:simulate_command"}
 
 
 @click.group(cls=LazyGroup, context_settings=CONTEXT, lazy_subcommands=LAZY_COMMANDS)

@@ -24,7 +24,8 @@ from device_agent.bundle.writer import build_bundle
 from device_agent.config import ProbationSection, load_config
 from device_agent.home import Home
 from device_agent.mqtt import MqttClient, MqttConfig
-from device_agent.updater import FaultPlan
+from fleet.sim.agents import faulty_agent
+from fleet.sim.faults import FaultPlan, OutageClient
 from toolchain.flash import FlashOptions, flash
 from toolchain.npzio import save_npz
 from toolchain.packaging import PackageOptions, package
@@ -124,18 +125,32 @@ def flash_device(tmp: Path, bundle: bytes, broker_url: str, pub: Path, device_id
     path.write_bytes(bundle)
     sections = {"probation": extra.pop("probation", FAST_PROBATION)} | extra.pop("sections", {})
     opts = FlashOptions(
-        device_id=device_id, broker=broker_url, trust=[pub], fleet="test", sku=extra.pop("sku", "test-sku"),
-        telemetry_interval_s=extra.pop("telemetry_interval_s", 0.5), replay_rate=extra.pop("replay_rate", 50.0),
-        extra=sections, **extra,
-    )  # fmt: skip
+        device_id=device_id,
+        broker=broker_url,
+        trust=[pub],
+        fleet="test",
+        sku=extra.pop("sku", "test-sku"),
+        telemetry_interval_s=extra.pop("telemetry_interval_s", 0.5),
+        replay_rate=extra.pop("replay_rate", 50.0),
+        extra=sections,
+        **extra,
+    )
     return flash(path, tmp / device_id, opts)
 
 
 class AgentThread:
-    """A real Agent running its supervisor loop in a thread of the test process."""
+    """A real Agent running its supervisor loop in a thread of the test process.
 
-    def __init__(self, home: Home, faults: FaultPlan | None = None) -> None:
-        self.agent = Agent(home, load_config(home.config), faults=faults)
+    With ``faults`` or ``outages``, the agent is the simulator's (``fleet.sim.agents.faulty_agent``): its
+    update hooks inject ``faults`` and ``go_offline`` can take it off the broker for a while.
+    """
+
+    def __init__(self, home: Home, faults: FaultPlan | None = None, outages: bool = False) -> None:
+        self.mqtt: OutageClient | None = None
+        if faults is None and not outages:
+            self.agent = Agent(home, load_config(home.config))
+        else:
+            self.agent, self.mqtt = faulty_agent(home, faults or FaultPlan())
         self.agent.start()
         self.thread = threading.Thread(target=self.agent.run, daemon=True)
         self.thread.start()
@@ -146,6 +161,12 @@ class AgentThread:
             if time.monotonic() > deadline:
                 raise TimeoutError("agent did not connect to the broker")
             time.sleep(0.05)
+
+    def go_offline(self, seconds: float) -> None:
+        """Drop the broker connection abruptly and stay offline for ``seconds`` (needs ``outages``)."""
+        if self.mqtt is None:
+            raise RuntimeError("AgentThread(..., outages=True) first")
+        self.mqtt.go_offline(seconds)
 
     def stop(self) -> None:
         self.agent.stop()

@@ -2,8 +2,8 @@
 check the device home as the next boot would find it, restart the agent and check it recovers.
 
 Kill instants: after the agent reports a phase (DOWNLOADING, VERIFYING, INSTALLING, SELFTEST,
-PROBATION, SUCCEEDED) plus a random delay within that step (the agent runs with
-EDGE_AGENT_STEP_DELAY_S so each step lasts long enough to be hit), or at a random instant of
+PROBATION, SUCCEEDED) plus a random delay within that step (the agent runs as ``tests.support.slow_agent``,
+whose update hooks make each step last long enough to be hit), or at a random instant of
 the first 250 ms after the command. After each kill, before restarting:
 
 - ``state.json`` parses as a device state;
@@ -33,9 +33,12 @@ from device_agent import protocol as P
 from device_agent.api import AgentClient
 from device_agent.bundle import PrivateKey, TrustStore, verify_bundle
 from device_agent.config import ProbationSection
-from device_agent.errors import EdgefleetError
-from device_agent.home import Home, StateError
+from device_agent.errors import EdgefleetError, StateError
+from device_agent.home import Home
 from tests.support.agent_harness import ArtifactServer, Watcher, flash_device, package_tiny, send_deploy
+from tests.support.slow_agent import STEP_DELAY_S
+
+REPO = Path(__file__).resolve().parents[2]  # so that `python -m tests.support.slow_agent` finds this tree
 
 PHASES = ["DOWNLOADING", "VERIFYING", "INSTALLING", "SELFTEST", "PROBATION", "SUCCEEDED", "random"]
 TERMINAL = {
@@ -44,7 +47,6 @@ TERMINAL = {
     P.DeploymentState.REJECTED,
     P.DeploymentState.FAILED,
 }
-STEP_DELAY_S = 0.3  # the agent pauses this long in each update step, so a kill can land inside it
 PROBATION = ProbationSection(min_inferences=30, seconds=3.0, max_error_rate=0.05, max_latency_ratio=0.0)
 
 
@@ -59,15 +61,14 @@ class KillResult:
 
 
 def start_agent(home: Home) -> subprocess.Popen[bytes]:
-    """Start `edge-agent run`; its log goes to HOME/../agent.log (appended), shown when a check fails."""
-    exe = Path(sys.executable).parent / "edge-agent"
+    """Start `edge-agent run` with slow update steps (``tests.support.slow_agent``); its log goes to
+    HOME/../agent.log (appended), shown when a check fails."""
     home.run_file.unlink(missing_ok=True)
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     with (home.root.parent / "agent.log").open("ab") as log:
         log.write(b"--- start\n")
-        env = os.environ | {"EDGE_AGENT_STEP_DELAY_S": str(STEP_DELAY_S)}
-        return subprocess.Popen(
-            [str(exe), "run", "--home", str(home.root), "--log-level", "info"], stdout=log, stderr=log, env=env
-        )
+        argv = [sys.executable, "-m", "tests.support.slow_agent", "--home", str(home.root), "--log-level", "info"]
+        return subprocess.Popen(argv, stdout=log, stderr=log, env=os.environ | {"PYTHONPATH": path})
 
 
 def log_tail(home: Home, lines: int = 15) -> str:
@@ -113,61 +114,86 @@ def check_home(home: Home, trust: TrustStore) -> str:
     return ""
 
 
+@dataclass(frozen=True)
+class Rig:
+    """What a power-cut run needs: a scratch directory, a broker, the tiny models and a release key pair."""
+
+    workdir: Path
+    broker_url: str
+    tiny: dict[str, Path]
+    key: PrivateKey
+    pub: Path
+
+
+@dataclass
+class _Run:
+    rig: Rig
+    rng: random.Random
+    server: ArtifactServer
+    home: Home
+    trust: TrustStore
+    watcher: Watcher
+
+
 def run_power_cuts(
-    n: int, seed: int, workdir: Path, broker_url: str, tiny: dict[str, Path], key: PrivateKey, pub: Path,
-    progress: Callable[[KillResult], None] | None = None,
-) -> list[KillResult]:  # fmt: skip
-    rng = random.Random(seed)
-    (workdir / "artifacts").mkdir(parents=True, exist_ok=True)
-    server = ArtifactServer(workdir / "artifacts", throttle_bps=200_000)  # downloads take ~50 ms
+    n: int, seed: int, rig: Rig, progress: Callable[[KillResult], None] | None = None
+) -> list[KillResult]:
+    """``n`` kills of a real agent at phases taken in turn (``PHASES``), each checked and recovered from."""
+    (rig.workdir / "artifacts").mkdir(parents=True, exist_ok=True)
+    server = ArtifactServer(rig.workdir / "artifacts", throttle_bps=200_000)  # downloads take ~50 ms
     home = flash_device(
-        workdir,
-        package_tiny(tiny, key, "1.0.0", 1),
-        broker_url,
-        pub,
+        rig.workdir,
+        package_tiny(rig.tiny, rig.key, "1.0.0", 1),
+        rig.broker_url,
+        rig.pub,
         probation=PROBATION,
         replay_rate=100.0,
         telemetry_interval_s=1.0,
     )
-    trust = TrustStore.from_paths([pub])
-    watcher = Watcher(broker_url)
+    run = _Run(rig, random.Random(seed), server, home, TrustStore.from_paths([rig.pub]), Watcher(rig.broker_url))
     results: list[KillResult] = []
     try:
         for i in range(n):
-            t0 = time.monotonic()
-            target = PHASES[i % len(PHASES)]
-            url, sha, size = server.publish(f"v{i + 2}.efb", package_tiny(tiny, key, f"1.{i + 1}.0", i + 2))
-            proc = start_agent(home)
-            wait_serving(home, proc)
-            if i == 0:  # the device's first connection creates its session; later deploys may wait queued in it
-                watcher.wait(lambda: watcher.status.get("dev-1") == "online")
-            dep = send_deploy(broker_url, "test", "dev-1", url, sha, size)
-            _wait_kill_point(watcher, dep, target, rng)
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            watcher.drain()  # events the agent published before it died
-            states = watcher.states(dep)
-            problem = check_home(home, trust)
-            proc = start_agent(home)
-            final = "?"
-            try:
-                wait_serving(home, proc)
-                final = watcher.wait_event(dep, TERMINAL, timeout=60).state.value
-                if not problem and home.load_state().pending is not None:
-                    problem = "a deployment is still pending after reaching a terminal state"
-            except (TimeoutError, RuntimeError) as exc:
-                problem = problem or f"after restart: {exc}\nagent log:\n{log_tail(home)}"
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=30)
-            result = KillResult(i, target, states[-1] if states else "none", problem, final, time.monotonic() - t0)
+            result = _one_cut(run, i)
             results.append(result)
             if progress:
                 progress(result)
     finally:
-        watcher.close()
+        run.watcher.close()
         server.close()
     return results
+
+
+def _one_cut(run: _Run, i: int) -> KillResult:
+    """Deploy version ``i + 2``, kill the agent at ``PHASES[i]``, check the home, restart, wait for the end."""
+    t0 = time.monotonic()
+    rig, home, watcher = run.rig, run.home, run.watcher
+    target = PHASES[i % len(PHASES)]
+    url, sha, size = run.server.publish(f"v{i + 2}.efb", package_tiny(rig.tiny, rig.key, f"1.{i + 1}.0", i + 2))
+    proc = start_agent(home)
+    wait_serving(home, proc)
+    if i == 0:  # the device's first connection creates its session; later deploys may wait queued in it
+        watcher.wait(lambda: watcher.status.get("dev-1") == "online")
+    dep = send_deploy(rig.broker_url, "test", "dev-1", url, sha, size)
+    _wait_kill_point(watcher, dep, target, run.rng)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    watcher.drain()  # events the agent published before it died
+    states = watcher.states(dep)
+    problem = check_home(home, run.trust)
+    proc = start_agent(home)
+    final = "?"
+    try:
+        wait_serving(home, proc)
+        final = watcher.wait_event(dep, TERMINAL, timeout=60).state.value
+        if not problem and home.load_state().pending is not None:
+            problem = "a deployment is still pending after reaching a terminal state"
+    except (TimeoutError, RuntimeError) as exc:
+        problem = problem or f"after restart: {exc}\nagent log:\n{log_tail(home)}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    return KillResult(i, target, states[-1] if states else "none", problem, final, time.monotonic() - t0)
 
 
 def _wait_kill_point(watcher: Watcher, dep: str, target: str, rng: random.Random) -> None:

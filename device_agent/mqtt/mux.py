@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from device_agent.errors import TransportError
-from device_agent.mqtt import Message, MqttClient, MqttConfig, Will, _paho_client, _paho_connect
+from device_agent.mqtt.client import Message, MqttClient, MqttConfig, Will, _paho_client, _paho_connect
 
 log = logging.getLogger("edge-agent.mux")
 MISC_INTERVAL = 2.0  # seconds between keepalive sweeps over every connection (keepalives are 30 s or more)

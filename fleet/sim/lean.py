@@ -1,13 +1,13 @@
 """The scalable simulation mode: thousands of devices per process running the real agent code.
 
 ``fleetctl simulate`` runs each device as a full ``Agent`` with four threads, fine for a few hundred.
-Here a device is a ``LeanAgent``: the same ``device_agent.agent.Agent`` class (command handling,
-events, info, telemetry points, spool) and the same ``Updater`` (download over HTTP, verification
-with the device's trust store and sequence check, install into its A/B slots and ``state.json``,
-self-test, probation verdict, rollback), with its own device home and its own MQTT connection and
-session. What changes is who runs that code:
+Here a device is a ``LeanDevice``: the agent's own ``AgentCore`` (command handling, events, info,
+telemetry points) and MQTT ``Session`` (announce, spool, events, acknowledgements), and so the same
+``Updater`` (download over HTTP, verification with the device's trust store and sequence check,
+install into its A/B slots and ``state.json``, self-test, probation verdict, rollback), with its own
+device home and its own MQTT connection and session. What changes is who runs that code:
 
-- MQTT: every connection of a process is multiplexed on one thread (``device_agent.mqttmux``);
+- MQTT: every connection of a process is multiplexed on one thread (``device_agent.mqtt.mux``);
 - work: each device has two strands on a shared thread pool, one for what the agent's loop does
   (commands, probation checks, telemetry) and one for what its deployment worker does;
 - inference: real LiteRT / ONNX Runtime, but one runtime per model per process, shared by the
@@ -18,7 +18,7 @@ session. What changes is who runs that code:
 - the manifest summary of a slot in ``info`` is parsed once per bundle content per process;
 - timers (telemetry, replayed inferences, probation checks) run on the mux thread's timer queue.
 
-``fleet/simulate_procs.py`` splits the devices over worker processes.
+``fleet.sim.procs`` splits the devices over worker processes.
 """
 
 from __future__ import annotations
@@ -36,22 +36,24 @@ from pathlib import Path
 from typing import Any
 
 from device_agent import protocol as P
-from device_agent.agent import Agent, Backoff
+from device_agent.agent import Backoff
 from device_agent.bundle import Bundle, TrustStore, read_bundle, verify_bundle
 from device_agent.bundle.reader import DeviceCapabilities
 from device_agent.config import AgentConfig
-from device_agent.errors import EdgefleetError, ProtocolError
+from device_agent.core import Action, AgentCore, AgentParts
+from device_agent.errors import EdgefleetError
 from device_agent.fetch import Fetcher
 from device_agent.home import Home
 from device_agent.model import LoadedModel, SelfTestResult
-from device_agent.mqtt import Message, Will
-from device_agent.mqttmux import MqttMux, MuxClient
+from device_agent.mqtt import Message
+from device_agent.mqtt.mux import MqttMux, MuxClient
 from device_agent.runtime import Runtime, available_runtimes, load_runtime
-from device_agent.updater import MIN_GATE_SAMPLES, DeviceCrashed, FaultPlan
+from device_agent.session import Session, mqtt_config
+from device_agent.updater import MIN_GATE_SAMPLES
+from fleet.sim.faults import FaultHooks, FaultPlan, SlowRuntime
 
 log = logging.getLogger("fleetctl.simulate")
 CONNECTS_PER_S = 800  # per process: paced so the broker's listen backlog never overflows
-PROBATION_CHECK_S = 0.5  # as the agent's loop
 
 
 class SharedRuntime(Runtime):
@@ -73,7 +75,7 @@ class SharedModel(LoadedModel):
 
     The self-test runs the bundle's reference inputs through the runtime and compares with its reference
     outputs; on one shared runtime every device would compute the same numbers, so it runs once per
-    model per process (the injected ``selftest`` fault still applies per device, in the ``Updater``).
+    model per process (the injected ``selftest`` fault still applies per device, in its ``LeanHooks``).
     """
 
     def __init__(self, bundle: Bundle, runtime: Runtime, slot: str, results: dict[str, SelfTestResult]) -> None:
@@ -178,19 +180,44 @@ class WorkerContext:
     rng: random.Random
 
 
-class LeanAgent(Agent):
-    """A real ``Agent`` driven by the shared mux thread and pool instead of its own threads."""
+class LeanHooks(FaultHooks):
+    """A lean device's injected faults, with its models loaded on the process's shared runtimes."""
+
+    def __init__(self, plan: FaultPlan, models: SharedModels) -> None:
+        super().__init__(plan)
+        self.models = models
+
+    def load(self, data: bytes, trust: TrustStore, **options: Any) -> LoadedModel:
+        return self.models.load(data, trust, **options)
+
+
+class LeanDevice:
+    """One device: an ``AgentCore`` and its MQTT ``Session``, driven by the shared mux thread and pool."""
 
     def __init__(self, home: Home, config: AgentConfig, ctx: WorkerContext, faults: FaultPlan) -> None:
-        super().__init__(home, config, fetcher=ctx.fetcher, faults=faults, api=False, loader=ctx.models.load)
         self.ctx = ctx
-        self.mqtt = MuxClient(ctx.mux, self._mqtt_config(), on_connect=self._connected,
-                              on_disconnect=self._disconnected, on_message=self._message)  # fmt: skip
+        parts = AgentParts(
+            fetcher=ctx.fetcher,
+            hooks=LeanHooks(faults, ctx.models),
+            runtimes=lambda: ctx.models.runtimes,  # the process's runtime versions, looked up once
+            slot_ref=ctx.models.slot_ref,  # parsed once per bundle content per process
+        )
+        self.core = AgentCore(home, config, parts)
+        self.mqtt = MuxClient(
+            ctx.mux,
+            mqtt_config(config),
+            on_connect=self._connected,
+            on_disconnect=self._disconnected,
+            on_message=self._message,
+        )
+        self.session = Session(self.core, self.mqtt)
+        self.core.notify = self.session.flush_events
         self._loop, self._deploy = Strand(ctx.pool), Strand(ctx.pool)
         b = config.broker
         self._backoff = Backoff(b.reconnect_min_s, b.reconnect_max_s, ctx.rng)
         self.alive = False
         self.ever_connected = False
+        self._offline_until = 0.0
         self._replayed = 0
         self._probation_queued = False
 
@@ -201,13 +228,13 @@ class LeanAgent(Agent):
 
         Raises: NoVerifiedModelError.
         """
-        self.boot()
+        self.core.boot()
         self.alive = True
-        if self.updater.state.pending is not None:
+        if self.core.updater.state.pending is not None:
             self._deploy.submit(self._run_deployment)
         mux, rng = self.ctx.mux, self.ctx.rng
         mux.call_later(connect_delay, self._connect_now)
-        mux.call_later(connect_delay + rng.uniform(0, self.telemetry_interval), self._telemetry_timer)
+        mux.call_later(connect_delay + rng.uniform(0, self.core.telemetry_interval), self._telemetry_timer)
         if self.ctx.replay_rate > 0:
             mux.call_later(rng.uniform(0, 1 / self.ctx.replay_rate), self._replay_timer)
 
@@ -217,33 +244,25 @@ class LeanAgent(Agent):
         if not goodbye:
             self.mqtt.abort()
             return
-        if self.mqtt.is_connected:
-            self.mqtt.publish(self.topic(P.STATUS), b"offline", qos=1, retain=True)
-        self.mqtt.disconnect()
+        self.session.goodbye()
 
     def go_offline(self, seconds: float) -> None:
         self._offline_until = time.monotonic() + seconds
         self.mqtt.abort()
 
-    def _runtimes(self) -> dict[str, str]:
-        return self.ctx.models.runtimes  # the process's runtime versions, looked up once
-
-    def _slot_ref(self, slot: str) -> P.ModelRef | None:
-        return self.ctx.models.slot_ref(self.home.slot(slot))
-
     # --- MQTT (mux thread: hand everything to a strand) ----------------------------------------
 
     def _connect_now(self) -> None:
         if self.alive:
-            self.mqtt.connect(will=Will(self.topic(P.STATUS), b"offline", qos=1, retain=True))
+            self.mqtt.connect(will=self.session.will())
 
     def _connected(self) -> None:
         self._backoff.reset()
         self._loop.submit(self._announce)
 
     def _announce(self) -> None:
-        self.announce()
-        self._flush_events()
+        self.session.announce()
+        self.session.flush_events()
         self.ever_connected = True
 
     def _disconnected(self, reason: str) -> None:
@@ -256,53 +275,42 @@ class LeanAgent(Agent):
         self._loop.submit(lambda: self._command(msg))
 
     def _command(self, msg: Message) -> None:
-        try:
-            self.handle_command(P.parse_command(P.parse_topic(msg.topic).kind, msg.payload))
-        except ProtocolError as exc:
-            log.warning("ignored malformed command on %s: %s", msg.topic, exc)
-        self.mqtt.ack(msg)
-        if self._work.is_set():  # what the agent's deployment worker waits for
-            self._work.clear()
+        if self.session.on_message(msg) is Action.DEPLOY:
             self._deploy.submit(self._run_deployment)
 
     def _run_deployment(self) -> None:
-        try:
-            self.updater.run_pending()
-        except EdgefleetError as exc:
-            log.error("deployment failed: %s", exc)
-        except DeviceCrashed:
-            pass  # the simulator reboots this device
+        self.core.run_deployment()  # False: the simulator crashed this device and reboots it
 
     # --- timers (mux thread) ---------------------------------------------------------------------
 
     def _telemetry_timer(self) -> None:
         if not self.alive:
             return
-        self._loop.submit(self.send_telemetry)
-        self.ctx.mux.call_later(self.telemetry_interval, self._telemetry_timer)
+        self._loop.submit(self.session.send_telemetry)
+        self.ctx.mux.call_later(self.core.telemetry_interval, self._telemetry_timer)
 
     def _replay_timer(self) -> None:
         if not self.alive:
             return
-        engine = self.engine
-        if engine is not None and engine.extra_latency_s:
+        engine = self.core.engine
+        if engine is not None and isinstance(engine.model.runtime, SlowRuntime):
             self._loop.submit(self._infer)  # the "slow" fault sleeps: not on the mux thread
         else:
             self._infer()
         self.ctx.mux.call_later(1 / self.ctx.replay_rate, self._replay_timer)
 
     def _infer(self) -> None:
-        self.replay_one(self._replayed)
+        self.core.replay_one(self._replayed)
         self._replayed += 1
 
     def check_probation_soon(self) -> None:
         """Queue the agent loop's probation check, unless one is queued already or its verdict must be
         "wait" (neither the probation time nor the gates' sample count reached): with thousands of
         devices on probation at once, most checks would only cost a latency percentile each."""
-        pr, engine = self.updater.state.probation, self.engine
+        pr, engine = self.core.updater.state.probation, self.core.engine
         if not self.alive or pr is None or engine is None or self._probation_queued:
             return
-        cfg = self.config.probation
+        cfg = self.core.config.probation
         elapsed_s = time.time() - pr.started_ms / 1000
         inferences = engine.model_window.inferences
         if elapsed_s < cfg.seconds and inferences < min(MIN_GATE_SAMPLES, cfg.min_inferences):
@@ -312,4 +320,4 @@ class LeanAgent(Agent):
 
     def _check_probation(self) -> None:
         self._probation_queued = False
-        self.updater.check_probation()
+        self.core.updater.check_probation()

@@ -21,8 +21,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from device_agent.config import BrokerSection
 from device_agent.errors import ConfigError, TransportError
 
+BROKER_OPTIONAL = ("username", "password", "cafile", "certfile", "keyfile")  # same names in [broker]
 PROBE_TIMEOUT = 2.0  # seconds to wait for an MQTT 5 CONNACK before trying 3.1.1 ("auto")
 
 
@@ -74,6 +76,19 @@ class MqttConfig:
     clean_start: bool = False  # keep the session (and QoS 1 commands queued while offline)
     session_expiry_s: int = 7 * 24 * 3600  # MQTT 5: how long the broker keeps that session
     manual_ack: bool = False  # acknowledge QoS>0 messages only when the caller says it acted on them
+
+    @classmethod
+    def from_section(cls, section: BrokerSection, *, client_id: str, **client: Any) -> MqttConfig:
+        """The settings of agent.toml's ``[broker]`` (empty strings: unset), by name, plus client-only ones."""
+        optional: dict[str, Any] = {name: getattr(section, name) or None for name in BROKER_OPTIONAL}
+        return cls(
+            url=section.url,
+            client_id=client_id,
+            keepalive=section.keepalive_s,
+            protocol=section.protocol,
+            **optional,
+            **client,
+        )
 
 
 @dataclass(frozen=True)
@@ -195,7 +210,7 @@ class MqttClient:
         """
         info = self._require().publish(topic, payload, qos=qos, retain=retain)
         if info.rc != paho.MQTT_ERR_SUCCESS:
-            raise TransportError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+            raise TransportError(f"publish to {topic} failed: {paho.error_string(info.rc)}", rc=info.rc)
         if qos > 0:
             try:
                 info.wait_for_publish(timeout)
@@ -216,7 +231,7 @@ class MqttClient:
         for topic, payload in messages:
             info = client.publish(topic, payload, qos=qos)
             if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_QUEUE_SIZE):
-                raise TransportError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+                raise TransportError(f"publish to {topic} failed: {paho.error_string(info.rc)}", rc=info.rc)
             infos.append(info)
         if qos == 0:
             return
@@ -233,7 +248,7 @@ class MqttClient:
         """Subscribe and wait for the SUBACK. Raises: TransportError."""
         rc, mid = self._require().subscribe(list(filters))
         if rc != paho.MQTT_ERR_SUCCESS:
-            raise TransportError(f"subscribe failed: {paho.error_string(rc)}")
+            raise TransportError(f"subscribe failed: {paho.error_string(rc)}", rc=rc)
         with self._suback_cond:  # the SUBACK may already have arrived: it is recorded, not lost
             if not self._suback_cond.wait_for(lambda: mid in self._subacked, timeout):
                 raise TransportError(f"subscription not acknowledged within {timeout}s")
@@ -242,7 +257,7 @@ class MqttClient:
     def ack(self, message: Message) -> None:
         """Acknowledge a QoS>0 message received with ``manual_ack`` (after acting on it).
 
-        An unacknowledged message is delivered again after a reconnect, so a crash between receipt
+        An unacknowledged message is delivered again after a reconnect, so dying between receipt
         and action loses nothing.
         """
         client = self._client
@@ -250,7 +265,7 @@ class MqttClient:
             client.ack(message.mid, message.qos)
 
     def abort(self) -> None:
-        """Drop the connection without DISCONNECT, as a crash or a cut cable would: the broker
+        """Drop the connection without DISCONNECT, as a power cut or a cut cable would: the broker
         then publishes the last will."""
         client, self._client = self._client, None
         if client is not None:

@@ -10,19 +10,21 @@ import random
 import tempfile
 import threading
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from device_agent.agent import PROBATION_CHECK_S
 from device_agent.config import load_config
 from device_agent.errors import ConfigError, EdgefleetError
-from device_agent.fetch import FetchConfig, KeepAliveHttpFetcher
+from device_agent.fetch import FetchConfig
 from device_agent.home import Home
-from device_agent.mqttmux import MqttMux
-from device_agent.updater import DeviceCrashed
-from fleet.simulate import SimulationConfig, count_agents, fault_plan, provision_device
-from fleet.simulate_lean import CONNECTS_PER_S, PROBATION_CHECK_S, LeanAgent, SharedModels, WorkerContext
+from device_agent.mqtt.mux import MqttMux
+from fleet.sim.config import SimulationConfig, provision_device
+from fleet.sim.faults import DeviceCrashed, fault_plan
+from fleet.sim.fetch import KeepAliveHttpFetcher
+from fleet.sim.lean import CONNECTS_PER_S, LeanDevice, SharedModels, WorkerContext
+from fleet.sim.report import count_agents, merge_summaries
 
 log = logging.getLogger("fleetctl.simulate")
 POOL_THREADS = 16  # per process: downloads and fsyncs wait; more strands in flight hide that latency
@@ -43,7 +45,7 @@ class Worker:
             rng=random.Random(config.seed * 1000 + index),
         )
         self.homes: dict[str, tuple[str, Home]] = {}
-        self.agents: dict[str, LeanAgent] = {}
+        self.agents: dict[str, LeanDevice] = {}
         self.crashes = 0
 
     def provision(self) -> None:
@@ -61,10 +63,10 @@ class Worker:
         if self.config.offline_rate > 0:
             self.ctx.mux.call_later(1.0, self._outages)
 
-    def _new_agent(self, device_id: str) -> LeanAgent:
+    def _new_agent(self, device_id: str) -> LeanDevice:
         sku, home = self.homes[device_id]
         faults = fault_plan(self.config, sku, lambda: self._crash(device_id))
-        return LeanAgent(home, load_config(home.config), self.ctx, faults)
+        return LeanDevice(home, load_config(home.config), self.ctx, faults)
 
     def _crash(self, device_id: str) -> None:
         """From the device's deployment strand: the device dies here and reboots a second later."""
@@ -101,9 +103,14 @@ class Worker:
         return sum(1 for a in self.agents.values() if a.ever_connected and a.mqtt.is_connected)
 
     def summary(self) -> dict[str, Any]:
-        versions, states = count_agents(self.agents.values())
-        return {"devices": len(self.agents), "versions": versions, "states": states,
-                "crashes": self.crashes, "connected": self.connected()}  # fmt: skip
+        versions, states = count_agents(a.core for a in self.agents.values())
+        return {
+            "devices": len(self.agents),
+            "versions": versions,
+            "states": states,
+            "crashes": self.crashes,
+            "connected": self.connected(),
+        }
 
     def stop(self) -> None:
         for agent in self.agents.values():
@@ -113,16 +120,6 @@ class Worker:
         flushed.wait(30)
         self.ctx.mux.stop()
         self.ctx.pool.shutdown(wait=False, cancel_futures=True)
-
-
-def merge_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"devices": 0, "versions": Counter(), "states": Counter(), "crashes": 0, "connected": 0}
-    for part in parts:
-        for key in ("devices", "crashes", "connected"):
-            out[key] += part[key]
-        out["versions"].update(part["versions"])
-        out["states"].update(part["states"])
-    return {**out, "versions": dict(out["versions"]), "states": dict(out["states"])}
 
 
 def _worker_main(config: SimulationConfig, root: str, index: int, processes: int, conn: Any) -> None:
@@ -177,8 +174,8 @@ class LeanSimulation:
         ctx = mp.get_context("spawn")
         for k in range(self.processes):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker_main, args=(self.config, str(root), k, self.processes, child),
-                               name=f"sim-worker-{k}", daemon=True)  # fmt: skip
+            args = (self.config, str(root), k, self.processes, child)
+            proc = ctx.Process(target=_worker_main, args=args, name=f"sim-worker-{k}", daemon=True)
             proc.start()
             self._workers.append((proc, parent))
         deadline = time.monotonic() + (timeout or 60.0 + self.config.devices / 50)
