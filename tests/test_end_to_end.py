@@ -21,6 +21,7 @@ from device_agent.bundle import PrivateKey
 from fleet.broker import LocalBroker, free_port
 from fleet.client import ApiClient
 from fleet.errors import ApiError
+from tests.support.argv import argv
 from tests.support.fleet_harness import wait_until
 from tests.support.processes import BIN, background
 from toolchain.packaging import PackageOptions, package
@@ -40,13 +41,14 @@ def fleetctl(server: str, *args: str) -> str:
 
 def rollout(api: ApiClient, server: str, release: str) -> dict[str, Any]:
     # The devices share one process (and this machine's cores): their sub-ms p95 jitters by milliseconds.
-    out = fleetctl(server, "rollout", "start", release, "--stages", "34,100", "--bake", "4", "--health-settle", "1",
-                   "--min-p95-delta", "5", "--json")  # fmt: skip
+    out = fleetctl(
+        server, *argv("rollout", "start", release, stages="34,100", bake=4, health_settle=1, min_p95_delta=5, json=True)
+    )
     rid = json.loads(out)["id"]
+    ended = ("SUCCEEDED", "ABORTED", "ROLLED_BACK")
     return wait_until(  # type: ignore[no-any-return]
-        lambda: (s := api.get(f"/rollouts/{rid}"))["state"] in ("SUCCEEDED", "ABORTED", "ROLLED_BACK") and s,
-        120, f"rollout of {release} to end",
-    )  # fmt: skip
+        lambda: (s := api.get(f"/rollouts/{rid}"))["state"] in ended and s, 120, f"rollout of {release} to end"
+    )
 
 
 def versions(api: ApiClient) -> dict[str, str]:
@@ -57,33 +59,72 @@ def log_tails(*logs: Path) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists())
 
 
-def test_staged_rollout_then_a_bad_release_is_rolled_back_automatically(
-    tmp_path: Path, broker: LocalBroker, tiny_models: dict[str, Path], release_key: PrivateKey,
-    key_files: tuple[Path, Path],
-) -> None:  # fmt: skip
-    # as in the demo: 1.0.0 the float model, 1.1.0 and 1.2.0 the int8 one (1.2.0 made slow on sku c); simulated
-    # devices replay the self-test inputs, so 128 calibration samples keep their drift (PSI) realistic
+def _package_releases(tmp_path: Path, tiny_models: dict[str, Path], release_key: PrivateKey) -> None:
+    """As in the demo: 1.0.0 the float model, 1.1.0 and 1.2.0 the int8 one (1.2.0 made slow on sku c);
+    simulated devices replay the self-test inputs, so 128 calibration samples keep their drift (PSI) realistic."""
     for version, sequence, model in (("1.0.0", 1, "tflite"), ("1.1.0", 2, "tflite_int8"), ("1.2.0", 3, "tflite_int8")):
-        opts = PackageOptions(name="digits", version=version, sequence=sequence, keys=[release_key],
-                              labels=tiny_models["labels"], calibration=tiny_models["calibration"],
-                              selftest_samples=128)  # fmt: skip
+        opts = PackageOptions(
+            name="digits",
+            version=version,
+            sequence=sequence,
+            keys=[release_key],
+            labels=tiny_models["labels"],
+            calibration=tiny_models["calibration"],
+            selftest_samples=128,
+        )
         (tmp_path / f"digits-{version}.efb").write_bytes(package(tiny_models[model], opts))
+
+
+def _serve_command(tmp_path: Path, broker_url: str, port: int, pub: str) -> list[str]:
+    return argv(
+        "fleetctl",
+        "serve",
+        db=f"sqlite:///{tmp_path / 'fleet.db'}",
+        broker=broker_url,
+        artifacts=tmp_path / "artifacts",
+        listen=f"127.0.0.1:{port}",
+        trust=pub,
+        fleet="e2e",
+        token=f"ci={TOKEN}",
+    )
+
+
+def _simulate_command(tmp_path: Path, broker_url: str, pub: str) -> list[str]:
+    return argv(
+        "fleetctl",
+        "simulate",
+        devices=DEVICES,
+        fleet="e2e",
+        broker=broker_url,
+        bundle=tmp_path / "digits-1.0.0.efb",
+        trust=pub,
+        skus=",".join(SKUS),
+        fault="digits@1.2.0:c=slow",
+        replay_rate=10,
+        telemetry_interval=1,
+        workdir=tmp_path / "devices",
+    )
+
+
+def test_staged_rollout_then_a_bad_release_is_rolled_back_automatically(
+    tmp_path: Path,
+    broker: LocalBroker,
+    tiny_models: dict[str, Path],
+    release_key: PrivateKey,
+    key_files: tuple[Path, Path],
+) -> None:
+    _package_releases(tmp_path, tiny_models, release_key)
     port, pub = free_port(), str(key_files[1])
     server = f"http://127.0.0.1:{port}"
     serve_log, sim_log = tmp_path / "serve.log", tmp_path / "simulate.log"
-    serve = ["fleetctl", "serve", "--db", f"sqlite:///{tmp_path / 'fleet.db'}", "--broker", broker.url,
-             "--artifacts", str(tmp_path / "artifacts"), "--listen", f"127.0.0.1:{port}", "--trust", pub,
-             "--fleet", "e2e", "--token", f"ci={TOKEN}"]  # fmt: skip
-    simulate = ["fleetctl", "simulate", "--devices", str(DEVICES), "--fleet", "e2e", "--broker", broker.url,
-                "--bundle", str(tmp_path / "digits-1.0.0.efb"), "--trust", pub, "--skus", ",".join(SKUS),
-                "--fault", "digits@1.2.0:c=slow", "--replay-rate", "10", "--telemetry-interval", "1",
-                "--workdir", str(tmp_path / "devices")]  # fmt: skip
+    serve = _serve_command(tmp_path, broker.url, port, pub)
+    simulate = _simulate_command(tmp_path, broker.url, pub)
     api = ApiClient(server, TOKEN)
     with background(serve, serve_log) as serve_proc, background(simulate, sim_log, signal.SIGINT) as sim_proc:
         try:
             wait_until(lambda: _answers(api), 60, "fleetctl serve to answer")
-            wait_until(lambda: Counter(v for v in versions(api).values()) == {"1.0.0": DEVICES}, 120,
-                       f"{DEVICES} simulated devices registered on 1.0.0")  # fmt: skip
+            on_1_0_0 = f"{DEVICES} simulated devices registered on 1.0.0"
+            wait_until(lambda: Counter(v for v in versions(api).values()) == {"1.0.0": DEVICES}, 120, on_1_0_0)
             for version in ("1.1.0", "1.2.0"):
                 assert "added digits@" in fleetctl(server, "releases", "add", str(tmp_path / f"digits-{version}.efb"))
 
@@ -95,8 +136,9 @@ def test_staged_rollout_then_a_bad_release_is_rolled_back_automatically(
             bad = rollout(api, server, "digits@1.2.0")
             assert bad["state"] == "ABORTED"
             assert bad["reason"].startswith("failure threshold 10% tripped")
-            wait_until(lambda: all(d["state"] == "ROLLED_BACK" for d in api.get(f"/rollouts/{bad['id']}/deployments")),
-                       60, "every deployment of 1.2.0 rolled back")  # fmt: skip
+            deployments = f"/rollouts/{bad['id']}/deployments"
+            all_back = "every deployment of 1.2.0 rolled back"
+            wait_until(lambda: all(d["state"] == "ROLLED_BACK" for d in api.get(deployments)), 60, all_back)
             deps = api.get(f"/rollouts/{bad['id']}/deployments")
             skus = {d["id"]: d["sku"] for d in api.get("/devices")}
             assert {skus[d["device_id"]] for d in deps} == set(SKUS)  # the first stage sampled every sku

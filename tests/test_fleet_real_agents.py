@@ -36,9 +36,12 @@ DEVICES = ("pi4-0", "pi4-1", "jetson-0", "jetson-1", "esp-0")
 
 @pytest.fixture
 def fleet(
-    broker: LocalBroker, tmp_path: Path, key_files: tuple[Path, Path], tiny_models: dict[str, Path],
+    broker: LocalBroker,
+    tmp_path: Path,
+    key_files: tuple[Path, Path],
+    tiny_models: dict[str, Path],
     release_key: PrivateKey,
-) -> Iterator[Harness]:  # fmt: skip
+) -> Iterator[Harness]:
     """5 real agents in 3 skus on digits 1.0.0; the esp one fails the self-test of digits@1.1.0."""
     initial = package_tiny(tiny_models, release_key, "1.0.0", 1)
     procs: list[subprocess.Popen[bytes]] = []
@@ -52,8 +55,8 @@ def fleet(
                     threads.append(AgentThread(home, faults=FaultPlan(selftest={"digits@1.1.0"})))
                 else:
                     procs.append(start_agent(home))
-            wait_until(lambda: sum(1 for d in h.api.get("/devices") if d["sku"] and d["status"] == "online") == 5,
-                       60, "5 real agents registered")  # fmt: skip
+            registered = "5 real agents registered"
+            wait_until(lambda: _online(h) == 5, 60, registered)
             yield h
         finally:
             for t in threads:
@@ -63,13 +66,17 @@ def fleet(
                 p.wait(30)
 
 
+def _online(h: Harness) -> int:
+    return sum(1 for d in h.api.get("/devices") if d["sku"] and d["status"] == "online")
+
+
 def test_real_agents_selftest_failures_on_one_sku_abort_and_roll_back_then_a_clean_release_completes(
     fleet: Harness, tmp_path: Path, tiny_models: dict[str, Path], release_key: PrivateKey
 ) -> None:
     h = fleet
     add_tiny_release(h, tmp_path, tiny_models, release_key, "1.1.0", 2)
-    rid = h.api.post("/rollouts", {"release": "digits@1.1.0", "stages": ["50%", "100%"],
-                                   "gates": {"failure": "20%", "retries": 0}})["id"]  # fmt: skip
+    spec = {"release": "digits@1.1.0", "stages": ["50%", "100%"], "gates": {"failure": "20%", "retries": 0}}
+    rid = h.api.post("/rollouts", spec)["id"]
     status = rollout_finished(h, rid)
     assert status["state"] == "ABORTED" and "failure threshold 20% tripped" in status["reason"]
     deps = {d["device_id"]: d for d in h.api.get(f"/rollouts/{rid}/deployments")}
@@ -78,8 +85,9 @@ def test_real_agents_selftest_failures_on_one_sku_abort_and_roll_back_then_a_cle
     assert esp["state"] == "ROLLED_BACK"  # the agent refused to switch after its self-test failed
     # a gate can trip while the other samples are still downloading: the agents finish installing, and
     # the fleet rolls each back once it reports the switch (an agent cannot roll back mid-install)
-    wait_until(lambda: all(d["state"] == "ROLLED_BACK" for d in h.api.get(f"/rollouts/{rid}/deployments")), 60,
-               "every sampled agent rolled back")  # fmt: skip
+    deployments = f"/rollouts/{rid}/deployments"
+    all_back = "every sampled agent rolled back"
+    wait_until(lambda: all(d["state"] == "ROLLED_BACK" for d in h.api.get(deployments)), 60, all_back)
     wait_until(lambda: set(device_versions(h).values()) == {"1.0.0"}, 60, "every agent back on 1.0.0")
 
     add_tiny_release(h, tmp_path, tiny_models, release_key, "1.2.0", 3)
