@@ -107,6 +107,7 @@ def _quantize_file(model: Path, out: Path, options: OnnxOptions, stream: SampleS
                 out,
                 per_channel=options.per_channel,
                 weight_type=QuantType.QInt8,
+                reduce_range=options.reduce_range,
                 nodes_to_exclude=list(options.float_nodes),
             )
             return
@@ -121,6 +122,7 @@ def _quantize_file(model: Path, out: Path, options: OnnxOptions, stream: SampleS
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=_METHODS[options.calibrate],
+            reduce_range=options.reduce_range,
             nodes_to_exclude=list(options.float_nodes),
             extra_options={"ActivationSymmetric": False},
         )
