@@ -157,7 +157,13 @@ class FleetService:
     # --- devices --------------------------------------------------------------------------------
 
     def targeted(self, selector: Selector) -> list[DeviceRow]:
-        return [r for r in self.store.devices.all(self.fleet) if selector.matches(r.sku, r.tags or [])]
+        """The accepted devices ``selector`` matches (pending and rejected ones are never targeted)."""
+        return self.listed(selector, "accepted")
+
+    def listed(self, selector: Selector, admission: str | None = None) -> list[DeviceRow]:
+        """The devices ``selector`` matches, of one admission state or of all."""
+        rows = self.store.devices.all(self.fleet, admission)
+        return [r for r in rows if selector.matches(r.sku, r.tags or [])]
 
     def device_views(self, selector: Selector) -> tuple[DeviceView, ...]:
         """The selected devices as a rollout sees them; reused for ``device_view_ttl_s`` (monotonic) so the
