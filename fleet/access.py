@@ -52,13 +52,9 @@ def same_hash(a: str, b: str) -> bool:
 class Principal:
     """The caller of one request: the token's name and role, and the client's address."""
 
-    name: str
-    role: Role
+    name: str  # the token's name ("-" when no valid token was shown)
+    role: Role | None  # None: no valid token
     source: str = ""
-
-    @property
-    def actor(self) -> str:
-        return self.name
 
 
 # The caller of the request being served, for the audit entries the store writes in that request. Set by
@@ -84,12 +80,15 @@ class UrlSigner:
     else. Every fleet-manager process of a fleet shares ``key`` (kept in the store)."""
 
     key: bytes
+    ttl_s: float = 6 * 3600.0  # seconds a URL stays valid (a device resumes on the same URL within it)
 
     def _mac(self, sha256: str, deployment: str, device: str, expires: int) -> str:
         msg = f"{sha256}|{deployment}|{device}|{expires}".encode()
         return hmac.new(self.key, msg, hashlib.sha256).hexdigest()
 
-    def query(self, sha256: str, deployment: str, device: str, expires: int) -> str:
+    def query(self, sha256: str, deployment: str, device: str, now: float) -> str:
+        """The query string of a URL valid until ``now + ttl_s``."""
+        expires = int(now + self.ttl_s)
         sig = self._mac(sha256, deployment, device, expires)
         return urlencode({"dep": deployment, "dev": device, "exp": expires, "sig": sig})
 

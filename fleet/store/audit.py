@@ -18,7 +18,7 @@ def record(conn: Connection, actor: str, action: str, target: str, detail: str =
     """Append one entry inside the caller's transaction; role, token and address come from the API request
     being served (``fleet.access.caller``), empty for the fleet manager's own actions."""
     who = caller.get()
-    values = {"role": who.role.value, "token": who.name, "source": who.source[:64]} if who else {}
+    values = {"role": who.role or "", "token": who.name, "source": who.source[:64]} if who else {}
     conn.execute(
         t.audit.insert().values(
             ts=time.time(), actor=actor[:64], action=action, target=target[:200], detail=detail[:1024], **values

@@ -1,4 +1,5 @@
-"""Devices: registered as they first speak (accepted, or pending admission), updated from their status, info and telemetry, tagged by operators."""
+"""Devices: registered as they first speak (accepted, or pending admission), updated from their status,
+info and telemetry, tagged by operators."""
 
 from __future__ import annotations
 

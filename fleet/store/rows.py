@@ -76,6 +76,10 @@ class ReleaseRow(_Row):
         """``NAME@VERSION``."""
         return f"{self.name}@{self.version}"
 
+    def public(self) -> dict[str, Any]:
+        """What the API shows: every column but ``artifact`` (a path on the server)."""
+        return {k: v for k, v in self.to_dict().items() if k != "artifact"}
+
 
 @dataclass(frozen=True)
 class RolloutRow(_Row):

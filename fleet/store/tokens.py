@@ -49,7 +49,8 @@ class TokenRepository:
     def revoke(self, name: str, actor: str, now: float) -> TokenRow:
         """Revoke at once, for every process on this store. Raises: NotFoundError, ConflictError (already)."""
         with self.db.tx() as conn:
-            done = conn.execute(t.tokens.update().where(_C.name == name, _C.revoked_at.is_(None)).values(revoked_at=now))
+            live = t.tokens.update().where(_C.name == name, _C.revoked_at.is_(None))
+            done = conn.execute(live.values(revoked_at=now))
             if done.rowcount != 1:
                 self.get(name)  # NotFoundError if there is none
                 raise ConflictError(f"token {name!r} is revoked already")
