@@ -1,0 +1,135 @@
+"""Access control of the fleet manager against a running one: every route needs a token with the right
+role, tokens are hashed, expire and are revoked for every process on the store, artifacts need a signed
+URL, limits hold before any work, and every refusal leaves the store as it was (issue 14's "Why")."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from device_agent import protocol as P
+from device_agent.bundle import PrivateKey
+from fleet.broker import LocalBroker
+from fleet.cli import cli
+from fleet.store import tables as t
+from tests.support.fleet_harness import TOKEN, Harness, add_release, running_fleet, wait_until
+from tests.support.scripted_device import ScriptedDevice
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+OLD = P.ModelRef("digits", "1.0.0", 1, "1" * 64)
+
+
+@pytest.fixture
+def h(broker: LocalBroker, tmp_path: Path, key_files: tuple[Path, Path]) -> Iterator[Harness]:
+    with running_fleet(broker.url, tmp_path, key_files[1]) as harness:
+        yield harness
+
+
+def fleetctl(h: Harness, *args: str, token: str | None = TOKEN) -> tuple[int, str]:
+    env = {"FLEETCTL_SERVER": h.url, **({"FLEETCTL_TOKEN": token} if token else {})}
+    result = CliRunner().invoke(cli, list(args), env=env)
+    return result.exit_code, result.output  # stdout and stderr
+
+
+def create_token(h: Harness, name: str, role: str, *extra: str) -> str:
+    code, out = fleetctl(h, "tokens", "create", name, "--role", role, *extra, "--json")
+    assert code == 0, out
+    return str(json.loads(out)["secret"])
+
+
+def as_(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def audit_actions(h: Harness) -> list[str]:
+    return [r["action"] for r in h.api.get("/audit", limit=1000)]
+
+
+READS = ["/api/v1/devices", "/api/v1/releases", "/api/v1/rollouts", "/api/v1/audit", "/api/v1/health", "/metrics"]
+
+
+def test_every_read_needs_a_token_and_no_path_leaks(h: Harness, tmp_path: Path, release_key: PrivateKey) -> None:
+    row = add_release(h, tmp_path, release_key, "2.0.0", 2)
+    for path in [*READS, f"/artifacts/{row['sha256']}.efb"]:
+        r = httpx.get(h.url + path)
+        assert (r.status_code, r.json()["code"]) == (401, "unauthorized"), path
+        assert r.headers["www-authenticate"] == "Bearer"
+    assert httpx.get(f"{h.url}/healthz").json() == {"ok": True}  # the one public route
+    viewer = create_token(h, "grafana", "viewer")
+    for path in READS:
+        assert httpx.get(h.url + path, headers=as_(viewer)).status_code == 200, path
+    shown = httpx.get(f"{h.url}/api/v1/releases", headers=as_(viewer)).text
+    assert str(h.server.config.artifacts) not in shown and "artifact" not in json.loads(shown)[0]
+    refused = [r for r in h.api.get("/audit", limit=1000) if r["action"] == "auth.unauthorized"]
+    assert len(refused) == len(READS) + 1 and {r["source"] for r in refused} == {"127.0.0.1"}
+
+
+def test_roles_viewer_reads_operator_changes_admin_manages(
+    h: Harness, tmp_path: Path, release_key: PrivateKey
+) -> None:
+    add_release(h, tmp_path, release_key, "2.0.0", 2)
+    viewer, operator = create_token(h, "dash", "viewer"), create_token(h, "ci", "operator")
+    body = {"release": "digits@2.0.0", "stages": ["100%"]}
+    r = httpx.post(f"{h.url}/api/v1/rollouts", json=body, headers=as_(viewer))
+    assert (r.status_code, r.json()["code"]) == (403, "forbidden") and "needs the operator role" in r.json()["error"]
+    assert httpx.post(f"{h.url}/api/v1/rollback", json={"release": "digits@2.0.0"}, headers=as_(viewer)).status_code == 403
+    assert httpx.post(f"{h.url}/api/v1/tokens", json={"name": "x", "role": "admin"}, headers=as_(operator)).status_code == 403
+    assert httpx.get(f"{h.url}/api/v1/tokens", headers=as_(operator)).status_code == 403
+    r = httpx.post(f"{h.url}/api/v1/rollouts", json=body, headers=as_(operator))
+    assert (r.status_code, r.json()["code"]) == (400, "invalid")  # allowed; refused only for having no device
+    assert h.api.get("/rollouts") == [] and [t["name"] for t in h.api.get("/tokens")] == ["ci", "dash"]
+    forbidden = [r for r in h.api.get("/audit", limit=1000) if r["action"] == "auth.forbidden"]
+    assert {(r["token"], r["role"]) for r in forbidden} == {("dash", "viewer"), ("ci", "operator")}
+
+
+def test_tokens_are_hashed_listed_expire_and_are_revoked(h: Harness) -> None:
+    code, out = fleetctl(h, "tokens", "create", "alice-laptop", "--role", "operator", "--expires", "30d")
+    secret = out.splitlines()[0]
+    assert code == 0 and "shown only now" in out and len(secret) >= 40
+    with h.server.store.engine.connect() as conn:
+        stored = conn.execute(sa.select(t.tokens)).mappings().one()
+    assert secret not in json.dumps(dict(stored)) and stored["hash"] != secret and stored["expires_at"] > 0
+    code, out = fleetctl(h, "tokens", "ls", "--json")
+    assert [(r["name"], r["role"]) for r in json.loads(out)] == [("alice-laptop", "operator")]
+    assert "hash" not in json.loads(out)[0] and secret not in out
+    assert httpx.get(f"{h.url}/api/v1/devices", headers=as_(secret)).status_code == 200
+    assert fleetctl(h, "tokens", "revoke", "alice-laptop")[0] == 0
+    r = httpx.get(f"{h.url}/api/v1/devices", headers=as_(secret))
+    assert (r.status_code, r.json()["error"]) == (401, "token alice-laptop is revoked")
+    code, out = fleetctl(h, "tokens", "create", "alice-laptop", "--role", "viewer")
+    assert code == 1 and "exists already" in out  # a revoked name is not reused
+    code, out = fleetctl(h, "tokens", "create", "bad", "--role", "viewer", "--expires", "soon")
+    assert code == 1 and "must be a positive NUMBER" in out
+    short = create_token(h, "short2", "viewer", "--expires", "1h")
+    with h.server.store.engine.begin() as conn:  # its hour is over (the expiry moved into the past)
+        conn.execute(t.tokens.update().where(t.tokens.c.name == "short2").values(expires_at=1.0))
+    r = httpx.get(f"{h.url}/api/v1/devices", headers=as_(short))
+    assert (r.status_code, r.json()["error"]) == (401, "token short2 has expired")
+    assert {"token.create", "token.revoke"} <= set(audit_actions(h))
+
+
+def test_a_second_process_on_the_same_store_refuses_revoked_and_expired_tokens(
+    broker: LocalBroker, tmp_path: Path, key_files: tuple[Path, Path], store_url: str
+) -> None:
+    with running_fleet(broker.url, tmp_path, key_files[1], db=store_url) as first:
+        with running_fleet(broker.url, tmp_path / "b", key_files[1], db=store_url, instance="second") as second:
+            viewer = create_token(first, "dash", "viewer")
+            old = create_token(first, "old", "viewer", "--expires", "1h")
+            assert httpx.get(f"{second.url}/api/v1/devices", headers=as_(viewer)).status_code == 200
+            assert fleetctl(first, "tokens", "revoke", "dash")[0] == 0
+            r = httpx.get(f"{second.url}/api/v1/devices", headers=as_(viewer))
+            assert (r.status_code, r.json()["error"]) == (401, "token dash is revoked")
+            with first.server.store.engine.begin() as conn:
+                conn.execute(t.tokens.update().where(t.tokens.c.name == "old").values(expires_at=1.0))
+            r = httpx.get(f"{second.url}/api/v1/devices", headers=as_(old))
+            assert (r.status_code, r.json()["error"]) == (401, "token old has expired")
+            signed = first.server.signer.query("a" * 64, "d1", "cam-1", 0.0)
+            assert second.server.signer.query("a" * 64, "d1", "cam-1", 0.0) == signed  # one key per fleet
