@@ -133,3 +133,75 @@ def test_a_second_process_on_the_same_store_refuses_revoked_and_expired_tokens(
             assert (r.status_code, r.json()["error"]) == (401, "token old has expired")
             signed = first.server.signer.query("a" * 64, "d1", "cam-1", 0.0)
             assert second.server.signer.query("a" * 64, "d1", "cam-1", 0.0) == signed  # one key per fleet
+
+
+def raw_post(h: Harness, path: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, dict[str, Any]]:
+    """POST over a plain socket, declaring whatever Content-Length ``headers`` say but sending only ``body``:
+    what the server answers before reading a body it was promised."""
+    host, port = h.url.removeprefix("http://").split(":")
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers.items()), "", ""]
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall("\r\n".join(lines).encode() + body)
+        data = b""
+        while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, payload = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(payload)
+
+
+def test_limits_and_auth_come_before_any_body_is_read(h: Harness) -> None:
+    huge = {"Content-Length": str(400 << 20), "Content-Type": "application/json"}
+    assert raw_post(h, "/api/v1/rollouts", huge) == (401, {"error": _missing(), "code": "unauthorized"})
+    status, body = raw_post(h, "/api/v1/rollouts", {**huge, **AUTH})
+    assert (status, body["code"]) == (413, "too-large")  # a valid token, but 400 MiB of JSON is refused unread
+    status, body = raw_post(h, "/api/v1/releases", {"Content-Length": str(2 << 30), **AUTH})
+    assert (status, body["code"]) == (413, "too-large")
+    bad_json = b'{"release": '
+    status, body = raw_post(h, "/api/v1/rollouts", {"Content-Length": str(len(bad_json))}, bad_json)
+    assert (status, body["code"]) == (401, "unauthorized")  # the token is checked before the JSON is parsed
+    r = httpx.post(f"{h.url}/api/v1/rollouts", content=bad_json, headers={**AUTH, "Content-Type": "application/json"})
+    assert (r.status_code, r.json()["code"]) == (422, "invalid")
+    assert h.api.get("/rollouts") == [] and list(h.server.config.artifacts.glob("*")) == []
+
+
+def _missing() -> str:
+    return "missing bearer token: pass --token to fleetctl or set FLEETCTL_TOKEN"
+
+
+@pytest.mark.parametrize(
+    ("gates", "field"),
+    [
+        ({"bake_s": float("inf")}, "bake_s"),
+        ({"max_p95_ratio": float("nan")}, "max_p95_ratio"),
+        ({"max_psi": -1.0}, "max_psi"),
+        ({"retries": 2**64}, "retries"),
+        ({"max_concurrent": 2**63}, "max_concurrent"),
+    ],
+)
+def test_non_finite_and_out_of_range_numbers_are_refused(
+    h: Harness, tmp_path: Path, release_key: PrivateKey, gates: dict[str, float], field: str
+) -> None:
+    add_release(h, tmp_path, release_key, "2.0.0", 2)
+    body = json.dumps({"release": "digits@2.0.0", "stages": ["100%"], "gates": gates})  # NaN/Infinity as Python writes
+    r = httpx.post(f"{h.url}/api/v1/rollouts", content=body, headers={**AUTH, "Content-Type": "application/json"})
+    assert (r.status_code, r.json()["code"]) == (422, "invalid") and f"gates.{field}" in r.json()["error"]
+    assert h.api.get("/rollouts") == []
+
+
+def test_rollout_ids_out_of_range_are_422_not_500(h: Harness) -> None:
+    for rid in (2**63, 2**31, 0, -1):
+        for method, path in [
+            ("GET", f"/rollouts/{rid}"),
+            ("GET", f"/rollouts/{rid}/deployments"),
+            ("GET", f"/rollouts/{rid}/audit"),
+            ("POST", f"/rollouts/{rid}/pause"),
+        ]:
+            r = httpx.request(method, f"{h.url}/api/v1{path}", headers=AUTH)
+            assert (r.status_code, r.json()["code"]) == (422, "invalid"), (method, path)
+    r = httpx.get(f"{h.url}/api/v1/rollouts/{2**31 - 1}", headers=AUTH)
+    assert (r.status_code, r.json()["code"]) == (404, "not-found")
+    r = httpx.get(f"{h.url}/api/v1/nowhere", headers=AUTH)
+    assert (r.status_code, r.json()) == (404, {"error": "Not Found", "code": "not-found"})
