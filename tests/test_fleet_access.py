@@ -205,3 +205,67 @@ def test_rollout_ids_out_of_range_are_422_not_500(h: Harness) -> None:
     assert (r.status_code, r.json()["code"]) == (404, "not-found")
     r = httpx.get(f"{h.url}/api/v1/nowhere", headers=AUTH)
     assert (r.status_code, r.json()) == (404, {"error": "Not Found", "code": "not-found"})
+
+
+def test_devices_download_with_signed_urls_bound_to_device_artifact_and_time(
+    h: Harness, broker: LocalBroker, tmp_path: Path, release_key: PrivateKey
+) -> None:
+    from fleet.access import UrlSigner
+
+    row = add_release(h, tmp_path, release_key, "2.0.0", 2)
+    other = add_release(h, tmp_path, release_key, "3.0.0", 3)
+    dev = ScriptedDevice(broker.url, "default", "cam-1", "pi4", OLD).start()
+    try:
+        wait_until(lambda: [d for d in h.api.get("/devices") if d["sku"]], what="cam-1 registered")
+        rid = h.api.post("/rollouts", {"release": "digits@2.0.0", "stages": ["100%"]})["id"]
+        wait_until(lambda: h.api.get(f"/rollouts/{rid}")["state"] == "SUCCEEDED", what="rollout done")
+    finally:
+        dev.stop()
+    url = next(p["url"] for kind, p in dev.received if kind == P.CMD_DEPLOY)
+    assert isinstance(url, str) and "sig=" in url and "dev=cam-1" in url and dev.model.version == "2.0.0"
+    data = (tmp_path / "digits-2.0.0.efb").read_bytes()
+    part = httpx.get(url, headers={"Range": "bytes=100-"})  # a resume on the same signed URL
+    assert (part.status_code, part.content) == (206, data[100:])
+    base = f"{h.url}/artifacts/{row['sha256']}.efb"
+    for wrong in (
+        url.replace("dev=cam-1", "dev=cam-2"),  # another device
+        url.replace(row["sha256"], other["sha256"]),  # another artifact
+        url.replace("sig=", "sig=0"),
+        f"{base}?{UrlSigner(b'k' * 32).query(row['sha256'], 'd', 'cam-1', 1e10)}",  # another key
+    ):
+        r = httpx.get(wrong)
+        assert (r.status_code, r.json()) == (403, {"error": "artifact URL refused: bad-signature", "code": "forbidden"})
+    expired = UrlSigner(h.server.signer.key, ttl_s=-1).query(row["sha256"], "d", "cam-1", 1e9)
+    r = httpx.get(f"{base}?{expired}")
+    assert (r.status_code, r.json()["error"]) == (403, "artifact URL refused: url-expired")
+    assert httpx.get(base).status_code == 401
+    assert audit_actions(h).count("auth.forbidden") == 5
+
+
+def test_manual_admission_pending_devices_are_never_targeted(
+    broker: LocalBroker, tmp_path: Path, key_files: tuple[Path, Path], release_key: PrivateKey
+) -> None:
+    with running_fleet(broker.url, tmp_path, key_files[1], admission="manual", max_devices=3) as h:
+        devs = [ScriptedDevice(broker.url, "default", f"cam-{i}", "pi4", OLD).start() for i in range(4)]
+        try:
+            wait_until(lambda: len([d for d in h.api.get("/devices") if d["sku"]]) == 3, what="3 devices registered")
+            assert {d["admission"] for d in h.api.get("/devices")} == {"pending"}
+            assert h.server.store.devices.over_cap >= 1  # the fourth was not registered: the fleet is full
+            add_release(h, tmp_path, release_key, "2.0.0", 2)
+            code, out = fleetctl(h, "rollout", "start", "digits@2.0.0", "--stages", "100")
+            assert code == 1 and "no device matches" in out
+            assert fleetctl(h, "devices", "accept")[0] == 2  # IDs or --all-pending
+            code, out = fleetctl(h, "devices", "reject", "cam-0", "--json")
+            assert code == 0 and json.loads(out) == {"admission": "rejected", "devices": ["cam-0"]}
+            code, out = fleetctl(h, "devices", "accept", "--all-pending")
+            assert code == 0 and out.strip() == "accepted: 2 device(s) cam-1 cam-2"
+            rid = h.api.post("/rollouts", {"release": "digits@2.0.0", "stages": ["100%"]})["id"]
+            wait_until(lambda: h.api.get(f"/rollouts/{rid}")["state"] == "SUCCEEDED", what="rollout done")
+            targeted = {d["device_id"] for d in h.api.get(f"/rollouts/{rid}/deployments")}
+            assert targeted == {"cam-1", "cam-2"} and devs[0].model.version == "1.0.0"
+            viewer = create_token(h, "dash", "viewer")
+            assert fleetctl(h, "devices", "accept", "cam-0", token=viewer)[0] == 1
+            assert {"device.accept", "device.reject"} <= set(audit_actions(h))
+        finally:
+            for dev in devs:
+                dev.stop()
