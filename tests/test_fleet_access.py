@@ -20,6 +20,7 @@ from device_agent.bundle import PrivateKey
 from fleet.broker import LocalBroker
 from fleet.cli import cli
 from fleet.store import tables as t
+from tests.support.bundles import simple_bundle
 from tests.support.fleet_harness import TOKEN, Harness, add_release, running_fleet, wait_until
 from tests.support.scripted_device import ScriptedDevice
 
@@ -72,16 +73,19 @@ def test_every_read_needs_a_token_and_no_path_leaks(h: Harness, tmp_path: Path, 
     assert len(refused) == len(READS) + 1 and {r["source"] for r in refused} == {"127.0.0.1"}
 
 
-def test_roles_viewer_reads_operator_changes_admin_manages(
-    h: Harness, tmp_path: Path, release_key: PrivateKey
-) -> None:
+def test_roles_viewer_reads_operator_changes_admin_manages(h: Harness, tmp_path: Path, release_key: PrivateKey) -> None:
     add_release(h, tmp_path, release_key, "2.0.0", 2)
     viewer, operator = create_token(h, "dash", "viewer"), create_token(h, "ci", "operator")
     body = {"release": "digits@2.0.0", "stages": ["100%"]}
     r = httpx.post(f"{h.url}/api/v1/rollouts", json=body, headers=as_(viewer))
     assert (r.status_code, r.json()["code"]) == (403, "forbidden") and "needs the operator role" in r.json()["error"]
-    assert httpx.post(f"{h.url}/api/v1/rollback", json={"release": "digits@2.0.0"}, headers=as_(viewer)).status_code == 403
-    assert httpx.post(f"{h.url}/api/v1/tokens", json={"name": "x", "role": "admin"}, headers=as_(operator)).status_code == 403
+    assert (
+        httpx.post(f"{h.url}/api/v1/rollback", json={"release": "digits@2.0.0"}, headers=as_(viewer)).status_code == 403
+    )
+    assert (
+        httpx.post(f"{h.url}/api/v1/tokens", json={"name": "x", "role": "admin"}, headers=as_(operator)).status_code
+        == 403
+    )
     assert httpx.get(f"{h.url}/api/v1/tokens", headers=as_(operator)).status_code == 403
     r = httpx.post(f"{h.url}/api/v1/rollouts", json=body, headers=as_(operator))
     assert (r.status_code, r.json()["code"]) == (400, "invalid")  # allowed; refused only for having no device
@@ -119,20 +123,22 @@ def test_tokens_are_hashed_listed_expire_and_are_revoked(h: Harness) -> None:
 def test_a_second_process_on_the_same_store_refuses_revoked_and_expired_tokens(
     broker: LocalBroker, tmp_path: Path, key_files: tuple[Path, Path], store_url: str
 ) -> None:
-    with running_fleet(broker.url, tmp_path, key_files[1], db=store_url) as first:
-        with running_fleet(broker.url, tmp_path / "b", key_files[1], db=store_url, instance="second") as second:
-            viewer = create_token(first, "dash", "viewer")
-            old = create_token(first, "old", "viewer", "--expires", "1h")
-            assert httpx.get(f"{second.url}/api/v1/devices", headers=as_(viewer)).status_code == 200
-            assert fleetctl(first, "tokens", "revoke", "dash")[0] == 0
-            r = httpx.get(f"{second.url}/api/v1/devices", headers=as_(viewer))
-            assert (r.status_code, r.json()["error"]) == (401, "token dash is revoked")
-            with first.server.store.engine.begin() as conn:
-                conn.execute(t.tokens.update().where(t.tokens.c.name == "old").values(expires_at=1.0))
-            r = httpx.get(f"{second.url}/api/v1/devices", headers=as_(old))
-            assert (r.status_code, r.json()["error"]) == (401, "token old has expired")
-            signed = first.server.signer.query("a" * 64, "d1", "cam-1", 0.0)
-            assert second.server.signer.query("a" * 64, "d1", "cam-1", 0.0) == signed  # one key per fleet
+    with (
+        running_fleet(broker.url, tmp_path, key_files[1], db=store_url) as first,
+        running_fleet(broker.url, tmp_path / "b", key_files[1], db=store_url, instance="second") as second,
+    ):
+        viewer = create_token(first, "dash", "viewer")
+        old = create_token(first, "old", "viewer", "--expires", "1h")
+        assert httpx.get(f"{second.url}/api/v1/devices", headers=as_(viewer)).status_code == 200
+        assert fleetctl(first, "tokens", "revoke", "dash")[0] == 0
+        r = httpx.get(f"{second.url}/api/v1/devices", headers=as_(viewer))
+        assert (r.status_code, r.json()["error"]) == (401, "token dash is revoked")
+        with first.server.store.engine.begin() as conn:
+            conn.execute(t.tokens.update().where(t.tokens.c.name == "old").values(expires_at=1.0))
+        r = httpx.get(f"{second.url}/api/v1/devices", headers=as_(old))
+        assert (r.status_code, r.json()["error"]) == (401, "token old has expired")
+        signed = first.server.signer.query("a" * 64, "d1", "cam-1", 0.0)
+        assert second.server.signer.query("a" * 64, "d1", "cam-1", 0.0) == signed  # one key per fleet
 
 
 def raw_post(h: Harness, path: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, dict[str, Any]]:
@@ -269,3 +275,37 @@ def test_manual_admission_pending_devices_are_never_targeted(
         finally:
             for dev in devs:
                 dev.stop()
+
+
+def test_audit_records_who_how_and_from_where(h: Harness, tmp_path: Path, release_key: PrivateKey) -> None:
+    operator = create_token(h, "ci", "operator")
+    bundle = tmp_path / "b.efb"
+    bundle.write_bytes(simple_bundle(release_key, version="2.0.0", sequence=2))
+    assert fleetctl(h, "releases", "add", str(bundle), token=operator)[0] == 0
+    assert fleetctl(h, "devices", "ls", token="not-a-token-at-all")[0] == 1
+    code, out = fleetctl(h, "audit", "--actor", "ci", "--json")
+    rows = json.loads(out)
+    assert code == 0 and [(r["action"], r["role"], r["token"], r["source"]) for r in rows] == [
+        ("release.add", "operator", "ci", "127.0.0.1")
+    ]
+    assert rows[0]["target"] == "release/digits@2.0.0"
+    code, out = fleetctl(h, "audit", "--since", "10m", "--json")
+    actions = [r["action"] for r in json.loads(out)]
+    assert actions == ["auth.unauthorized", "release.add", "token.create"]
+    refused = json.loads(out)[0]
+    assert (refused["actor"], refused["detail"], refused["target"]) == ("-", "invalid token", "GET /api/v1/devices")
+    code, out = fleetctl(h, "audit", "--since", "2100000000", "--json")
+    assert code == 0 and json.loads(out) == []
+    code, out = fleetctl(h, "audit", "--since", "yesterday")
+    assert code == 2 and "--since" in out
+    code, out = fleetctl(h, "audit")
+    assert code == 0 and out.splitlines()[0].split() == [
+        "TS",
+        "ACTOR",
+        "ROLE",
+        "TOKEN",
+        "SOURCE",
+        "ACTION",
+        "TARGET",
+        "DETAIL",
+    ]

@@ -193,7 +193,8 @@ def test_garbage_over_mqtt_is_counted_dropped_and_harmless(h: Harness, broker: L
             k: before[k] for k in ("sku", "status", "info", "model_version")
         }
         assert [d["id"] for d in h.api.get("/devices")] == ["cam-1"]
-        assert 'edgefleet_ingest_dropped_total{reason="payload-too-large"} 1.0' in httpx.get(f"{h.url}/metrics", headers=AUTH).text
+        metrics = httpx.get(f"{h.url}/metrics", headers=AUTH).text
+        assert 'edgefleet_ingest_dropped_total{reason="payload-too-large"} 1.0' in metrics
     finally:
         rogue.disconnect()
         dev.stop()

@@ -126,8 +126,7 @@ class Runner:
         url = f"{self.public_url}/artifacts/{release.sha256}.efb"
         now = self.clock()
         commands = [
-            (d.device, _deploy_command(d.deployment_id, self._signed(url, d, release, now), release))
-            for d in deploys
+            (d.device, _deploy_command(d.deployment_id, self._signed(url, d, release, now), release)) for d in deploys
         ]
         self._publish(commands)
         self.service.mark_deploys_sent([d.deployment_id for d in deploys], self.clock())
