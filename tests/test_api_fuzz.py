@@ -5,7 +5,6 @@ so a run takes well under a minute and fails the same way twice)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
