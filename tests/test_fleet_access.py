@@ -23,6 +23,7 @@ from fleet.store import tables as t
 from tests.support.bundles import simple_bundle
 from tests.support.fleet_harness import TOKEN, Harness, add_release, running_fleet, wait_until
 from tests.support.scripted_device import ScriptedDevice
+from tests.test_access_store import together
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 OLD = P.ModelRef("digits", "1.0.0", 1, "1" * 64)
@@ -309,3 +310,13 @@ def test_audit_records_who_how_and_from_where(h: Harness, tmp_path: Path, releas
         "TARGET",
         "DETAIL",
     ]
+
+
+def test_parallel_tag_requests_keep_every_tag(h: Harness) -> None:
+    h.server.store.devices.record_status("default", "cam-1", "online", 1.0)
+    statuses: list[int] = []
+    url = f"{h.url}/api/v1/devices/cam-1/tags"
+    errors = together(32, lambda i: statuses.append(httpx.post(url, json={"add": [f"t{i}"]}, headers=AUTH).status_code))
+    assert errors == [] and statuses == [200] * 32
+    assert h.api.get("/devices/cam-1")["tags"] == sorted(f"t{i}" for i in range(32))
+    assert audit_actions(h).count("device.tag") == 32
