@@ -58,7 +58,7 @@ class ServeProcess:
 
     def _up(self) -> bool:
         try:
-            return httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 
