@@ -61,7 +61,7 @@ SERVE_OPTIONS = [
     click.option(
         "--token-file",
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
-        help="File with bootstrap admin tokens, one SECRET or NAME=SECRET per line (keep it mode 0600).",
+        help="File with bootstrap admin tokens, one SECRET or NAME=SECRET per line, # comments (keep it mode 0600).",
     ),
     click.option(
         "--admission",
@@ -116,7 +116,8 @@ def serve(**opts: Any) -> None:
 
     listen, broker, token_file = opts.pop("listen"), opts.pop("broker"), opts.pop("token_file")
     lines = token_file.read_text().splitlines() if token_file is not None else []
-    token_map = parse_tokens([*opts.pop("tokens"), *(line for line in lines if line.strip())])
+    entries = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    token_map = parse_tokens([*opts.pop("tokens"), *entries])
     host, port = parse_listen(listen)
     local = None
     if broker is None:
