@@ -153,6 +153,12 @@ class AccessMiddleware:
         if not declared.isdigit() or int(declared) > limit:
             await respond(send, 413, TooLargeError(f"request body over {limit} bytes (or no valid Content-Length)"))
             return
+        if "content-length" not in headers and limit == MAX_JSON:  # a chunked JSON body: small, so read it here
+            messages = await _read_capped(receive, limit)
+            if messages is None:
+                await respond(send, 413, TooLargeError(f"request body over {limit} bytes"))
+                return
+            receive = _replay(messages, receive)
         token = caller.set(who)
         try:
             await self.app(scope, _capped(receive, limit), send)
@@ -172,5 +178,30 @@ def _capped(receive: Receive, limit: int) -> Receive:
             if seen > limit:
                 return {"type": "http.disconnect"}
         return message
+
+    return wrapped
+
+
+async def _read_capped(receive: Receive, limit: int) -> list[Message] | None:
+    """The body's messages if it ends within ``limit`` bytes; None once it goes over (the rest unread)."""
+    messages, seen = [], 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages
+        seen += len(message.get("body", b""))
+        if seen > limit:
+            return None
+        if not message.get("more_body", False):
+            return messages
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """``receive`` that first hands out ``messages`` (a body read ahead), then the real ones."""
+    pending = list(messages)
+
+    async def wrapped() -> Message:
+        return pending.pop(0) if pending else await receive()
 
     return wrapped

@@ -320,3 +320,18 @@ def test_parallel_tag_requests_keep_every_tag(h: Harness) -> None:
     assert errors == [] and statuses == [200] * 32
     assert h.api.get("/devices/cam-1")["tags"] == sorted(f"t{i}" for i in range(32))
     assert audit_actions(h).count("device.tag") == 32
+
+
+def test_a_chunked_json_body_is_capped_too(h: Harness) -> None:
+    def chunks(n: int) -> Iterator[bytes]:
+        yield b'{"add": ["a"], "pad": "'
+        yield from (b"x" * 4096 for _ in range(n))
+        yield b'"}'
+
+    h.server.store.devices.record_status("default", "cam-1", "online", 1.0)
+    url, headers = f"{h.url}/api/v1/devices/cam-1/tags", {**AUTH, "Content-Type": "application/json"}
+    r = httpx.post(url, content=chunks(100), headers=headers)  # 400 KiB without a Content-Length
+    assert (r.status_code, r.json()["code"]) == (413, "too-large")
+    assert h.api.get("/devices/cam-1")["tags"] == []
+    r = httpx.post(url, content=chunks(2), headers=headers)  # 8 KiB: read and served
+    assert (r.status_code, r.json()["tags"]) == (200, ["a"])
