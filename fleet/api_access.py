@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -50,14 +50,24 @@ def body_limit(method: str, path: str) -> int:
     return MAX_BUNDLE if (method, path) == ("POST", f"{API}/releases") else MAX_JSON
 
 
+AUDITED_REFUSALS = 30  # refused calls audited per client address and minute; more are only counted
+
+
 @dataclass
 class Authenticator:
-    """Checks a bearer token: the bootstrap ones given to ``serve`` (admins, hashed in memory) or the store's."""
+    """Checks a bearer token: the bootstrap ones given to ``serve`` (admins, hashed in memory) or the store's.
+
+    Refusals are audited, at most ``AUDITED_REFUSALS`` per address and minute, so a flood of bad tokens
+    cannot fill the store; ``unaudited`` counts the rest.
+    """
 
     store: Store
     bootstrap: dict[str, str]  # hash of the secret -> token name
     signer: UrlSigner
     clock: Callable[[], float]
+    unaudited: int = 0
+    _refusals: dict[str, int] = field(default_factory=dict)  # per address, in the minute ``_minute``
+    _minute: int = -1
 
     @classmethod
     def of(cls, store: Store, secrets_: dict[str, str], signer: UrlSigner, clock: Callable[[], float]) -> Authenticator:
@@ -96,10 +106,22 @@ class Authenticator:
             if who.role is None or not who.role.allows(need):
                 raise ForbiddenError(f"token {who.name} ({who.role}) may not do this: it needs the {need} role")
         except AuthError as exc:
-            refused = who or Principal("-", None, source)
-            self.store.audit.refused(refused, f"auth.{exc.code}", f"{scope['method']} {path}", str(exc))
+            if self._may_audit(source):
+                refused = who or Principal("-", None, source)
+                self.store.audit.refused(refused, f"auth.{exc.code}", f"{scope['method']} {path}", str(exc))
             raise
         return who
+
+    def _may_audit(self, source: str) -> bool:
+        minute = int(self.clock() // 60)
+        if minute != self._minute or len(self._refusals) > 10_000:
+            self._refusals.clear()  # a new minute (or too many addresses): count afresh
+            self._minute = minute
+        self._refusals[source] = count = self._refusals.get(source, 0) + 1
+        if count > AUDITED_REFUSALS:
+            self.unaudited += 1
+            return False
+        return True
 
     def _signed(self, path: str, query: str) -> None:
         params = dict(parse_qsl(query))

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from device_agent import protocol as P
 from fleet.access import Role, UrlSigner, hash_secret, parse_duration
-from fleet.api_access import required_role
-from fleet.errors import ConflictError, InvalidRequestError
+from fleet.api_access import AUDITED_REFUSALS, Authenticator, required_role
+from fleet.errors import AuthError, ConflictError, InvalidRequestError
 from fleet.rollout.model import Deploy, RolloutSpec, Selector, Stage, Threshold
 from fleet.store import Store
 from tests.test_store import release_row
@@ -99,3 +100,22 @@ def test_pure_access_rules() -> None:
     assert signer.check("b" * 64, params, 1000.0) == "bad-signature"
     assert signer.check("a" * 64, {**params, "exp": "99999999"}, 1000.0) == "bad-signature"
     assert signer.check("a" * 64, {"sig": "x"}, 1000.0) == "bad-signature"
+
+
+def test_refused_calls_are_audited_up_to_a_rate_per_address(tmp_path: Path) -> None:
+    store, now = Store.sqlite(tmp_path / "f.db"), [600.0]
+    auth = Authenticator.of(store, {"b" * 20: "boot"}, UrlSigner(b"k" * 32), lambda: now[0])
+    scope = {"method": "GET", "path": "/api/v1/devices"}
+    for i in range(AUDITED_REFUSALS + 5):
+        with pytest.raises(AuthError):
+            auth.authorize(Role.VIEWER, scope, {"authorization": f"Bearer wrong-{i}"}, "10.0.0.9")
+    assert (len(store.audit.log(limit=1000)), auth.unaudited) == (AUDITED_REFUSALS, 5)
+    with pytest.raises(AuthError):  # another address is audited
+        auth.authorize(Role.VIEWER, scope, {}, "10.0.0.10")
+    now[0] += 60  # a new minute
+    with pytest.raises(AuthError):
+        auth.authorize(Role.VIEWER, scope, {}, "10.0.0.9")
+    rows = store.audit.log(limit=1000)
+    assert len(rows) == AUDITED_REFUSALS + 2 and rows[0].source == "10.0.0.9" and rows[0].action == "auth.unauthorized"
+    assert auth.authorize(Role.ADMIN, scope, {"authorization": "Bearer " + "b" * 20}, "10.0.0.9") is not None
+    store.close()
