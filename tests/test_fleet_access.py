@@ -316,8 +316,12 @@ def test_parallel_tag_requests_keep_every_tag(h: Harness) -> None:
     h.server.store.devices.record_status("default", "cam-1", "online", 1.0)
     statuses: list[int] = []
     url = f"{h.url}/api/v1/devices/cam-1/tags"
-    errors = together(32, lambda i: statuses.append(httpx.post(url, json={"add": [f"t{i}"]}, headers=AUTH).status_code))
-    assert errors == [] and statuses == [200] * 32
+
+    def tag(i: int) -> None:
+        statuses.append(httpx.post(url, json={"add": [f"t{i}"]}, headers=AUTH, timeout=120).status_code)
+
+    errors = together(32, tag)
+    assert (errors, statuses) == ([], [200] * 32)
     assert h.api.get("/devices/cam-1")["tags"] == sorted(f"t{i}" for i in range(32))
     assert audit_actions(h).count("device.tag") == 32
 
