@@ -119,3 +119,21 @@ def test_refused_calls_are_audited_up_to_a_rate_per_address(tmp_path: Path) -> N
     assert len(rows) == AUDITED_REFUSALS + 2 and rows[0].source == "10.0.0.9" and rows[0].action == "auth.unauthorized"
     assert auth.authorize(Role.ADMIN, scope, {"authorization": "Bearer " + "b" * 20}, "10.0.0.9") is not None
     store.close()
+
+
+def test_concurrent_adds_of_one_release_store_it_once(store_url: str) -> None:
+    stores = [Store(store_url), Store(store_url)]
+    outcomes: list[str] = []
+
+    def add(i: int) -> None:
+        try:
+            release_row(stores[i % 2], "3.0.0")
+            outcomes.append("added")
+        except ConflictError:
+            outcomes.append("conflict")
+
+    assert together(8, add) == []
+    assert sorted(outcomes) == ["added"] + ["conflict"] * 7
+    assert len(stores[0].audit.log(limit=100)) == 1
+    for store in stores:
+        store.close()
