@@ -44,7 +44,7 @@ STAGES = ["5%", "25%", "50%", "100%"]
 PROBATION_S = 2.0  # seconds a device keeps a new model on probation before committing it
 TELEMETRY_S = 60.0  # long: this measures rollouts, the ingest bench measures telemetry
 REPLAY_RATE = 0.1  # inferences per second per device (real LiteRT, shared per process)
-TOKEN = "bench-token"
+TOKEN = "bench-token-0123456789"  # serve needs 16 characters at least
 
 
 @dataclass

@@ -1,48 +1,93 @@
-"""The HTTP API (FastAPI; OpenAPI at ``/docs`` and ``/openapi.json``): devices, releases, rollouts,
-artifact downloads with Range, and ``/metrics``. Mutating calls need ``Authorization: Bearer TOKEN``.
+"""The HTTP API (FastAPI; OpenAPI at ``/docs`` and ``/openapi.json``): devices, releases, rollouts, tokens,
+audit, artifact downloads with Range, and ``/metrics``.
+
+Every route but ``/healthz`` (and ``/metrics`` with ``serve --public-metrics``) needs a bearer token with
+the right role, checked by ``fleet.api_access.AccessMiddleware`` before a byte of the body is read;
+devices download artifacts with the signed URL of their ``cmd/deploy``. Every error is
+``{"error": "one line", "code": "kebab-case"}``.
 """
 
 from __future__ import annotations
 
-import secrets
-import threading
+import hashlib
+import os
+import tempfile
 import time
-from collections import OrderedDict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Header, Query, Request, Response, Security
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from device_agent.errors import BundleError, ConfigError, EdgefleetError
-from fleet.errors import AuthError, ConflictError, NotFoundError
+from fleet.access import UrlSigner, caller
+from fleet.api_access import API, MAX_BUNDLE, AccessMiddleware, Authenticator
+from fleet.api_admin import admin_routes
+from fleet.api_artifacts import ArtifactCache, byte_range, ranged
+from fleet.errors import AuthError, ConflictError, ForbiddenError, NotFoundError, TooLargeError
 from fleet.metrics import registry_for, render
 from fleet.rollout.model import Gates, HealthGate, Selector, Threshold
 from fleet.service import FleetService, RolloutRequest
 
-API = "/api/v1"
-MAX_BUNDLE = 1 << 30  # bytes accepted by `releases add`
-STATUS = {NotFoundError: 404, ConflictError: 409, AuthError: 401, BundleError: 422, ConfigError: 400}
+STATUS = {
+    NotFoundError: 404,
+    ConflictError: 409,
+    ForbiddenError: 403,
+    AuthError: 401,
+    TooLargeError: 413,
+    BundleError: 422,
+    ConfigError: 400,
+}
+MAX_ID = 2**31 - 1  # the largest rollout id the store (PostgreSQL integer) holds
+ROLLOUT_ID = Annotated[int, PathParam(ge=1, le=MAX_ID)]
+DAY = 86400.0
+
+
+class ErrorOut(BaseModel):
+    """Every error the API answers: one line, and a stable kebab-case code."""
+
+    error: str
+    code: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": text}
+    for status, text in (
+        (400, "invalid request"),
+        (401, "no valid token"),
+        (403, "the token's role does not allow this"),
+        (404, "not found"),
+        (409, "conflicts with the current state"),
+        (413, "request body too large"),
+        (422, "fails validation (including non-finite numbers and out-of-range integers)"),
+    )
+}
+Finite = ConfigDict(allow_inf_nan=False)
 
 
 class GatesIn(BaseModel):
-    success: str = "90%"
-    failure: str = "10%"
-    bake_s: Annotated[float, Field(ge=0)] = 0.0
-    device_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    model_config = Finite
+    success: Annotated[str, Field(max_length=16)] = "90%"
+    failure: Annotated[str, Field(max_length=16)] = "10%"
+    bake_s: Annotated[float, Field(ge=0, le=30 * DAY)] = 0.0
+    device_timeout_s: Annotated[float, Field(gt=0, le=7 * DAY)] = 600.0
     retries: Annotated[int, Field(ge=0, le=10)] = 1
-    max_concurrent: Annotated[int, Field(ge=1)] = 1000
-    rate_per_min: Annotated[int, Field(ge=0)] = 0
+    max_concurrent: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    rate_per_min: Annotated[int, Field(ge=0, le=1_000_000)] = 0
     health: bool = True
-    max_error_rate_increase: float = 0.05
-    max_p95_ratio: float = 1.5
-    max_psi: float = 0.25
-    max_conf_drop: float = 0.10
-    health_settle_s: Annotated[float, Field(ge=0)] = 10.0
-    min_p95_delta_ms: Annotated[float, Field(ge=0)] = 2.0
+    max_error_rate_increase: Annotated[float, Field(ge=0, le=1)] = 0.05
+    max_p95_ratio: Annotated[float, Field(gt=0, le=1000)] = 1.5
+    max_psi: Annotated[float, Field(ge=0, le=1000)] = 0.25
+    max_conf_drop: Annotated[float, Field(ge=0, le=1)] = 0.10
+    health_settle_s: Annotated[float, Field(ge=0, le=DAY)] = 10.0
+    min_p95_delta_ms: Annotated[float, Field(ge=0, le=3_600_000)] = 2.0
 
     def to_gates(self) -> Gates:
         health = HealthGate(
@@ -66,111 +111,195 @@ class GatesIn(BaseModel):
 
 
 class RolloutIn(BaseModel):
-    release: str = Field(..., description="NAME@VERSION")
-    stages: list[str] = Field(..., description='e.g. ["5%", "25%", "100%"] or counts')
-    selector: str = Field("", description="sku=X,tag=Y")
+    model_config = Finite
+    release: str = Field(..., max_length=200, description="NAME@VERSION")
+    stages: list[Annotated[str, Field(max_length=16)]] = Field(
+        ..., min_length=1, max_length=20, description='e.g. ["5%", "25%", "100%"] or counts'
+    )
+    selector: str = Field("", max_length=512, description="sku=X,tag=Y")
     approval: bool = Field(False, description="wait for `approve` after every stage but the last")
     gates: GatesIn = Field(default_factory=GatesIn)
 
 
+Tag = Annotated[str, Field(min_length=1, max_length=64)]
+
+
 class TagsIn(BaseModel):
-    add: list[str] = []
-    remove: list[str] = []
+    add: list[Tag] = Field([], max_length=64)
+    remove: list[Tag] = Field([], max_length=64)
 
 
 class ReleaseRef(BaseModel):
-    release: str
+    release: str = Field(..., max_length=200)
 
 
-def _tokens(tokens: dict[str, str]) -> Any:
-    def require(authorization: Annotated[str | None, Header()] = None) -> str:
-        """The actor behind a valid bearer token. Raises: AuthError."""
-        if not authorization or not authorization.lower().startswith("bearer "):
-            raise AuthError("missing bearer token: pass --token to fleetctl or set FLEETCTL_TOKEN")
-        given = authorization[7:].strip()
-        for secret, actor in tokens.items():
-            if secrets.compare_digest(given.encode(), secret.encode()):
-                return actor
-        raise AuthError("invalid token")
-
-    return require
+def actor() -> str:
+    """The name of the token behind the request being served (set by the access middleware)."""
+    who = caller.get()
+    return who.name if who else "-"
 
 
-def create_app(service: FleetService, tokens: dict[str, str]) -> FastAPI:
-    """The app for one fleet; ``tokens`` maps secrets to the actor names the audit log records."""
-    app = FastAPI(title="edgefleet fleet manager", version="1")
-    actor = Depends(_tokens(tokens))
+def create_app(
+    service: FleetService, tokens: dict[str, str], *, public_metrics: bool = False, signer: UrlSigner | None = None
+) -> FastAPI:
+    """The app for one fleet; ``tokens`` maps bootstrap secrets (admins) to the names the audit records."""
+    app = FastAPI(title="edgefleet fleet manager", version="1", responses=ERRORS)
+    signer = signer or service.signer()
+    auth = Authenticator.of(service.store, tokens, signer, service.clock)
+    app.add_middleware(AccessMiddleware, auth=auth, public_metrics=public_metrics)
+    _error_handlers(app)
     registry = registry_for(service)
-
-    @app.exception_handler(EdgefleetError)
-    async def _error(request: Request, exc: EdgefleetError) -> JSONResponse:
-        status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 500)
-        return JSONResponse({"error": str(exc), "code": exc.code}, status_code=status)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
         return Response(render(registry), media_type="text/plain; version=0.0.4")
 
-    @app.get(f"{API}/health")
+    @app.get("/healthz", responses={})
+    def healthz() -> dict[str, bool]:
+        """Liveness, for load balancers: needs no token and says nothing about the fleet."""
+        return {"ok": True}
+
+    router = APIRouter(prefix=API, dependencies=[Security(HTTPBearer(auto_error=False))])
+
+    @router.get("/health")
     def health() -> dict[str, Any]:
         ingest = service.ingest
-        leader = service.rollout_leader(time.time())
         return {
             "fleet": service.fleet,
             "devices_in_memory": len(ingest),
             "received": dict(ingest.received),
             "dropped": dict(ingest.dropped),
-            "rollout_leader": leader,
+            "rollout_leader": service.rollout_leader(time.time()),
         }
 
-    _device_routes(app, service, actor)
-    _release_routes(app, service, actor)
-    _rollout_routes(app, service, actor)
+    _device_routes(router, service)
+    _release_routes(router, service)
+    _rollout_routes(router, service)
+    admin_routes(router, service)
+    app.include_router(router)
+    _artifact_route(app, service)
     return app
 
 
-def _device_routes(app: FastAPI, service: FleetService, actor: Any) -> None:
-    @app.get(f"{API}/devices")
-    def devices(selector: str = "") -> list[dict[str, Any]]:
-        return [row.to_dict() for row in service.targeted(Selector.parse(selector))]
+def _error(status: int, message: str, code: str) -> JSONResponse:
+    return JSONResponse({"error": message, "code": code}, status_code=status)
 
-    @app.get(f"{API}/devices/{{device}}")
-    def device(device: str) -> dict[str, Any]:
+
+def _error_handlers(app: FastAPI) -> None:
+    """Every error in one format: ``{"error": ..., "code": ...}``."""
+
+    @app.exception_handler(EdgefleetError)
+    async def _edgefleet(request: Request, exc: EdgefleetError) -> JSONResponse:
+        status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 500)
+        return _error(status, str(exc), exc.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(422, f"{where}: {first.get('msg', 'invalid')}"[:300], "invalid")
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        code = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http")
+        return _error(exc.status_code, str(exc.detail), code)
+
+
+def _device_routes(router: APIRouter, service: FleetService) -> None:
+    @router.get("/devices")
+    def devices(
+        selector: Annotated[str, Query(max_length=512)] = "",
+        admission: Annotated[str | None, Query(pattern="^(accepted|pending|rejected)$")] = None,
+    ) -> list[dict[str, Any]]:
+        return [row.to_dict() for row in service.listed(Selector.parse(selector), admission)]
+
+    @router.get("/devices/{device}")
+    def device(device: Annotated[str, PathParam(max_length=64)]) -> dict[str, Any]:
         row = service.store.devices.get(device)
         latest = service.ingest.latest(device)
         rollups = [r.to_dict() for r in service.store.rollups.for_device(device)[-60:]]
         return {**row.to_dict(), "telemetry": latest.telemetry if latest else {}, "rollups": rollups}
 
-    @app.post(f"{API}/devices/{{device}}/tags")
-    def tag(device: str, body: TagsIn, who: str = actor) -> dict[str, Any]:
-        return {"device": device, "tags": service.store.devices.tag(device, body.add, body.remove, who)}
+    @router.post("/devices/{device}/tags")
+    def tag(device: Annotated[str, PathParam(max_length=64)], body: TagsIn) -> dict[str, Any]:
+        return {"device": device, "tags": service.store.devices.tag(device, body.add, body.remove, actor())}
 
 
-def _release_routes(app: FastAPI, service: FleetService, actor: Any) -> None:
-    @app.get(f"{API}/releases")
+BUNDLE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+def _release_routes(router: APIRouter, service: FleetService) -> None:
+    @router.get("/releases")
     def releases() -> list[dict[str, Any]]:
-        return [row.to_dict() for row in service.store.releases.all()]
+        return [row.public() for row in service.store.releases.all()]
 
-    @app.post(f"{API}/releases", status_code=201)
-    async def add_release(request: Request, who: str = actor) -> dict[str, Any]:
-        data = await request.body()
-        if len(data) > MAX_BUNDLE:
-            raise ConflictError(f"bundle is larger than {MAX_BUNDLE} bytes")
-        return service.add_release(data, who).to_dict()
+    @router.post("/releases", status_code=201, openapi_extra=BUNDLE_BODY)
+    async def add_release(request: Request) -> dict[str, Any]:
+        """Upload a signed bundle: streamed to a file next to the artifacts, verified there, then kept."""
+        tmp, sha = await _receive_file(request, service.artifacts)
+        try:
+            row = await run_in_threadpool(service.add_release_file, tmp, sha, actor())
+        finally:
+            tmp.unlink(missing_ok=True)
+        return row.public()
 
-    @app.get(f"{API}/releases/{{ref}}")
-    def release(ref: str) -> dict[str, Any]:
-        return service.release(ref).to_dict()
+    @router.get("/releases/{ref}")
+    def release(ref: Annotated[str, PathParam(max_length=200)]) -> dict[str, Any]:
+        return service.release(ref).public()
 
-    @app.get(f"{API}/releases/{{ref}}/check")
-    def check(ref: str, selector: str = "") -> list[dict[str, Any]]:
+    @router.get("/releases/{ref}/check")
+    def check(
+        ref: Annotated[str, PathParam(max_length=200)], selector: Annotated[str, Query(max_length=512)] = ""
+    ) -> list[dict[str, Any]]:
         return [check.to_dict() for check in service.check_release(ref, selector)]
 
+
+async def _receive_file(request: Request, directory: Path) -> tuple[Path, str]:
+    """The request body in a temporary file in ``directory`` (never all in memory) and its sha256.
+
+    Raises: TooLargeError (the body went over ``MAX_BUNDLE``; the middleware cut it off).
+    """
+    fd, name = tempfile.mkstemp(prefix=".upload-", suffix=".efb", dir=directory)
+    digest, size = hashlib.sha256(), 0
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BUNDLE:
+                    raise TooLargeError(f"bundle is larger than {MAX_BUNDLE} bytes")
+                digest.update(chunk)
+                fh.write(chunk)  # small blocking writes: the chunks are the server's 64 KiB reads
+            os.fsync(fh.fileno())
+    except ClientDisconnect:
+        Path(name).unlink(missing_ok=True)
+        raise TooLargeError(f"bundle upload cut off (over {MAX_BUNDLE} bytes or the client left)") from None
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return Path(name), digest.hexdigest()
+
+
+def _artifact_route(app: FastAPI, service: FleetService) -> None:
     cache = ArtifactCache()
+    octets = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+    responses: dict[int | str, dict[str, Any]] = {
+        200: {**octets, "description": "the artifact"},
+        206: {**octets, "description": "the byte range asked for"},
+        416: {"description": "unsatisfiable range"},
+    }
 
     @app.head("/artifacts/{name}", include_in_schema=False)
-    @app.get("/artifacts/{name}")
-    async def artifact(name: str, range_: Annotated[str | None, Header(alias="range")] = None) -> Response:
+    @app.get("/artifacts/{name}", responses=responses, response_class=Response)
+    async def artifact(
+        name: Annotated[str, PathParam(max_length=80)],
+        range_: Annotated[str | None, Header(alias="range", max_length=100)] = None,
+    ) -> Response:
+        """An artifact with a viewer token, or by a device with the signed URL of its ``cmd/deploy``."""
         sha = name.removesuffix(".efb")
         if len(sha) != 64 or not all(c in "0123456789abcdef" for c in sha):
             raise NotFoundError(f"no artifact {name[:80]}")
@@ -183,114 +312,39 @@ def _release_routes(app: FastAPI, service: FleetService, actor: Any) -> None:
         return ranged(data, range_)
 
 
-def _rollout_routes(app: FastAPI, service: FleetService, actor: Any) -> None:
-    @app.post(f"{API}/rollouts", status_code=201)
-    def start(body: RolloutIn, who: str = actor) -> dict[str, Any]:
+def _rollout_routes(router: APIRouter, service: FleetService) -> None:
+    @router.post("/rollouts", status_code=201)
+    def start(body: RolloutIn) -> dict[str, Any]:
         req = RolloutRequest(body.release, tuple(body.stages), body.selector, body.gates.to_gates(), body.approval)
-        return service.status(service.start_rollout(req, who)).to_dict()
+        return service.status(service.start_rollout(req, actor())).to_dict()
 
-    @app.get(f"{API}/rollouts")
-    def rollouts(release: str | None = None) -> list[dict[str, Any]]:
+    @router.get("/rollouts")
+    def rollouts(release: Annotated[str | None, Query(max_length=200)] = None) -> list[dict[str, Any]]:
         rows = service.store.rollouts.find(release=release)
         return [{k: v for k, v in row.to_dict().items() if k != "spec"} for row in rows]
 
-    @app.get(f"{API}/rollouts/{{rollout_id}}")
-    def status(rollout_id: int) -> dict[str, Any]:
+    @router.get("/rollouts/{rollout_id}")
+    def status(rollout_id: ROLLOUT_ID) -> dict[str, Any]:
         return service.status(rollout_id).to_dict()
 
-    @app.get(f"{API}/rollouts/{{rollout_id}}/deployments")
-    def deployments(rollout_id: int) -> list[dict[str, Any]]:
+    @router.get("/rollouts/{rollout_id}/deployments")
+    def deployments(rollout_id: ROLLOUT_ID) -> list[dict[str, Any]]:
         service.store.rollouts.get(rollout_id)
         return [row.to_dict() for row in service.store.deployments.for_rollout(rollout_id)]
 
-    @app.get(f"{API}/rollouts/{{rollout_id}}/audit")
-    def audit(rollout_id: int, limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[dict[str, Any]]:
+    @router.get("/rollouts/{rollout_id}/audit")
+    def audit(rollout_id: ROLLOUT_ID, limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[dict[str, Any]]:
         return [row.to_dict() for row in service.store.audit.log(f"rollout/{rollout_id}", limit)]
 
-    @app.post(f"{API}/rollouts/{{rollout_id}}/{{verb}}")
-    def command(rollout_id: int, verb: str, who: str = actor) -> dict[str, Any]:
+    @router.post("/rollouts/{rollout_id}/{verb}")
+    def command(rollout_id: ROLLOUT_ID, verb: Annotated[str, PathParam(max_length=20)]) -> dict[str, Any]:
         if verb not in ("pause", "resume", "abort", "approve"):
             raise NotFoundError(f"no rollout command {verb[:20]!r}")
-        return service.command(rollout_id, verb, who).to_dict()
+        return service.command(rollout_id, verb, actor()).to_dict()
 
-    @app.post(f"{API}/rollback")
-    def rollback(body: ReleaseRef, who: str = actor) -> dict[str, Any]:
-        return {"release": body.release, "rollouts": service.rollback_release(body.release, who)}
-
-
-class ArtifactCache:
-    """Artifacts are immutable (named by their sha256): small ones are kept in memory, so thousands of
-    devices downloading a release cost no store query, file read or thread hop each."""
-
-    def __init__(self, max_bytes: int = 256 << 20, max_artifact: int = 16 << 20) -> None:
-        self.max_bytes, self.max_artifact = max_bytes, max_artifact
-        self._data: OrderedDict[str, bytes] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, sha: str) -> bytes | None:
-        with self._lock:
-            data = self._data.get(sha)
-            if data is not None:
-                self._data.move_to_end(sha)
-            return data
-
-    def load(self, sha: str, path: Path) -> bytes | None:
-        """Read ``path`` into the cache if it is small enough; None for a large one (stream it)."""
-        if path.stat().st_size > self.max_artifact:
-            return None
-        data = path.read_bytes()
-        with self._lock:
-            self._data[sha] = data
-            while sum(len(d) for d in self._data.values()) > self.max_bytes:
-                self._data.popitem(last=False)
-        return data
+    @router.post("/rollback")
+    def rollback(body: ReleaseRef) -> dict[str, Any]:
+        return {"release": body.release, "rollouts": service.rollback_release(body.release, actor())}
 
 
-BASE_HEADERS = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
-
-
-def byte_range(header: str, size: int) -> tuple[int, int] | None:
-    """(start, end) of the one range asked for (``bytes=A-B``, ``bytes=A-``, ``bytes=-N``); None if unsatisfiable."""
-    unit, _, spec = header.partition("=")
-    start_s, dash, end_s = spec.strip().partition("-")
-    try:
-        if unit.strip() != "bytes" or not dash or "," in spec:
-            return None
-        if start_s:
-            start, end = int(start_s), min(int(end_s) if end_s else size - 1, size - 1)
-        else:
-            start, end = max(0, size - int(end_s)), size - 1
-    except ValueError:
-        return None
-    return None if start < 0 or start > end or start >= size else (start, end)
-
-
-def _unsatisfiable(size: int) -> Response:
-    return Response(status_code=416, headers={**BASE_HEADERS, "Content-Range": f"bytes */{size}"})
-
-
-def ranged(source: Path | bytes, header: str | None) -> Response:
-    """An artifact (a file, or its bytes held in memory), or the one byte range asked for: 206 or 416.
-
-    A file is streamed in chunks from a plain generator (no lazily imported async file layer).
-    """
-    size = len(source) if isinstance(source, bytes) else source.stat().st_size
-    span = byte_range(header, size) if header else None
-    if header and span is None:
-        return _unsatisfiable(size)
-    start, end = span or (0, size - 1)
-    headers = {**BASE_HEADERS, "Content-Length": str(end - start + 1)}
-    if span is not None:
-        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-    status = 206 if span is not None else 200
-    if isinstance(source, bytes):
-        return Response(source[start : end + 1], status_code=status, headers=headers)
-    return StreamingResponse(_chunks(source, start, end - start + 1), status_code=status, headers=headers)
-
-
-def _chunks(path: Path, start: int, length: int, chunk: int = 1 << 20) -> Iterator[bytes]:
-    with path.open("rb") as fh:
-        fh.seek(start)
-        while length > 0 and (data := fh.read(min(chunk, length))):
-            length -= len(data)
-            yield data
+__all__ = ["ArtifactCache", "byte_range", "create_app", "ranged"]

@@ -6,9 +6,10 @@ prints one line; an unreachable server says which URL it tried.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -23,8 +24,9 @@ class ApiClient:
     token: str | None = None
     timeout: float = 30.0  # seconds per request
 
-    def _request(self, method: str, path: str, **kw: Any) -> Any:
+    def _request(self, method: str, path: str, extra_headers: dict[str, str] | None = None, **kw: Any) -> Any:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        headers.update(extra_headers or {})
         url = self.server.rstrip("/") + path
         try:
             resp = httpx.request(method, url, headers=headers, timeout=self.timeout, **kw)
@@ -47,4 +49,12 @@ class ApiClient:
 
     def add_release(self, bundle: Path) -> Any:
         """Raises: ApiError (including a refused bundle, with the reason code)."""
-        return self._request("POST", API + "/releases", content=bundle.read_bytes())
+        size = bundle.stat().st_size
+        with bundle.open("rb") as fh:  # streamed, with its length declared (the server refuses a body over its cap)
+            headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+            return self._request("POST", API + "/releases", content=_chunks(fh), extra_headers=headers)
+
+
+def _chunks(fh: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
+    while block := fh.read(size):
+        yield block

@@ -10,6 +10,8 @@ stable ``code`` the API and the CLI print.
     ├── NotFoundError          a device, release or rollout that does not exist     (HTTP 404)
     ├── ConflictError          the request contradicts the current state            (HTTP 409)
     ├── AuthError              no valid bearer token                                (HTTP 401)
+    │   └── ForbiddenError     a valid token whose role may not do this, a bad signed URL (HTTP 403)
+    ├── TooLargeError          a request body over its limit                        (HTTP 413)
     ├── FleetConfigError       + ConfigError: a bad setting of serve or broker-config
     │   └── InvalidRequestError  a request or option that fails validation          (HTTP 400)
     ├── BrokerError            + TransportError: a local broker did not start
@@ -40,9 +42,21 @@ class ConflictError(FleetError):
 
 
 class AuthError(FleetError):
-    """A mutating API call without a valid bearer token."""
+    """An API call without a valid bearer token (missing, unknown, expired or revoked)."""
 
     code = "unauthorized"
+
+
+class ForbiddenError(AuthError):
+    """A valid token whose role does not allow the call, or an artifact URL with a bad or expired signature."""
+
+    code = "forbidden"
+
+
+class TooLargeError(FleetError):
+    """A request body larger than the route accepts (refused before it is read)."""
+
+    code = "too-large"
 
 
 class FleetConfigError(FleetError, ConfigError):

@@ -37,7 +37,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     fleet: str = "default"
-    tokens: dict[str, str] = field(default_factory=dict)  # secret -> actor name
+    tokens: dict[str, str] = field(default_factory=dict)  # bootstrap admin tokens: secret -> name
     public_url: str | None = None  # how devices reach the artifacts; default http://HOST:PORT
     tick_interval: float = 0.5  # seconds between rollout steps
     session_expiry: int = 3600  # seconds the broker keeps our MQTT session (and queued events) while we are down
@@ -47,6 +47,10 @@ class ServeConfig:
     broker_username: str | None = None  # default: the broker URL's
     broker_password: str | None = None
     broker_cafile: Path | None = None  # CA for mqtts:// with a private CA
+    admission: str = "auto"  # "manual": devices that first speak are pending until an admin accepts them
+    max_devices: int | None = None  # devices the fleet registers at most (None: no cap)
+    public_metrics: bool = False  # serve /metrics without a token
+    download_ttl_s: float = 6 * 3600.0  # seconds a signed artifact URL in cmd/deploy stays valid
 
 
 PUMP_BATCH = 1000  # messages handled per store transaction at most
@@ -80,8 +84,12 @@ class FleetServer:
 
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
-        self.tokens = config.tokens or {secrets.token_urlsafe(24): "operator"}
+        if config.admission not in ("auto", "manual"):
+            raise FleetConfigError(f"admission must be auto or manual, not {config.admission[:20]!r}")
+        self.tokens = config.tokens or {secrets.token_urlsafe(32): "bootstrap"}
         self.store = Store(config.db)
+        self.store.devices.admission = "pending" if config.admission == "manual" else "accepted"
+        self.store.devices.max_devices = config.max_devices
         self.ingest = Ingest(self.store, IngestConfig(fleet=config.fleet))
         trust = TrustStore.from_paths([str(p) for p in config.trust])
         self.service = FleetService(self.store, self.ingest, trust, config.artifacts)
@@ -100,8 +108,14 @@ class FleetServer:
             max_queued=100_000,
         )
         public = config.public_url or f"http://{config.host}:{config.port}"
+        self.signer = self.service.signer(config.download_ttl_s)
         self.runner = Runner(
-            self.service, self.mqtt, public, holder=f"{config.fleet}/{config.instance}", lease_ttl=config.lease_ttl
+            self.service,
+            self.mqtt,
+            public,
+            holder=f"{config.fleet}/{config.instance}",
+            lease_ttl=config.lease_ttl,
+            signer=self.signer,
         )
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
@@ -132,7 +146,7 @@ class FleetServer:
         """Serve until SIGINT/SIGTERM, then tear down warmly."""
         import uvicorn
 
-        app = create_app(self.service, self.tokens)
+        app = create_app(self.service, self.tokens, public_metrics=self.config.public_metrics, signer=self.signer)
         server = uvicorn.Server(
             uvicorn.Config(app, host=self.config.host, port=self.config.port, log_level="warning", access_log=False)
         )

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
+import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -14,8 +17,9 @@ from typing import Any
 
 from device_agent.bundle import DeviceCapabilities, Manifest, TrustStore, check_requirements, verify_bundle
 from device_agent.errors import RequirementError
-from device_agent.fsutil import atomic_write
+from device_agent.fsutil import fsync_dir
 from device_agent.protocol import Info
+from fleet.access import UrlSigner
 from fleet.errors import InvalidRequestError, NotFoundError
 from fleet.ingest import Ingest
 from fleet.rollout import engine
@@ -123,20 +127,44 @@ class FleetService:
     # --- releases -------------------------------------------------------------------------------
 
     def add_release(self, data: bytes, actor: str) -> ReleaseRow:
-        """Verify against the fleet's trusted keys, store the artifact, record the release.
+        """Verify ``data`` against the fleet's trusted keys, store the artifact, record the release.
 
         Raises:
             BundleError: the bundle is refused (e.g. ``UnknownKeyError`` for an untrusted signer).
             ConflictError: NAME@VERSION exists already.
         """
-        bundle = verify_bundle(data, self.trust)
-        m = bundle.manifest
-        sha = hashlib.sha256(data).hexdigest()
-        path = self.artifacts / f"{sha}.efb"
+        fd, name = tempfile.mkstemp(prefix=".upload-", suffix=".efb", dir=self.artifacts)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            os.fsync(fh.fileno())
+        try:
+            return self.add_release_file(Path(name), hashlib.sha256(data).hexdigest(), actor)
+        finally:
+            Path(name).unlink(missing_ok=True)
+
+    def add_release_file(self, upload: Path, sha256: str, actor: str) -> ReleaseRow:
+        """As ``add_release`` for an uploaded file (in the artifacts directory) whose sha256 the caller took
+        while writing it: verified in place through a memory map, then renamed to ``SHA256.efb``.
+
+        Raises: BundleError, ConflictError.
+        """
+        with upload.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            # not closed explicitly: the verifier's views (held by a refusal's traceback too) keep it
+            # exported; it is unmapped when the last of them goes
+            data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+            m = verify_bundle(data, self.trust).manifest
+        path = self.artifacts / f"{sha256}.efb"
         if not path.exists():
-            atomic_write(path, data)
-        new = NewRelease(m.name, m.version, m.sequence, sha, len(data), m.to_dict(), str(path))
+            os.replace(upload, path)  # the upload was fsynced: the rename makes it the artifact atomically
+            fsync_dir(self.artifacts)
+        new = NewRelease(m.name, m.version, m.sequence, sha256, size, m.to_dict(), str(path))
         return self.store.releases.add(new, actor)
+
+    def signer(self, ttl_s: float = 6 * 3600.0) -> UrlSigner:
+        """The signer of artifact URLs valid ``ttl_s`` seconds, with the fleet's key from the store (shared by
+        its processes)."""
+        return UrlSigner(self.store.settings.signing_key(), ttl_s)
 
     def release(self, ref: str) -> ReleaseRow:
         """Raises: InvalidRequestError (not NAME@VERSION), NotFoundError."""
@@ -157,7 +185,13 @@ class FleetService:
     # --- devices --------------------------------------------------------------------------------
 
     def targeted(self, selector: Selector) -> list[DeviceRow]:
-        return [r for r in self.store.devices.all(self.fleet) if selector.matches(r.sku, r.tags or [])]
+        """The accepted devices ``selector`` matches (pending and rejected ones are never targeted)."""
+        return self.listed(selector, "accepted")
+
+    def listed(self, selector: Selector, admission: str | None = None) -> list[DeviceRow]:
+        """The devices ``selector`` matches, of one admission state or of all."""
+        rows = self.store.devices.all(self.fleet, admission)
+        return [r for r in rows if selector.matches(r.sku, r.tags or [])]
 
     def device_views(self, selector: Selector) -> tuple[DeviceView, ...]:
         """The selected devices as a rollout sees them; reused for ``device_view_ttl_s`` (monotonic) so the

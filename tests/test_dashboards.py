@@ -25,7 +25,7 @@ from device_agent.bundle import PrivateKey
 from device_agent.mqtt import MqttClient, MqttConfig
 from fleet.broker import LocalBroker, free_port, wait_for_port
 from tests.support.agent_harness import AgentThread, flash_device, package_tiny
-from tests.support.fleet_harness import Harness, running_fleet, wait_until
+from tests.support.fleet_harness import TOKEN, Harness, running_fleet, wait_until
 from tests.support.telegraf import consume
 
 DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
@@ -67,7 +67,7 @@ def fleet_with_agent(
 
 
 def exported_metrics(url: str) -> set[str]:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+    text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10).text
     return {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
 
 
@@ -77,10 +77,12 @@ def test_a_real_prometheus_scrapes_the_fleet_manager(
     binary = prometheus_binary()
     h, _ = fleet_with_agent
     port, target = free_port(), h.url.removeprefix("http://")
-    config = tmp_path / "prometheus.yml"
+    config, secret = tmp_path / "prometheus.yml", tmp_path / "prometheus.token"
+    secret.write_text(h.api.post("/tokens", {"name": "prometheus", "role": "viewer"})["secret"])  # least role
     config.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        f"scrape_configs:\n  - job_name: edgefleet\n    static_configs:\n      - targets: ['{target}']\n"
+        f"scrape_configs:\n  - job_name: edgefleet\n    authorization:\n      credentials_file: {secret}\n"
+        f"    static_configs:\n      - targets: ['{target}']\n"
     )
     log = (tmp_path / "prometheus.log").open("wb")
     flags = [f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}"]

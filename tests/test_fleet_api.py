@@ -36,7 +36,10 @@ def fleetctl(h: Harness, *args: str, token: str | None = TOKEN) -> tuple[int, st
     return result.exit_code, result.output
 
 
-def test_mutating_calls_need_a_valid_token(h: Harness, tmp_path: Path, release_key: PrivateKey) -> None:
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_calls_need_a_valid_token(h: Harness, tmp_path: Path, release_key: PrivateKey) -> None:
     bundle = tmp_path / "b.efb"
     bundle.write_bytes(simple_bundle(release_key, version="2.0.0", sequence=2))
     with pytest.raises(ApiError, match="missing bearer token") as missing:
@@ -47,7 +50,8 @@ def test_mutating_calls_need_a_valid_token(h: Harness, tmp_path: Path, release_k
     code, out = fleetctl(h, "releases", "add", str(bundle), token="wrong-token")
     assert code == 1 and out.strip() == "Error: invalid token (HTTP 401) [unauthorized]"
     assert h.api.get("/releases") == []  # nothing was stored
-    assert h.anonymous.get("/releases") == []  # reads need no token
+    with pytest.raises(ApiError, match="missing bearer token"):
+        h.anonymous.get("/releases")  # reads need a token too
 
 
 def test_untrusted_bundle_is_refused_with_its_reason(h: Harness, tmp_path: Path) -> None:
@@ -75,12 +79,13 @@ def test_release_add_list_show_and_artifact_download_with_range(
     code, out = fleetctl(h, "releases", "show", "digits@2.0.0", "--json")
     assert json.loads(out)["manifest"]["sequence"] == 2
     url = f"{h.url}/artifacts/{row['sha256']}.efb"
-    assert httpx.get(url).content == data
-    part = httpx.get(url, headers={"Range": "bytes=100-"})
+    assert "artifact" not in row  # no server path in the public shape
+    assert httpx.get(url, headers=AUTH).content == data
+    part = httpx.get(url, headers={"Range": "bytes=100-", **AUTH})
     assert (part.status_code, part.headers["content-range"]) == (206, f"bytes 100-{len(data) - 1}/{len(data)}")
-    assert httpx.get(url, headers={"Range": "bytes=0-99"}).content + part.content == data  # resumed
-    assert httpx.get(url, headers={"Range": f"bytes={len(data)}-"}).status_code == 416
-    assert httpx.get(f"{h.url}/artifacts/{'0' * 64}.efb").status_code == 404
+    assert httpx.get(url, headers={"Range": "bytes=0-99", **AUTH}).content + part.content == data  # resumed
+    assert httpx.get(url, headers={"Range": f"bytes={len(data)}-", **AUTH}).status_code == 416
+    assert httpx.get(f"{h.url}/artifacts/{'0' * 64}.efb", headers=AUTH).status_code == 404
 
 
 def test_bad_requests_get_one_clear_line(h: Harness) -> None:
@@ -143,7 +148,7 @@ def test_devices_check_rollout_status_and_metrics_through_fleetctl(
             what="rollout done",
         )
         assert small.model.version == "2.0.0" and big.model.version == "3.0.0"
-        metrics = httpx.get(f"{h.url}/metrics").text
+        metrics = httpx.get(f"{h.url}/metrics", headers=AUTH).text
         assert 'edgefleet_devices{model="digits",sku="pi4",status="online",version="2.0.0"} 1.0' in metrics
         assert 'edgefleet_ingest_messages_total{kind="telemetry"}' in metrics
         assert "edgefleet_ingest_rate" in metrics
@@ -188,7 +193,8 @@ def test_garbage_over_mqtt_is_counted_dropped_and_harmless(h: Harness, broker: L
             k: before[k] for k in ("sku", "status", "info", "model_version")
         }
         assert [d["id"] for d in h.api.get("/devices")] == ["cam-1"]
-        assert 'edgefleet_ingest_dropped_total{reason="payload-too-large"} 1.0' in httpx.get(f"{h.url}/metrics").text
+        metrics = httpx.get(f"{h.url}/metrics", headers=AUTH).text
+        assert 'edgefleet_ingest_dropped_total{reason="payload-too-large"} 1.0' in metrics
     finally:
         rogue.disconnect()
         dev.stop()

@@ -31,6 +31,9 @@ class ServeProcess:
     def __init__(self, broker: LocalBroker, tmp: Path, pub: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        token_file = tmp / "bootstrap.token"  # the secret in a file, not on the command line (ps)
+        token_file.write_text(f"# bootstrap admins\nalice={TOKEN}\n")
+        token_file.chmod(0o600)
         self.args = [
             FLEETCTL,
             "serve",
@@ -44,9 +47,10 @@ class ServeProcess:
             f"127.0.0.1:{self.port}",
             "--trust",
             str(pub),
-            "--token",
-            f"alice={TOKEN}",
+            "--token-file",
+            str(token_file),
         ]
+        assert TOKEN not in " ".join(self.args)
         self.log = tmp / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.kills = 0
@@ -58,7 +62,7 @@ class ServeProcess:
 
     def _up(self) -> bool:
         try:
-            return httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -10,6 +10,7 @@ import click
 
 from device_agent import __version__
 from device_agent.cliutil import debug_option
+from fleet.cli.audit import audit
 from fleet.cli.broker_config import broker_config
 from fleet.cli.common import CONTEXT, DEFAULT_SERVER, LazyGroup
 from fleet.cli.devices import devices
@@ -17,6 +18,7 @@ from fleet.cli.releases import releases
 from fleet.cli.rollback import rollback
 from fleet.cli.rollout import rollout
 from fleet.cli.serve import serve
+from fleet.cli.tokens import tokens
 from fleet.cli.watch import watch
 
 LAZY_COMMANDS = {"simulate": "fleet.sim.command:simulate_command"}
@@ -31,7 +33,9 @@ LAZY_COMMANDS = {"simulate": "fleet.sim.command:simulate_command"}
     show_default=True,
     help="Fleet manager URL (env FLEETCTL_SERVER).",
 )
-@click.option("--token", envvar="FLEETCTL_TOKEN", help="Bearer token for mutating calls (env FLEETCTL_TOKEN).")
+@click.option(
+    "--token", envvar="FLEETCTL_TOKEN", help="API token (env FLEETCTL_TOKEN, which keeps it out of the process list)."
+)
 @debug_option
 @click.pass_context
 def cli(ctx: click.Context, server: str, token: str | None) -> None:
@@ -39,7 +43,7 @@ def cli(ctx: click.Context, server: str, token: str | None) -> None:
     ctx.obj = {"server": server, "token": token}
 
 
-for _command in (devices, releases, serve, broker_config, rollout, rollback, watch):
+for _command in (devices, releases, serve, broker_config, rollout, rollback, watch, tokens, audit):
     cli.add_command(_command)
 
 

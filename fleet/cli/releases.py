@@ -45,7 +45,7 @@ def releases_ls(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def releases_show(ctx: click.Context, release: str, as_json: bool) -> None:
     """One release with its manifest."""
-    emit(api(ctx).get(f"/releases/{release}"), as_json, None if as_json else [*RELEASE_COLS, "artifact"])
+    emit(api(ctx).get(f"/releases/{release}"), as_json, None if as_json else RELEASE_COLS)
 
 
 @releases.command("check")

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from fleet.access import MIN_SECRET
 from fleet.cli.common import with_options
 
 SERVE_OPTIONS = [
@@ -54,8 +55,23 @@ SERVE_OPTIONS = [
         "tokens",
         multiple=True,
         envvar="FLEETCTL_TOKEN",
-        help="API token, SECRET or NAME=SECRET (repeatable; env FLEETCTL_TOKEN). Default: a random one, printed.",
+        help="Bootstrap admin token, SECRET or NAME=SECRET (repeatable). Prefer env FLEETCTL_TOKEN or "
+        "--token-file: a command line is visible in ps. Default: a random one, printed once.",
     ),
+    click.option(
+        "--token-file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="File with bootstrap admin tokens, one SECRET or NAME=SECRET per line, # comments (keep it mode 0600).",
+    ),
+    click.option(
+        "--admission",
+        type=click.Choice(["auto", "manual"]),
+        default="auto",
+        show_default=True,
+        help="manual: unknown devices are pending (never targeted) until `devices accept`.",
+    ),
+    click.option("--max-devices", type=click.IntRange(min=1), help="Devices the fleet registers at most."),
+    click.option("--public-metrics", is_flag=True, help="Serve /metrics without a token (for a Prometheus scraper)."),
     click.option("--public-url", help="Base URL devices use for artifacts (default http://LISTEN)."),
     click.option(
         "--ingest-only",
@@ -71,15 +87,15 @@ SERVE_OPTIONS = [
 ]
 
 
-def parse_tokens(values: tuple[str, ...]) -> dict[str, str]:
-    """``SECRET`` (actor "operator") or ``NAME=SECRET`` → {secret: actor}."""
+def parse_tokens(values: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """``SECRET`` (name "bootstrap") or ``NAME=SECRET`` → {secret: name}; each is an admin."""
     tokens = {}
     for value in values:
-        name, sep, secret = value.partition("=")
+        name, sep, secret = value.strip().partition("=")
         if not sep:
-            name, secret = "operator", value
-        if len(secret) < 8:
-            raise click.BadParameter("a token needs at least 8 characters", param_hint="--token")
+            name, secret = "bootstrap", value.strip()
+        if len(secret) < MIN_SECRET:
+            raise click.BadParameter(f"a token needs at least {MIN_SECRET} characters", param_hint="--token")
         tokens[secret] = name
     return tokens
 
@@ -98,7 +114,10 @@ def serve(**opts: Any) -> None:
     """Run the fleet manager: store, MQTT ingest, rollouts, HTTP API, /metrics."""
     from fleet.server import FleetServer, ServeConfig
 
-    listen, broker, tokens = opts.pop("listen"), opts.pop("broker"), opts.pop("tokens")
+    listen, broker, token_file = opts.pop("listen"), opts.pop("broker"), opts.pop("token_file")
+    lines = token_file.read_text().splitlines() if token_file is not None else []
+    entries = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    token_map = parse_tokens([*opts.pop("tokens"), *entries])
     host, port = parse_listen(listen)
     local = None
     if broker is None:
@@ -107,10 +126,9 @@ def serve(**opts: Any) -> None:
         local = start_local_broker()
         broker = local.url
         click.echo(f"started a local {local.kind} broker at {broker}", err=True)
-    token_map = parse_tokens(tokens)
     server = FleetServer(ServeConfig(broker=broker, host=host, port=port, tokens=token_map, **opts))
     if not token_map:
-        click.echo(f"API token (pass as --token or FLEETCTL_TOKEN): {next(iter(server.tokens))}", err=True)
+        click.echo(f"bootstrap admin token (shown once; set FLEETCTL_TOKEN): {next(iter(server.tokens))}", err=True)
     try:
         server.run()
     finally:

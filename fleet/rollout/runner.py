@@ -18,6 +18,7 @@ from typing import Protocol
 
 from device_agent import protocol as proto
 from device_agent.errors import TransportError
+from fleet.access import UrlSigner
 from fleet.rollout import engine
 from fleet.rollout.model import Deploy, Rollback, TimeOut, Transition
 from fleet.service import FleetService
@@ -60,7 +61,9 @@ class Runner:
         clock: Callable[[], float] = time.time,
         holder: str = "main",
         lease_ttl: float = 10.0,  # seconds another process waits after this one stops renewing
+        signer: UrlSigner | None = None,  # signs each device's artifact URL (None: plain URLs, for tests)
     ) -> None:
+        self.signer = signer
         self.holder = holder
         self.lease_ttl = lease_ttl
         self.leading = False
@@ -121,9 +124,18 @@ class Runner:
     def _deploy(self, deploys: list[Deploy], rollout_id: int, release: ReleaseRow) -> None:
         self.service.record_deploys(rollout_id, [d for d in deploys if d.new], self.clock())
         url = f"{self.public_url}/artifacts/{release.sha256}.efb"
-        commands = [(d.device, _deploy_command(d.deployment_id, url, release)) for d in deploys]
+        now = self.clock()
+        commands = [
+            (d.device, _deploy_command(d.deployment_id, self._signed(url, d, release, now), release)) for d in deploys
+        ]
         self._publish(commands)
         self.service.mark_deploys_sent([d.deployment_id for d in deploys], self.clock())
+
+    def _signed(self, url: str, deploy: Deploy, release: ReleaseRow, now: float) -> str:
+        """The artifact URL for one device and deployment (devices resume with Range on the same URL)."""
+        if self.signer is None:
+            return url
+        return f"{url}?{self.signer.query(release.sha256, deploy.deployment_id, deploy.device, now)}"
 
     def _rollback(self, rollbacks: list[Rollback]) -> None:
         commands = [(r.device, _rollback_command(r)) for r in rollbacks]

@@ -1,5 +1,5 @@
 """The fleet manager's store: SQLAlchemy 2 Core tables, Alembic migrations, a repository per aggregate
-(devices, releases, rollouts, deployments, telemetry rollups, leases, audit) returning frozen rows."""
+(devices, releases, rollouts, deployments, telemetry rollups, leases, audit, tokens) returning frozen rows."""
 
 from fleet.store.rows import (
     AuditRow,
@@ -10,6 +10,7 @@ from fleet.store.rows import (
     ReleaseRow,
     RolloutRow,
     RollupRow,
+    TokenRow,
 )
 from fleet.store.store import Store
 
@@ -23,4 +24,5 @@ __all__ = [
     "RolloutRow",
     "RollupRow",
     "Store",
+    "TokenRow",
 ]

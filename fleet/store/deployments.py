@@ -26,7 +26,7 @@ _STATE = sa.select(_C.state, _C.reason).where(
 _EVENT_COLUMNS = ("state", "reason", "detail", "updated_at", "finished_at")
 _APPLY_EVENT = (
     t.deployments.update()
-    .where(_C.deployment_id == sa.bindparam("_dep"))
+    .where(_C.deployment_id == sa.bindparam("_dep"), _C.state == sa.bindparam("_old"))  # compare-and-set
     .values({k: sa.bindparam(k) for k in _EVENT_COLUMNS})
 )
 _VIEW_COLUMNS = (
@@ -118,8 +118,8 @@ class DeploymentRepository:
                 "updated_at": now,
                 "finished_at": now if event.state.terminal else None,
             }
-            conn.execute(_APPLY_EVENT, {"_dep": event.deployment_id, **values})
-        return True
+            done = conn.execute(_APPLY_EVENT, {"_dep": event.deployment_id, "_old": row.state, **values})
+        return done.rowcount == 1  # 0: another process applied an event in between (it is stale now)
 
 
 def _queued(action: Deploy, now: float) -> dict[str, Any]:

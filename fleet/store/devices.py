@@ -1,4 +1,5 @@
-"""Devices: registered as they first speak, updated from their status, info and telemetry, tagged by operators."""
+"""Devices: registered as they first speak (accepted, or pending admission), updated from their status,
+info and telemetry, tagged by operators."""
 
 from __future__ import annotations
 
@@ -27,17 +28,35 @@ CHUNK = 500  # ids per IN (...) clause
 
 
 class DeviceRepository:
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    """``admission`` is what a device that speaks for the first time becomes (``accepted``, or ``pending``
+    under ``serve --admission manual``); ``max_devices`` caps how many a fleet registers (None: no cap)."""
 
-    @staticmethod
-    def _ensure(conn: Connection, fleet: str, device: str, now: float) -> None:
-        if conn.execute(_DEVICE_EXISTS, {"_id": device}).first() is None:
-            conn.execute(
-                t.devices.insert().values(
-                    id=device, fleet=fleet, tags=[], status="unknown", first_seen=now, last_seen=now
-                )
+    def __init__(self, db: Database, admission: str = "accepted", max_devices: int | None = None) -> None:
+        self.db = db
+        self.admission = admission
+        self.max_devices = max_devices
+        self.over_cap = 0  # first messages of devices not registered because the fleet was full
+
+    def _ensure(self, conn: Connection, fleet: str, device: str, now: float) -> None:
+        if conn.execute(_DEVICE_EXISTS, {"_id": device}).first() is not None:
+            return
+        if self.max_devices is not None:
+            count = conn.execute(sa.select(sa.func.count()).select_from(t.devices).where(_D.fleet == fleet)).scalar()
+            if (count or 0) >= self.max_devices:
+                self.over_cap += 1
+                return
+        conn.execute(
+            t.devices.insert().values(
+                id=device,
+                fleet=fleet,
+                tags=[],
+                status="unknown",
+                first_seen=now,
+                last_seen=now,
+                admission=self.admission,
+                tags_version=0,
             )
+        )
 
     def record_info(self, fleet: str, device: str, info: Info, now: float) -> None:
         """Register the device if new and store its latest info (model, hardware)."""
@@ -73,18 +92,22 @@ class DeviceRepository:
             for device in set(ids) - known:
                 self._ensure(conn, fleet, device, last_seen[device])
 
-    def all(self, fleet: str | None = None) -> list[DeviceRow]:
-        """Every device (of one fleet, or of all), by id."""
+    def all(self, fleet: str | None = None, admission: str | None = None) -> list[DeviceRow]:
+        """Every device (of one fleet, or of all; of one admission state, or of all), by id."""
         q = sa.select(t.devices).order_by(_D.id)
         if fleet is not None:
             q = q.where(_D.fleet == fleet)
+        if admission is not None:
+            q = q.where(_D.admission == admission)
         return self.db.rows(DeviceRow, q)
 
     def briefs(self, fleet: str, *, tags: bool = True) -> list[DeviceBrief]:
-        """What a rollout decides on, per device of ``fleet``: without the ``info`` document (and without
+        """What a rollout decides on, per accepted device of ``fleet`` (pending and rejected ones are never
+        targeted): without the ``info`` document (and without
         tags unless asked: JSON decoding 10,000 of them costs)."""
         tag_col = _D.tags if tags else sa.null()
-        q = sa.select(_D.id, _D.sku, _D.status, _D.model_name, _D.model_sequence, tag_col).where(_D.fleet == fleet)
+        q = sa.select(_D.id, _D.sku, _D.status, _D.model_name, _D.model_sequence, tag_col)
+        q = q.where(_D.fleet == fleet, _D.admission == "accepted")
         return [DeviceBrief(*r) for r in self.db.tuples(q.order_by(_D.id))]
 
     def get(self, device: str) -> DeviceRow:
@@ -95,12 +118,41 @@ class DeviceRepository:
         return rows[0]
 
     def tag(self, device: str, add: Sequence[str], remove: Sequence[str], actor: str) -> list[str]:
-        """Add and remove tags; returns the device's tags. Raises: NotFoundError for an unknown device."""
+        """Add and remove tags; returns the device's tags. A compare-and-set on ``tags_version``, retried when
+        another writer changed the tags meanwhile, so concurrent changes never undo each other.
+
+        Raises: NotFoundError for an unknown device.
+        """
+        while True:
+            with self.db.tx() as conn:
+                row = conn.execute(sa.select(_D.tags, _D.tags_version).where(_D.id == device)).first()
+                if row is None:
+                    raise NotFoundError(f"no device {device[:64]!r}")
+                tags = sorted((set(row.tags or []) | set(add)) - set(remove))
+                done = conn.execute(
+                    t.devices.update()
+                    .where(_D.id == device, _D.tags_version == row.tags_version)
+                    .values(tags=tags, tags_version=row.tags_version + 1)
+                )
+                if done.rowcount == 1:
+                    audit.record(conn, actor, "device.tag", f"device/{device}", f"+{list(add)} -{list(remove)}")
+                    return tags
+
+    def admit(self, fleet: str, devices: Sequence[str] | None, admission: str, actor: str) -> list[str]:
+        """Set ``admission`` (accepted or rejected) of ``devices``, or of every pending device of ``fleet`` when
+        None; returns the ids changed. Raises: NotFoundError for an unknown device."""
         with self.db.tx() as conn:
-            row = conn.execute(sa.select(_D.tags).where(_D.id == device)).first()
-            if row is None:
-                raise NotFoundError(f"no device {device[:64]!r}")
-            tags = sorted((set(row.tags or []) | set(add)) - set(remove))
-            conn.execute(t.devices.update().where(_D.id == device).values(tags=tags))
-            audit.record(conn, actor, "device.tag", f"device/{device}", f"+{list(add)} -{list(remove)}")
-        return tags
+            if devices is None:
+                q = sa.select(_D.id).where(_D.fleet == fleet, _D.admission == "pending")
+                ids = [d for (d,) in conn.execute(q.order_by(_D.id))]
+            else:
+                ids = list(devices)
+                known = {d for (d,) in conn.execute(sa.select(_D.id).where(_D.id.in_(ids)))}
+                if missing := [d for d in ids if d not in known]:
+                    raise NotFoundError(f"no device {missing[0][:64]!r}")
+            for i in range(0, len(ids), CHUNK):
+                conn.execute(t.devices.update().where(_D.id.in_(ids[i : i + CHUNK])).values(admission=admission))
+            verb = "accept" if admission == "accepted" else "reject"
+            for device in ids:
+                audit.record(conn, actor, f"device.{verb}", f"device/{device}")
+        return ids

@@ -23,11 +23,15 @@ class ReleaseRepository:
     def add(self, release: NewRelease, actor: str) -> ReleaseRow:
         """Record a verified release. Raises: ConflictError if NAME@VERSION exists."""
         name, version = release.name, release.version
-        with self.db.tx() as conn:
-            if conn.execute(sa.select(_C.id).where(_C.name == name, _C.version == version)).first():
-                raise ConflictError(f"release {name}@{version} already exists")
-            conn.execute(t.releases.insert().values(**asdict(release), created_at=time.time(), created_by=actor))
-            audit.record(conn, actor, "release.add", f"release/{name}@{version}", release.sha256)
+        exists = ConflictError(f"release {name}@{version} already exists")
+        try:
+            with self.db.tx() as conn:
+                if conn.execute(sa.select(_C.id).where(_C.name == name, _C.version == version)).first():
+                    raise exists
+                conn.execute(t.releases.insert().values(**asdict(release), created_at=time.time(), created_by=actor))
+                audit.record(conn, actor, "release.add", f"release/{name}@{version}", release.sha256)
+        except sa.exc.IntegrityError:  # another request added it between the check and the insert
+            raise exists from None
         return self.get(name, version)
 
     def all(self) -> list[ReleaseRow]:

@@ -30,6 +30,8 @@ class DeviceRow(_Row):
     model_sequence: int | None
     first_seen: float
     last_seen: float
+    admission: str  # accepted, pending or rejected
+    tags_version: int
 
 
 class DeviceBrief(NamedTuple):
@@ -73,6 +75,10 @@ class ReleaseRow(_Row):
     def ref(self) -> str:
         """``NAME@VERSION``."""
         return f"{self.name}@{self.version}"
+
+    def public(self) -> dict[str, Any]:
+        """What the API shows: every column but ``artifact`` (a path on the server)."""
+        return {k: v for k, v in self.to_dict().items() if k != "artifact"}
 
 
 @dataclass(frozen=True)
@@ -134,3 +140,23 @@ class AuditRow(_Row):
     action: str
     target: str  # e.g. rollout/3, device/cam-1, release/digits@2.0.0
     detail: str
+    role: str  # the caller's role ("" for the fleet manager itself)
+    token: str  # the name of the token used ("" for the fleet manager itself)
+    source: str  # the client's address
+
+
+@dataclass(frozen=True)
+class TokenRow(_Row):
+    """An API token as stored: its hash, never its secret."""
+
+    name: str
+    role: str
+    hash: str
+    created_at: float
+    created_by: str
+    expires_at: float | None
+    revoked_at: float | None
+
+    def public(self) -> dict[str, Any]:
+        """What ``tokens ls`` shows: everything but the hash."""
+        return {k: v for k, v in self.to_dict().items() if k != "hash"}

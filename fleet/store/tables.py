@@ -22,6 +22,8 @@ devices = sa.Table(
     sa.Column("model_sequence", sa.BigInteger),
     sa.Column("first_seen", sa.Float, nullable=False),
     sa.Column("last_seen", sa.Float, nullable=False),
+    sa.Column("admission", sa.String(16), nullable=False, server_default="accepted"),  # or pending, rejected
+    sa.Column("tags_version", sa.Integer, nullable=False, server_default="0"),  # compare-and-set of tags
 )
 
 releases = sa.Table(
@@ -102,6 +104,9 @@ audit = sa.Table(
     sa.Column("action", sa.String(64), nullable=False),
     sa.Column("target", sa.String(200), nullable=False),
     sa.Column("detail", sa.String(1024), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False, server_default=""),
+    sa.Column("token", sa.String(64), nullable=False, server_default=""),  # the token's name, never its secret
+    sa.Column("source", sa.String(64), nullable=False, server_default=""),  # client address
 )
 
 leases = sa.Table(
@@ -110,4 +115,23 @@ leases = sa.Table(
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("holder", sa.String(128), nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False),
+)
+
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False, unique=True),  # sha256 of the secret
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=False),
+    sa.Column("expires_at", sa.Float),
+    sa.Column("revoked_at", sa.Float),
+)
+
+settings = sa.Table(
+    "settings",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(256), nullable=False),
 )
