@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from device_agent.runtime import Runtime, load_runtime
+from device_agent.samples import join, per_sample, take
 from toolchain import qio
 from toolchain.calibration import SampleStream, open_samples, stack
 from toolchain.errors import ModelError
@@ -119,9 +120,10 @@ def evaluate(candidate: Path, reference: Path, data: Path, opts: EvalOptions | N
         classifier = is_classifier(ref_rt.outputs, opts.task)
         labels = labels_from(data, len(stream)) if classifier else None
         cand_out, ref_out = predict(cand_rt, x), predict(ref_rt, x)
+        one = first(ref_rt, x)
         result = Evaluation(
-            candidate=_stats(candidate, cand_rt, cand_out, labels, opts=opts),
-            reference=_stats(reference, ref_rt, ref_out, labels, opts=opts, run_path=ref_path),
+            candidate=_stats(candidate, cand_rt, cand_out, labels, opts=opts, sample=one),
+            reference=_stats(reference, ref_rt, ref_out, labels, opts=opts, run_path=ref_path, sample=one),
             samples=len(stream),
             agreement=top1_agreement(cand_out, ref_out) if classifier else None,
             outputs=diffs(cand_out, ref_out),
@@ -145,6 +147,8 @@ def _runnable_reference(reference: Path, ref_kind: ModelKind, kind: ModelKind, t
 def predict(runtime: Runtime, x: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Float outputs for float inputs ``x`` (quantized I/O handled), in batches of ``BATCH``."""
     n = len(next(iter(x.values())))
+    if per_sample(runtime.inputs):
+        return _predict_each(runtime, x, n)
     fixed = runtime.inputs[0].shape[0] if runtime.inputs[0].shape and runtime.inputs[0].shape[0] > 0 else BATCH
     chunks: dict[str, list[np.ndarray]] = {s.name: [] for s in runtime.outputs}
     for start in range(0, n, fixed):
@@ -152,6 +156,22 @@ def predict(runtime: Runtime, x: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
         for spec, value in zip(runtime.outputs, runtime.run(qio.feeds(runtime.inputs, batch)).values(), strict=True):
             chunks[spec.name].append(qio.from_output(spec, value))
     return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+def first(runtime: Runtime, x: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The first sample of stacked ``x`` as ``runtime`` takes it (float data)."""
+    return {s.name: take(s, x[s.name], 0) for s in runtime.inputs}
+
+
+def _predict_each(runtime: Runtime, x: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """One sample per call, for models with an input that does not stack along a batch axis."""
+    parts: dict[str, list[np.ndarray]] = {s.name: [] for s in runtime.outputs}
+    for i in range(n):
+        sample = {s.name: take(s, x[s.name], i) for s in runtime.inputs}
+        result = runtime.run(qio.feeds(runtime.inputs, sample))
+        for spec in runtime.outputs:
+            parts[spec.name].append(qio.from_output(spec, result[spec.name]))
+    return {k: join(v) for k, v in parts.items()}
 
 
 def labels_from(data: Path, n: int) -> np.ndarray | None:
@@ -190,10 +210,11 @@ def _stats(
     *,
     opts: EvalOptions,
     run_path: Path | None = None,
+    sample: Mapping[str, np.ndarray] | None = None,
 ) -> ModelStats:
     run_path = run_path or path
     accuracy = top1_accuracy(outputs, labels)
-    latency = measure(runtime.name, run_path, opts.latency_runs) if opts.latency_runs else None
+    latency = measure(runtime.name, run_path, opts.latency_runs, sample) if opts.latency_runs else None
     return ModelStats(str(path), runtime.name, run_path.stat().st_size, accuracy, latency)
 
 

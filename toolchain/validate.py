@@ -41,9 +41,10 @@ def synthetic_feeds(inputs: tuple[TensorInfo, ...]) -> dict[str, np.ndarray]:
 def check_model(kind: str, model: Path, sample: Mapping[str, np.ndarray] | None, source: Path | None = None) -> None:
     """Load ``model`` in the ``kind`` runtime and run it once.
 
-    ``sample``: one input sample as float data (quantized for integer inputs here); else synthetic
-    inputs, and a run failure then does not count when ``source`` (a model of the same kind) fails
-    on them too.
+    ``sample``: one input sample as float data (quantized for integer inputs here). Without one,
+    synthetic inputs of the declared shapes are used when the shapes say everything (only the batch
+    dimension dynamic); a run failure then does not count when ``source`` (a model of the same kind)
+    fails on them too. A model whose inputs have other dynamic dimensions is only loaded.
 
     Raises:
         QuantizeError: the model does not load, or fails on inputs its source runs.
@@ -52,6 +53,8 @@ def check_model(kind: str, model: Path, sample: Mapping[str, np.ndarray] | None,
         runtime = load_runtime(kind, model)
     except EdgefleetError as exc:
         raise QuantizeError(f"the produced model does not load in its device runtime ({kind}): {exc}") from None
+    if sample is None and not all(_declared(s) for s in runtime.inputs):
+        return
     feeds = qio.feeds(runtime.inputs, sample) if sample is not None else synthetic_feeds(runtime.inputs)
     failure = _run(runtime, feeds)
     if failure is None:
@@ -59,6 +62,11 @@ def check_model(kind: str, model: Path, sample: Mapping[str, np.ndarray] | None,
     if sample is None and source is not None and _run(load_runtime(kind, source), feeds) is not None:
         return  # the declared shapes alone do not make a runnable input; loading is what was checked
     raise QuantizeError(f"the produced model loads but fails to run in its device runtime ({kind}): {failure}")
+
+
+def _declared(spec: TensorInfo) -> bool:
+    """Whether synthetic data of ``spec``'s declared shape is a sensible input (float, only the batch dynamic)."""
+    return bool(spec.shape) and all(d > 0 for d in spec.shape[1:]) and np.dtype(spec.dtype).kind in "fiu"
 
 
 def _run(runtime: Runtime, feeds: Mapping[str, np.ndarray]) -> str | None:

@@ -109,7 +109,7 @@ def _fixed(req: QuantizeRequest, status: Status) -> Outcome:
     """Quantize (and evaluate with ``eval_data``)."""
     options = quantize_options(req)
     with status(f"quantizing {req.model.name} ({req.format} {req.mode})…"):
-        result = quantize_model(req.model, req.output, options, req.calibration)
+        result = quantize_model(req.model, req.output, options, req.calibration, req.eval_data)
     details: dict[str, Any] = {
         "mode": req.mode,
         "settings": result.settings(),

@@ -51,8 +51,11 @@ __all__ = [
 ]
 
 
-def quantize(source: Path, output: Path, options: QuantizeOptions, calibration: Path | None) -> QuantizeResult:
-    """Quantize ``source`` as ``options`` say and write ``output``.
+def quantize(
+    source: Path, output: Path, options: QuantizeOptions, calibration: Path | None, check_data: Path | None = None
+) -> QuantizeResult:
+    """Quantize ``source`` as ``options`` say and write ``output`` once it loads and runs in its runtime
+    on the first sample of ``calibration`` (or ``check_data``; see ``toolchain.validate``).
 
     Raises:
         QuantizeError: the source cannot be quantized to this format, or calibration is missing.
@@ -68,7 +71,8 @@ def quantize(source: Path, output: Path, options: QuantizeOptions, calibration: 
         used = _run_backend(source, kind, produced, options, calibration)
         # The file reaches ``output`` only once its device runtime has loaded and run it.
         same_kind = source if kind.value == options.format else None
-        check_model(options.format, produced, first_sample(calibration, produced, options.format), same_kind)
+        sample = first_sample(calibration or check_data, produced, options.format)
+        check_model(options.format, produced, sample, same_kind)
         atomic_write(output, produced.read_bytes())
     return QuantizeResult(output, options, output.stat().st_size, time.perf_counter() - start, used)
 

@@ -19,10 +19,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from device_agent.runtime import load_runtime
 from toolchain.calibration import open_samples, stack
 from toolchain.errors import QuantizeError
-from toolchain.evaluate import labels_from, predict, top1_accuracy, top1_agreement
+from toolchain.evaluate import first, labels_from, predict, top1_accuracy, top1_agreement
 from toolchain.fidelity import OutputDiff, Task, diffs, is_classifier, worst
 from toolchain.measure import Measurement, measure
 from toolchain.quantize import (
@@ -112,6 +114,7 @@ class _Judge:
         stream = open_samples(opts.eval_data, runtime.inputs)
         self.x = stack(stream)
         self.reference = predict(runtime, self.x)
+        self.sample = first(runtime, self.x)
         self.classifier = is_classifier(runtime.outputs, opts.task)
         if opts.max_drop_pp is not None and not self.classifier:
             raise QuantizeError(
@@ -161,7 +164,7 @@ def auto_quantize(
         work = Path(tmp)
         float_model = _float_model(source, opts, work)
         judge = _Judge(opts.format, float_model, opts)
-        result = AutoResult(float_model.stat().st_size, judge.ref_accuracy, _latency(float_model, opts))
+        result = AutoResult(float_model.stat().st_size, judge.ref_accuracy, _latency(float_model, opts, judge.sample))
         result.classifier, result.bounds = judge.classifier, bounds_text(opts)
         # The TFLite converter starts from the Keras/SavedModel source; ONNX from the float ONNX.
         q_source = source if opts.format == "tflite" else float_model
@@ -169,7 +172,7 @@ def auto_quantize(
             path = work / f"{len(result.trials)}.{opts.format}"
             q = quantize(q_source, path, options, opts.calibration)
             trial = judge.trial(name, path, q)
-            trial.latency = _latency(path, opts)
+            trial.latency = _latency(path, opts, judge.sample)
             result.trials.append(trial)
             say(f"{name}: {q.bytes} bytes, {trial.summary()}")
             if trial.within:
@@ -181,8 +184,8 @@ def auto_quantize(
     return result
 
 
-def _latency(model: Path, opts: AutoOptions) -> Measurement | None:
-    return measure(opts.format, model, opts.latency_runs) if opts.latency_runs else None
+def _latency(model: Path, opts: AutoOptions, sample: dict[str, np.ndarray]) -> Measurement | None:
+    return measure(opts.format, model, opts.latency_runs, sample) if opts.latency_runs else None
 
 
 def _float_model(source: Path, opts: AutoOptions, work: Path) -> Path:
