@@ -123,37 +123,34 @@ def test_every_onnx_mode_on_an_opset12_model_loads(
     assert y.shape == (1, 1, 96, 160) and np.isfinite(y).all()
 
 
+@pytest.mark.timeout(900)
 def test_auto_min_cosine_on_a_non_classifier(tmp_path: Path, third_party: dict[str, Path]) -> None:
+    """Judged by the worst output's cosine: int8 (0.97 on these pages) passes 0.95 on held-out pages too;
+    0.98 is out of reach of int8, int8 with its worst layer in float, and dynamic: one line says so."""
     model = third_party["text-detector"]
     for name, seed, n in [("calib", 1, 16), ("eval", 2, 12), ("held", 3, 12)]:
         np.savez(tmp_path / f"{name}.npz", x=text_images(n, seed=seed))
-    data = ["--calibration", tmp_path / "calib.npz", "--eval", tmp_path / "eval.npz"]
-    out = tmp_path / "auto.onnx"
-    result = edgetool(
-        "quantize",
-        model,
+    auto = [
         "--format",
         "onnx",
         "--mode",
         "auto",
-        "--min-cosine",
-        "0.98",
-        *data,
-        "-o",
-        out,
-        "--json",
-        ok=False,
-    )
-    if result.exit_code != 0:
-        assert_one_line_error(result, "no variant stayed within worst cosine ≥ 0.98", "the closest was")
-        return
-    doc = json.loads(result.stdout)
-    assert doc["min_cosine"] == 0.98 and "worst cosine" in doc["reason"]
+        "--calibration",
+        tmp_path / "calib.npz",
+        "--eval",
+        tmp_path / "eval.npz",
+    ]
+    out = tmp_path / "auto.onnx"
+    doc = json.loads(edgetool("quantize", model, *auto, "--min-cosine", "0.95", "-o", out, "--json").stdout)
+    assert doc["chosen"] == "int8" and doc["min_cosine"] == 0.95
+    assert doc["reason"].startswith("chose int8: worst cosine 0.9") and "within worst cosine ≥ 0.95" in doc["reason"]
     assert out.stat().st_size <= 0.5 * model.stat().st_size
-    held = edgetool(
-        "evaluate", out, "--reference", model, "--data", tmp_path / "held.npz", "--runs", "0", "--layers", "0", "--json"
-    )
-    assert json.loads(held.stdout)["evaluation"]["worst_cosine"] >= 0.97  # held-out data, a little below the eval bound
+    held = ["--reference", model, "--data", tmp_path / "held.npz", "--runs", "0", "--layers", "0", "--json"]
+    assert json.loads(edgetool("evaluate", out, *held).stdout)["evaluation"]["worst_cosine"] >= 0.95
+    strict = [*auto, "--min-cosine", "0.98", "--max-float-layers", "1", "-o", tmp_path / "none.onnx"]
+    result = edgetool("quantize", model, *strict, ok=False)
+    assert_one_line_error(result, "no variant stayed within worst cosine ≥ 0.98", "the closest was int8", "[quantize]")
+    assert not (tmp_path / "none.onnx").exists()
 
 
 def test_max_accuracy_drop_on_a_non_classifier_is_one_line(tmp_path: Path, third_party: dict[str, Path]) -> None:

@@ -58,6 +58,7 @@ class QuantizeRequest:
     eval_data: Path | None = None  # evaluation .npz; auto needs it
     max_accuracy_drop: float | None = None  # auto only, in pp
     min_cosine: float | None = None  # auto only: the worst output's cosine with the float model
+    max_float_layers: int | None = None  # auto only: most layers kept in float (default MAX_FLOAT_LAYERS)
     task: Task = "auto"  # classification | other | auto (from the output shapes)
 
 
@@ -72,6 +73,9 @@ def _refuse_unused(req: QuantizeRequest, mode: str) -> None:
         "--io": (req.io is not None, fmt == "tflite" and mode == "int8", "--format tflite --mode int8"),
         "--per-channel": (req.per_channel, fmt == "onnx", "--format onnx"),
         "--calibrate": (req.calibrate is not None, fmt == "onnx" and mode in ("int8", "auto"), "ONNX int8"),
+        "--max-float-layers": (req.max_float_layers is not None, mode == "auto", "--mode auto"),
+        "--min-cosine": (req.min_cosine is not None, mode == "auto", "--mode auto"),
+        "--max-accuracy-drop": (req.max_accuracy_drop is not None, mode == "auto", "--mode auto"),
     }
     for option, (given, valid, where) in applies.items():
         if given and not valid:
@@ -129,7 +133,7 @@ def _fixed(req: QuantizeRequest, status: Status) -> Outcome:
 
 def _auto(req: QuantizeRequest, measure: bool, log: Log | None) -> Outcome:
     """Auto mode: the report document (with the reason) and every variant tried."""
-    from toolchain.quantize.auto import AutoOptions, auto_quantize
+    from toolchain.quantize.auto import MAX_FLOAT_LAYERS, AutoOptions, auto_quantize
 
     eval_data, calibration = req.eval_data, req.calibration
     bound = req.max_accuracy_drop if req.min_cosine is None else req.min_cosine
@@ -144,6 +148,7 @@ def _auto(req: QuantizeRequest, measure: bool, log: Log | None) -> Outcome:
         max_drop_pp=req.max_accuracy_drop,
         min_cosine=req.min_cosine,
         task=req.task,
+        max_float_layers=MAX_FLOAT_LAYERS if req.max_float_layers is None else req.max_float_layers,
         eval_data=eval_data,
         calibration=calibration,
         samples=req.samples,

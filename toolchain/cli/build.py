@@ -100,6 +100,7 @@ def convert(model: Path, target: str, output: Path, opset: int) -> None:
 @click.option(
     "--min-cosine", type=click.FloatRange(0, 1), help="Auto: lowest allowed cosine of the worst output (any task)."
 )
+@click.option("--max-float-layers", type=click.IntRange(min=0), help="Auto: most layers kept in float (default 8).")
 @TASK
 @click.option("--report", "report_dir", type=REPORT_DIR, help="Write report.json, report.md and report.png here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
