@@ -61,7 +61,9 @@ def test_mixed_conventions_are_one_clear_line() -> None:
     message = str(err.value)
     assert "'state' is one sample" in message and "'input' is [4, 512]" in message
     assert "stack every input's samples on a new leading axis" in message and "one sample per .npz file" in message
-    with pytest.raises(DataError, match=r"input 'sr' needs samples of shape \[\] stacked as \['N'\]"):
+    with pytest.raises(
+        DataError, match=r"input 'sr' needs samples of shape \[\], the data is \[4, 2\] \(samples stack as \['N'\]\)"
+    ):
         feeds_for(_vad(4) | {"sr": np.full((4, 2), 16000, np.int64)}, VAD, "bad.npz")
 
 

@@ -71,8 +71,8 @@ def check_meta(spec: TensorInfo, dtype: np.dtype, shape: Sequence[int], source: 
     if len(shape) != len(sample) + 1 or not _fits(sample, shape[1:]):
         stacked = ["N", *sample]
         raise DataError(
-            f"{source}: input {spec.name!r} needs samples of shape {list(sample)} stacked as {stacked}, "
-            f"the data is {list(shape)}"
+            f"{source}: input {spec.name!r} needs samples of shape {list(sample)}, the data is {list(shape)} "
+            f"(samples stack as {stacked})"
         )
 
 

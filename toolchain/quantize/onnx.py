@@ -92,7 +92,10 @@ def at_opset(model: Path, workdir: Path, options: OnnxOptions) -> Path:
     from toolchain.convert import onnx_to_opset
 
     needed = needed_opset(options)
-    opsets = onnx.load(str(model), load_external_data=False).opset_import
+    try:
+        opsets = onnx.load(str(model), load_external_data=False).opset_import
+    except Exception:  # a corrupt file: ONNX Runtime's load, next, reports it in one line
+        return model
     current = next((o.version for o in opsets if o.domain in ("", "ai.onnx")), needed)
     if current >= needed:
         return model
