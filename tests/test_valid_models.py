@@ -92,3 +92,23 @@ def test_every_onnx_mode_on_an_opset11_model_writes_a_loadable_file(args: list[s
     (want,) = load_runtime("onnx", model).run({"x": x[:1]}).values()
     cos = float(np.dot(y.ravel(), want.ravel()) / (np.linalg.norm(y) * np.linalg.norm(want)))
     assert y.shape == (1, 4, 6, 6) and cos > 0.95
+
+
+def test_report_of_a_non_classifier_carries_cosine_sqnr_and_the_warning(tmp_path: Path) -> None:
+    """A conv feature map is no classifier: the report has cosine/SQNR, no top-1, and flags a bad calibration."""
+    import json
+
+    model = _conv_model(tmp_path / "m.onnx", 13)
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "eval.npz", x=rng.normal(size=(8, 1, 8, 8)).astype(np.float32))
+    np.savez(tmp_path / "blank.npz", x=np.full((4, 1, 8, 8), 1e-3, np.float32))
+    args = ["--format", "onnx", "--mode", "int8", "--eval", tmp_path / "eval.npz", "--report", tmp_path / "r"]
+    result = edgetool("quantize", model, *args, "--calibration", tmp_path / "blank.npz", "-o", tmp_path / "q.onnx")
+    doc = json.loads((tmp_path / "r" / "report.json").read_text())
+    _, variant = doc["variants"]
+    assert variant["drop_pp"] is None and variant["agreement"] is None and variant["cosine"] < 0.9
+    assert variant["warning"].startswith("warning: int8 is far from the float model (y cosine")
+    assert variant["warning"] in result.output
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| cosine | SQNR dB |" in md and "## Outputs" in md and f"**{variant['warning']}**" in md
+    assert (tmp_path / "r" / "report.png").stat().st_size > 1000

@@ -184,6 +184,18 @@ def markdown(doc: dict[str, Any], variants: Sequence[Variant], plot: str | None)
         "output's cosine similarity (1 is identical; ⚠ below 0.9) and signal-to-noise ratio against the float "
         "model. Latency: single-threaded, this host, device runtime."
     )
+    outputs = doc.get("evaluation", {}).get("outputs") if isinstance(doc.get("evaluation"), dict) else None
+    if outputs:
+        lines += [
+            "\n## Outputs\n",
+            "| output | cosine | SQNR dB | max abs err | mean abs err |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| `{o['name']}` | {o['cosine']:.4f} | {_db(o.get('sqnr_db'))} | {o['max_abs_error']:.4g} | "
+            f"{o['mean_abs_error']:.4g} |"
+            for o in outputs
+        ]
     layers = doc.get("evaluation", {}).get("layers") if isinstance(doc.get("evaluation"), dict) else None
     if layers:
         keys = list(layers[0])
