@@ -21,14 +21,7 @@ from device_agent.bundle import PrivateKey
 from device_agent.updater import FaultPlan
 from fleet.broker import LocalBroker
 from tests.support.agent_harness import AgentThread, flash_device, package_tiny
-from tests.support.fleet_harness import (
-    Harness,
-    add_tiny_release,
-    device_versions,
-    rollout_finished,
-    running_fleet,
-    wait_until,
-)
+from tests.support.fleet_harness import Harness, add_tiny_release, device_versions, rollout_finished, running_fleet, wait_until
 from tests.support.powercut import start_agent
 
 DEVICES = ("pi4-0", "pi4-1", "jetson-0", "jetson-1", "esp-0")

@@ -17,14 +17,7 @@ from fleet.simulate import Fault, SimulationConfig, pick_mode
 from fleet.simulate_lean import Strand
 from fleet.simulate_procs import LeanSimulation, merge_summaries
 from tests.support.agent_harness import package_tiny
-from tests.support.fleet_harness import (
-    Harness,
-    add_tiny_release,
-    device_versions,
-    rollout_finished,
-    running_fleet,
-    wait_until,
-)
+from tests.support.fleet_harness import Harness, add_tiny_release, device_versions, rollout_finished, running_fleet, wait_until
 
 DEVICES = 120
 SKUS = ("pi4", "jetson", "esp")
