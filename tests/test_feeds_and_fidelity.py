@@ -72,7 +72,7 @@ def test_streams_from_a_single_sample_npz_and_a_directory_of_npz(tmp_path: Path)
     np.savez(tmp_path / "one.npz", **one)
     (sample,) = list(open_samples(tmp_path / "one.npz", VAD))
     assert {k: v.shape for k, v in sample.items()} == {"input": (1, 512), "state": (2, 1, 128), "sr": ()}
-    assert int(sample["sr"]) == 8000
+    assert int(sample["sr"]) == 8000 and isinstance(sample["sr"], np.ndarray)
     folder = tmp_path / "samples"
     folder.mkdir()
     data = _vad(3)
@@ -80,6 +80,7 @@ def test_streams_from_a_single_sample_npz_and_a_directory_of_npz(tmp_path: Path)
         np.savez(folder / f"{i:03d}.npz", **{s.name: take(s, data[s.name], i) for s in VAD})
     stream = open_samples(folder, VAD)
     assert len(stream) == 3
+    assert all(isinstance(s["sr"], np.ndarray) and s["sr"].shape == () for s in stream)  # ONNX Runtime wants arrays
     stacked = stack(stream)
     assert all(np.array_equal(stacked[k], data[k]) for k in data)
     assert len(open_samples(folder, VAD, limit=2)) == 2

@@ -68,7 +68,7 @@ class SampleStream:
             sample = {}
             for spec in self._inputs:
                 row = next(iters[spec.name]).astype(spec.dtype, copy=False)
-                sample[spec.name] = row if batch_first(spec) else row[0]
+                sample[spec.name] = row if batch_first(spec) else np.asarray(row[0])
             yield sample
 
 
