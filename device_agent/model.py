@@ -16,6 +16,7 @@ from device_agent.bundle.reader import DeviceCapabilities
 from device_agent.errors import EdgefleetError, InferenceError, SelfTestError
 from device_agent.runtime import Runtime, load_runtime
 from device_agent.runtime.base import dequantize, quantize
+from device_agent.samples import join, take
 
 
 @dataclass(frozen=True)
@@ -139,13 +140,14 @@ class LoadedModel:
             n = len(next(iter(inputs.values())))
             got: dict[str, list[np.ndarray]] = {s.name: [] for s in self.manifest.outputs}
             for i in range(n):
-                for name, value in self.predict({k: v[i : i + 1] for k, v in inputs.items()}, raw=True).items():
+                sample = {s.name: take(s, inputs[s.name], i) for s in self.manifest.inputs}
+                for name, value in self.predict(sample, raw=True).items():
                     got[name].append(value)
         except (EdgefleetError, KeyError, ValueError, OSError) as exc:
             return SelfTestResult(False, float("inf"), None, f"self-test could not run: {exc}")
         worst, close = 0.0, True
         for name, want in expected.items():
-            have = np.concatenate(got[name]).astype(np.float64)
+            have = join(got[name]).astype(np.float64)
             want64 = want.astype(np.float64)
             if have.shape != want64.shape:
                 return SelfTestResult(
@@ -156,7 +158,7 @@ class LoadedModel:
         agreement = None
         post = self.manifest.postprocess.output
         if self.manifest.postprocess.kind == "classification" and post is not None:
-            have = np.concatenate(got[post]).reshape(n, -1).argmax(axis=1)
+            have = join(got[post]).reshape(n, -1).argmax(axis=1)
             agreement = float((have == expected[post].reshape(n, -1).argmax(axis=1)).mean())
         ok = close and (agreement is None or agreement >= spec.min_top1_agreement)
         detail = f"max abs error {worst:.3g} (atol {spec.atol:.3g})" + (

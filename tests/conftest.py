@@ -113,6 +113,15 @@ def digits_outlier(request: pytest.FixtureRequest) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def third_party(request: pytest.FixtureRequest) -> dict[str, Path]:
+    """Real third-party models (tests/support/thirdparty.py), fetched once into the pytest cache."""
+    from tests.support.thirdparty import MODELS, fetch
+
+    cache = Path(request.config.cache.mkdir("edgefleet-thirdparty"))
+    return {name: fetch(name, cache) for name in MODELS}
+
+
+@pytest.fixture(scope="session")
 def release_key() -> PrivateKey:
     return PrivateKey.generate()
 

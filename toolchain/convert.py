@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from device_agent.fsutil import atomic_write
 from toolchain.errors import ModelError
 from toolchain.sources import ModelKind, model_kind
+from toolchain.validate import check_model
 
 TARGETS = ("tflite", "onnx")
 DEFAULT_OPSET = 17
@@ -33,6 +35,10 @@ def convert(source: Path, target: str, output: Path, opset: int = DEFAULT_OPSET)
     if target not in TARGETS:
         raise ModelError(f"unknown target {target!r}; use tflite or onnx")
     data = _convert_bytes(source, kind, target, opset)
+    with tempfile.TemporaryDirectory(prefix="edgetool-c-") as tmp:
+        produced = Path(tmp) / f"converted.{target}"
+        produced.write_bytes(data)
+        check_model(target, produced, None, source if kind.value == target else None)
     atomic_write(output, data)
     return ConvertResult(source, kind, output, target, len(data))
 
@@ -41,7 +47,7 @@ def _convert_bytes(source: Path, kind: ModelKind, target: str, opset: int) -> by
     if kind is ModelKind.ONNX:
         if target == "tflite":
             raise ModelError(f"{source}: ONNX → TFLite is not supported; convert from the Keras/SavedModel source")
-        return _onnx_to_opset(source, opset)
+        return onnx_to_opset(source, opset)
     if kind is ModelKind.TFLITE:
         raise ModelError(f"{source} is already a TFLite flatbuffer; convert from the Keras/SavedModel source")
     from toolchain.backends import tensorflow as tfb
@@ -50,7 +56,7 @@ def _convert_bytes(source: Path, kind: ModelKind, target: str, opset: int) -> by
     return loaded.to_onnx(opset) if target == "onnx" else tfb.convert_tflite(loaded.converter())
 
 
-def _onnx_to_opset(source: Path, opset: int) -> bytes:
+def onnx_to_opset(source: Path, opset: int) -> bytes:
     """An ONNX model re-expressed at ``opset`` (unchanged when it already is)."""
     import onnx
     from onnx import version_converter

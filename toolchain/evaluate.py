@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 
 from device_agent.runtime import Runtime, load_runtime
+from device_agent.samples import join, per_sample, take
 from toolchain import qio
 from toolchain.calibration import SampleStream, open_samples, stack
 from toolchain.errors import ModelError
+from toolchain.fidelity import LOW_COSINE, OutputDiff, Task, diffs, is_classifier, worst
 from toolchain.measure import Measurement, measure
 from toolchain.sources import ModelKind, model_kind
 
@@ -31,16 +33,7 @@ class EvalOptions:
     latency_runs: int = 50  # timed single-sample inferences per model; 0 skips latency and memory
     layers: int = 8  # rows of the per-layer error table; 0 skips it
     calibration: Path | None = None  # data for the per-layer debugger (default: the evaluation data)
-
-
-@dataclass(frozen=True)
-class OutputDiff:
-    """How far one output of the candidate is from the reference's (a measurement, not an exception)."""
-
-    name: str
-    max_abs_error: float
-    mean_abs_error: float
-    cosine: float  # mean over samples
+    task: Task = "auto"  # classification: top-1 measures apply; auto: decided from the output shapes
 
 
 @dataclass(frozen=True)
@@ -68,8 +61,9 @@ class Evaluation:
     candidate: ModelStats
     reference: ModelStats
     samples: int
-    agreement: float  # top-1 agreement with the reference, 0..1
+    agreement: float | None  # top-1 agreement with the reference, 0..1 (classifiers only)
     outputs: list[OutputDiff]
+    task: str = "classification"  # classification | other
     layers: list[dict[str, Any]] = field(default_factory=list)
     layer_note: str = ""
 
@@ -81,14 +75,26 @@ class Evaluation:
         return 100.0 * (self.candidate.accuracy - self.reference.accuracy)
 
     @property
-    def drop_pp(self) -> float:
-        """The accuracy drop in pp (labels) or else the disagreement with the reference in pp."""
+    def drop_pp(self) -> float | None:
+        """The accuracy drop in pp (labels) or else the disagreement in pp; None for a non-classifier."""
         delta = self.accuracy_delta_pp
-        return -delta if delta is not None else 100.0 * (1.0 - self.agreement)
+        if delta is not None:
+            return -delta
+        return None if self.agreement is None else 100.0 * (1.0 - self.agreement)
+
+    @property
+    def worst_cosine(self) -> float | None:
+        """The lowest cosine of any output (what ``--min-cosine`` bounds)."""
+        low = worst(self.outputs)
+        return None if low is None else low.cosine
 
     def to_dict(self) -> dict[str, Any]:
         doc = asdict(self)
         doc["accuracy_delta_pp"] = self.accuracy_delta_pp
+        doc["worst_cosine"] = self.worst_cosine
+        doc["low_fidelity"] = any(d.cosine < LOW_COSINE for d in self.outputs)
+        for out, diff in zip(doc["outputs"], self.outputs, strict=True):
+            out["sqnr_db"] = _finite(diff.sqnr_db)
         doc["size_ratio"] = self.candidate.bytes / self.reference.bytes if self.reference.bytes else None
         return doc
 
@@ -111,14 +117,17 @@ def evaluate(candidate: Path, reference: Path, data: Path, opts: EvalOptions | N
         cand_rt, ref_rt = load_runtime(kind.value, candidate), load_runtime(kind.value, ref_path)
         stream = open_samples(data, ref_rt.inputs, opts.samples)
         x = stack(stream)
-        labels = labels_from(data, len(stream))
+        classifier = is_classifier(ref_rt.outputs, opts.task)
+        labels = labels_from(data, len(stream)) if classifier else None
         cand_out, ref_out = predict(cand_rt, x), predict(ref_rt, x)
+        one = first(ref_rt, x)
         result = Evaluation(
-            candidate=_stats(candidate, cand_rt, cand_out, labels, opts=opts),
-            reference=_stats(reference, ref_rt, ref_out, labels, opts=opts, run_path=ref_path),
+            candidate=_stats(candidate, cand_rt, cand_out, labels, opts=opts, sample=one),
+            reference=_stats(reference, ref_rt, ref_out, labels, opts=opts, run_path=ref_path, sample=one),
             samples=len(stream),
-            agreement=top1_agreement(cand_out, ref_out),
-            outputs=[output_diff(name, cand_out[name], ref_out[name]) for name in ref_out],
+            agreement=top1_agreement(cand_out, ref_out) if classifier else None,
+            outputs=diffs(cand_out, ref_out),
+            task="classification" if classifier else "other",
         )
         if opts.layers:
             _layer_table(result, _Pair(candidate, kind, reference, ref_kind, ref_path), opts, stream)
@@ -138,6 +147,8 @@ def _runnable_reference(reference: Path, ref_kind: ModelKind, kind: ModelKind, t
 def predict(runtime: Runtime, x: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Float outputs for float inputs ``x`` (quantized I/O handled), in batches of ``BATCH``."""
     n = len(next(iter(x.values())))
+    if per_sample(runtime.inputs):
+        return _predict_each(runtime, x, n)
     fixed = runtime.inputs[0].shape[0] if runtime.inputs[0].shape and runtime.inputs[0].shape[0] > 0 else BATCH
     chunks: dict[str, list[np.ndarray]] = {s.name: [] for s in runtime.outputs}
     for start in range(0, n, fixed):
@@ -145,6 +156,22 @@ def predict(runtime: Runtime, x: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
         for spec, value in zip(runtime.outputs, runtime.run(qio.feeds(runtime.inputs, batch)).values(), strict=True):
             chunks[spec.name].append(qio.from_output(spec, value))
     return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+def first(runtime: Runtime, x: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The first sample of stacked ``x`` as ``runtime`` takes it (float data)."""
+    return {s.name: take(s, x[s.name], 0) for s in runtime.inputs}
+
+
+def _predict_each(runtime: Runtime, x: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """One sample per call, for models with an input that does not stack along a batch axis."""
+    parts: dict[str, list[np.ndarray]] = {s.name: [] for s in runtime.outputs}
+    for i in range(n):
+        sample = {s.name: take(s, x[s.name], i) for s in runtime.inputs}
+        result = runtime.run(qio.feeds(runtime.inputs, sample))
+        for spec in runtime.outputs:
+            parts[spec.name].append(qio.from_output(spec, result[spec.name]))
+    return {k: join(v) for k, v in parts.items()}
 
 
 def labels_from(data: Path, n: int) -> np.ndarray | None:
@@ -170,12 +197,9 @@ def top1_agreement(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> 
     return float(np.mean(_top1(a) == _top1(b)))
 
 
-def output_diff(name: str, got: np.ndarray, want: np.ndarray) -> OutputDiff:
-    g, w = got.reshape(len(got), -1).astype(np.float64), want.reshape(len(want), -1).astype(np.float64)
-    diff = np.abs(g - w)
-    norms = np.linalg.norm(g, axis=1) * np.linalg.norm(w, axis=1)
-    cos = np.where(norms > 0, np.sum(g * w, axis=1) / np.maximum(norms, 1e-30), 1.0)
-    return OutputDiff(name, float(diff.max(initial=0.0)), float(diff.mean()), float(cos.mean()))
+def _finite(value: float) -> float | None:
+    """JSON has no infinity: an exact match's SQNR is reported as null."""
+    return value if np.isfinite(value) else None
 
 
 def _stats(
@@ -186,10 +210,11 @@ def _stats(
     *,
     opts: EvalOptions,
     run_path: Path | None = None,
+    sample: Mapping[str, np.ndarray] | None = None,
 ) -> ModelStats:
     run_path = run_path or path
     accuracy = top1_accuracy(outputs, labels)
-    latency = measure(runtime.name, run_path, opts.latency_runs) if opts.latency_runs else None
+    latency = measure(runtime.name, run_path, opts.latency_runs, sample) if opts.latency_runs else None
     return ModelStats(str(path), runtime.name, run_path.stat().st_size, accuracy, latency)
 
 

@@ -31,6 +31,7 @@ from device_agent.bundle import (
 )
 from device_agent.runtime import Runtime, load_runtime
 from device_agent.runtime.base import dequantize
+from device_agent.samples import batch_first, join, per_sample, take
 from toolchain.errors import DataError, InputError
 from toolchain.npzio import feeds_for, load_arrays, save_npz
 
@@ -120,6 +121,12 @@ def package(model_path: Path, opts: PackageOptions) -> bytes:
 def run_samples(runtime: Runtime, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run samples along axis 0 one batch at a time; concatenate the outputs."""
     n = len(next(iter(feeds.values())))
+    if per_sample(runtime.inputs):
+        parts: dict[str, list[np.ndarray]] = {s.name: [] for s in runtime.outputs}
+        for i in range(n):
+            for name, value in runtime.run({s.name: take(s, feeds[s.name], i) for s in runtime.inputs}).items():
+                parts[name].append(value)
+        return {k: join(v) for k, v in parts.items()}
     batch = runtime.inputs[0].shape[0] if runtime.inputs[0].shape and runtime.inputs[0].shape[0] > 0 else 1
     chunks: dict[str, list[np.ndarray]] = {s.name: [] for s in runtime.outputs}
     for start in range(0, n - batch + 1, batch):
@@ -143,7 +150,8 @@ def _selftest_inputs(
 
 
 def _random_input(rng: np.random.Generator, spec: TensorInfo, n: int) -> np.ndarray:
-    shape = (n, *[d if d > 0 else 1 for d in spec.shape[1:]])
+    sample = spec.shape[1:] if batch_first(spec) else spec.shape
+    shape = (n, *[d if d > 0 else 1 for d in sample])
     dtype = np.dtype(spec.dtype)
     if dtype.kind == "f":
         return rng.random(shape).astype(dtype)

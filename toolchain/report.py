@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -13,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from device_agent import __version__
 from device_agent.fsutil import atomic_write
+from toolchain import fidelity
+from toolchain.fidelity import OutputDiff
 
 if TYPE_CHECKING:
     from toolchain.evaluate import Evaluation
@@ -32,11 +35,18 @@ class Variant:
     accuracy: float | None  # top-1, 0..1
     drop_pp: float | None  # accuracy drop (labels) or disagreement, pp
     agreement: float | None  # top-1 agreement with the reference, 0..1
+    cosine: float | None = None  # the worst output's cosine similarity with the float model
+    sqnr_db: float | None = None  # the worst output's SQNR in dB (None: identical, or not measured)
     p50_ms: float | None = None
     p95_ms: float | None = None
     peak_rss_bytes: int | None = None
     quantize_seconds: float | None = None
     chosen: bool = False
+    warning: str | None = None  # set when an output's cosine is below fidelity.LOW_COSINE
+
+    @property
+    def low_fidelity(self) -> bool:
+        return self.warning is not None
 
 
 def document(
@@ -69,6 +79,8 @@ def rows(variants: Sequence[Variant]) -> list[list[str]]:
             _fmt(v.accuracy, ".2f", 100),
             _fmt(None if v.drop_pp is None else v.drop_pp + 0.0, "+.2f"),
             _fmt(v.agreement, ".1f", 100),
+            _fmt(v.cosine, ".4f") + (" ⚠" if v.low_fidelity else ""),
+            _fmt(v.sqnr_db, ".1f"),
             _fmt(v.p50_ms, ".3f"),
             _fmt(v.p95_ms, ".3f"),
             _fmt(None if v.peak_rss_bytes is None else v.peak_rss_bytes / (1 << 20), ".1f"),
@@ -78,7 +90,20 @@ def rows(variants: Sequence[Variant]) -> list[list[str]]:
     ]
 
 
-HEADERS = ["variant", "bytes", "size", "top-1 %", "drop pp", "agree %", "p50 ms", "p95 ms", "peak MiB", "quantize s"]
+HEADERS = [
+    "variant",
+    "bytes",
+    "size",
+    "top-1 %",
+    "drop pp",
+    "agree %",
+    "cosine",
+    "SQNR dB",
+    "p50 ms",
+    "p95 ms",
+    "peak MiB",
+    "quantize s",
+]
 
 
 def print_table(variants: Sequence[Variant], title: str) -> None:
@@ -100,6 +125,7 @@ def detail_lines(doc: dict[str, Any]) -> list[str]:
     ev = doc.get("evaluation")
     if isinstance(ev, dict):
         lines += _evaluation_lines(ev)
+    lines += [v["warning"] for v in doc.get("variants", []) if v.get("warning")]
     if doc.get("reason"):
         lines.append(doc["reason"])
     elif doc.get("output"):
@@ -110,7 +136,7 @@ def detail_lines(doc: dict[str, Any]) -> list[str]:
 def _evaluation_lines(ev: dict[str, Any]) -> list[str]:
     lines = [
         f"output {out['name']}: max |err| {out['max_abs_error']:.4g}, mean |err| {out['mean_abs_error']:.4g}, "
-        f"cosine {out['cosine']:.6f}"
+        f"cosine {out['cosine']:.6f}, SQNR {_db(out.get('sqnr_db'))}"
         for out in ev["outputs"]
     ]
     if ev.get("layers"):
@@ -121,6 +147,10 @@ def _evaluation_lines(ev: dict[str, Any]) -> list[str]:
     elif ev.get("layer_note"):
         lines.append(ev["layer_note"])
     return lines
+
+
+def _db(value: float | None) -> str:
+    return "exact" if value is None else f"{value:.1f} dB"
 
 
 def write(out_dir: Path, doc: dict[str, Any], variants: Sequence[Variant]) -> dict[str, Path]:
@@ -145,12 +175,27 @@ def markdown(doc: dict[str, Any], variants: Sequence[Variant], plot: str | None)
     ]
     if doc.get("reason"):
         lines.append(f"- why: {doc['reason']}")
+    lines += [f"- **{v.warning}**" for v in variants if v.warning]
     lines += ["", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(r) + " |" for r in rows(variants)]
     lines.append(
         "\nsize: bytes vs the float model. drop: top-1 accuracy lost in percentage points (or, without "
-        "labels, the share of samples whose top-1 differs). Latency: single-threaded, this host, device runtime."
+        "labels, the share of samples whose top-1 differs); classifiers only. cosine and SQNR: the worst "
+        "output's cosine similarity (1 is identical; ⚠ below 0.9) and signal-to-noise ratio against the float "
+        "model. Latency: single-threaded, this host, device runtime."
     )
+    outputs = doc.get("evaluation", {}).get("outputs") if isinstance(doc.get("evaluation"), dict) else None
+    if outputs:
+        lines += [
+            "\n## Outputs\n",
+            "| output | cosine | SQNR dB | max abs err | mean abs err |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| `{o['name']}` | {o['cosine']:.4f} | {_db(o.get('sqnr_db'))} | {o['max_abs_error']:.4g} | "
+            f"{o['mean_abs_error']:.4g} |"
+            for o in outputs
+        ]
     layers = doc.get("evaluation", {}).get("layers") if isinstance(doc.get("evaluation"), dict) else None
     if layers:
         keys = list(layers[0])
@@ -165,6 +210,13 @@ def _cell(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else f"`{value}`" if isinstance(value, str) else str(value)
 
 
+def _fidelity_panel(variants: Sequence[Variant]) -> tuple[str, list[float]]:
+    """Top-1 drop for a classifier; else 1 - worst cosine (lower is better in both)."""
+    if any(v.drop_pp is not None for v in variants):
+        return "top-1 drop / disagreement (pp)", [v.drop_pp or 0.0 for v in variants]
+    return "1 - worst output cosine", [1.0 - (v.cosine if v.cosine is not None else 1.0) for v in variants]
+
+
 def _plot(path: Path, variants: Sequence[Variant], title: str) -> None:
     import matplotlib
 
@@ -177,14 +229,14 @@ def _plot(path: Path, variants: Sequence[Variant], title: str) -> None:
     panels = [
         ("size (KiB)", [v.bytes / 1024 for v in variants]),
         ("latency p50 (ms, host)", [v.p50_ms or 0.0 for v in variants]),
-        ("top-1 drop / disagreement (pp)", [v.drop_pp or 0.0 for v in variants]),
+        _fidelity_panel(variants),
     ]
     fig, axes = plt.subplots(1, 3, figsize=(13, 0.5 * len(variants) + 2.0))
     for ax, (label, values) in zip(axes, panels, strict=True):
         bars = ax.barh(names, values, color=colors)
         ax.bar_label(bars, fmt="%.3g", padding=2, fontsize=8)
         ax.set_xlabel(label)
-        floor = 1e-3 if label.startswith("latency") else 1.0  # keep an all-zero panel readable
+        floor = 1e-3 if label.startswith(("latency", "1 -")) else 1.0  # keep an all-zero panel readable
         ax.set_xlim(min([*values, 0.0]) * 1.3, max([*values, floor]) * 1.3)
         ax.xaxis.set_major_locator(MaxNLocator(4))
         ax.invert_yaxis()
@@ -201,27 +253,27 @@ class Scores:
     """How one model did on the evaluation data, against the float reference."""
 
     accuracy: float | None  # top-1, 0..1
-    drop_pp: float | None  # accuracy drop (labels) or disagreement, pp
+    drop_pp: float | None  # accuracy drop (labels) or disagreement, pp; None for a non-classifier
     agreement: float | None  # top-1 agreement with the reference, 0..1
+    outputs: Sequence[OutputDiff] = ()
 
     @classmethod
-    def reference(cls, accuracy: float | None) -> Scores:
-        """The float reference's own scores: no drop, full agreement."""
-        return cls(accuracy, 0.0, 1.0)
+    def reference(cls, accuracy: float | None, classifier: bool = True) -> Scores:
+        """The float reference's own scores: no drop, full agreement (for a classifier)."""
+        return cls(accuracy, 0.0, 1.0) if classifier else cls(None, None, None)
 
 
 def from_evaluation(name: str, ev: Evaluation, quantize_seconds: float | None = None) -> list[Variant]:
     """The float reference and one candidate, from ``edgetool evaluate`` (or quantize --eval)."""
     ref, cand = ev.reference, ev.candidate
-    delta = ev.accuracy_delta_pp
-    drop = -delta if delta is not None else 100 * (1 - ev.agreement)
+    classifier = ev.task == "classification"
     return [
-        _variant("float32", ref.bytes, ref.bytes, Scores.reference(ref.accuracy), ref.latency),
+        _variant("float32", ref.bytes, ref.bytes, Scores.reference(ref.accuracy, classifier), ref.latency),
         _variant(
             name,
             cand.bytes,
             ref.bytes,
-            Scores(cand.accuracy, drop, ev.agreement),
+            Scores(cand.accuracy, ev.drop_pp, ev.agreement, ev.outputs),
             cand.latency,
             seconds=quantize_seconds,
             chosen=True,
@@ -232,13 +284,14 @@ def from_evaluation(name: str, ev: Evaluation, quantize_seconds: float | None = 
 def from_auto(result: AutoResult) -> list[Variant]:
     """The float reference and every variant auto mode tried, the chosen one marked."""
     ref = result.reference_bytes
-    out = [_variant("float32", ref, ref, Scores.reference(result.reference_accuracy), result.reference_latency)]
+    ref_scores = Scores.reference(result.reference_accuracy, result.classifier)
+    out = [_variant("float32", ref, ref, ref_scores, result.reference_latency)]
     out += [
         _variant(
             t.name,
             t.bytes,
             ref,
-            Scores(t.accuracy, t.drop_pp, t.agreement),
+            Scores(t.accuracy, t.drop_pp, t.agreement, t.outputs),
             t.latency,
             seconds=t.seconds,
             chosen=t is result.chosen,
@@ -258,6 +311,8 @@ def _variant(
     seconds: float | None = None,
     chosen: bool = False,
 ) -> Variant:
+    low = fidelity.worst(scores.outputs)
+    sqnr = min((d.sqnr_db for d in scores.outputs), default=float("inf"))
     return Variant(
         name=name,
         bytes=size,
@@ -265,9 +320,12 @@ def _variant(
         accuracy=scores.accuracy,
         drop_pp=scores.drop_pp,
         agreement=scores.agreement,
+        cosine=1.0 if low is None else low.cosine,
+        sqnr_db=sqnr if math.isfinite(sqnr) else None,
         p50_ms=latency.p50_ms if latency else None,
         p95_ms=latency.p95_ms if latency else None,
         peak_rss_bytes=latency.peak_rss_bytes if latency else None,
         quantize_seconds=seconds,
         chosen=chosen,
+        warning=fidelity.warning(name, scores.outputs),
     )

@@ -19,6 +19,7 @@ from toolchain import report
 from toolchain.errors import QuantizeError
 from toolchain.evaluate import EvalOptions
 from toolchain.evaluate import evaluate as evaluate_models
+from toolchain.fidelity import Task
 from toolchain.quantize import (
     DEFAULT_SAMPLES,
     ONNX_MODES,
@@ -56,6 +57,9 @@ class QuantizeRequest:
     calibrate: Calibrate | None = None  # ONNX int8 (and auto) only; default minmax
     eval_data: Path | None = None  # evaluation .npz; auto needs it
     max_accuracy_drop: float | None = None  # auto only, in pp
+    min_cosine: float | None = None  # auto only: the worst output's cosine with the float model
+    max_float_layers: int | None = None  # auto only: most layers kept in float (default MAX_FLOAT_LAYERS)
+    task: Task = "auto"  # classification | other | auto (from the output shapes)
 
 
 def _refuse_unused(req: QuantizeRequest, mode: str) -> None:
@@ -69,6 +73,9 @@ def _refuse_unused(req: QuantizeRequest, mode: str) -> None:
         "--io": (req.io is not None, fmt == "tflite" and mode == "int8", "--format tflite --mode int8"),
         "--per-channel": (req.per_channel, fmt == "onnx", "--format onnx"),
         "--calibrate": (req.calibrate is not None, fmt == "onnx" and mode in ("int8", "auto"), "ONNX int8"),
+        "--max-float-layers": (req.max_float_layers is not None, mode == "auto", "--mode auto"),
+        "--min-cosine": (req.min_cosine is not None, mode == "auto", "--mode auto"),
+        "--max-accuracy-drop": (req.max_accuracy_drop is not None, mode == "auto", "--mode auto"),
     }
     for option, (given, valid, where) in applies.items():
         if given and not valid:
@@ -106,7 +113,7 @@ def _fixed(req: QuantizeRequest, status: Status) -> Outcome:
     """Quantize (and evaluate with ``eval_data``)."""
     options = quantize_options(req)
     with status(f"quantizing {req.model.name} ({req.format} {req.mode})…"):
-        result = quantize_model(req.model, req.output, options, req.calibration)
+        result = quantize_model(req.model, req.output, options, req.calibration, req.eval_data)
     details: dict[str, Any] = {
         "mode": req.mode,
         "settings": result.settings(),
@@ -118,7 +125,7 @@ def _fixed(req: QuantizeRequest, status: Status) -> Outcome:
     variants: list[report.Variant] = []
     if req.eval_data is not None:
         with status("evaluating…"):
-            ev = evaluate_models(req.output, req.model, req.eval_data, EvalOptions(layers=0))
+            ev = evaluate_models(req.output, req.model, req.eval_data, EvalOptions(layers=0, task=req.task))
         details["evaluation"] = ev.to_dict()
         variants = report.from_evaluation(req.mode, ev, result.seconds)
     return report.document(str(req.model), req.format, variants, details), variants
@@ -126,18 +133,22 @@ def _fixed(req: QuantizeRequest, status: Status) -> Outcome:
 
 def _auto(req: QuantizeRequest, measure: bool, log: Log | None) -> Outcome:
     """Auto mode: the report document (with the reason) and every variant tried."""
-    from toolchain.quantize.auto import AutoOptions, auto_quantize
+    from toolchain.quantize.auto import MAX_FLOAT_LAYERS, AutoOptions, auto_quantize
 
-    eval_data, bound, calibration = req.eval_data, req.max_accuracy_drop, req.calibration
+    eval_data, calibration = req.eval_data, req.calibration
+    bound = req.max_accuracy_drop if req.min_cosine is None else req.min_cosine
     if eval_data is None or bound is None or calibration is None:
-        needed = {"--eval": eval_data, "--max-accuracy-drop": bound, "--calibration": calibration}
+        needed = {"--eval": eval_data, "--max-accuracy-drop or --min-cosine": bound, "--calibration": calibration}
         raise QuantizeError(f"--mode auto needs {', '.join(o for o, v in needed.items() if v is None)}")
     if req.io is not None:
         raise QuantizeError("--io does not apply to --mode auto (its models keep float input and output)")
     _refuse_unused(req, "auto")
     opts = AutoOptions(
         format=req.format,  # type: ignore[arg-type]
-        max_drop_pp=bound,
+        max_drop_pp=req.max_accuracy_drop,
+        min_cosine=req.min_cosine,
+        task=req.task,
+        max_float_layers=MAX_FLOAT_LAYERS if req.max_float_layers is None else req.max_float_layers,
         eval_data=eval_data,
         calibration=calibration,
         samples=req.samples,
@@ -148,7 +159,8 @@ def _auto(req: QuantizeRequest, measure: bool, log: Log | None) -> Outcome:
     details = {
         "mode": "auto",
         "max_accuracy_drop_pp": opts.max_drop_pp,
-        "reason": result.reason(opts.max_drop_pp),
+        "min_cosine": opts.min_cosine,
+        "reason": result.reason(),
         "settings": settings_dict(result.chosen.options) if result.chosen else None,
         "ranked_layers": result.ranked_layers,
         "output": str(req.output),

@@ -23,6 +23,13 @@ if TYPE_CHECKING:
 
 REPORT_DIR = click.Path(file_okay=False, path_type=Path)
 OUTPUT = click.Path(dir_okay=False, path_type=Path)
+TASK = click.option(
+    "--task",
+    type=click.Choice(["auto", "classification", "other"]),
+    default="auto",
+    show_default=True,
+    help="classification: top-1 measures apply; other: cosine/SQNR only; auto: a [batch, classes] first output.",
+)
 
 
 @contextlib.contextmanager
@@ -89,7 +96,12 @@ def convert(model: Path, target: str, output: Path, opset: int) -> None:
     help="ONNX int8 only: activation range method (default minmax).",
 )
 @click.option("--eval", "eval_data", type=DATA, help="Evaluation .npz (x, y): measure the result (auto: required).")
-@click.option("--max-accuracy-drop", type=click.FloatRange(min=0), help="Auto: allowed top-1 drop in pp.")
+@click.option("--max-accuracy-drop", type=click.FloatRange(min=0), help="Auto: allowed top-1 drop in pp (classifiers).")
+@click.option(
+    "--min-cosine", type=click.FloatRange(0, 1), help="Auto: lowest allowed cosine of the worst output (any task)."
+)
+@click.option("--max-float-layers", type=click.IntRange(min=0), help="Auto: most layers kept in float (default 8).")
+@TASK
 @click.option("--report", "report_dir", type=REPORT_DIR, help="Write report.json, report.md and report.png here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def quantize(*, model: Path, fmt: str, report_dir: Path | None, as_json: bool, **kw: Any) -> None:
@@ -97,7 +109,10 @@ def quantize(*, model: Path, fmt: str, report_dir: Path | None, as_json: bool, *
 
     TFLite needs the float source (.keras, .h5, SavedModel). ONNX accepts .onnx or converts the
     source first. --mode auto tries int8, then int8 with the worst layers kept in float, then wider
-    modes, and keeps the first within --max-accuracy-drop (needs --eval and --calibration).
+    modes, and keeps the first within --max-accuracy-drop (classifiers) and/or --min-cosine (any
+    model; the worst output's cosine with float); it needs --eval and --calibration. Every result
+    is loaded and run in its device runtime before it is written; a variant with an output below
+    cosine 0.9 is flagged with a warning.
     """
     from toolchain import workflows
 
@@ -119,29 +134,21 @@ def quantize(*, model: Path, fmt: str, report_dir: Path | None, as_json: bool, *
 @click.option("--runs", default=50, show_default=True, type=click.IntRange(min=0), help="Timed runs; 0 skips.")
 @click.option("--layers", default=8, show_default=True, type=click.IntRange(min=0), help="Per-layer rows; 0 skips.")
 @click.option("--calibration", type=DATA, help="Data for the per-layer debugger (default: the evaluation data).")
+@TASK
 @click.option("--report", "report_dir", type=REPORT_DIR, help="Write report.json, report.md and report.png here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the evaluation as JSON.")
-def evaluate(
-    candidate: Path,
-    reference: Path,
-    data: Path,
-    samples: int | None,
-    runs: int,
-    layers: int,
-    calibration: Path | None,
-    report_dir: Path | None,
-    as_json: bool,
-) -> None:
+def evaluate(candidate: Path, reference: Path, data: Path, report_dir: Path | None, as_json: bool, **kw: Any) -> None:
     """Compare CANDIDATE (.tflite/.onnx) with its float REFERENCE in the device runtime.
 
-    Reports top-1 accuracy and its delta (with labels), top-1 agreement, per-output max/mean
-    absolute error and cosine similarity, size, host latency p50/p95 (one thread) and peak
-    memory, and a table of the layers that lose most.
+    Reports per output max/mean absolute error, cosine similarity and SQNR (dB); for a
+    classifier also top-1 accuracy and its delta (with labels) and top-1 agreement; size, host
+    latency p50/p95 (one thread) and peak memory, and a table of the layers that lose most.
+    An output below cosine 0.9 gets a warning line.
     """
     from toolchain import workflows
     from toolchain.evaluate import EvalOptions
 
-    opts = EvalOptions(samples=samples, latency_runs=runs, layers=layers, calibration=calibration)
+    opts = EvalOptions(latency_runs=kw.pop("runs"), **kw)
     outcome = workflows.evaluate(candidate, reference, data, opts, status=busy)
     emit(outcome, report_dir, as_json, f"{candidate.name} vs {reference.name}")
 

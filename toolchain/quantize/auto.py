@@ -1,4 +1,7 @@
-"""``--mode auto``: the smallest, fastest variant whose accuracy drop stays within a bound.
+"""``--mode auto``: the smallest, fastest variant whose fidelity stays within the bounds given.
+
+The bounds: ``--max-accuracy-drop`` (top-1 drop or disagreement in pp; classifiers only) and
+``--min-cosine`` (the worst output's mean cosine similarity with the float model; any task).
 
 Variants are tried in order of how they run on a device: full int8 first (integer kernels, the
 smallest file), then int8 with the worst layers kept in float, one more layer per step, in the
@@ -21,9 +24,17 @@ import numpy as np
 from device_agent.runtime import load_runtime
 from toolchain.calibration import open_samples, stack
 from toolchain.errors import QuantizeError
-from toolchain.evaluate import labels_from, predict, top1_accuracy, top1_agreement
+from toolchain.evaluate import first, labels_from, predict, top1_accuracy, top1_agreement
+from toolchain.fidelity import OutputDiff, Task, diffs, is_classifier, worst
 from toolchain.measure import Measurement, measure
-from toolchain.quantize import DEFAULT_SAMPLES, OnnxOptions, QuantizeOptions, TFLiteOptions, quantize
+from toolchain.quantize import (
+    DEFAULT_SAMPLES,
+    OnnxOptions,
+    QuantizeOptions,
+    QuantizeResult,
+    TFLiteOptions,
+    quantize,
+)
 from toolchain.sources import model_kind
 
 MAX_FLOAT_LAYERS = 8  # most layers auto mode keeps in float before moving to other modes
@@ -32,9 +43,11 @@ MAX_FLOAT_LAYERS = 8  # most layers auto mode keeps in float before moving to ot
 @dataclass(frozen=True)
 class AutoOptions:
     format: Literal["tflite", "onnx"]
-    max_drop_pp: float  # allowed top-1 accuracy drop (labels) or disagreement (no labels), in pp
+    max_drop_pp: float | None  # allowed top-1 accuracy drop (labels) or disagreement (no labels), in pp
     eval_data: Path
     calibration: Path
+    min_cosine: float | None = None  # lowest allowed cosine of the worst output, 0..1
+    task: Task = "auto"
     samples: int | None = DEFAULT_SAMPLES
     max_float_layers: int = MAX_FLOAT_LAYERS
     per_channel: bool = True  # ONNX int8
@@ -48,12 +61,23 @@ class Trial:
     options: QuantizeOptions
     bytes: int
     seconds: float  # quantization time
-    agreement: float
+    agreement: float | None
     accuracy: float | None
-    drop_pp: float
+    drop_pp: float | None
     within: bool
     path: Path
     latency: Measurement | None = None
+    outputs: list[OutputDiff] = field(default_factory=list)
+
+    @property
+    def cosine(self) -> float:
+        low = worst(self.outputs)
+        return 1.0 if low is None else low.cosine
+
+    def summary(self) -> str:
+        """The trial's fidelity in a few words (top-1 drop for a classifier, always the worst cosine)."""
+        drop = f"drop {self.drop_pp:.2f} pp, " if self.drop_pp is not None else ""
+        return f"{drop}worst cosine {self.cosine:.4f}"
 
 
 @dataclass
@@ -64,15 +88,19 @@ class AutoResult:
     trials: list[Trial] = field(default_factory=list)
     chosen: Trial | None = None
     ranked_layers: list[str] = field(default_factory=list)
+    classifier: bool = True
+    bounds: str = ""  # the bounds in words, e.g. "drop ≤ 1 pp, worst cosine ≥ 0.98"
 
-    def reason(self, bound: float) -> str:
-        """One sentence: what was chosen and why."""
+    def reason(self) -> str:
+        """One sentence: what was chosen and why, or why nothing was."""
         if self.chosen is None:
-            return f"no variant stayed within {bound:g} pp; the float model is the only safe choice"
+            best = max(self.trials, key=lambda t: t.cosine, default=None)
+            closest = f"; the closest was {best.name} ({best.summary()})" if best else ""
+            return f"no variant stayed within {self.bounds}{closest}; the float model is the only safe choice"
         rejected = [t for t in self.trials if not t.within]
-        before = f" after {', '.join(f'{t.name} ({t.drop_pp:.2f} pp)' for t in rejected)} missed it" if rejected else ""
+        before = f" after {', '.join(f'{t.name} ({t.summary()})' for t in rejected)} missed it" if rejected else ""
         return (
-            f"chose {self.chosen.name}: drop {self.chosen.drop_pp:.2f} pp ≤ {bound:g} pp, "
+            f"chose {self.chosen.name}: {self.chosen.summary()} within {self.bounds}, "
             f"{self.chosen.bytes / self.reference_bytes:.2f}× the float size{before}"
         )
 
@@ -80,31 +108,51 @@ class AutoResult:
 class _Judge:
     """Runs candidates on the evaluation data and scores them against the float model."""
 
-    def __init__(self, kind: str, float_model: Path, eval_data: Path) -> None:
-        self.kind = kind
+    def __init__(self, kind: str, float_model: Path, opts: AutoOptions) -> None:
+        self.kind, self.opts = kind, opts
         runtime = load_runtime(kind, float_model)
-        stream = open_samples(eval_data, runtime.inputs)
+        stream = open_samples(opts.eval_data, runtime.inputs)
         self.x = stack(stream)
         self.reference = predict(runtime, self.x)
-        self.labels = labels_from(eval_data, len(stream))
-        self.ref_accuracy = self.accuracy(self.reference)
+        self.sample = first(runtime, self.x)
+        self.classifier = is_classifier(runtime.outputs, opts.task)
+        if opts.max_drop_pp is not None and not self.classifier:
+            raise QuantizeError(
+                f"--max-accuracy-drop needs a classifier output ([batch, classes]); {float_model.stem} is not one "
+                "(say --task classification if it is), so bound --min-cosine instead"
+            )
+        self.labels = labels_from(opts.eval_data, len(stream)) if self.classifier else None
+        self.ref_accuracy = top1_accuracy(self.reference, self.labels)
 
-    def accuracy(self, outputs: dict[str, np.ndarray]) -> float | None:
-        return top1_accuracy(outputs, self.labels)
-
-    def score(self, model: Path) -> tuple[float, float | None, float]:
-        """(agreement, accuracy, drop in pp) of ``model``."""
+    def trial(self, name: str, model: Path, q: QuantizeResult) -> Trial:
+        """Run ``model`` on the evaluation data and score it against the float model and the bounds."""
         outputs = predict(load_runtime(self.kind, model), self.x)
-        agreement, accuracy = top1_agreement(outputs, self.reference), self.accuracy(outputs)
+        agreement = top1_agreement(outputs, self.reference) if self.classifier else None
+        accuracy = top1_accuracy(outputs, self.labels)
+        drop = None
         if accuracy is not None and self.ref_accuracy is not None:
-            return agreement, accuracy, 100.0 * (self.ref_accuracy - accuracy)
-        return agreement, accuracy, 100.0 * (1.0 - agreement)
+            drop = 100.0 * (self.ref_accuracy - accuracy)
+        elif agreement is not None:
+            drop = 100.0 * (1.0 - agreement)
+        measured = diffs(outputs, self.reference)
+        cosine = min((d.cosine for d in measured), default=1.0)
+        within = (self.opts.max_drop_pp is None or (drop is not None and drop <= self.opts.max_drop_pp)) and (
+            self.opts.min_cosine is None or cosine >= self.opts.min_cosine
+        )
+        return Trial(name, q.options, q.bytes, q.seconds, agreement, accuracy, drop, within, model, outputs=measured)
+
+
+def bounds_text(opts: AutoOptions) -> str:
+    """The bounds of ``opts`` in words."""
+    parts = [f"drop ≤ {opts.max_drop_pp:g} pp"] if opts.max_drop_pp is not None else []
+    parts += [f"worst cosine ≥ {opts.min_cosine:g}"] if opts.min_cosine is not None else []
+    return " and ".join(parts)
 
 
 def auto_quantize(
     source: Path, output: Path, opts: AutoOptions, log: Callable[[str], None] | None = None
 ) -> AutoResult:
-    """Search variants of ``source`` and write the first one within ``opts.max_drop_pp`` to ``output``.
+    """Search variants of ``source`` and write the first one within the bounds of ``opts`` to ``output``.
 
     Raises:
         QuantizeError: no variant fits the bound (nothing is written), or the source cannot be quantized.
@@ -115,29 +163,29 @@ def auto_quantize(
     with tempfile.TemporaryDirectory(prefix="edgetool-auto-") as tmp:
         work = Path(tmp)
         float_model = _float_model(source, opts, work)
-        judge = _Judge(opts.format, float_model, opts.eval_data)
-        result = AutoResult(float_model.stat().st_size, judge.ref_accuracy, _latency(float_model, opts))
+        judge = _Judge(opts.format, float_model, opts)
+        result = AutoResult(float_model.stat().st_size, judge.ref_accuracy, _latency(float_model, opts, judge.sample))
+        result.classifier, result.bounds = judge.classifier, bounds_text(opts)
         # The TFLite converter starts from the Keras/SavedModel source; ONNX from the float ONNX.
         q_source = source if opts.format == "tflite" else float_model
         for name, options in _variants(q_source, opts, result):
             path = work / f"{len(result.trials)}.{opts.format}"
             q = quantize(q_source, path, options, opts.calibration)
-            agreement, accuracy, drop = judge.score(path)
-            trial = Trial(name, options, q.bytes, q.seconds, agreement, accuracy, drop, drop <= opts.max_drop_pp, path)
-            trial.latency = _latency(path, opts)
+            trial = judge.trial(name, path, q)
+            trial.latency = _latency(path, opts, judge.sample)
             result.trials.append(trial)
-            say(f"{name}: {q.bytes} bytes, drop {drop:.2f} pp, agreement {100 * agreement:.1f} %")
+            say(f"{name}: {q.bytes} bytes, {trial.summary()}")
             if trial.within:
                 result.chosen = trial
                 shutil.copyfile(path, output)
                 break
     if result.chosen is None:
-        raise QuantizeError(result.reason(opts.max_drop_pp))
+        raise QuantizeError(result.reason())
     return result
 
 
-def _latency(model: Path, opts: AutoOptions) -> Measurement | None:
-    return measure(opts.format, model, opts.latency_runs) if opts.latency_runs else None
+def _latency(model: Path, opts: AutoOptions, sample: dict[str, np.ndarray]) -> Measurement | None:
+    return measure(opts.format, model, opts.latency_runs, sample) if opts.latency_runs else None
 
 
 def _float_model(source: Path, opts: AutoOptions, work: Path) -> Path:

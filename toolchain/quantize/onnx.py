@@ -70,6 +70,44 @@ def float_onnx(source: Path, kind: ModelKind, workdir: Path, opset: int = 17) ->
     return path
 
 
+def needed_opset(options: OnnxOptions) -> int:
+    """The lowest opset whose QuantizeLinear/DequantizeLinear carry what ``options`` produce.
+
+    Per-channel scales need the ``axis`` attribute (opset 13); dynamic quantization needs
+    DynamicQuantizeLinear (opset 11); static per-tensor QDQ needs opset 10.
+    """
+    if options.per_channel:
+        return 13
+    return 11 if options.mode == "dynamic" else 10
+
+
+def at_opset(model: Path, workdir: Path, options: OnnxOptions) -> Path:
+    """``model`` itself, or upgraded with onnx's version converter when it is below ``needed_opset``.
+
+    Raises:
+        QuantizeError: the version converter cannot upgrade the model (one line naming the opsets).
+    """
+    import onnx
+
+    from toolchain.convert import onnx_to_opset
+
+    needed = needed_opset(options)
+    try:
+        opsets = onnx.load(str(model), load_external_data=False).opset_import
+    except Exception:  # a corrupt file: ONNX Runtime's load, next, reports it in one line
+        return model
+    current = next((o.version for o in opsets if o.domain in ("", "ai.onnx")), needed)
+    if current >= needed:
+        return model
+    path = workdir / f"opset{needed}.onnx"
+    try:
+        path.write_bytes(onnx_to_opset(model, needed))
+    except ModelError as exc:
+        what = "per-channel scales" if options.per_channel else f"--mode {options.mode}"
+        raise QuantizeError(f"{what} need opset {needed}; {exc}") from None
+    return path
+
+
 def quantize(source: Path, kind: ModelKind, output: Path, options: OnnxOptions, calibration: Path | None) -> int:
     """Quantize ``source`` (ONNX, or Keras/SavedModel converted first) into ``output``; returns samples used.
 
@@ -79,7 +117,7 @@ def quantize(source: Path, kind: ModelKind, output: Path, options: OnnxOptions, 
     """
     with tempfile.TemporaryDirectory(prefix="edgetool-") as tmp:
         work = Path(tmp)
-        model = float_onnx(source, kind, work)
+        model = at_opset(float_onnx(source, kind, work), work, options)
         inputs = load_runtime("onnx", model).inputs
         stream = open_samples(calibration, inputs, options.samples) if calibration else None
         quantize_file(model, work / "out.onnx", options, stream)
