@@ -13,6 +13,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[all,dev]'
+	$(PY) scripts/fetch_test_models.py
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -113,12 +113,11 @@ def digits_outlier(request: pytest.FixtureRequest) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def third_party(request: pytest.FixtureRequest) -> dict[str, Path]:
-    """Real third-party models (tests/support/thirdparty.py), fetched once into the pytest cache."""
-    from tests.support.thirdparty import MODELS, fetch
+def third_party() -> dict[str, Path]:
+    """Real third-party models (tests/support/thirdparty.py), installed into the venv by `make install`."""
+    from tests.support.thirdparty import MODELS, installed
 
-    cache = Path(request.config.cache.mkdir("edgefleet-thirdparty"))
-    return {name: fetch(name, cache) for name in MODELS}
+    return {name: installed(name) for name in MODELS}
 
 
 @pytest.fixture(scope="session")

