@@ -24,7 +24,14 @@ from device_agent.bundle import TrustStore
 from device_agent.bundle.reader import DeviceCapabilities
 from device_agent.config import AgentConfig, ProbationSection
 from device_agent.engine import InferenceEngine
-from device_agent.errors import BundleError, DownloadError, NoVerifiedModelError, RuntimeLoadError, StateError
+from device_agent.errors import (
+    BundleError,
+    DownloadError,
+    NoVerifiedModelError,
+    RuntimeLoadError,
+    StateError,
+    TrustExpiredError,
+)
 from device_agent.fetch import Fetcher
 from device_agent.fsutil import atomic_write
 from device_agent.home import DeviceState, Home, Pending, Probation, other
@@ -181,6 +188,8 @@ class Updater:
         try:
             if self._stopped_by_cancel(pending):
                 return
+            if self.trust.expired(time.time()):  # before any download: nothing new until newer trust arrives
+                raise TrustExpiredError(f"trust metadata version {self.trust.version} has expired")
             data = self._obtain(pending)
             if self._stopped_by_cancel(pending):
                 return

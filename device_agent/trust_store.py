@@ -1,0 +1,75 @@
+"""The device's trust: ``trust/trust.json`` (signed metadata) when provisioned with it, else the
+plain ``trust/*.pub`` keys and agent.toml's threshold (simple setups, which cannot rotate in-band).
+
+The verification is pure (``device_agent.bundle.trust``); this module only reads the held version
+and replaces it atomically (temp file, fsync, rename, as ``state.json``): whenever the power is
+cut, the file is the old version or the new one, both verified.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from device_agent.bundle.keys import TrustStore
+from device_agent.bundle.trust import TRUST_NAME, TrustMetadata, verify_chain, verify_initial
+from device_agent.errors import ConfigError, TrustError
+from device_agent.fsutil import atomic_write
+from device_agent.home import Home
+
+
+@dataclass
+class DeviceTrust:
+    """The trust a device verifies bundles against, replaceable at run time by ``apply``."""
+
+    home: Home
+    store: TrustStore
+    metadata: TrustMetadata | None = None
+    refused: str = ""  # reason code of the last refused trust update ("" when none)
+
+    def __post_init__(self) -> None:
+        self.lock = threading.Lock()
+
+    @classmethod
+    def load(cls, home: Home, threshold: int) -> DeviceTrust:
+        """Read ``trust/trust.json`` (verified against its own root keys) or ``trust/*.pub``.
+
+        Raises:
+            ConfigError: neither holds usable trust, or trust.json does not verify.
+        """
+        path = home.trust / TRUST_NAME
+        if not path.exists():
+            return cls(home, TrustStore.from_paths([home.trust], threshold))
+        try:
+            meta = verify_initial(path.read_bytes())
+        except (OSError, TrustError) as exc:
+            raise ConfigError(f"{path} is not usable trust metadata: {exc}") from None
+        return cls(home, meta.release_store(), meta)
+
+    @property
+    def version(self) -> int | None:
+        return self.metadata.version if self.metadata else None
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.store.expired(time.time() if now is None else now)
+
+    def apply(self, chain: Sequence[bytes]) -> TrustMetadata:
+        """Verify ``chain`` from the held version and persist the newest version atomically.
+
+        Raises:
+            TrustError: the chain does not verify (or nothing in it is newer); nothing changes.
+        """
+        with self.lock:
+            if self.metadata is None:
+                self.refused = "no-trust-metadata"
+                raise TrustError("this device trusts plain keys: provision it with `edgetool flash --trust-metadata`")
+            try:
+                new = verify_chain(self.metadata, chain)
+            except TrustError as exc:
+                self.refused = exc.code
+                raise
+            atomic_write(self.home.trust / TRUST_NAME, new.to_bytes())
+            self.metadata, self.store, self.refused = new, new.release_store(), ""
+            return new
