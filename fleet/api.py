@@ -17,7 +17,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from device_agent.errors import BundleError, ConfigError, EdgefleetError
+from device_agent._json import Fields, canonical_json, loads_strict
+from device_agent.bundle.trust import MAX_CHAIN, MAX_TRUST_BYTES, describe
+from device_agent.errors import BundleError, ConfigError, EdgefleetError, TrustError
 from fleet.errors import AuthError, ConflictError, NotFoundError
 from fleet.metrics import registry_for, render
 from fleet.rollout.model import Gates, HealthGate, Selector, Threshold
@@ -25,7 +27,15 @@ from fleet.service import FleetService, RolloutRequest
 
 API = "/api/v1"
 MAX_BUNDLE = 1 << 30  # bytes accepted by `releases add`
-STATUS = {NotFoundError: 404, ConflictError: 409, AuthError: 401, BundleError: 422, ConfigError: 400}
+MAX_TRUST_BODY = MAX_CHAIN * MAX_TRUST_BYTES + 1024  # bytes accepted by `trust push`
+STATUS = {
+    NotFoundError: 404,
+    ConflictError: 409,
+    AuthError: 401,
+    BundleError: 422,
+    TrustError: 422,
+    ConfigError: 400,
+}
 
 
 class GatesIn(BaseModel):
@@ -123,23 +133,51 @@ def create_app(service: FleetService, tokens: dict[str, str]) -> FastAPI:
             "rollout_leader": leader,
         }
 
+    admin = actor  # trust is an admin's action: the role check goes here when roles land (issue 14)
     _device_routes(app, service, actor)
     _release_routes(app, service, actor)
     _rollout_routes(app, service, actor)
+    _trust_routes(app, service, admin)
     return app
+
+
+def device_dict(row: Any) -> dict[str, Any]:
+    """A device row with the trust version its latest info reported (None: plain keys or not known)."""
+    info = row.info or {}
+    return {**row.to_dict(), "trust_version": info.get("trust_version"), "trust_expired": info.get("trust_expired")}
+
+
+def _trust_routes(app: FastAPI, service: FleetService, admin: Any) -> None:
+    @app.get(f"{API}/trust")
+    def trust() -> dict[str, Any]:
+        ft = service.fleet_trust
+        if ft is None:
+            return {"version": None, "release_keys": sorted(service.trust.keys)}
+        return describe(ft.metadata, service.clock())
+
+    @app.post(f"{API}/trust")
+    async def push(request: Request, who: str = admin) -> dict[str, Any]:
+        data = await request.body()
+        if len(data) > MAX_TRUST_BODY:
+            raise ConflictError(f"trust push is larger than {MAX_TRUST_BODY} bytes")
+        body = Fields(loads_strict(data, max_bytes=MAX_TRUST_BODY, error=ConfigError, what="body"), "body", ConfigError)
+        docs = body.array("documents", max_items=MAX_CHAIN)
+        if not docs or not all(isinstance(d, dict) for d in docs):
+            raise ConfigError("body.documents must be a non-empty list of trust documents")
+        return await run_in_threadpool(service.push_trust, [canonical_json(d) for d in docs], who)
 
 
 def _device_routes(app: FastAPI, service: FleetService, actor: Any) -> None:
     @app.get(f"{API}/devices")
     def devices(selector: str = "") -> list[dict[str, Any]]:
-        return [row.to_dict() for row in service.targeted(Selector.parse(selector))]
+        return [device_dict(row) for row in service.targeted(Selector.parse(selector))]
 
     @app.get(f"{API}/devices/{{device}}")
     def device(device: str) -> dict[str, Any]:
         row = service.store.devices.get(device)
         latest = service.ingest.latest(device)
         rollups = [r.to_dict() for r in service.store.rollups.for_device(device)[-60:]]
-        return {**row.to_dict(), "telemetry": latest.telemetry if latest else {}, "rollups": rollups}
+        return {**device_dict(row), "telemetry": latest.telemetry if latest else {}, "rollups": rollups}
 
     @app.post(f"{API}/devices/{{device}}/tags")
     def tag(device: str, body: TagsIn, who: str = actor) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from fleet.cli.releases import releases
 from fleet.cli.rollback import rollback
 from fleet.cli.rollout import rollout
 from fleet.cli.serve import serve
+from fleet.cli.trust import trust
 from fleet.cli.watch import watch
 
 LAZY_COMMANDS = {"simulate": "fleet.sim.command:simulate_command"}
@@ -39,7 +40,7 @@ def cli(ctx: click.Context, server: str, token: str | None) -> None:
     ctx.obj = {"server": server, "token": token}
 
 
-for _command in (devices, releases, serve, broker_config, rollout, rollback, watch):
+for _command in (devices, releases, serve, broker_config, rollout, rollback, watch, trust):
     cli.add_command(_command)
 
 

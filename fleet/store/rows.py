@@ -134,3 +134,15 @@ class AuditRow(_Row):
     action: str
     target: str  # e.g. rollout/3, device/cam-1, release/digits@2.0.0
     detail: str
+
+
+@dataclass(frozen=True)
+class TrustVersionRow(_Row):
+    """One stored version of a fleet's trust metadata."""
+
+    fleet: str
+    version: int
+    document: str  # canonical trust.json
+    expires: float
+    created_at: float
+    created_by: str

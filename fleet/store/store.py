@@ -18,6 +18,7 @@ from fleet.store.leases import LeaseRepository
 from fleet.store.releases import ReleaseRepository
 from fleet.store.rollouts import RolloutRepository
 from fleet.store.telemetry import RollupRepository
+from fleet.store.trust import TrustRepository
 
 
 class Store:
@@ -32,6 +33,7 @@ class Store:
         self.rollups = RollupRepository(self.db)
         self.leases = LeaseRepository(self.db)
         self.audit = AuditRepository(self.db)
+        self.trust = TrustRepository(self.db)
 
     @classmethod
     def sqlite(cls, path: str | Path) -> Store:

@@ -111,3 +111,14 @@ leases = sa.Table(
     sa.Column("holder", sa.String(128), nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False),
 )
+
+trust_versions = sa.Table(
+    "trust_versions",
+    metadata,
+    sa.Column("fleet", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("document", sa.Text, nullable=False),  # the canonical trust.json, verified before it is stored
+    sa.Column("expires", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=False),
+)
