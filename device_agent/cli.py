@@ -178,7 +178,7 @@ def _predict_offline(home: Path, arrays: dict[str, Any], raw: bool) -> dict[str,
     h = Home(home)
     cfg = load_config(h.config)
     state = h.load_state()
-    trust = DeviceTrust.load(h, cfg.trust.threshold).store
+    trust = DeviceTrust.load(h, cfg.trust.threshold).installed_store()
     model = LoadedModel.load(h.slot(state.active).read_bytes(), trust, slot=state.active, threads=cfg.runtime.threads)
     return prediction_json(InferenceEngine(model).predict(arrays, raw=raw))
 
@@ -200,7 +200,9 @@ def rollback(home: Path) -> None:
 
         h = Home(home)
         cfg = load_config(h.config)
-        updater = Updater(h, cfg, DeviceTrust.load(h, cfg.trust.threshold).store, HttpFetcher())
+        trust = DeviceTrust.load(h, cfg.trust.threshold)
+        updater = Updater(h, cfg, trust.store, HttpFetcher())
+        updater.installed_trust = trust.installed_store()
         updater.boot()
         if not updater.rollback("requested", "edge-agent rollback"):
             raise click.ClickException("nothing to roll back to (no verified previous slot)")

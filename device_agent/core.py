@@ -90,6 +90,7 @@ class AgentCore:
             self.capabilities,
             hooks=self.parts.hooks,
         )
+        self.updater.installed_trust = self.trust.installed_store()
         self.events: collections.deque[P.DeploymentEvent] = collections.deque(maxlen=MAX_PENDING_EVENTS)
         self.telemetry_interval = self.config.telemetry.interval_s
         self.engine: InferenceEngine | None = None
@@ -147,7 +148,7 @@ class AgentCore:
             log.warning("trust update %s refused: %s [%s]", cmd.request_id, exc, self.trust.refused)
             return Action.PUBLISH_INFO
         with self.updater.lock:
-            self.updater.trust = self.trust.store
+            self.updater.trust, self.updater.installed_trust = self.trust.store, self.trust.installed_store()
         log.info("trust metadata is now version %d", meta.version)
         return Action.PUBLISH_INFO
 

@@ -4,6 +4,11 @@ plain ``trust/*.pub`` keys and agent.toml's threshold (simple setups, which cann
 The verification is pure (``device_agent.bundle.trust``); this module only reads the held version
 and replaces it atomically (temp file, fsync, rename, as ``state.json``): whenever the power is
 cut, the file is the old version or the new one, both verified.
+
+Release keys a new version drops (revoked or removed) are kept in ``trust/retired/`` and count only
+for the bundles already installed in the slots (``installed_store``): a revocation stops every new
+bundle signed by the key, but does not leave a device with no model to boot; the operator replaces
+the running model with a release signed by a trusted key.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from device_agent.bundle.keys import TrustStore
+from device_agent.bundle.keys import PublicKey, TrustStore
 from device_agent.bundle.trust import TRUST_NAME, TrustMetadata, verify_chain, verify_initial
 from device_agent.errors import ConfigError, TrustError
 from device_agent.fsutil import atomic_write
@@ -48,6 +53,14 @@ class DeviceTrust:
             raise ConfigError(f"{path} is not usable trust metadata: {exc}") from None
         return cls(home, meta.release_store(), meta)
 
+    def installed_store(self) -> TrustStore:
+        """The store for bundles already installed: the release keys plus the retired ones, no revocations."""
+        retired = self.home.trust / "retired"
+        keys = dict(self.store.keys)
+        if retired.is_dir():
+            keys.update({k.keyid: k for k in (PublicKey.load(p) for p in sorted(retired.glob("*.pub")))})
+        return TrustStore(keys, self.store.threshold)
+
     @property
     def version(self) -> int | None:
         return self.metadata.version if self.metadata else None
@@ -70,6 +83,9 @@ class DeviceTrust:
             except TrustError as exc:
                 self.refused = exc.code
                 raise
+            for kid, key in self.metadata.release.keys.items():  # before the new version: never lost
+                if kid not in new.release.keys:
+                    atomic_write(self.home.trust / "retired" / f"{kid}.pub", key.to_pem())
             atomic_write(self.home.trust / TRUST_NAME, new.to_bytes())
             self.metadata, self.store, self.refused = new, new.release_store(), ""
             return new

@@ -85,6 +85,7 @@ class Updater:
         hooks: UpdateHooks = NO_HOOKS,
     ) -> None:
         self.home, self.config, self.trust, self.fetcher = home, config, trust, fetcher
+        self.installed_trust: TrustStore | None = None  # for slots already installed (None: ``trust``)
         self._emit, self._capabilities = emit, capabilities
         self.hooks = hooks
         self._load = hooks.load  # verify + load a bundle (``LoadedModel.load`` unless a hook shares runtimes)
@@ -153,7 +154,7 @@ class Updater:
 
     def _load_slot(self, slot: str) -> LoadedModel:
         data = self.home.slot(slot).read_bytes()
-        return self._load(data, self.trust, slot=slot, threads=self.config.runtime.threads)
+        return self._load(data, self.installed_trust or self.trust, slot=slot, threads=self.config.runtime.threads)
 
     # --- commands ------------------------------------------------------------------------------
 
