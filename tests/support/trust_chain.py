@@ -41,6 +41,14 @@ class TrustRepo:
     def revoke_release(self, i: int) -> bytes:
         return self.update(T.TrustEdit(revoke_release=(self.releases[i].keyid,)))
 
+    def rotate_root(self) -> bytes:
+        """Replace the oldest root key by a new one: signed by the old threshold and the new one."""
+        new = PrivateKey.generate()
+        edit = T.TrustEdit(add_root=(new.public_key,), remove_root=(self.roots[0].keyid,))
+        data = self.update(edit, [*self.roots[1:], new])
+        self.roots = [*self.roots[1:], new]
+        return data
+
     def write(self, directory: Path) -> list[Path]:
         """Every version as ``trust-vN.json`` in ``directory``."""
         directory.mkdir(parents=True, exist_ok=True)
