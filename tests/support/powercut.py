@@ -253,7 +253,9 @@ def _trust_cut(run: _Run, i: int, t0: float) -> KillResult:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
-    return KillResult(i, "TRUST", f"trust v{found}", problem, "TRUSTED" if not problem else "?", time.monotonic() - t0)
+    after = {held: "trust-old", held + 1: "trust-new"}.get(found, "trust-unusable") if isinstance(found, int) else ""
+    final = "TRUSTED" if not problem else "?"
+    return KillResult(i, "TRUST", after or "trust-unusable", problem, final, time.monotonic() - t0)
 
 
 def _send_trust(run: _Run, request_id: str) -> None:
