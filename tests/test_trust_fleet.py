@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from device_agent import protocol as P
 from device_agent.errors import TrustError
 from fleet.broker import LocalBroker
 from fleet.cli import cli as fleetctl
-from fleet.errors import ApiError, ConflictError
+from fleet.errors import ConflictError
 from fleet.store import Store
 from tests.support.agent_harness import ArtifactServer, Watcher, flash_device, package_tiny, send_deploy
 from tests.support.fleet_harness import TOKEN, Harness, running_fleet, wait_until
@@ -29,8 +29,12 @@ from toolchain import trust as T
 DEVICES = ("dev-0", "dev-1", "dev-2")  # dev-2 goes offline for two rotations
 
 
+def fleetctl_run(h: Harness, *words: str) -> Result:
+    return CliRunner().invoke(fleetctl, ["--server", h.url, "--token", TOKEN, *words])
+
+
 def push(h: Harness, *files: Path) -> Any:
-    result = CliRunner().invoke(fleetctl, ["--server", h.url, "--token", TOKEN, "trust", "push", *map(str, files)])
+    result = fleetctl_run(h, "trust", "push", *map(str, files))
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -65,6 +69,9 @@ def test_revoking_a_leaked_key_fleet_wide(
 ) -> None:
     with running_fleet(broker.url, tmp_path / "fm", Path(), fleet="test", trust_metadata=agents["v1"]) as h:
         wait_until(lambda: set(trust_versions(h).values()) == {1} and len(trust_versions(h)) == 3, 60, "3 devices")
+        before = tmp_path / "digits-1.0.5.efb"  # released before the leak was known
+        before.write_bytes(package_tiny(tiny_models, repo.releases[0], "1.0.5", 5))
+        h.api.add_release(before)
         agents["procs"]["dev-2"].send_signal(signal.SIGTERM)
         agents["procs"]["dev-2"].wait(30)
         wait_until(lambda: {d["id"]: d["status"] for d in h.api.get("/devices")}["dev-2"] == "offline", 30, "dev-2 off")
@@ -82,9 +89,10 @@ def test_revoking_a_leaked_key_fleet_wide(
         leaked = tmp_path / "art" / "digits-6.6.6.efb"
         leaked.parent.mkdir()
         leaked.write_bytes(package_tiny(tiny_models, repo.releases[0], "6.6.6", 66))
-        with pytest.raises(ApiError) as refused:
-            h.api.add_release(leaked)
-        assert refused.value.code == "revoked-key"
+        refused = fleetctl_run(h, "releases", "add", str(leaked))
+        assert refused.exit_code == 1 and "[revoked-key]" in refused.output, refused.output
+        checks = h.api.get("/releases/digits@1.0.5/check")
+        assert {(c["device"], c["reason"]) for c in checks} == {(d, "revoked-key") for d in DEVICES}
 
         reasons = _deploy_everywhere(broker.url, leaked)
         assert reasons == dict.fromkeys(DEVICES, ("REJECTED", "revoked-key"))
@@ -152,3 +160,20 @@ def test_a_version_signed_by_too_few_roots_is_refused_by_the_fleet(tmp_path: Pat
     with pytest.raises(TrustError) as info:
         ft.push([forged], "mallory")
     assert info.value.code == "trust-signature" and ft.metadata.version == 1
+
+
+def test_push_to_a_plain_key_fleet_and_a_bad_push_are_one_line_errors(
+    tmp_path: Path, broker: LocalBroker, repo: TrustRepo, key_files: tuple[Path, Path]
+) -> None:
+    v1, v2 = repo.write(tmp_path / "trust")[0], tmp_path / "trust" / "junk.json"
+    v2.write_text("{not json")
+    with running_fleet(broker.url, tmp_path / "plain", key_files[1], fleet="test") as h:
+        plain = fleetctl_run(h, "trust", "push", str(v1))
+        assert plain.exit_code == 1 and "--trust-metadata" in plain.output and "Traceback" not in plain.output
+    with running_fleet(broker.url, tmp_path / "meta", Path(), fleet="test", trust_metadata=v1) as h:
+        junk = fleetctl_run(h, "trust", "push", str(v2))
+        assert junk.exit_code == 1 and "[bad-trust]" in junk.output
+        replay = fleetctl_run(h, "trust", "push", str(v1))  # the version in force: re-sent, not an error
+        assert replay.exit_code == 0 and "trust version 1" in replay.output
+        assert fleetctl_run(h, "trust", "show", "--json").output.count('"version": 1') == 1
+        assert [(a.action, a.actor) for a in h.server.store.audit.log("trust/test")] == [("trust.push", "serve")]
