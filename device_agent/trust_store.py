@@ -17,9 +17,10 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from device_agent.bundle.keys import PublicKey, TrustStore
-from device_agent.bundle.trust import TRUST_NAME, TrustMetadata, verify_chain, verify_initial
+from device_agent.bundle.trust import TRUST_NAME, TrustMetadata, format_expires, verify_chain, verify_initial
 from device_agent.errors import ConfigError, TrustError
 from device_agent.fsutil import atomic_write
 from device_agent.home import Home
@@ -89,3 +90,13 @@ class DeviceTrust:
             atomic_write(self.home.trust / TRUST_NAME, new.to_bytes())
             self.metadata, self.store, self.refused = new, new.release_store(), ""
             return new
+
+
+def summary(home: Home, now: float | None = None) -> dict[str, Any] | None:
+    """``version``, ``expires`` and ``expired`` of the held trust metadata (None: plain keys), for status."""
+    try:
+        meta = TrustMetadata.parse((home.trust / TRUST_NAME).read_bytes())
+    except (OSError, TrustError):
+        return None
+    now = time.time() if now is None else now
+    return {"version": meta.version, "expires": format_expires(meta.expires), "expired": meta.expired(now)}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from device_agent import protocol as P
-from device_agent.bundle.trust import TRUST_NAME
+from device_agent.bundle.trust import TRUST_NAME, describe
 from device_agent.config import load_config
 from device_agent.core import Action, AgentCore
 from device_agent.errors import ProtocolError
@@ -60,6 +60,7 @@ def test_a_chain_is_applied_reported_and_kept_across_a_restart(home: Home, repo:
     assert (info.trust_version, info.trust_expired, info.trust_refused) == (3, False, None)
     assert core.updater.trust.revoked == {repo.releases[0].keyid}
     assert core.telemetry_point().values["trust_version"] == 3
+    assert core.status()["trust"] == {"version": 3, "expires": describe(repo.current, 0)["expires"], "expired": False}
     assert (home.trust / "retired" / f"{repo.releases[0].keyid}.pub").exists()
     restarted = booted(home)  # the committed model, signed by the revoked key, still boots (installed)
     assert restarted.info().trust_version == 3 and restarted.updater.trust.revoked == {repo.releases[0].keyid}
@@ -111,6 +112,7 @@ def test_a_plain_key_device_refuses_trust_updates(tmp_path: Path, repo: TrustRep
     core.handle_command(trust_cmd("t-1", repo.versions[0]))
     info = core.info()
     assert (info.trust_version, info.trust_refused) == (None, "no-trust-metadata")
+    assert core.status()["trust"] is None
 
 
 @pytest.mark.parametrize(
