@@ -177,3 +177,15 @@ def test_push_to_a_plain_key_fleet_and_a_bad_push_are_one_line_errors(
         assert replay.exit_code == 0 and "trust version 1" in replay.output
         assert fleetctl_run(h, "trust", "show", "--json").output.count('"version": 1') == 1
         assert [(a.action, a.actor) for a in h.server.store.audit.log("trust/test")] == [("trust.push", "serve")]
+
+
+def test_serve_needs_exactly_one_kind_of_trust(tmp_path: Path, repo: TrustRepo, key_files: tuple[Path, Path]) -> None:
+    v1 = repo.write(tmp_path / "trust")[0]
+    base = ["serve", "--broker", "mqtt://127.0.0.1:1", "--db", f"sqlite:///{tmp_path / 'f.db'}"]
+    base += ["--artifacts", str(tmp_path / "art")]
+    for extra, message in (
+        ([], "give --trust"),
+        (["--trust", str(key_files[1]), "--trust-metadata", str(v1)], "exclude"),
+    ):
+        result = CliRunner().invoke(fleetctl, [*base, *extra])
+        assert result.exit_code == 1 and message in result.output and "[config]" in result.output, result.output
