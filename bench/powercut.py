@@ -37,17 +37,20 @@ def run() -> str:
             rig = Rig(tmp / "work", broker.url, tiny, key, pub)
             results = run_power_cuts(KILL_POINTS, 2026, rig, progress)
     failures = [r for r in results if r.problem]
+    trust_cuts = [r for r in results if r.target == "TRUST"]
     by_phase = Counter(r.killed_after for r in results)
     finals = Counter(r.final for r in results)
     return "\n".join(
         [
             "## Power-cut safety\n",
             f"`tests/support/powercut.py`: {len(results)} SIGKILLs of a real `edge-agent run` during deployments "
-            f"(broker: {broker.kind}), each followed by the boot checks and a restart.\n",
+            f"(broker: {broker.kind}) and trust updates, each followed by the boot checks and a restart.\n",
             f"- failures: **{len(failures)}** of {len(results)}"
             + (f" — first: {failures[0].problem}" if failures else ""),
             "- last state reported before the kill: " + ", ".join(f"{k} {v}" for k, v in sorted(by_phase.items())),
             "- how the deployment ended after the restart: " + ", ".join(f"{k} {v}" for k, v in sorted(finals.items())),
+            f"- trust updates (a root-key rotation by cmd/trust) killed: {len(trust_cuts)}; trust.json after the kill: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(Counter(r.killed_after for r in trust_cuts).items())),
             f"- mean time per kill point: {sum(r.seconds for r in results) / len(results):.1f} s",
         ]
     )

@@ -169,16 +169,16 @@ def predict(home: Path, input_file: Path, as_json: bool, raw: bool) -> None:
 
 def _predict_offline(home: Path, arrays: dict[str, Any], raw: bool) -> dict[str, Any]:
     from device_agent.api import prediction_json
-    from device_agent.bundle import TrustStore
     from device_agent.config import load_config
     from device_agent.engine import InferenceEngine
     from device_agent.home import Home
     from device_agent.model import LoadedModel
+    from device_agent.trust_store import DeviceTrust
 
     h = Home(home)
     cfg = load_config(h.config)
     state = h.load_state()
-    trust = TrustStore.from_paths([h.trust], cfg.trust.threshold)
+    trust = DeviceTrust.load(h, cfg.trust.threshold).installed_store()
     model = LoadedModel.load(h.slot(state.active).read_bytes(), trust, slot=state.active, threads=cfg.runtime.threads)
     return prediction_json(InferenceEngine(model).predict(arrays, raw=raw))
 
@@ -192,15 +192,17 @@ def rollback(home: Path) -> None:
         if not client.rollback():
             raise click.ClickException("nothing to roll back to")
     else:
-        from device_agent.bundle import TrustStore
         from device_agent.config import load_config
         from device_agent.fetch import HttpFetcher
         from device_agent.home import Home
+        from device_agent.trust_store import DeviceTrust
         from device_agent.updater import Updater
 
         h = Home(home)
         cfg = load_config(h.config)
-        updater = Updater(h, cfg, TrustStore.from_paths([h.trust], cfg.trust.threshold), HttpFetcher())
+        trust = DeviceTrust.load(h, cfg.trust.threshold)
+        updater = Updater(h, cfg, trust.store, HttpFetcher())
+        updater.installed_trust = trust.installed_store()
         updater.boot()
         if not updater.rollback("requested", "edge-agent rollback"):
             raise click.ClickException("nothing to roll back to (no verified previous slot)")

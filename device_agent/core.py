@@ -20,11 +20,11 @@ from typing import Any
 
 from device_agent import __version__
 from device_agent import protocol as P
-from device_agent.bundle import TrustStore, read_bundle
+from device_agent.bundle import read_bundle
 from device_agent.bundle.reader import DeviceCapabilities
 from device_agent.config import AgentConfig
 from device_agent.engine import InferenceEngine
-from device_agent.errors import EdgefleetError
+from device_agent.errors import EdgefleetError, TrustError
 from device_agent.fetch import Fetcher, HttpFetcher
 from device_agent.home import Home
 from device_agent.hooks import NO_HOOKS, Halt, UpdateHooks
@@ -32,6 +32,7 @@ from device_agent.hostmetrics import CpuMeter, rss_mb, temperature_c, total_ram_
 from device_agent.runtime import available_runtimes
 from device_agent.stats import Snapshot
 from device_agent.status import status_document
+from device_agent.trust_store import DeviceTrust
 from device_agent.updater import Updater
 
 log = logging.getLogger("edge-agent")
@@ -79,16 +80,17 @@ class AgentCore:
 
     def __post_init__(self) -> None:
         self.fetcher = self.parts.fetcher or HttpFetcher(self.config.download)
-        self.trust = TrustStore.from_paths([self.home.trust], self.config.trust.threshold)
+        self.trust = DeviceTrust.load(self.home, self.config.trust.threshold)
         self.updater = Updater(
             self.home,
             self.config,
-            self.trust,
+            self.trust.store,
             self.fetcher,
             self.emit,
             self.capabilities,
             hooks=self.parts.hooks,
         )
+        self.updater.installed_trust = self.trust.installed_store()
         self.events: collections.deque[P.DeploymentEvent] = collections.deque(maxlen=MAX_PENDING_EVENTS)
         self.telemetry_interval = self.config.telemetry.interval_s
         self.engine: InferenceEngine | None = None
@@ -128,6 +130,8 @@ class AgentCore:
             action = self._rollback(cmd)
         elif isinstance(cmd, P.PingCommand):
             action = Action.PUBLISH_INFO
+        elif isinstance(cmd, P.TrustCommand):
+            action = self._update_trust(cmd)
         elif isinstance(cmd, P.ConfigCommand):
             interval = cmd.settings.get("telemetry_interval_s")
             if isinstance(interval, int | float) and not isinstance(interval, bool) and 0.1 <= interval <= 86400:
@@ -135,6 +139,18 @@ class AgentCore:
         with self.updater.lock:
             self.updater.save()
         return action
+
+    def _update_trust(self, cmd: P.TrustCommand) -> Action:
+        """Apply newer trust metadata; from then on bundles verify against its release keys."""
+        try:
+            meta = self.trust.apply(cmd.chain)
+        except TrustError as exc:
+            log.warning("trust update %s refused: %s [%s]", cmd.request_id, exc, self.trust.refused)
+            return Action.PUBLISH_INFO
+        with self.updater.lock:
+            self.updater.trust, self.updater.installed_trust = self.trust.store, self.trust.installed_store()
+        log.info("trust metadata is now version %d", meta.version)
+        return Action.PUBLISH_INFO
 
     def _rollback(self, cmd: P.RollbackCommand) -> Action:
         if self.updater.cancel(cmd.deployment_id):
@@ -209,6 +225,9 @@ class AgentCore:
             slots={s: self.parts.slot_ref(self.home.slot(s)) for s in ("a", "b")},
             flash_free_bytes=shutil.disk_usage(self.home.root).free,
             tags=d.tags,
+            trust_version=self.trust.version,
+            trust_expired=self.trust.expired(),
+            trust_refused=self.trust.refused or None,
         )
 
     def status(self) -> dict[str, Any]:
@@ -228,7 +247,10 @@ class AgentCore:
             "rss_mb": rss_mb(),
             "disk_free_mb": round(shutil.disk_usage(self.home.root).free / 2**20, 1),
             "model_sequence": engine.model.manifest.sequence,
+            "trust_expired": int(self.trust.expired()),
         }
+        if self.trust.version is not None:
+            values["trust_version"] = self.trust.version
         for key, pct in (("lat_p50_ms", "p50"), ("lat_p95_ms", "p95"), ("lat_p99_ms", "p99")):
             if pct in snap.lat_ms:
                 values[key] = round(snap.lat_ms[pct], 4)

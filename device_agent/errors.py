@@ -218,6 +218,18 @@ class ThresholdError(SignatureError):
     code = "threshold"
 
 
+class RevokedKeyError(SignatureError):
+    """The only signatures are from keys the trust metadata revoked (or removed)."""
+
+    code = "revoked-key"
+
+
+class TrustExpiredError(BundleError):
+    """The device's trust metadata has expired: no new bundle until a newer version arrives."""
+
+    code = "trust-expired"
+
+
 class ManifestError(BundleError):
     """``manifest.json`` fails the schema (wrong type, missing field, bad value)."""
 
@@ -270,6 +282,33 @@ class RequirementError(BundleError):
     """The device cannot meet the bundle's runtime or resource requirements."""
 
     code = "requirements"
+
+
+# --- trust metadata (trust.json) ---------------------------------------------------------------
+
+
+class TrustError(EdgefleetError):
+    """Trust metadata was refused. Subclasses say why; ``code`` is the machine-readable reason."""
+
+    code = "trust"
+
+
+class TrustFormatError(TrustError):
+    """``trust.json`` fails the schema (not JSON, wrong type, missing field, inconsistent key ids)."""
+
+    code = "bad-trust"
+
+
+class TrustSignatureError(TrustError):
+    """A trust version lacks the threshold of valid signatures from the previous or its own root keys."""
+
+    code = "trust-signature"
+
+
+class TrustVersionError(TrustError):
+    """A trust version does not follow the one held: older or equal (replay), or a skipped version."""
+
+    code = "trust-version"
 
 
 # --- MQTT protocol ------------------------------------------------------------------------------

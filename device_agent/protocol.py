@@ -22,8 +22,9 @@ METRIC_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 STATUS, INFO, TELEMETRY, EVENTS = "status", "info", "telemetry", "events/deployment"
 CMD_DEPLOY, CMD_ROLLBACK, CMD_PING, CMD_CONFIG = "cmd/deploy", "cmd/rollback", "cmd/ping", "cmd/config"
+CMD_TRUST = "cmd/trust"
 DEVICE_TOPICS = (STATUS, INFO, TELEMETRY, EVENTS)
-COMMAND_TOPICS = (CMD_DEPLOY, CMD_ROLLBACK, CMD_PING, CMD_CONFIG)
+COMMAND_TOPICS = (CMD_DEPLOY, CMD_ROLLBACK, CMD_PING, CMD_CONFIG, CMD_TRUST)
 KINDS = DEVICE_TOPICS + COMMAND_TOPICS
 
 MAX_PAYLOAD = {  # bytes
@@ -35,7 +36,9 @@ MAX_PAYLOAD = {  # bytes
     CMD_ROLLBACK: 4 * 1024,
     CMD_PING: 1024,
     CMD_CONFIG: 8 * 1024,
+    CMD_TRUST: 256 * 1024,  # a chain of trust documents (device_agent.bundle.trust: at most 64 KiB each)
 }
+MAX_TRUST_CHAIN = 32  # versions in one cmd/trust
 MAX_TELEMETRY_KEYS = 128
 
 # Keys every dashboard can count on (where the device knows them). Others must still be numeric.
@@ -191,6 +194,9 @@ class Info:
     slots: dict[str, ModelRef | None] = field(default_factory=dict)
     flash_free_bytes: int | None = None
     tags: tuple[str, ...] = ()
+    trust_version: int | None = None  # None: the device trusts plain keys (no trust metadata)
+    trust_expired: bool | None = None
+    trust_refused: str | None = None  # reason code of the last refused cmd/trust
 
     def to_dict(self) -> JsonObject:
         return drop_none(
@@ -204,6 +210,9 @@ class Info:
                 "slots": {k: (v.to_dict() if v else None) for k, v in sorted(self.slots.items())},
                 "flash_free_bytes": self.flash_free_bytes,
                 "tags": list(self.tags),
+                "trust_version": self.trust_version,
+                "trust_expired": self.trust_expired,
+                "trust_refused": self.trust_refused,
             }
         )
 
@@ -222,6 +231,9 @@ class Info:
         active = f.opt_string("active_slot", max_len=1)
         if active is not None and active not in ("a", "b"):
             f.fail("active_slot", "must be 'a' or 'b'")
+        expired = f.obj.get("trust_expired")
+        if expired is not None and not isinstance(expired, bool):
+            f.fail("trust_expired", "must be a boolean")
         return cls(
             agent_version=f.string("agent_version", max_len=64),
             runtime=f.string("runtime", max_len=32),
@@ -234,6 +246,9 @@ class Info:
             slots=slots,
             flash_free_bytes=f.opt_integer("flash_free_bytes", lo=0),
             tags=tuple(f.strings("tags", max_items=32, max_len=64)),
+            trust_version=f.opt_integer("trust_version", lo=1),
+            trust_expired=expired,
+            trust_refused=f.opt_string("trust_refused", max_len=64),
         )
 
 
@@ -361,6 +376,33 @@ class ConfigCommand(Command):
         return {"request_id": self.request_id, "settings": dict(self.settings)}
 
 
+@dataclass(frozen=True)
+class TrustCommand(Command):
+    """Newer trust metadata: the chain of versions (canonical JSON bytes each), oldest first.
+
+    The device verifies each step from the version it holds (``device_agent.bundle.trust``); this
+    parser only bounds the payload.
+    """
+
+    kind: ClassVar[str] = CMD_TRUST
+    chain: tuple[bytes, ...] = ()
+
+    def to_dict(self) -> JsonObject:
+        docs = [loads_strict(d, max_bytes=MAX_PAYLOAD[CMD_TRUST], error=PayloadError, what="trust") for d in self.chain]
+        return {"request_id": self.request_id, "chain": docs}
+
+
+def _trust_command(request_id: str, f: Fields) -> TrustCommand:
+    chain: list[bytes] = []
+    for i, doc in enumerate(f.array("chain", max_items=MAX_TRUST_CHAIN)):
+        if not isinstance(doc, dict):
+            f.fail(f"chain[{i}]", "must be a trust document (an object)")
+        chain.append(canonical_json(doc))
+    if not chain:
+        f.fail("chain", "is empty")
+    return TrustCommand(request_id=request_id, chain=tuple(chain))
+
+
 def parse_command(kind: str, data: bytes) -> Command:
     """Parse a ``cmd/…`` payload.
 
@@ -389,6 +431,8 @@ def parse_command(kind: str, data: bytes) -> Command:
         )
     if kind == CMD_PING:
         return PingCommand(request_id=request_id)
+    if kind == CMD_TRUST:
+        return _trust_command(request_id, f)
     settings = f.raw_obj("settings", max_keys=32)
     for key, value in settings.items():
         if not METRIC_RE.fullmatch(key) or not isinstance(value, str | int | float | bool):

@@ -7,11 +7,13 @@ it lives on the device side so they all share one definition of the home layout.
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from device_agent.bundle import PublicKey, TrustStore, verify_bundle
+from device_agent.bundle.trust import TRUST_NAME, verify_initial
 from device_agent.config import (
     AgentConfig,
     ApiSection,
@@ -21,7 +23,7 @@ from device_agent.config import (
     TelemetrySection,
     TrustSection,
 )
-from device_agent.errors import ConfigError
+from device_agent.errors import ConfigError, TrustError
 from device_agent.fsutil import atomic_write
 from device_agent.home import DeviceState, Home
 from device_agent.mqtt import BrokerURL
@@ -45,6 +47,7 @@ class FlashOptions:
     replay_rate: float = 0.0
     api_listen: str = "127.0.0.1:0"
     force: bool = False
+    trust_metadata: Path | None = None  # trust.json: replaces ``trust`` and ``threshold``
     extra: dict[str, Any] = field(default_factory=dict)  # section name -> section dataclass
 
 
@@ -53,16 +56,15 @@ def flash(bundle_path: Path, target: Path, opts: FlashOptions) -> Home:
 
     Raises:
         ConfigError: bad options, or ``target`` already holds a device (without ``force``).
-        BundleError: the bundle does not verify against the given trust keys.
+        BundleError: the bundle does not verify against the given trust keys (or trust metadata).
     """
     BrokerURL.parse(opts.broker)
-    keys = [PublicKey.load(p) for p in opts.trust]
-    trust = TrustStore.from_paths(opts.trust, opts.threshold)
+    keys, trust, metadata = _trust(opts)
     try:
         data = bundle_path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read {bundle_path}: {exc.strerror}") from None
-    manifest = verify_bundle(data, trust).manifest
+    manifest = verify_bundle(data, trust, now=time.time()).manifest
     home = Home(target)
     if home.state_file.exists() and not opts.force:
         raise ConfigError(f"{target} already holds a device home; pass --force to overwrite it")
@@ -72,6 +74,8 @@ def flash(bundle_path: Path, target: Path, opts: FlashOptions) -> Home:
     home.create_dirs()
     for key in keys:
         atomic_write(home.trust / f"{key.keyid}.pub", key.to_pem())
+    if metadata is not None:
+        atomic_write(home.trust / TRUST_NAME, metadata)
     cafile, certfile, keyfile = (_copy_tls(home, p) for p in (opts.cafile, opts.certfile, opts.keyfile))
     config = AgentConfig(
         device=DeviceSection(id=opts.device_id, fleet=opts.fleet, sku=opts.sku, tags=opts.tags),
@@ -95,6 +99,23 @@ def flash(bundle_path: Path, target: Path, opts: FlashOptions) -> Home:
     atomic_write(home.slot("a"), data)
     home.save_state(DeviceState(active="a", committed={manifest.name: manifest.sequence}))
     return home
+
+
+def _trust(opts: FlashOptions) -> tuple[list[PublicKey], TrustStore, bytes | None]:
+    """The plain keys to copy, the store to verify the bundle with, and the trust.json bytes to write."""
+    if opts.trust_metadata is None:
+        if not opts.trust:
+            raise ConfigError("give the release keys (--trust) or trust metadata (--trust-metadata)")
+        return [PublicKey.load(p) for p in opts.trust], TrustStore.from_paths(opts.trust, opts.threshold), None
+    if opts.trust:
+        raise ConfigError("--trust and --trust-metadata exclude each other: the metadata names the release keys")
+    try:
+        meta = verify_initial(opts.trust_metadata.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {opts.trust_metadata}: {exc.strerror}") from None
+    except TrustError as exc:
+        raise ConfigError(f"{opts.trust_metadata}: {exc} [{exc.code}]") from None
+    return [], meta.release_store(), meta.to_bytes()
 
 
 def _copy_tls(home: Home, path: Path | None) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 from device_agent.bundle import read_bundle
 from device_agent.errors import EdgefleetError
 from device_agent.home import DeviceState, Home
+from device_agent.trust_store import summary as trust_summary
 
 
 def status_document(home: Home, state: DeviceState, runtime_version: str | None = None) -> dict[str, Any]:
@@ -19,6 +20,7 @@ def status_document(home: Home, state: DeviceState, runtime_version: str | None 
         "probation": None,
         "pending": state.pending.deployment_id if state.pending else None,
         "model": None,
+        "trust": trust_summary(home),  # None: plain keys (trust/*.pub)
     }
     if state.probation:
         pr = state.probation

@@ -24,7 +24,14 @@ from device_agent.bundle import TrustStore
 from device_agent.bundle.reader import DeviceCapabilities
 from device_agent.config import AgentConfig, ProbationSection
 from device_agent.engine import InferenceEngine
-from device_agent.errors import BundleError, DownloadError, NoVerifiedModelError, RuntimeLoadError, StateError
+from device_agent.errors import (
+    BundleError,
+    DownloadError,
+    NoVerifiedModelError,
+    RuntimeLoadError,
+    StateError,
+    TrustExpiredError,
+)
 from device_agent.fetch import Fetcher
 from device_agent.fsutil import atomic_write
 from device_agent.home import DeviceState, Home, Pending, Probation, other
@@ -78,6 +85,7 @@ class Updater:
         hooks: UpdateHooks = NO_HOOKS,
     ) -> None:
         self.home, self.config, self.trust, self.fetcher = home, config, trust, fetcher
+        self.installed_trust: TrustStore | None = None  # for slots already installed (None: ``trust``)
         self._emit, self._capabilities = emit, capabilities
         self.hooks = hooks
         self._load = hooks.load  # verify + load a bundle (``LoadedModel.load`` unless a hook shares runtimes)
@@ -146,7 +154,7 @@ class Updater:
 
     def _load_slot(self, slot: str) -> LoadedModel:
         data = self.home.slot(slot).read_bytes()
-        return self._load(data, self.trust, slot=slot, threads=self.config.runtime.threads)
+        return self._load(data, self.installed_trust or self.trust, slot=slot, threads=self.config.runtime.threads)
 
     # --- commands ------------------------------------------------------------------------------
 
@@ -181,6 +189,8 @@ class Updater:
         try:
             if self._stopped_by_cancel(pending):
                 return
+            if self.trust.expired(time.time()):  # before any download: nothing new until newer trust arrives
+                raise TrustExpiredError(f"trust metadata version {self.trust.version} has expired")
             data = self._obtain(pending)
             if self._stopped_by_cancel(pending):
                 return

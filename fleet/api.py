@@ -26,9 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from device_agent.errors import BundleError, ConfigError, EdgefleetError
+from device_agent._json import Fields, canonical_json, loads_strict
+from device_agent.bundle.trust import MAX_CHAIN, describe
+from device_agent.errors import BundleError, ConfigError, EdgefleetError, TrustError
 from fleet.access import UrlSigner, caller
-from fleet.api_access import API, MAX_BUNDLE, AccessMiddleware, Authenticator
+from fleet.api_access import API, MAX_BUNDLE, MAX_TRUST_BODY, AccessMiddleware, Authenticator
 from fleet.api_admin import admin_routes
 from fleet.api_artifacts import ArtifactCache, byte_range, ranged
 from fleet.errors import AuthError, ConflictError, ForbiddenError, NotFoundError, TooLargeError
@@ -43,6 +45,7 @@ STATUS = {
     AuthError: 401,
     TooLargeError: 413,
     BundleError: 422,
+    TrustError: 422,
     ConfigError: 400,
 }
 MAX_ID = 2**31 - 1  # the largest rollout id the store (PostgreSQL integer) holds
@@ -176,6 +179,7 @@ def create_app(
     _release_routes(router, service)
     _rollout_routes(router, service)
     admin_routes(router, service)
+    _trust_routes(router, service)
     app.include_router(router)
     _artifact_route(app, service)
     return app
@@ -205,20 +209,45 @@ def _error_handlers(app: FastAPI) -> None:
         return _error(exc.status_code, str(exc.detail), code)
 
 
+def device_dict(row: Any) -> dict[str, Any]:
+    """A device row with the trust version its latest info reported (None: plain keys or not known)."""
+    info = row.info or {}
+    return {**row.to_dict(), "trust_version": info.get("trust_version"), "trust_expired": info.get("trust_expired")}
+
+
+def _trust_routes(router: APIRouter, service: FleetService) -> None:
+    @router.get("/trust")
+    def trust() -> dict[str, Any]:
+        ft = service.fleet_trust
+        if ft is None:
+            return {"version": None, "release_keys": sorted(service.trust.keys)}
+        return describe(ft.metadata, service.clock())
+
+    @router.post("/trust")
+    async def push(request: Request) -> dict[str, Any]:
+        """Push newer trust metadata (admin): verified as a chain from the version in force, stored, sent."""
+        data = await request.body()
+        body = Fields(loads_strict(data, max_bytes=MAX_TRUST_BODY, error=ConfigError, what="body"), "body", ConfigError)
+        docs = body.array("documents", max_items=MAX_CHAIN)
+        if not docs or not all(isinstance(d, dict) for d in docs):
+            raise ConfigError("body.documents must be a non-empty list of trust documents")
+        return await run_in_threadpool(service.push_trust, [canonical_json(d) for d in docs], actor())
+
+
 def _device_routes(router: APIRouter, service: FleetService) -> None:
     @router.get("/devices")
     def devices(
         selector: Annotated[str, Query(max_length=512)] = "",
         admission: Annotated[str | None, Query(pattern="^(accepted|pending|rejected)$")] = None,
     ) -> list[dict[str, Any]]:
-        return [row.to_dict() for row in service.listed(Selector.parse(selector), admission)]
+        return [device_dict(row) for row in service.listed(Selector.parse(selector), admission)]
 
     @router.get("/devices/{device}")
     def device(device: Annotated[str, PathParam(max_length=64)]) -> dict[str, Any]:
         row = service.store.devices.get(device)
         latest = service.ingest.latest(device)
         rollups = [r.to_dict() for r in service.store.rollups.for_device(device)[-60:]]
-        return {**row.to_dict(), "telemetry": latest.telemetry if latest else {}, "rollups": rollups}
+        return {**device_dict(row), "telemetry": latest.telemetry if latest else {}, "rollups": rollups}
 
     @router.post("/devices/{device}/tags")
     def tag(device: Annotated[str, PathParam(max_length=64)], body: TagsIn) -> dict[str, Any]:

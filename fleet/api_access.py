@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl
 
 from starlette.concurrency import run_in_threadpool
 
+from device_agent.bundle.trust import MAX_CHAIN, MAX_TRUST_BYTES
 from fleet.access import Principal, Role, UrlSigner, caller, hash_secret, same_hash
 from fleet.errors import AuthError, FleetError, ForbiddenError, TooLargeError
 from fleet.store import Store
@@ -25,7 +26,8 @@ API = "/api/v1"
 PUBLIC = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
 MAX_JSON = 64 << 10  # bytes of a JSON request body
 MAX_BUNDLE = 1 << 30  # bytes of a bundle upload (POST /api/v1/releases)
-ADMIN_PREFIXES = (f"{API}/tokens", f"{API}/devices/admission")
+MAX_TRUST_BODY = MAX_CHAIN * MAX_TRUST_BYTES + 1024  # bytes of a trust push: a chain of trust documents
+ADMIN_PREFIXES = (f"{API}/tokens", f"{API}/devices/admission", f"{API}/trust")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -47,6 +49,8 @@ def required_role(method: str, path: str, *, public_metrics: bool = False) -> Ro
 
 def body_limit(method: str, path: str) -> int:
     """Bytes the request body may have."""
+    if method == "POST" and path == f"{API}/trust":
+        return MAX_TRUST_BODY
     return MAX_BUNDLE if (method, path) == ("POST", f"{API}/releases") else MAX_JSON
 
 

@@ -24,6 +24,7 @@ from fleet.ingest import Ingest, IngestConfig, subscriptions
 from fleet.rollout.runner import Runner
 from fleet.service import FleetService
 from fleet.store import Store
+from fleet.trust import FleetTrust
 
 log = logging.getLogger("fleetctl.serve")
 
@@ -33,7 +34,8 @@ class ServeConfig:
     db: str
     broker: str
     artifacts: Path
-    trust: tuple[Path, ...]
+    trust: tuple[Path, ...] = ()  # plain release keys; or:
+    trust_metadata: Path | None = None  # signed trust.json (then `fleetctl trust push` can rotate keys)
     host: str = "127.0.0.1"
     port: int = 8080
     fleet: str = "default"
@@ -91,8 +93,6 @@ class FleetServer:
         self.store.devices.admission = "pending" if config.admission == "manual" else "accepted"
         self.store.devices.max_devices = config.max_devices
         self.ingest = Ingest(self.store, IngestConfig(fleet=config.fleet))
-        trust = TrustStore.from_paths([str(p) for p in config.trust])
-        self.service = FleetService(self.store, self.ingest, trust, config.artifacts)
         self.mqtt = MqttClient(
             MqttConfig(
                 url=config.broker,
@@ -107,6 +107,7 @@ class FleetServer:
             ),
             max_queued=100_000,
         )
+        self.service = self._service(config)
         public = config.public_url or f"http://{config.host}:{config.port}"
         self.signer = self.service.signer(config.download_ttl_s)
         self.runner = Runner(
@@ -119,6 +120,29 @@ class FleetServer:
         )
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
+
+    def _service(self, config: ServeConfig) -> FleetService:
+        """The service, trusting the release keys of --trust-metadata (walked to the newest stored
+        version) or the plain keys of --trust."""
+        if config.trust_metadata is None:
+            if not config.trust:
+                raise FleetConfigError("give --trust KEY.pub or --trust-metadata trust.json")
+            trust = TrustStore.from_paths([str(p) for p in config.trust])
+            return FleetService(self.store, self.ingest, trust, config.artifacts)
+        if config.trust:
+            raise FleetConfigError("--trust and --trust-metadata exclude each other")
+        try:
+            provisioned = config.trust_metadata.read_bytes()
+        except OSError as exc:
+            raise FleetConfigError(f"cannot read {config.trust_metadata}: {exc.strerror}") from None
+
+        def publish(messages: list[tuple[str, bytes]]) -> None:
+            self.mqtt.publish_many(messages, qos=1, timeout=30.0 + len(messages) / 100, retain=True)
+
+        fleet_trust = FleetTrust.load(self.store, config.fleet, provisioned, publish)
+        service = FleetService(self.store, self.ingest, fleet_trust.metadata.release_store(), config.artifacts)
+        service.fleet_trust = fleet_trust
+        return service
 
     def start_background(self) -> None:
         """Connect to the broker, subscribe, start the ingest pump and the rollout runner.

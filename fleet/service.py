@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from device_agent.bundle import DeviceCapabilities, Manifest, TrustStore, check_requirements, verify_bundle
-from device_agent.errors import RequirementError
+from device_agent.errors import BundleError, RequirementError
 from device_agent.fsutil import fsync_dir
 from device_agent.protocol import Info
 from fleet.access import UrlSigner
@@ -37,6 +37,7 @@ from fleet.rollout.model import (
     Transition,
 )
 from fleet.store import DeviceRow, NewRelease, ReleaseRow, RolloutRow, Store
+from fleet.trust import FleetTrust
 
 ROLLOUT_LEASE = "rollouts"  # the lease whose holder leads rollouts
 LIVE = (RolloutState.RUNNING, RolloutState.ABORTED, RolloutState.ROLLED_BACK)  # states the runner ticks
@@ -118,6 +119,7 @@ class FleetService:
         self.ingest = ingest
         self.fleet = ingest.config.fleet
         self.trust = trust
+        self.fleet_trust: FleetTrust | None = None  # set when serving with --trust-metadata
         self.artifacts = artifacts
         self.clock = clock
         self.device_view_ttl_s = 1.0  # seconds a rollout's device list is reused (see device_views)
@@ -153,7 +155,7 @@ class FleetService:
             # not closed explicitly: the verifier's views (held by a refusal's traceback too) keep it
             # exported; it is unmapped when the last of them goes
             data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-            m = verify_bundle(data, self.trust).manifest
+            m = verify_bundle(data, self.trust, now=self.clock()).manifest
         path = self.artifacts / f"{sha256}.efb"
         if not path.exists():
             os.replace(upload, path)  # the upload was fsynced: the rename makes it the artifact atomically
@@ -175,12 +177,40 @@ class FleetService:
         return Path(self.store.releases.by_sha(sha256).artifact)
 
     def check_release(self, ref: str, selector: str = "") -> list[DeviceCheck]:
-        """Dry run: every targeted device and whether it would refuse the release, and why."""
-        manifest = Manifest.from_dict(self.release(ref).manifest)
+        """Dry run: every targeted device and whether it would refuse the release, and why.
+
+        The signatures are checked again against the trust in force (a key may have been revoked
+        since the release was added): a refusal there is every device's reason.
+        """
+        release = self.release(ref)
+        manifest = Manifest.from_dict(release.manifest)
+        refused = self._trust_refusal(Path(release.artifact))
         return [
-            DeviceCheck(row.id, row.sku, **_would_accept(manifest, row.info))
+            DeviceCheck(row.id, row.sku, **(refused or _would_accept(manifest, row.info)))
             for row in self.targeted(Selector.parse(selector))
         ]
+
+    def _trust_refusal(self, artifact: Path) -> dict[str, Any] | None:
+        try:
+            verify_bundle(artifact.read_bytes(), self.trust, now=self.clock())
+        except BundleError as exc:
+            return {"ok": False, "reason": exc.code, "detail": str(exc)}
+        return None
+
+    def push_trust(self, documents: Sequence[bytes], actor: str) -> dict[str, Any]:
+        """Verify and store newer trust metadata, verify releases with it from now on, and send it to
+        every device of the fleet (retained: offline devices get it when they reconnect).
+
+        Raises:
+            InvalidRequestError: the fleet manager runs with plain keys (--trust), not trust metadata.
+            TrustError: a document does not verify.
+        """
+        if self.fleet_trust is None:
+            raise InvalidRequestError("this fleet manager trusts plain keys: start it with --trust-metadata")
+        meta = self.fleet_trust.push(documents, actor)
+        self.trust = meta.release_store()
+        sent = self.fleet_trust.send(row.id for row in self.store.devices.all(self.fleet))
+        return {"version": meta.version, "devices": sent, "expires": meta.expires}
 
     # --- devices --------------------------------------------------------------------------------
 
@@ -328,6 +358,9 @@ def _would_accept(manifest: Manifest, info_obj: Any) -> dict[str, Any]:
     if not info_obj:
         return {"ok": False, "reason": "no-info", "detail": "the device has not reported its info yet"}
     info = Info.parse(json.dumps(info_obj).encode())
+    if info.trust_expired:
+        detail = f"the device's trust metadata (version {info.trust_version}) has expired: push a newer version"
+        return {"ok": False, "reason": "trust-expired", "detail": detail}
     model = info.model
     if model and model.name == manifest.name and model.sequence >= manifest.sequence:
         detail = f"device runs {model.name} sequence {model.sequence}, release has {manifest.sequence}"

@@ -1,6 +1,6 @@
 """Property tests: arbitrary or mutated bytes never crash the bundle reader or protocol parser.
 
-Only the project's own error types may come out (BundleError / ProtocolError), never another
+Only the project's own error types may come out (BundleError / ProtocolError / TrustError), never another
 exception. Mutations start from a real signed bundle so the fuzzer reaches the deeper checks.
 """
 
@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from device_agent import protocol as P
 from device_agent.bundle import PrivateKey, TrustStore, read_bundle, verify_bundle
-from device_agent.errors import BundleError, ProtocolError
+from device_agent.bundle import trust as trust_doc
+from device_agent.errors import BundleError, ProtocolError, TrustError
 from tests.support.bundles import simple_bundle
 
 KEY = PrivateKey.generate()
@@ -93,3 +94,39 @@ def test_topic_parser_on_arbitrary_text(name: str) -> None:
 def test_protocol_parser_on_empty_payload(kind: str) -> None:
     with pytest.raises(ProtocolError):
         P.parse_payload(kind, b"")
+
+
+# --- trust metadata: only TrustError, whatever the bytes ------------------------------------------
+
+ROOT = PrivateKey.generate()
+TRUST_V1 = (
+    trust_doc.TrustMetadata(
+        1, 2_000_000_000, trust_doc.Role.of([ROOT.public_key], 1), trust_doc.Role.of([KEY.public_key], 1)
+    )
+    .sign([ROOT])
+    .to_bytes()
+)
+
+
+def _trust_or_refuse(data: bytes) -> None:
+    held = trust_doc.verify_initial(TRUST_V1)
+    with contextlib.suppress(TrustError):
+        trust_doc.verify_chain(held, [data])
+    with contextlib.suppress(TrustError):
+        trust_doc.verify_initial(data)
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.integers(0, len(TRUST_V1) - 1), st.integers(0, 255)), min_size=1, max_size=8))
+def test_trust_verifier_on_mutated_documents(flips: list[tuple[int, int]]) -> None:
+    data = bytearray(TRUST_V1)
+    for pos, value in flips:
+        data[pos] = value
+    _trust_or_refuse(bytes(data))
+
+
+@FUZZ
+@given(st.integers(0, len(TRUST_V1)), st.binary(max_size=64))
+def test_trust_verifier_on_truncated_or_arbitrary_documents(cut: int, noise: bytes) -> None:
+    _trust_or_refuse(TRUST_V1[:cut])
+    _trust_or_refuse(noise)

@@ -6,6 +6,7 @@ The bundle format itself (reader, writer, signatures) is ``device_agent.bundle``
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from device_agent.bundle import Bundle, TensorInfo, TrustStore, read_bundle, verify_bundle
@@ -33,7 +34,7 @@ def verify(data: bytes, store: TrustStore, committed_sequence: int | None = None
     floor = None
     if committed_sequence is not None:
         floor = {read_bundle(data, check_hashes=False).manifest.name: committed_sequence}
-    return verify_bundle(data, store, highest_sequence=floor)
+    return verify_bundle(data, store, highest_sequence=floor, now=time.time())
 
 
 def _tensor_line(t: TensorInfo) -> str:

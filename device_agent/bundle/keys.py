@@ -137,14 +137,26 @@ class PrivateKey:
 
 @dataclass
 class TrustStore:
-    """The release keys a device trusts, and how many distinct valid signatures it requires."""
+    """The release keys a device trusts, and how many distinct valid signatures it requires.
+
+    Built from trust metadata (``trust.TrustMetadata.release_store``) it also carries the revoked key
+    ids (a bundle signed only by them is refused ``revoked-key``), the metadata version and its expiry
+    (epoch seconds; ``None`` for a plain key directory, which never expires).
+    """
 
     keys: dict[str, PublicKey] = field(default_factory=dict)
     threshold: int = 1
+    revoked: frozenset[str] = frozenset()
+    version: int | None = None
+    expires: int | None = None
 
     def __post_init__(self) -> None:
         if self.threshold < 1:
             raise ConfigError("the signature threshold must be at least 1")
+
+    def expired(self, now: float) -> bool:
+        """True when the metadata behind this store has expired at ``now`` (epoch seconds)."""
+        return self.expires is not None and now >= self.expires
 
     @classmethod
     def of(cls, keys: Iterable[PublicKey], threshold: int = 1) -> TrustStore:

@@ -23,6 +23,7 @@ from device_agent.errors import (
     MissingSignatureError,
     RequirementError,
     SizeMismatchError,
+    TrustExpiredError,
     UnexpectedFileError,
 )
 
@@ -84,15 +85,19 @@ def verify_bundle(
     limits: Limits | None = None,
     highest_sequence: Mapping[str, int] | None = None,
     device: DeviceCapabilities | None = None,
+    now: float | None = None,
 ) -> Bundle:
     """Fully verify a bundle for installation.
 
     ``highest_sequence`` maps bundle names to the device's highest committed sequence; a bundle
-    must be strictly above it. ``device`` enables the requirement checks.
+    must be strictly above it. ``device`` enables the requirement checks. ``now`` (epoch seconds)
+    enables the expiry check of trust metadata: an expired store refuses every bundle.
 
     Raises:
         BundleError: a specific subclass for each reason of refusal (see device_agent.errors).
     """
+    if now is not None and trust.expired(now):
+        raise TrustExpiredError(f"trust metadata version {trust.version} expired; a newer version is needed")
     archive = Archive(data, limits)
     manifest_bytes, signatures = _signed_parts(archive)
     signed_by = sigs.verify(manifest_bytes, signatures, trust)

@@ -13,6 +13,7 @@ from device_agent.bundle.keys import PrivateKey, TrustStore
 from device_agent.errors import (
     BadSignatureError,
     MissingSignatureError,
+    RevokedKeyError,
     SignatureError,
     ThresholdError,
     UnknownKeyError,
@@ -65,6 +66,7 @@ def verify(manifest_bytes: bytes, signatures: list[Signature], trust: TrustStore
     """Return the key ids of valid trusted signatures, if they reach the trust store's threshold.
 
     Raises:
+        RevokedKeyError: no signature is from a trusted key, and one is from a revoked key.
         UnknownKeyError: no signature is from a trusted key.
         BadSignatureError: a trusted key's signature does not match and the threshold is not met.
         ThresholdError: valid trusted signatures exist but fewer than the threshold.
@@ -82,5 +84,7 @@ def verify(manifest_bytes: bytes, signatures: list[Signature], trust: TrustStore
         raise BadSignatureError(f"signature by key {bad[0]} does not match manifest.json (tampered manifest?)")
     if not valid:
         ids = ", ".join(sorted({s.keyid for s in signatures}))
+        if revoked := sorted({s.keyid for s in signatures} & trust.revoked):
+            raise RevokedKeyError(f"bundle is signed by revoked key(s) {', '.join(revoked)} and no trusted key")
         raise UnknownKeyError(f"bundle is signed only by untrusted key(s): {ids}")
     raise ThresholdError(f"{len(valid)} valid trusted signature(s), threshold is {trust.threshold}")

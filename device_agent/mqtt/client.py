@@ -219,9 +219,12 @@ class MqttClient:
             if not info.is_published():
                 raise TransportError(f"publish to {topic} not acknowledged within {timeout}s")
 
-    def publish_many(self, messages: Iterable[tuple[str, bytes]], qos: int = 1, timeout: float = 30.0) -> None:
+    def publish_many(
+        self, messages: Iterable[tuple[str, bytes]], qos: int = 1, timeout: float = 30.0, retain: bool = False
+    ) -> None:
         """Publish every (topic, payload), then wait until the broker acknowledged all of them (QoS ≥ 1):
-        one round of waiting for a batch instead of one per message.
+        one round of waiting for a batch instead of one per message. ``retain``: the broker keeps each
+        as its topic's retained message (delivered to a subscriber that connects later).
 
         Raises:
             TransportError: not connected, or not every message acknowledged within ``timeout`` seconds.
@@ -229,7 +232,7 @@ class MqttClient:
         client = self._require()
         infos = []
         for topic, payload in messages:
-            info = client.publish(topic, payload, qos=qos)
+            info = client.publish(topic, payload, qos=qos, retain=retain)
             if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_QUEUE_SIZE):
                 raise TransportError(f"publish to {topic} failed: {paho.error_string(info.rc)}", rc=info.rc)
             infos.append(info)

@@ -19,6 +19,7 @@ from fleet.cli.rollback import rollback
 from fleet.cli.rollout import rollout
 from fleet.cli.serve import serve
 from fleet.cli.tokens import tokens
+from fleet.cli.trust import trust
 from fleet.cli.watch import watch
 
 LAZY_COMMANDS = {"simulate": "fleet.sim.command:simulate_command"}
@@ -43,7 +44,7 @@ def cli(ctx: click.Context, server: str, token: str | None) -> None:
     ctx.obj = {"server": server, "token": token}
 
 
-for _command in (devices, releases, serve, broker_config, rollout, rollback, watch, tokens, audit):
+for _command in (devices, releases, serve, broker_config, rollout, rollback, watch, tokens, audit, trust):
     cli.add_command(_command)
 
 

@@ -45,9 +45,13 @@ SERVE_OPTIONS = [
         "--trust",
         "trust",
         multiple=True,
-        required=True,
         type=click.Path(exists=True, path_type=Path),
-        help="Trusted release public key (.pub) or a directory of them (repeatable).",
+        help="Trusted release public key (.pub) or a directory of them (repeatable; simple setups).",
+    ),
+    click.option(
+        "--trust-metadata",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Signed trust.json the devices were flashed with (replaces --trust; enables `trust push`).",
     ),
     click.option("--fleet", default="default", show_default=True, help="Fleet id (one fleet per server)."),
     click.option(

@@ -160,3 +160,15 @@ class TokenRow(_Row):
     def public(self) -> dict[str, Any]:
         """What ``tokens ls`` shows: everything but the hash."""
         return {k: v for k, v in self.to_dict().items() if k != "hash"}
+
+
+@dataclass(frozen=True)
+class TrustVersionRow(_Row):
+    """One stored version of a fleet's trust metadata."""
+
+    fleet: str
+    version: int
+    document: str  # canonical trust.json
+    expires: float
+    created_at: float
+    created_by: str

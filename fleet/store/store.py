@@ -19,6 +19,7 @@ from fleet.store.releases import ReleaseRepository
 from fleet.store.rollouts import RolloutRepository
 from fleet.store.telemetry import RollupRepository
 from fleet.store.tokens import SettingsRepository, TokenRepository
+from fleet.store.trust import TrustRepository
 
 
 class Store:
@@ -35,6 +36,7 @@ class Store:
         self.audit = AuditRepository(self.db)
         self.tokens = TokenRepository(self.db)
         self.settings = SettingsRepository(self.db)
+        self.trust = TrustRepository(self.db)
 
     @classmethod
     def sqlite(cls, path: str | Path) -> Store:

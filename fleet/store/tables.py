@@ -135,3 +135,14 @@ settings = sa.Table(
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("value", sa.String(256), nullable=False),
 )
+
+trust_versions = sa.Table(
+    "trust_versions",
+    metadata,
+    sa.Column("fleet", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("document", sa.Text, nullable=False),  # the canonical trust.json, verified before it is stored
+    sa.Column("expires", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=False),
+)

@@ -127,7 +127,7 @@ def flash_device(tmp: Path, bundle: bytes, broker_url: str, pub: Path, device_id
     opts = FlashOptions(
         device_id=device_id,
         broker=broker_url,
-        trust=[pub],
+        trust=[] if extra.get("trust_metadata") else [pub],
         fleet="test",
         sku=extra.pop("sku", "test-sku"),
         telemetry_interval_s=extra.pop("telemetry_interval_s", 0.5),

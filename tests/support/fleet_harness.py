@@ -54,7 +54,7 @@ def running_fleet(
         db=db or f"sqlite:///{tmp / 'fleet.db'}",
         broker=broker_url,
         artifacts=tmp / "artifacts",
-        trust=(pub,),
+        trust=() if config_kw.get("trust_metadata") else (pub,),
         port=port,
         tokens={TOKEN: "alice"},
         tick_interval=tick,

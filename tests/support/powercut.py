@@ -4,14 +4,19 @@ check the device home as the next boot would find it, restart the agent and chec
 Kill instants: after the agent reports a phase (DOWNLOADING, VERIFYING, INSTALLING, SELFTEST,
 PROBATION, SUCCEEDED) plus a random delay within that step (the agent runs as ``tests.support.slow_agent``,
 whose update hooks make each step last long enough to be hit), or at a random instant of
-the first 250 ms after the command. After each kill, before restarting:
+the first 250 ms after the command, or (TRUST) within 60 ms of a ``cmd/trust`` carrying a root-key
+rotation, while the agent verifies the chain and replaces ``trust/trust.json``. After each kill,
+before restarting:
 
 - ``state.json`` parses as a device state;
 - every slot file that exists verifies (signatures and hashes: never half-written);
 - the active slot verifies, or (only when the active slot was abandoned) the previous one does.
 
+- ``trust/trust.json`` verifies, and holds the version before the update or the one after it.
+
 After restarting: the agent serves a prediction from a verified model and the deployment reaches
-a terminal state (it resumed, or rolled back, or was refused) with nothing left pending.
+a terminal state (it resumed, or rolled back, or was refused) with nothing left pending; after a
+TRUST kill, the re-sent chain brings the device to the new version.
 """
 
 from __future__ import annotations
@@ -32,15 +37,24 @@ import numpy as np
 from device_agent import protocol as P
 from device_agent.api import AgentClient
 from device_agent.bundle import PrivateKey, TrustStore, verify_bundle
+from device_agent.bundle.trust import TRUST_NAME, verify_initial
 from device_agent.config import ProbationSection
-from device_agent.errors import EdgefleetError, StateError
+from device_agent.errors import EdgefleetError, StateError, TrustError
 from device_agent.home import Home
-from tests.support.agent_harness import ArtifactServer, Watcher, flash_device, package_tiny, send_deploy
+from tests.support.agent_harness import (
+    ArtifactServer,
+    Watcher,
+    flash_device,
+    package_tiny,
+    send_command,
+    send_deploy,
+)
 from tests.support.slow_agent import STEP_DELAY_S
+from tests.support.trust_chain import TrustRepo
 
 REPO = Path(__file__).resolve().parents[2]  # so that `python -m tests.support.slow_agent` finds this tree
 
-PHASES = ["DOWNLOADING", "VERIFYING", "INSTALLING", "SELFTEST", "PROBATION", "SUCCEEDED", "random"]
+PHASES = ["DOWNLOADING", "VERIFYING", "INSTALLING", "SELFTEST", "PROBATION", "SUCCEEDED", "random", "TRUST"]
 TERMINAL = {
     P.DeploymentState.SUCCEEDED,
     P.DeploymentState.ROLLED_BACK,
@@ -133,6 +147,7 @@ class _Run:
     home: Home
     trust: TrustStore
     watcher: Watcher
+    repo: TrustRepo  # the device's trust metadata; its first release key is the rig's
 
 
 def run_power_cuts(
@@ -141,6 +156,7 @@ def run_power_cuts(
     """``n`` kills of a real agent at phases taken in turn (``PHASES``), each checked and recovered from."""
     (rig.workdir / "artifacts").mkdir(parents=True, exist_ok=True)
     server = ArtifactServer(rig.workdir / "artifacts", throttle_bps=200_000)  # downloads take ~50 ms
+    repo = TrustRepo(time.time(), releases=[rig.key, PrivateKey.generate()])
     home = flash_device(
         rig.workdir,
         package_tiny(rig.tiny, rig.key, "1.0.0", 1),
@@ -149,8 +165,10 @@ def run_power_cuts(
         probation=PROBATION,
         replay_rate=100.0,
         telemetry_interval_s=1.0,
+        trust_metadata=repo.write(rig.workdir / "trust")[0],
     )
-    run = _Run(rig, random.Random(seed), server, home, TrustStore.from_paths([rig.pub]), Watcher(rig.broker_url))
+    trust = TrustStore.from_paths([rig.pub])
+    run = _Run(rig, random.Random(seed), server, home, trust, Watcher(rig.broker_url), repo)
     results: list[KillResult] = []
     try:
         for i in range(n):
@@ -169,6 +187,8 @@ def _one_cut(run: _Run, i: int) -> KillResult:
     t0 = time.monotonic()
     rig, home, watcher = run.rig, run.home, run.watcher
     target = PHASES[i % len(PHASES)]
+    if target == "TRUST":
+        return _trust_cut(run, i, t0)
     url, sha, size = run.server.publish(f"v{i + 2}.efb", package_tiny(rig.tiny, rig.key, f"1.{i + 1}.0", i + 2))
     proc = start_agent(home)
     wait_serving(home, proc)
@@ -203,3 +223,49 @@ def _wait_kill_point(watcher: Watcher, dep: str, target: str, rng: random.Random
     with contextlib.suppress(TimeoutError):  # the deployment ended before that phase: kill wherever it is
         watcher.wait(lambda: target in watcher.states(dep), timeout=20)
     time.sleep(rng.uniform(0.0, STEP_DELAY_S))
+
+
+def _trust_cut(run: _Run, i: int, t0: float) -> KillResult:
+    """Send a root-key rotation, kill the agent while it applies it, check trust.json, restart, re-send."""
+    home, held = run.home, run.repo.current.version
+    run.repo.rotate_root()
+    proc = start_agent(home)
+    wait_serving(home, proc)
+    _send_trust(run, f"trust-{i}")
+    time.sleep(run.rng.uniform(0.0, 0.06))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    found = _trust_version(home)
+    problem = check_home(home, run.trust)
+    if found not in (held, held + 1):
+        problem = problem or f"trust.json after the kill: {found} (expected version {held} or {held + 1})"
+    proc = start_agent(home)
+    try:
+        wait_serving(home, proc)
+        _send_trust(run, f"trust-{i}-again")
+        deadline = time.monotonic() + 30
+        while _trust_version(home) != held + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _trust_version(home) != held + 1:
+            problem = problem or f"trust.json stays at {_trust_version(home)} after the chain was re-sent"
+    except (TimeoutError, RuntimeError) as exc:
+        problem = problem or f"after restart: {exc}\nagent log:\n{log_tail(home)}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    after = {held: "trust-old", held + 1: "trust-new"}.get(found, "trust-unusable") if isinstance(found, int) else ""
+    final = "TRUSTED" if not problem else "?"
+    return KillResult(i, "TRUST", after or "trust-unusable", problem, final, time.monotonic() - t0)
+
+
+def _send_trust(run: _Run, request_id: str) -> None:
+    cmd = P.TrustCommand(request_id=request_id, chain=tuple(run.repo.versions[-P.MAX_TRUST_CHAIN :]))
+    send_command(run.rig.broker_url, "test", "dev-1", cmd)
+
+
+def _trust_version(home: Home) -> str | int:
+    """The version trust.json holds, or why it is unusable."""
+    try:
+        return verify_initial((home.trust / TRUST_NAME).read_bytes()).version
+    except (OSError, TrustError) as exc:
+        return f"unusable: {exc}"

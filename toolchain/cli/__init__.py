@@ -1,8 +1,9 @@
 """``edgetool``: the engineer's command line, one module per command group.
 
 ``keys`` (keygen, sign, verify, inspect), ``package``, ``build`` (convert, quantize, evaluate) and
-``devices`` (profiles, check, flash). Commands are thin: parse, build the library object, make one
-call, print; edgefleet errors become one line with their reason code (``device_agent.cliutil``).
+``devices`` (profiles, check, flash), ``trust`` (init, update, show). Commands are thin: parse,
+build the library object, make one call, print; edgefleet errors become one line with their reason
+code (``device_agent.cliutil``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import click
 
 from device_agent import __version__
 from device_agent.cliutil import Group, debug_option
-from toolchain.cli import build, devices, keys, package
+from toolchain.cli import build, devices, keys, package, trust
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -22,7 +23,7 @@ def cli() -> None:
     then package, sign, verify and inspect signed bundles."""
 
 
-for _group in (keys, package, build, devices):
+for _group in (keys, package, build, devices, trust):
     for _command in _group.COMMANDS:
         cli.add_command(_command)
 

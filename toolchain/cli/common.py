@@ -14,15 +14,30 @@ from device_agent.bundle import Bundle, PrivateKey
 from toolchain.bundles import summary
 
 PASSPHRASE_ENV = "EDGEFLEET_KEY_PASSPHRASE"
+PASSPHRASE_FILE_ENV = "EDGEFLEET_KEY_PASSPHRASE_FILE"
 MODEL = click.Path(exists=True, path_type=Path)
 DATA = click.Path(exists=False, path_type=Path)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def passphrase() -> bytes | None:
-    """The private-key passphrase from ``EDGEFLEET_KEY_PASSPHRASE``, if set."""
+    """The private-key passphrase from ``EDGEFLEET_KEY_PASSPHRASE``, or from the file named by
+    ``EDGEFLEET_KEY_PASSPHRASE_FILE`` (its first line), if either is set; never from an argument.
+
+    Raises:
+        click.ClickException: the passphrase file cannot be read.
+    """
     value = os.environ.get(PASSPHRASE_ENV)
-    return value.encode() if value else None
+    if value:
+        return value.encode()
+    path = os.environ.get(PASSPHRASE_FILE_ENV)
+    if not path:
+        return None
+    try:
+        lines = Path(path).read_bytes().splitlines()
+    except OSError as exc:
+        raise click.ClickException(f"cannot read the passphrase file {path}: {exc.strerror} [config]") from None
+    return lines[0] if lines and lines[0] else None
 
 
 def load_keys(paths: Sequence[str]) -> list[PrivateKey]:

@@ -23,9 +23,13 @@ FLASH_OPTIONS = [
     click.option(
         "--trust",
         multiple=True,
-        required=True,
         type=click.Path(exists=True, path_type=Path),
-        help="Release public key(s) the device trusts.",
+        help="Release public key(s) the device trusts (simple setups; fixed until reflashed).",
+    ),
+    click.option(
+        "--trust-metadata",
+        type=FILE,
+        help="Signed trust.json (edgetool trust init) instead of --trust: keys can then rotate in the field.",
     ),
     click.option(
         "--threshold", default=1, show_default=True, type=click.IntRange(min=1), help="Valid signatures a bundle needs."
@@ -106,7 +110,8 @@ def flash(
 ) -> None:
     """Provision a device: write the home directory with BUNDLE verified and committed in slot A.
 
-    Writes agent.toml, trust/*.pub, slots/a/bundle.efb, state.json, downloads/ and spool/.
+    Writes agent.toml, trust/*.pub (or trust/trust.json), slots/a/bundle.efb, state.json, downloads/
+    and spool/. Give either --trust (and --threshold) or --trust-metadata.
     Start the device with `edge-agent run --home TARGET`.
     """
     from toolchain.flash import FlashOptions

@@ -7,6 +7,7 @@ import json
 import click
 
 from device_agent.bundle import PrivateKey, TrustStore, add_signatures, read_bundle, verify_bundle
+from device_agent.bundle.trust import verify_initial
 from device_agent.errors import BundleError
 from device_agent.fsutil import atomic_write
 from toolchain import bundles
@@ -45,22 +46,31 @@ def sign(bundle: str, keys: tuple[str, ...], output: str | None) -> None:
 @click.option(
     "--trust",
     multiple=True,
-    required=True,
     type=click.Path(exists=True),
     help="Trusted .pub file or directory (repeat).",
 )
 @click.option("--threshold", default=1, show_default=True, type=click.IntRange(min=1), help="Valid signatures needed.")
+@click.option("--trust-metadata", type=BUNDLE, help="Signed trust.json instead of --trust (as flashed devices use).")
 @click.option(
     "--committed-sequence", type=click.IntRange(min=0), help="Refuse unless the bundle's sequence is above this."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def verify(bundle: str, trust: tuple[str, ...], threshold: int, committed_sequence: int | None, as_json: bool) -> None:
+def verify(
+    bundle: str,
+    trust: tuple[str, ...],
+    threshold: int,
+    trust_metadata: str | None,
+    committed_sequence: int | None,
+    as_json: bool,
+) -> None:
     """Verify BUNDLE as a device would: signatures, hashes, structure, anti-rollback.
 
+    Give the device's release keys (--trust, --threshold) or its trust metadata (--trust-metadata:
+    its release keys and threshold, revocations ("[revoked-key]") and expiry ("[trust-expired]")).
     Exits 0 when the bundle would be accepted; otherwise prints one line naming the reason
     (e.g. "[hash-mismatch]") and exits 1.
     """
-    store = TrustStore.from_paths(trust, threshold)
+    store = _store(trust, threshold, trust_metadata)
     data = bundles.read_file(bundle)
     try:
         result = bundles.verify(data, store, committed_sequence)
@@ -75,6 +85,16 @@ def verify(bundle: str, trust: tuple[str, ...], threshold: int, committed_sequen
         click.echo(json.dumps(doc))
         return
     click.echo(f"OK {m.name} {m.version} (sequence {m.sequence}), signed by {', '.join(signers)}")
+
+
+def _store(trust: tuple[str, ...], threshold: int, trust_metadata: str | None) -> TrustStore:
+    if trust_metadata is None:
+        if not trust:
+            raise click.UsageError("give --trust KEY.pub or --trust-metadata trust.json")
+        return TrustStore.from_paths(trust, threshold)
+    if trust:
+        raise click.UsageError("--trust and --trust-metadata exclude each other")
+    return verify_initial(bundles.read_file(trust_metadata)).release_store()
 
 
 @click.command()
