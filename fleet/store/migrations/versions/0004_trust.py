@@ -1,7 +1,7 @@
 """Trust versions: the signed trust metadata of each fleet, every version kept so devices can walk the chain.
 
-Revision ID: 0003_trust
-Revises: 0002
+Revision ID: 0004_trust
+Revises: 0003_access
 """
 
 from __future__ import annotations
