@@ -26,7 +26,7 @@ absolute times are for scale only. Each section names the machine and date it wa
 
 
 def sections() -> dict[str, Callable[[], str]]:
-    from bench import agent, fleet, powercut, quantization, verify
+    from bench import agent, fleet, gates, powercut, quantization, verify
 
     return {
         "verify": verify.run,
@@ -34,6 +34,7 @@ def sections() -> dict[str, Callable[[], str]]:
         "powercut": powercut.run,
         "quantization": quantization.run,
         "fleet": fleet.run,
+        "gates": gates.run,
     }
 
 

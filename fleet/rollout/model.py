@@ -83,8 +83,8 @@ class HealthGate:
     max_conf_drop: float = 0.10  # baseline conf_mean - updated conf_mean
     min_devices: int = 1  # per cohort and sku, below which the comparison is inconclusive
     settle_s: float = 10.0  # seconds after a device's success before its telemetry counts (new-model warm-up)
-    min_p95_delta_ms: float = 2.0  # a latency shift only fails if the medians also differ by more ms (sub-ms noise)
-    alpha: float = 0.01  # significance level of each one-sided test
+    min_p95_delta_ms: float = 0.5  # a latency shift only fails if the medians also differ by more ms (sub-ms noise)
+    alpha: float = 0.05  # significance level of each one-sided test
     consecutive: int = 3  # failed evaluations in a row before an abort
     min_windows: int = 5  # telemetry windows per cohort and sku before a test is run
     eval_interval_s: float = 10.0  # seconds between evaluations (the devices' telemetry interval)
