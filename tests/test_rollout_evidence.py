@@ -171,6 +171,14 @@ def test_without_a_baseline_the_gate_is_inconclusive_and_does_not_hold() -> None
     assert isinstance(acts[0], Transition) and acts[0].reason == "stage 1 baked"
 
 
+def test_a_metric_the_devices_do_not_send_is_not_waited_for() -> None:
+    v = rollout(8)
+    quiet = tuple(replace(d, windows=tuple(replace(w, lat_p50_ms=None) for w in d.windows)) for d in v.devices)
+    verdict = evidence.judge(quiet, v.deployments, GATE, at(v, 8))
+    p50 = [e for e in verdict.evidence if e.metric == "p50 latency"]
+    assert {(e.outcome, e.note) for e in p50} == {(Outcome.INCONCLUSIVE, "not reported")} and not verdict.pending
+
+
 def test_windows_before_success_and_settle_do_not_count() -> None:
     gate = replace(GATE, settle_s=45.0)
     v = rollout(8, gate=gate, slow=1.6)
