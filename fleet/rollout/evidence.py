@@ -179,9 +179,8 @@ def compare(sku: str, c: Cohorts, metric: Metric, gate: HealthGate) -> MetricEvi
     if nu < gate.min_devices or nb < gate.min_devices:
         return _with(blank, note="too few devices")
     _, _, wu, wb = c.counts()
-    if not upd or not base:
-        if wu >= gate.min_windows and wb >= gate.min_windows:
-            return _with(blank, note="not reported")  # the devices do not send this metric: nothing to wait for
+    if (not upd or not base) and wu >= gate.min_windows and wb >= gate.min_windows:
+        return _with(blank, note="not reported")  # the devices do not send this metric: nothing to wait for
     if len(upd) < gate.min_windows or len(base) < gate.min_windows:
         return _with(blank, note="too few windows")
     mu, mb = median(upd), median(base)
