@@ -3,8 +3,8 @@
 ``FieldRuntime`` wraps the runtime a device serves (through ``UpdateHooks.serve``, so never during a self-test):
 
 - noise ``P`` (every device, whatever its release): each inference stalls with probability P by a heavy-tailed
-  delay (5 ms × Pareto(1.2), at most 200 ms), and with probability P/20 an error burst starts: each of the
-  next 10 inferences fails with probability 1/2 (a flaky sensor, a busy bus);
+  delay (5 ms × Pareto(2): 6 % of stalls exceed 20 ms; at most 200 ms), and with probability P/20 an error
+  burst starts: each of the next 10 inferences fails with probability 1/2 (a flaky sensor, a busy bus);
 - ``slower:F``: every inference takes F times as long (the extra time is spent busy, as a slower kernel would);
 - ``errors:R``: each inference fails with probability R;
 - ``drift:S``: the inputs are shifted by S standard deviations (of each input tensor) before the model sees
@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -54,8 +54,15 @@ class Effects:
 class FieldRuntime(Runtime):
     """A runtime with field noise and a release's regression; the inner runtime does the real work."""
 
-    def __init__(self, inner: Runtime, effects: Effects, rng: random.Random) -> None:
-        self.inner, self.effects, self.rng = inner, effects, rng
+    def __init__(
+        self,
+        inner: Runtime,
+        effects: Effects,
+        rng: random.Random,
+        clock: Callable[[], float] = time.perf_counter,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.inner, self.effects, self.rng, self.clock, self.sleep = inner, effects, rng, clock, sleep
         self.name = inner.name  # type: ignore[misc]
         self._version, self._inputs, self._outputs = inner.version, inner.inputs, inner.outputs
         self._burst_left = 0
@@ -65,14 +72,15 @@ class FieldRuntime(Runtime):
         self._maybe_fail()
         if e.drift:
             feeds = {name: _shift(value, e.drift) for name, value in feeds.items()}
-        t0 = time.perf_counter()
+        t0 = self.clock()
         outputs = self.inner.run(feeds)
         if e.slower > 1.0:
-            until = time.perf_counter() + (time.perf_counter() - t0) * (e.slower - 1.0)
-            while time.perf_counter() < until:  # busy, as a slower kernel would be
+            t1 = self.clock()
+            until = t1 + (t1 - t0) * (e.slower - 1.0)
+            while self.clock() < until:  # busy, as a slower kernel would be
                 pass
         if e.noise and self.rng.random() < e.noise:
-            time.sleep(min(STALL_MAX_S, STALL_MIN_S * self.rng.paretovariate(1.2)))
+            self.sleep(min(STALL_MAX_S, STALL_MIN_S * self.rng.paretovariate(2.0)))
         return outputs
 
     def _maybe_fail(self) -> None:
