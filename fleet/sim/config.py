@@ -21,11 +21,12 @@ FAULT_FORMS = "selftest|slow|crash|slower:F|errors:R|lowconf:D|drift:S"
 # the valid range of each valued fault: (lowest, highest)
 FAULT_RANGES = {"slower": (1.0, 100.0), "errors": (0.0, 1.0), "lowconf": (0.0, 1.0), "drift": (0.0, 100.0)}
 # The latency gate is a budget, not a ratio: simulated models take a fraction of a millisecond, and on a
-# loaded machine a 3x ratio over a 0.1 ms baseline trips on noise; the "slow" fault adds 50 ms. The error gate
-# tolerates a quarter: `--noise` error bursts (about 5 errors in 10 inferences) and the subtle `errors:R`
+# loaded machine a 3x ratio over a 0.1 ms baseline trips on noise; the "slow" fault adds 50 ms, over the 40 ms
+# budget, which a busy machine's scheduling and `--noise` stalls (5 ms and up, 2 % of inferences) stay under.
+# The error gate tolerates a quarter: `--noise` error bursts (about 5 errors in 10 inferences) and the subtle `errors:R`
 # regressions are for the fleet's health gate to judge, not for one device's 20-inference probation.
 SIM_PROBATION = ProbationSection(
-    min_inferences=20, seconds=15.0, max_error_rate=0.25, latency_budget_ms=20.0, max_latency_ratio=0.0
+    min_inferences=20, seconds=15.0, max_error_rate=0.25, latency_budget_ms=40.0, max_latency_ratio=0.0
 )
 AGENT_MODE_MAX = 200  # devices up to which `--mode auto` runs full agents (4 threads each)
 
