@@ -22,6 +22,8 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from device_agent.protocol import DeploymentState
 from fleet.rollout import evidence, health
 from fleet.rollout.model import DeploymentView, DeviceView, Health, HealthGate
@@ -50,7 +52,9 @@ class Device:
     stall: float
 
 
-def _window(rng: random.Random, dev: Device, t: float, bad: dict[str, float], world: float) -> Health:
+def _window(
+    rng: random.Random, counts: np.random.Generator, dev: Device, t: float, bad: dict[str, float], world: float
+) -> Health:
     p50 = 4.0 * dev.latency * rng.lognormvariate(0, 0.05) * bad.get("slow", 1.0)
     p95 = p50 * 1.5 * rng.lognormvariate(0, 0.1)
     if rng.random() < dev.stall:
@@ -72,7 +76,7 @@ def _device(rng: random.Random) -> Device:
 
 def scenario(seed: int, bad: dict[str, float]) -> tuple[tuple[DeviceView, ...], dict[str, DeploymentView]]:
     """One sku's devices with ``HORIZON`` windows each (t = 10, 20, … s) and the updated ones' deployments."""
-    rng = random.Random(seed)
+    rng, counts = random.Random(seed), np.random.default_rng(seed)
     n = max(3, min(1000, round(math.exp(rng.uniform(math.log(3), math.log(1000))))))
     updated = min(n - 1, max(1, round(n * rng.choice((0.05, 0.25, 0.5)))))
     world = rng.uniform(0.2, 0.6) if rng.random() < 0.2 else 0.0
@@ -80,7 +84,7 @@ def scenario(seed: int, bad: dict[str, float]) -> tuple[tuple[DeviceView, ...], 
     for i in range(n):
         dev, is_updated = _device(rng), i < updated
         windows = tuple(
-            _window(rng, dev, (k + 1) * INTERVAL_S, bad if is_updated else {}, world) for k in range(HORIZON)
+            _window(rng, counts, dev, (k + 1) * INTERVAL_S, bad if is_updated else {}, world) for k in range(HORIZON)
         )
         dev_id = f"d{i}"
         devices.append(DeviceView(dev_id, "s", windows=windows, health=windows[-1]))

@@ -125,12 +125,16 @@ def test_noisy_fleet_under_cpu_load_good_release_completes_slower_one_aborts_on_
                 fleetctl(server, "releases", "add", str(tmp_path / f"digits-{version}.efb"))
             good = _rollout(api, server, "digits@1.1.0")
             assert good["state"] == "SUCCEEDED", good["reason"]
+            # The success threshold (90 %) lets a few devices fail their own probation: under this load a
+            # device's 40 ms latency budget is sometimes exceeded (ROLLED_BACK probation-latency), not a gate matter.
             outcomes = Counter((d["state"], d["reason"]) for d in api.get(f"/rollouts/{good['id']}/deployments"))
-            assert Counter(versions(api).values()) == {"1.1.0": DEVICES}, outcomes
+            assert set(outcomes) <= {("SUCCEEDED", ""), ("ROLLED_BACK", "probation-latency")}, outcomes
+            assert Counter(versions(api).values())["1.1.0"] >= 0.9 * DEVICES, outcomes
+            before = versions(api)
             bad = _rollout(api, server, "digits@1.2.0")
             assert bad["state"] == "ABORTED"
             assert bad["reason"].startswith("model health: sku b: p"), bad["reason"]
             assert "latency" in bad["reason"] and "sku a" not in bad["reason"] and "sku c" not in bad["reason"]
-            wait_until(lambda: Counter(versions(api).values()) == {"1.1.0": DEVICES}, 120, "every device on 1.1.0")
+            wait_until(lambda: versions(api) == before, 120, "every device back on the version it had")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{log_tails(*logs)}") from None
