@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -61,7 +62,7 @@ def _window(
         p95 = max(p95, 5.0 * rng.paretovariate(1.2))  # a stall: 5 ms and up, heavy-tailed
         p95 = min(p95, 200.0)
     rate = dev.errors + bad.get("errors", 0.0)
-    errors = sum(1 for _ in range(INFERENCES) if rng.random() < rate) / INFERENCES
+    errors = int(counts.binomial(INFERENCES, min(1.0, rate))) / INFERENCES
     if rng.random() < 0.02:
         errors = max(errors, rng.uniform(0.1, 0.5))  # an error burst (a flaky sensor)
     conf = min(1.0, 0.9 + dev.conf + rng.gauss(0, 0.02) + bad.get("conf", 0.0))
@@ -152,6 +153,8 @@ def measure(kind: str, bad: dict[str, float], runs: int, seed0: int) -> dict[str
     """Old and new gate (per ``consecutive``) over ``runs`` generated rollouts of one kind."""
     tallies = {"old": Tally(delays=[]), **{f"new-{n}": Tally(delays=[]) for n in CONSECUTIVE}}
     for i in range(runs):
+        if i % 100 == 0:
+            print(f"{kind}: {i}/{runs}", file=sys.stderr, flush=True)
         devices, deps = scenario(seed0 + i, bad)
         aborts, first = new_gate(devices, deps)
         tallies["old"].add(old_gate(devices, deps), 1)
