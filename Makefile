@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest test-embedded test-agent-envs demo bench clean
+.PHONY: install test lint typecheck pytest test-embedded test-field test-agent-envs demo bench clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "edgefleet needs Python 3.11+ (set PYTHON=...)")'
@@ -35,6 +35,10 @@ test: lint typecheck pytest
 ## test-embedded: the MQTT tests against the embedded (amqtt) broker instead of mosquitto
 test-embedded: install
 	EDGEFLEET_TEST_BROKER=embedded $(PY) -m pytest tests/test_mqtt_transport.py
+
+## test-field: the health gate's field acceptance (60 devices, CPU hog, noise); not yet reliable enough for CI
+test-field: install
+	$(PY) -m pytest -m field tests/test_health_gate_field.py
 
 ## test-agent-envs: the agent alone in fresh venvs with edgefleet[agent] and edgefleet[agent-legacy]
 test-agent-envs: install

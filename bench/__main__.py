@@ -26,7 +26,7 @@ absolute times are for scale only. Each section names the machine and date it wa
 
 
 def sections() -> dict[str, Callable[[], str]]:
-    from bench import access, agent, fleet, powercut, quantization, verify
+    from bench import access, agent, fleet, gates, powercut, quantization, verify
 
     return {
         "verify": verify.run,
@@ -35,6 +35,7 @@ def sections() -> dict[str, Callable[[], str]]:
         "quantization": quantization.run,
         "fleet": fleet.run,
         "access": access.run,
+        "gates": gates.run,
     }
 
 

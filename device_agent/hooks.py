@@ -3,7 +3,8 @@
 The ``Updater`` calls a hooks object at fixed points of a deployment; the agent passes the no-op
 ``UpdateHooks()`` unless its caller injects another. Tools and test harnesses subclass it to observe
 or alter those points without the device code knowing about them. ``serve`` is called once when a
-model becomes active (never per request), so a wrapper it returns costs nothing on the hot path.
+model becomes the one the engine serves (at start, on probation, after a rollback; never per request), so
+a wrapper it returns costs nothing on the hot path.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class UpdateHooks:
         return result
 
     def serve(self, model: LoadedModel) -> LoadedModel:
-        """``model`` goes on probation (or boots on probation); returns the model the engine serves."""
+        """``model`` becomes the one the engine serves (at start, on probation, after a rollback; never for a
+        self-test); returns the model the engine serves."""
         return model
 
 

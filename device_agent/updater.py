@@ -123,7 +123,7 @@ class Updater:
                 model = self._load_slot(self.state.active)
             except (BundleError, RuntimeLoadError, OSError) as exc:
                 return self._fall_back(exc)
-            return model if self.state.probation is None else self.hooks.serve(model)
+            return self.hooks.serve(model)
 
     def _recover_state(self) -> DeviceState:
         for slot, path in self.home.slots():
@@ -326,7 +326,7 @@ class Updater:
             self.state.remember_deployment(dep, P.DeploymentState.ROLLED_BACK)
             self.save()
             if self.engine is not None:
-                self.engine.swap(model)
+                self.engine.swap(self.hooks.serve(model))
         self._emit_event(dep, P.DeploymentState.ROLLED_BACK, reason, detail, model.manifest.version)
         return True
 

@@ -85,12 +85,17 @@ class GatesIn(BaseModel):
     max_concurrent: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
     rate_per_min: Annotated[int, Field(ge=0, le=1_000_000)] = 0
     health: bool = True
-    max_error_rate_increase: Annotated[float, Field(ge=0, le=1)] = 0.05
-    max_p95_ratio: Annotated[float, Field(gt=0, le=1000)] = 1.5
-    max_psi: Annotated[float, Field(ge=0, le=1000)] = 0.25
-    max_conf_drop: Annotated[float, Field(ge=0, le=1)] = 0.10
+    max_error_rate_increase: Annotated[float, Field(gt=0, le=1)] = 0.05
+    max_p95_ratio: Annotated[float, Field(gt=1, le=1000)] = 1.5
+    max_psi: Annotated[float, Field(gt=0, le=1000)] = 0.25
+    max_conf_drop: Annotated[float, Field(gt=0, le=1)] = 0.10
     health_settle_s: Annotated[float, Field(ge=0, le=DAY)] = 10.0
-    min_p95_delta_ms: Annotated[float, Field(ge=0, le=3_600_000)] = 2.0
+    min_p95_delta_ms: Annotated[float, Field(ge=0, le=3_600_000)] = HealthGate.min_p95_delta_ms
+    health_alpha: Annotated[float, Field(gt=0, lt=0.5)] = HealthGate.alpha
+    health_consecutive: Annotated[int, Field(ge=1, le=100)] = HealthGate.consecutive
+    health_min_windows: Annotated[int, Field(ge=1, le=100_000)] = HealthGate.min_windows
+    health_interval_s: Annotated[float, Field(gt=0, le=DAY)] = HealthGate.eval_interval_s
+    health_max_wait_s: Annotated[float, Field(ge=0, le=30 * DAY)] = HealthGate.max_inconclusive_s
 
     def to_gates(self) -> Gates:
         health = HealthGate(
@@ -100,6 +105,11 @@ class GatesIn(BaseModel):
             self.max_conf_drop,
             settle_s=self.health_settle_s,
             min_p95_delta_ms=self.min_p95_delta_ms,
+            alpha=self.health_alpha,
+            consecutive=self.health_consecutive,
+            min_windows=self.health_min_windows,
+            eval_interval_s=self.health_interval_s,
+            max_inconclusive_s=self.health_max_wait_s,
         )
         return Gates(
             Threshold.parse(self.success),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -30,6 +30,7 @@ class IngestConfig:
     fleet: str = "default"
     max_devices: int = 200_000  # devices whose latest state is kept in memory (least recently seen go)
     flush_interval_s: float = 2.0  # seconds between rollup flushes to the store
+    windows_per_device: int = 60  # telemetry windows kept per device for the health gate (10 min at 10 s)
 
 
 @dataclass
@@ -41,6 +42,7 @@ class DeviceState:
     telemetry: dict[str, float] = field(default_factory=dict)
     telemetry_at: float = 0.0  # receive time, epoch seconds
     last_seen: float = 0.0
+    windows: deque[Health] = field(default_factory=deque)  # the health gate's evidence, oldest first (bounded)
 
 
 def subscriptions(fleet: str, protocol_version: str | None) -> list[tuple[str, int]]:
@@ -63,7 +65,9 @@ def health_of(values: dict[str, float], ts: float) -> Health:
     inferences = values.get("inferences")
     errors = values.get("errors")
     rate = errors / max(inferences, 1.0) if inferences is not None and errors is not None else None
-    return Health(ts, rate, values.get("lat_p95_ms"), values.get("psi_max"), values.get("conf_mean"))
+    return Health(
+        ts, rate, values.get("lat_p95_ms"), values.get("psi_max"), values.get("conf_mean"), values.get("lat_p50_ms")
+    )
 
 
 class Ingest:
@@ -90,6 +94,12 @@ class Ingest:
         if state is None or not state.telemetry:
             return None
         return health_of(state.telemetry, state.telemetry_at)
+
+    def windows(self, device: str) -> tuple[Health, ...]:
+        """The device's recent telemetry windows as health points, oldest first (the health gate's evidence)."""
+        with self._lock:
+            state = self._latest.get(device)
+            return tuple(state.windows) if state is not None else ()
 
     def __len__(self) -> int:
         return len(self._latest)
@@ -143,7 +153,7 @@ class Ingest:
         with self._lock:
             state = self._latest.get(device)
             if state is None:
-                state = self._latest[device] = DeviceState()
+                state = self._latest[device] = DeviceState(windows=deque(maxlen=self.config.windows_per_device))
                 while len(self._latest) > self.config.max_devices:
                     self._latest.popitem(last=False)
             else:
@@ -158,6 +168,8 @@ class Ingest:
         fleet, device = topic.fleet, topic.device
         if isinstance(payload, proto.Telemetry):
             state.telemetry, state.telemetry_at = payload.values, now
+            with self._lock:
+                state.windows.append(health_of(payload.values, now))
             self._accumulate(device, payload.values, now)
         elif isinstance(payload, proto.Info):
             state.info = payload

@@ -22,7 +22,7 @@ from device_agent.protocol import Info
 from fleet.access import UrlSigner
 from fleet.errors import InvalidRequestError, NotFoundError
 from fleet.ingest import Ingest
-from fleet.rollout import engine
+from fleet.rollout import engine, evidence
 from fleet.rollout.model import (
     Deploy,
     DeviceView,
@@ -83,11 +83,13 @@ class RolloutStatus:
     targets: list[int]
     progress: dict[str, int]
     spec: dict[str, Any]
+    health: list[dict[str, Any]] = field(default_factory=list)  # the health gate's evidence per sku and metric
 
     def to_dict(self) -> dict[str, Any]:
-        """The row's columns but ``spec``, then stages, targets, progress and the spec (the API's shape)."""
+        """The row's columns but ``spec``, then stages, targets, progress, the spec and the health evidence."""
         row = {k: v for k, v in self.rollout.to_dict().items() if k != "spec"}
-        return {**row, "stages": self.stages, "targets": self.targets, "progress": self.progress, "spec": self.spec}
+        shown = {"stages": self.stages, "targets": self.targets, "progress": self.progress, "spec": self.spec}
+        return {**row, **shown, "health": self.health}
 
 
 @dataclass(frozen=True)
@@ -235,7 +237,7 @@ class FleetService:
         return views
 
     def _device_views(self, selector: Selector) -> tuple[DeviceView, ...]:
-        health = self.ingest.health
+        health, windows = self.ingest.health, self.ingest.windows
         return tuple(
             DeviceView(
                 id=d.id,
@@ -244,6 +246,7 @@ class FleetService:
                 model_name=d.model_name,
                 model_sequence=d.model_sequence,
                 health=health(d.id),
+                windows=windows(d.id),
             )
             for d in self.store.devices.briefs(self.fleet, tags=bool(selector.tags))
             if selector.matches(d.sku, d.tags or [])
@@ -292,7 +295,12 @@ class FleetService:
         """Raises: NotFoundError."""
         row, view = self.view(rollout_id)
         stages = [str(s.size) for s in view.spec.stages]
-        return RolloutStatus(row, stages, engine.targets(view), engine.progress(view), view.spec.to_dict())
+        gate = view.spec.stages[view.stage].gates.health
+        health = []
+        if gate is not None and view.state.active:
+            verdict = evidence.judge(view.devices, view.deployments, gate, self.clock())
+            health = [e.to_dict() for e in verdict.evidence]
+        return RolloutStatus(row, stages, engine.targets(view), engine.progress(view), view.spec.to_dict(), health)
 
     def command(self, rollout_id: int, verb: str, actor: str) -> RolloutStatus:
         """Pause, resume, abort, approve or roll back. Raises: NotFoundError, ConflictError."""

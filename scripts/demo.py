@@ -314,6 +314,8 @@ class Demo:
             f"{self.opts.bake_s:g}",
             "--health-settle",
             f"{self.opts.settle_s:g}",
+            "--health-interval",
+            f"{self.opts.telemetry_s:g}",  # one evaluation per telemetry window
             "--min-p95-delta",
             "5",
         )

@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from device_agent import protocol as P
 from device_agent.bundle import PrivateKey
 from device_agent.protocol import DeploymentState as D
 from fleet.broker import LocalBroker
-from tests.support.fleet_harness import Harness, add_release, running_fleet, wait_until
+from fleet.cli import cli
+from fleet.rollout.evidence import METRICS
+from tests.support.fleet_harness import TOKEN, Harness, add_release, running_fleet, wait_until
 from tests.support.scripted_device import ScriptedDevice, start_fleet
 
 OLD = P.ModelRef("digits", "1.0.0", 1, "1" * 64)
@@ -54,6 +57,12 @@ def scripted(h: Harness, broker: LocalBroker, **kw: Any) -> Iterator[list[Script
         for d in devices:
             d.stop()
     assert not [e for d in devices for e in d.errors]
+
+
+def fleetctl_cli(h: Harness, *args: str) -> str:
+    result = CliRunner().invoke(cli, ["--server", h.url, *args], env={"FLEETCTL_TOKEN": TOKEN})
+    assert result.exit_code == 0, result.output
+    return result.output
 
 
 def start_rollout(h: Harness, tmp: Path, key: PrivateKey, **body: Any) -> int:
@@ -150,19 +159,38 @@ def test_model_health_gate_trips_on_one_skus_latency_and_rolls_back(
 
     with scripted(h, broker, telemetry_for=telemetry, telemetry_interval=0.2) as devices:
         wait_until(lambda: all(h.server.ingest.health(d.device_id) for d in devices), what="baseline telemetry")
-        rid = start_rollout(
-            h,
-            tmp_path,
-            release_key,
-            stages=["25%", "100%"],
-            gates={"bake_s": 30, "max_p95_ratio": 1.5, "health_settle_s": 0.5},
-        )
+        gates = {"bake_s": 30, "max_p95_ratio": 1.5, "health_settle_s": 0.5, "health_interval_s": 0.2}
+        rid = start_rollout(h, tmp_path, release_key, stages=["25%", "100%"], gates=gates)
         status = finished(h, rid, "ABORTED", "SUCCEEDED")
         assert status["state"] == "ABORTED"
-        assert "model health: sku jetson: p95 latency 30.0 ms vs 10.0 ms" in str(status["reason"])
-        assert "pi4" not in str(status["reason"]) and "esp" not in str(status["reason"])
+        reason = str(status["reason"])
+        assert reason.startswith("model health: sku jetson: p95 latency 30.000 vs 10.000 (x3.00, effect size x1.5; U=")
+        assert "1/3 devices" in reason and "3 failed evaluations in a row" in reason
+        assert "pi4" not in reason and "esp" not in reason
         wait_until(lambda: all(d.model == OLD for d in devices), what="every device back on 1.0.0")
         assert len(h.api.get(f"/rollouts/{rid}/deployments")) == 3  # stage 2 never started
+
+
+def test_rollout_status_shows_the_health_evidence_per_sku_and_metric(
+    fleet_env: Harness, broker: LocalBroker, tmp_path: Path, release_key: PrivateKey
+) -> None:
+    """A good release waits for approval after stage 1: its evidence, in the API and as `rollout status`'s table."""
+    h = fleet_env
+    telemetry = lambda sku, release: {"lat_p95_ms": 10.0, "lat_p50_ms": 5.0, "conf_mean": 0.9}  # noqa: E731
+    with scripted(h, broker, telemetry_for=telemetry, telemetry_interval=0.2):
+        gates = {"bake_s": 1, "health_settle_s": 0.2, "health_interval_s": 0.2}
+        rid = start_rollout(h, tmp_path, release_key, stages=["25%", "100%"], gates=gates, approval=True)
+        status = finished(h, rid, "WAITING_APPROVAL", "ABORTED")
+        assert status["state"] == "WAITING_APPROVAL", status["reason"]
+        by_key = {(e["sku"], e["metric"]): e for e in status["health"]}
+        assert set(by_key) == {(s, m.name) for s in SKUS for m in METRICS}
+        p95 = by_key[("jetson", "p95 latency")]
+        assert p95["outcome"] == "pass" and p95["devices"] == [1, 3] and p95["windows"][0] >= 5
+        assert p95["test"] == "mann-whitney-u" and p95["threshold"] == 1.5 and p95["streak"] == 0
+        assert by_key[("esp", "drift")]["note"] == "not reported"
+        out = fleetctl_cli(h, "rollout", "status", str(rid))
+        assert "SKU     METRIC       OUTCOME" in out
+        assert any(line.split()[:4] == ["jetson", "p95", "latency", "pass"] for line in out.splitlines())
 
 
 def test_a_second_fleet_manager_takes_over_rollouts_when_the_leader_stops(

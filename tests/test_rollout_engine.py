@@ -166,12 +166,12 @@ def test_manual_approval_gate_and_operator_commands() -> None:
     assert engine.tick(replace(paused, state=RolloutState.PAUSED), T0) == []
 
 
-def test_health_gate_compares_updated_cohort_with_baseline_of_the_same_sku() -> None:
+def test_one_latest_point_is_not_evidence_for_the_health_gate() -> None:
+    """The gate reads telemetry windows over time (tests/test_rollout_evidence.py); a device's latest point
+    alone, however slow, neither aborts nor holds the stage."""
     gate = HealthGate(settle_s=2.0)
-    devices = tuple(
-        replace(d, health=Health(T0 + 5, error_rate=0.0, lat_p95_ms=10.0, psi_max=0.01, conf_mean=0.9))
-        for d in fleet(4)
-    )
+    point = Health(T0 + 5, error_rate=0.0, lat_p95_ms=10.0, psi_max=0.01, conf_mean=0.9)
+    devices = tuple(replace(d, health=replace(point, lat_p95_ms=30.0 if d.id == "b-0" else 10.0)) for d in fleet(4))
     v = RolloutView(
         1, spec("50%", "100%", bake_s=100.0, health=gate), RolloutState.RUNNING, 0, Phase.BAKING, T0, devices, {}
     )
@@ -180,19 +180,9 @@ def test_health_gate_compares_updated_cohort_with_baseline_of_the_same_sku() -> 
         for d in devices
         if d.id.endswith(("-0", "-1"))
     }
-    assert engine.tick(replace(v, deployments=deps), T0 + 10) == []  # healthy: keep baking
-    slow = tuple(replace(d, health=replace(d.health, lat_p95_ms=30.0)) if d.id == "b-0" else d for d in devices)  # type: ignore[arg-type]
-    acts = engine.tick(replace(v, devices=slow, deployments=deps), T0 + 10)
-    assert isinstance(acts[0], Transition) and acts[0].state is RolloutState.ABORTED
-    assert "sku b: p95 latency" in acts[0].reason
-    stale = tuple(replace(d, health=replace(d.health, ts=T0 - 1)) if d.id == "b-0" else d for d in slow)  # type: ignore[arg-type]
-    assert engine.tick(replace(v, devices=stale, deployments=deps), T0 + 10) == []  # old-model numbers ignored
-    fresh = tuple(replace(d, health=replace(d.health, ts=T0 + 1)) if d.id == "b-0" else d for d in slow)  # type: ignore[arg-type]
-    assert engine.tick(replace(v, devices=fresh, deployments=deps), T0 + 10) == []  # not settled yet
-    tiny = tuple(replace(d, health=replace(d.health, lat_p95_ms=d.health.lat_p95_ms / 10)) for d in slow)  # type: ignore[arg-type, union-attr]
-    assert engine.tick(replace(v, devices=tiny, deployments=deps), T0 + 10) == []  # 3.0 vs 1.0 ms: under the delta
-    lenient = spec("50%", "100%", bake_s=100.0, health=HealthGate(max_p95_ratio=5.0, settle_s=2.0))
-    assert engine.tick(replace(v, spec=lenient, devices=slow, deployments=deps), T0 + 10) == []
+    assert engine.tick(replace(v, deployments=deps), T0 + 10) == []  # baking
+    acts = engine.tick(replace(v, deployments=deps), T0 + 100)
+    assert [(a.state, a.stage) for a in acts if isinstance(a, Transition)] == [(RolloutState.RUNNING, 1)]
 
 
 def test_devices_already_on_the_release_are_skipped_and_unsent_ones_republished() -> None:

@@ -65,12 +65,50 @@ START_OPTIONS = [
         "--min-p95-delta",
         "min_p95_delta_ms",
         type=float,
-        default=2.0,
+        default=0.5,
         show_default=True,
-        help="Health gate: a p95 ratio only trips if updated p95 exceeds baseline by more ms than this.",
+        help="Health gate: a latency shift only fails if the cohorts' medians differ by more ms than this.",
+    ),
+    click.option(
+        "--health-alpha",
+        type=float,
+        default=0.05,
+        show_default=True,
+        help="Health gate: significance level of each test (lower: fewer false aborts, slower detection).",
+    ),
+    click.option(
+        "--health-consecutive",
+        type=int,
+        default=3,
+        show_default=True,
+        help="Health gate: failed evaluations in a row before an abort.",
+    ),
+    click.option(
+        "--health-min-windows",
+        type=int,
+        default=5,
+        show_default=True,
+        help="Health gate: telemetry windows per cohort and sku before a test is run (else inconclusive).",
+    ),
+    click.option(
+        "--health-interval",
+        "health_interval_s",
+        type=float,
+        default=10.0,
+        show_default=True,
+        help="Health gate: seconds between evaluations (set it to the devices' telemetry interval).",
+    ),
+    click.option(
+        "--health-max-wait",
+        "health_max_wait_s",
+        type=float,
+        default=300.0,
+        show_default=True,
+        help="Health gate: seconds past the bake time an undecided gate may hold a stage.",
     ),
     json_option,
 ]
+EVIDENCE_COLS = ["sku", "metric", "outcome", "devices", "windows", "updated", "baseline", "effect", "p", "fails"]
 
 
 @click.group(cls=Group)
@@ -110,12 +148,38 @@ def start_body(opts: dict[str, Any]) -> dict[str, Any]:
 @json_option
 @click.pass_context
 def rollout_status(ctx: click.Context, rollout_id: int, as_json: bool) -> None:
-    """A rollout's state, stage and deployment counts."""
+    """A rollout's state, stage and deployment counts, and the health gate's evidence per sku and metric."""
     row = api(ctx).get(f"/rollouts/{rollout_id}")
     if as_json:
         emit(row, True)
         return
     emit({**row, "stage": f"{row['stage'] + 1}/{len(row['stages'])}"}, False, SHOW_COLS)
+    if row.get("health"):
+        click.echo("")
+        emit([evidence_row(e) for e in row["health"]], False, EVIDENCE_COLS)
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def evidence_row(e: dict[str, Any]) -> dict[str, str]:
+    """One health-gate comparison as a table row: cohorts as updated/baseline, the effect against its size."""
+    ratio = "latency" in e["metric"]
+    effect = _num(e["effect"], ".2f" if ratio else "+.3f")
+    size = f"x{e['threshold']:g}" if ratio else f"{e['threshold']:+g}"
+    return {
+        "sku": e["sku"],
+        "metric": e["metric"],
+        "outcome": e["outcome"] + (f" ({e['note']})" if e["note"] else ""),
+        "devices": "/".join(map(str, e["devices"])),
+        "windows": "/".join(map(str, e["windows"])),
+        "updated": _num(e["updated"], ".3g"),
+        "baseline": _num(e["baseline"], ".3g"),
+        "effect": f"{'x' if ratio and effect else ''}{effect} (size {size})",
+        "p": _num(e["p_value"], ".2g"),
+        "fails": str(e["streak"]),
+    }
 
 
 @rollout.command("ls")

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from device_agent.protocol import DeploymentState as D
 from fleet.errors import ConflictError
-from fleet.rollout.health import health_problems
+from fleet.rollout import evidence
 from fleet.rollout.model import (
     Action,
     Deploy,
@@ -175,18 +175,25 @@ def _deploying(view: RolloutView, deployments: dict[str, DeploymentView], gates:
 
 
 def _baking(view: RolloutView, deployments: dict[str, DeploymentView], gates: Gates, now: float) -> list[Action]:
+    baked_for = now - view.phase_started_at
+    note = ""
     if gates.health is not None:
-        problems = health_problems(view.devices, deployments, gates.health)
-        if problems:
-            return _abort(view, "model health: " + "; ".join(problems)[:900])
-    if now - view.phase_started_at < gates.bake_s:
+        verdict = evidence.judge(view.devices, deployments, gates.health, now)
+        if verdict.failures:
+            return _abort(view, "model health: " + verdict.reason())
+        if verdict.pending and baked_for < gates.bake_s + gates.health.max_inconclusive_s:
+            return []  # a fail streak under way, or evidence still growing: keep baking (bounded)
+        if verdict.pending:
+            note = f" (health gate still undecided after {gates.health.max_inconclusive_s:g} s more)"
+    if baked_for < gates.bake_s:
         return []
     last = view.stage + 1 >= len(view.spec.stages)
     if last:
-        return [Transition(RolloutState.SUCCEEDED, view.stage, Phase.BAKING, "last stage baked")]
+        return [Transition(RolloutState.SUCCEEDED, view.stage, Phase.BAKING, "last stage baked" + note)]
+    reason = f"stage {view.stage + 1} baked{note}"
     if gates.approval:
-        return [Transition(RolloutState.WAITING_APPROVAL, view.stage, Phase.BAKING, f"stage {view.stage + 1} baked")]
-    return [Transition(RolloutState.RUNNING, view.stage + 1, Phase.DEPLOYING, f"stage {view.stage + 1} baked")]
+        return [Transition(RolloutState.WAITING_APPROVAL, view.stage, Phase.BAKING, reason)]
+    return [Transition(RolloutState.RUNNING, view.stage + 1, Phase.DEPLOYING, reason)]
 
 
 def progress(view: RolloutView) -> dict[str, int]:

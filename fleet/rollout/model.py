@@ -69,15 +69,27 @@ class Threshold:
 
 @dataclass(frozen=True)
 class HealthGate:
-    """Model-health comparison of the updated cohort against not-yet-updated devices of the same sku."""
+    """Model-health comparison of the updated cohort against not-yet-updated devices of the same sku.
+
+    The ``max_*`` fields are effect sizes: the regression the gate is built to catch. A metric fails when a
+    one-sided Mann-Whitney U test says, at level ``alpha``, that the updated cohort is worse than the
+    baseline by more than half that effect (the tolerance), and aborts after ``consecutive`` such
+    evaluations ``eval_interval_s`` apart (see ``fleet/rollout/evidence.py`` and docs/operations.md).
+    """
 
     max_error_rate_increase: float = 0.05  # absolute increase of errors/inferences
-    max_p95_ratio: float = 1.5  # updated p95 latency / baseline p95 latency
-    max_psi: float = 0.25  # mean psi_max of the updated cohort (input/output drift)
+    max_p95_ratio: float = 1.5  # updated / baseline latency (p95 and p50)
+    max_psi: float = 0.25  # increase of psi_max (output drift) over the baseline cohort of the same sku
     max_conf_drop: float = 0.10  # baseline conf_mean - updated conf_mean
-    min_devices: int = 1  # per cohort and sku, below which the comparison is skipped
+    min_devices: int = 1  # per cohort and sku, below which the comparison is inconclusive
     settle_s: float = 10.0  # seconds after a device's success before its telemetry counts (new-model warm-up)
-    min_p95_delta_ms: float = 2.0  # a p95 ratio only counts if the difference is larger (sub-ms noise)
+    min_p95_delta_ms: float = 0.5  # a latency shift only fails if the medians also differ by more ms (sub-ms noise)
+    alpha: float = 0.05  # significance level of each one-sided test
+    consecutive: int = 3  # failed evaluations in a row before an abort
+    min_windows: int = 5  # telemetry windows per cohort and sku before a test is run
+    eval_interval_s: float = 10.0  # seconds between evaluations (the devices' telemetry interval)
+    max_inconclusive_s: float = 300.0  # seconds past the bake time an inconclusive gate may hold a stage
+    max_samples: int = 1000  # windows per cohort and test (each device's newest first), bounding the work
 
 
 @dataclass(frozen=True)
@@ -175,13 +187,14 @@ class RolloutSpec:
 
 @dataclass(frozen=True)
 class Health:
-    """A device's latest model-health numbers; ``ts`` in seconds since the epoch."""
+    """A device's model-health numbers of one telemetry window; ``ts`` in seconds since the epoch."""
 
     ts: float
     error_rate: float | None = None
     lat_p95_ms: float | None = None
     psi_max: float | None = None
     conf_mean: float | None = None
+    lat_p50_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -191,7 +204,8 @@ class DeviceView:
     online: bool = True
     model_name: str | None = None
     model_sequence: int | None = None
-    health: Health | None = None
+    health: Health | None = None  # the latest window
+    windows: tuple[Health, ...] = ()  # the recent windows, oldest first (bounded by the ingest)
 
 
 @dataclass(frozen=True)

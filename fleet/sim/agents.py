@@ -81,7 +81,7 @@ class Simulation:
             self.devices[device_id] = _Device(device_id, sku, home)
 
     def _faults(self, device: _Device) -> FaultPlan:
-        return fault_plan(self.config, device.sku, lambda: self._crash(device))
+        return fault_plan(self.config, device.sku, lambda: self._crash(device), device.id)
 
     # --- running ---------------------------------------------------------------------------------
 

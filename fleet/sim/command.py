@@ -32,7 +32,19 @@ OPTIONS = [
         help="Release public key(s) (repeat).",
     ),
     click.option("--skus", default="sim", show_default=True, help="Comma-separated skus, assigned round-robin."),
-    click.option("--fault", "faults", multiple=True, help="NAME@VERSION[:SKU]=selftest|slow|crash (repeat)."),
+    click.option(
+        "--fault",
+        "faults",
+        multiple=True,
+        help="NAME@VERSION[:SKU]=selftest|slow|crash|slower:F|errors:R|lowconf:D|drift:S (repeat).",
+    ),
+    click.option(
+        "--noise",
+        default=0.0,
+        show_default=True,
+        type=click.FloatRange(0.0, 1.0),
+        help="Field noise on every device: each inference stalls 5-200 ms with this probability; error bursts.",
+    ),
     click.option(
         "--offline-rate",
         default=0.0,
@@ -97,6 +109,7 @@ def simulation_config(opts: dict[str, Any]) -> SimulationConfig:
         workdir=opts["workdir"],
         telemetry_interval_s=opts["telemetry_interval"],
         replay_rate=opts["replay_rate"],
+        noise=opts["noise"],
     )
     if opts["probation_seconds"] is not None:
         config.probation = replace(config.probation, seconds=opts["probation_seconds"])
@@ -111,7 +124,10 @@ def simulate_command(**opts: Any) -> None:
     Each device has its own home, MQTT session, update pipeline and telemetry; inference runs in
     the bundle's real runtime. Faults: `selftest` (the release's self-test fails on that sku),
     `slow` (inference gets slower: probation's latency gate trips), `crash` (the device dies while
-    installing, reboots, and gives up after repeated crashes).
+    installing, reboots, and gives up after repeated crashes), and subtle regressions the device's own
+    gates let through but the fleet's health gate should catch: `slower:F` (latency times F),
+    `errors:R` (adds error rate R), `lowconf:D` (confidence lower by D), `drift:S` (inputs shifted by S
+    standard deviations). `--noise P` adds field noise to every device, whatever its release.
 
     Lean mode (thousands of devices, `--processes K`) runs the same agent and updater code per device,
     but multiplexes a process's MQTT connections on one thread, runs the devices' work on a shared

@@ -14,12 +14,19 @@ if TYPE_CHECKING:
     from device_agent.home import Home
 
 FAULT_RE = re.compile(
-    r"(?P<release>[a-z0-9][a-z0-9-]*@[0-9A-Za-z.+-]+)(?::(?P<sku>[a-z0-9-]+))?=(?P<kind>selftest|slow|crash)"
+    r"(?P<release>[a-z0-9][a-z0-9-]*@[0-9A-Za-z.+-]+)(?::(?P<sku>[a-z0-9-]+))?="
+    r"(?:(?P<kind>selftest|slow|crash)|(?P<valued>slower|errors|lowconf|drift):(?P<value>[0-9]+(?:\.[0-9]+)?))"
 )
+FAULT_FORMS = "selftest|slow|crash|slower:F|errors:R|lowconf:D|drift:S"
+# the valid range of each valued fault: (lowest, highest)
+FAULT_RANGES = {"slower": (1.0, 100.0), "errors": (0.0, 1.0), "lowconf": (0.0, 1.0), "drift": (0.0, 100.0)}
 # The latency gate is a budget, not a ratio: simulated models take a fraction of a millisecond, and on a
-# loaded machine a 3x ratio over a 0.1 ms baseline trips on noise; the "slow" fault adds 50 ms.
+# loaded machine a 3x ratio over a 0.1 ms baseline trips on noise; the "slow" fault adds 50 ms, over the 40 ms
+# budget, which a busy machine's scheduling and `--noise` stalls (5 ms and up, 2 % of inferences) stay under.
+# The error gate tolerates a quarter: `--noise` error bursts (about 5 errors in 10 inferences) and the subtle `errors:R`
+# regressions are for the fleet's health gate to judge, not for one device's 20-inference probation.
 SIM_PROBATION = ProbationSection(
-    min_inferences=20, seconds=15.0, max_error_rate=0.05, latency_budget_ms=20.0, max_latency_ratio=0.0
+    min_inferences=20, seconds=15.0, max_error_rate=0.25, latency_budget_ms=40.0, max_latency_ratio=0.0
 )
 AGENT_MODE_MAX = 200  # devices up to which `--mode auto` runs full agents (4 threads each)
 
@@ -28,15 +35,22 @@ AGENT_MODE_MAX = 200  # devices up to which `--mode auto` runs full agents (4 th
 class Fault:
     release: str  # NAME@VERSION
     sku: str | None  # None: every sku
-    kind: str  # selftest | slow | crash
+    kind: str  # selftest | slow | crash | slower | errors | lowconf | drift
+    value: float = 0.0  # slower: latency factor; errors: added error rate; lowconf: confidence drop; drift: sigmas
 
     @classmethod
     def parse(cls, spec: str) -> Fault:
-        """``NAME@VERSION[:SKU]=selftest|slow|crash``. Raises: ConfigError."""
+        """``NAME@VERSION[:SKU]=KIND`` with KIND one of ``FAULT_FORMS``. Raises: ConfigError."""
         m = FAULT_RE.fullmatch(spec.strip())
         if not m:
-            raise ConfigError(f"bad fault {spec!r}: expected NAME@VERSION[:SKU]=selftest|slow|crash")
-        return cls(m["release"], m["sku"], m["kind"])
+            raise ConfigError(f"bad fault {spec[:120]!r}: expected NAME@VERSION[:SKU]={FAULT_FORMS}")
+        if m["kind"]:
+            return cls(m["release"], m["sku"], m["kind"])
+        kind, value = m["valued"], float(m["value"])
+        low, high = FAULT_RANGES[kind]
+        if not low <= value <= high:
+            raise ConfigError(f"bad fault {spec[:120]!r}: {kind} must be between {low:g} and {high:g}")
+        return cls(m["release"], m["sku"], kind, value)
 
 
 @dataclass
@@ -53,6 +67,7 @@ class SimulationConfig:
     telemetry_interval_s: float = 5.0
     replay_rate: float = 5.0  # inferences per second per device
     slow_extra_s: float = 0.05  # added latency for the "slow" fault
+    noise: float = 0.0  # field noise on every device: stall probability per inference (see fleet.sim.noise)
     probation: ProbationSection = SIM_PROBATION
     seed: int = 0
     id_prefix: str = "sim"

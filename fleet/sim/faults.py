@@ -4,6 +4,8 @@
 - ``slow``: on probation the release's runtime is wrapped once in ``SlowRuntime`` (``UpdateHooks.serve``);
 - ``crash``: the device dies just before installing the release (``UpdateHooks.before_install``):
   ``on_crash`` ends the process, or a simulator kills that one device and raises ``DeviceCrashed``;
+- field noise (every device) and the subtle regressions ``slower:F``, ``errors:R``, ``lowconf:D``, ``drift:S``:
+  the served model is wrapped by ``fleet.sim.noise`` (``UpdateHooks.serve``, never during a self-test);
 - outages: ``OutageClient`` drops the MQTT connection and refuses to reconnect for a while, and
   ``OutageBackoff`` schedules the reconnection for when the outage ends.
 """
@@ -12,9 +14,10 @@ from __future__ import annotations
 
 import copy
 import os
+import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from device_agent.agent import Backoff
@@ -22,6 +25,7 @@ from device_agent.errors import TransportError
 from device_agent.hooks import Halt, UpdateHooks
 from device_agent.mqtt import MqttClient, Will
 from device_agent.runtime import Runtime
+from fleet.sim.noise import Effects, field_model
 
 if TYPE_CHECKING:
     from device_agent.model import LoadedModel, SelfTestResult
@@ -44,6 +48,9 @@ class FaultPlan:
     slow_s: dict[str, float] = field(default_factory=dict)  # extra latency per inference in probation
     crash: set[str] = field(default_factory=set)  # the device dies while installing
     on_crash: Callable[[], None] = field(default=lambda: os._exit(70))  # a simulator crashes one device only
+    effects: dict[str, Effects] = field(default_factory=dict)  # slower/errors/lowconf/drift per release
+    noise: float = 0.0  # field noise on every served model, whatever its release
+    rng: random.Random = field(default_factory=random.Random)  # the device's own noise
 
 
 class SlowRuntime(Runtime):
@@ -76,7 +83,10 @@ class FaultHooks(UpdateHooks):
         return result
 
     def serve(self, model: LoadedModel) -> LoadedModel:
-        extra_s = self.plan.slow_s.get(release_key(model), 0.0)
+        key = release_key(model)
+        effects = replace(self.plan.effects.get(key, Effects()), noise=self.plan.noise)
+        model = field_model(model, effects, self.plan.rng)
+        extra_s = self.plan.slow_s.get(key, 0.0)
         if not extra_s:
             return model
         slow = copy.copy(model)  # the same verified model, on a slower runtime
@@ -84,9 +94,9 @@ class FaultHooks(UpdateHooks):
         return slow
 
 
-def fault_plan(c: SimulationConfig, sku: str, on_crash: Callable[[], None]) -> FaultPlan:
-    """The injected faults that apply to a device of ``sku``."""
-    plan = FaultPlan(on_crash=on_crash)
+def fault_plan(c: SimulationConfig, sku: str, on_crash: Callable[[], None], device: str = "") -> FaultPlan:
+    """The injected faults that apply to ``device`` of ``sku`` (its noise seeded by the device id)."""
+    plan = FaultPlan(on_crash=on_crash, noise=c.noise, rng=random.Random(f"{c.seed}/{device}"))
     for f in c.faults:
         if f.sku not in (None, sku):
             continue
@@ -94,8 +104,11 @@ def fault_plan(c: SimulationConfig, sku: str, on_crash: Callable[[], None]) -> F
             plan.selftest.add(f.release)
         elif f.kind == "slow":
             plan.slow_s[f.release] = c.slow_extra_s
-        else:
+        elif f.kind == "crash":
             plan.crash.add(f.release)
+        else:
+            effects = plan.effects.get(f.release, Effects())
+            plan.effects[f.release] = replace(effects, **{f.kind: f.value})
     return plan
 
 

@@ -65,7 +65,7 @@ class Worker:
 
     def _new_agent(self, device_id: str) -> LeanDevice:
         sku, home = self.homes[device_id]
-        faults = fault_plan(self.config, sku, lambda: self._crash(device_id))
+        faults = fault_plan(self.config, sku, lambda: self._crash(device_id), device_id)
         return LeanDevice(home, load_config(home.config), self.ctx, faults)
 
     def _crash(self, device_id: str) -> None:
