@@ -15,6 +15,7 @@ import queue
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,7 +119,10 @@ class Agent:
             )
             self.api.start()
         run_info = {"pid": os.getpid(), "api": self.api.url if self.api else None}
-        atomic_write(self.home.run_file, json.dumps(run_info).encode())
+        try:
+            atomic_write(self.home.run_file, json.dumps(run_info).encode())
+        except OSError as exc:  # a full disk: serve anyway (`edge-agent status` cannot find the API meanwhile)
+            log.error("cannot write %s: %s", self.home.run_file, exc.strerror)
         if self.updater.state.pending is not None:
             self._work.set()  # a deployment interrupted by a restart: resume it
 
@@ -141,15 +145,24 @@ class Agent:
                     else:
                         next_connect = now + self.backoff.next_delay()
                 if now >= next_probation:
-                    self.updater.check_probation()
                     next_probation = now + PROBATION_CHECK_S
+                    self._guarded(self.updater.check_probation)
                 if now >= next_telemetry:
-                    self.session.send_telemetry()
                     next_telemetry = now + self.core.telemetry_interval
+                    self._guarded(self.session.send_telemetry)
                 self._flush_events()
-                self._next_command(COMMAND_WAIT_S)
+                self._guarded(lambda: self._next_command(COMMAND_WAIT_S))
         finally:
             self.teardown()
+
+    @staticmethod
+    def _guarded(step: Callable[[], object]) -> None:
+        """Run one step of the loop; an I/O error (a full or failing disk) is logged, never fatal: the
+        components end their own work with a reason, this is the last line of defence."""
+        try:
+            step()
+        except OSError as exc:
+            log.error("%s: %s", getattr(step, "__name__", "step"), exc)
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -133,7 +133,7 @@ class AgentCore:
             if isinstance(interval, int | float) and not isinstance(interval, bool) and 0.1 <= interval <= 86400:
                 self.telemetry_interval = float(interval)
         with self.updater.lock:
-            self.updater.save()
+            self.updater.save_quietly()  # a full disk must not stop the agent answering commands
         return action
 
     def _rollback(self, cmd: P.RollbackCommand) -> Action:
@@ -153,7 +153,7 @@ class AgentCore:
         """Carry the pending deployment as far as it goes; False when a hook halted it (``Halt``)."""
         try:
             self.updater.run_pending()
-        except EdgefleetError as exc:
+        except (EdgefleetError, OSError) as exc:  # the updater ends deployments itself; this is the last guard
             log.error("deployment failed: %s", exc)
         except Halt:
             return False

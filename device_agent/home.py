@@ -1,7 +1,7 @@
 """The device home directory (DESIGN.md) and its state file, written atomically.
 
 ```
-agent.toml  trust/*.pub  slots/a/bundle.efb  slots/b/bundle.efb  state.json  downloads/  spool/  run/
+agent.toml  trust/*.pub  slots/a/bundle.efb  slots/b/bundle.efb  state.json  floor.log  downloads/  spool/  run/
 ```
 
 A slot is one file, the verified bundle itself: installing is one atomic replace, and the agent
@@ -121,6 +121,11 @@ class Home:
     @property
     def state_file(self) -> Path:
         return self.root / "state.json"
+
+    @property
+    def floor_file(self) -> Path:
+        """The rollback floor's append-only second copy (``device_agent.floor``)."""
+        return self.root / "floor.log"
 
     @property
     def downloads(self) -> Path:
