@@ -439,6 +439,7 @@ class Updater:
             self.state.pending = None
             self.state.remember_deployment(deployment_id, state)
             self.save_quietly()
+        self._remove_download(deployment_id)  # before the event: an ended deployment holds no disk space
         self._emit_event(deployment_id, state, reason, detail)
 
     def _emit_event(
