@@ -4,7 +4,8 @@ The highest committed sequence per bundle name is what stops a validly signed ol
 coming back. state.json holds it, but a state file that is emptied, corrupted or rewritten by hand
 must not lower it, so every commit first appends the new floor here (fsynced) and every boot takes
 the maximum of this file, state.json and the active slot's manifest. Appending never rewrites what
-was durable before (a torn last line is skipped when read); the file is compacted atomically when
+was durable before (a last line without its newline, torn by a power cut, is ignored and cut before
+the next append); the file is compacted atomically when
 it grows past ``MAX_LINES``.
 """
 
@@ -43,7 +44,7 @@ class RollbackFloor:
         except OSError:
             return {}
         floors: dict[str, int] = {}
-        for line in text.splitlines():
+        for line in text.split("\n")[:-1]:  # only whole lines: the last piece has no newline (a torn append)
             if m := LINE_RE.fullmatch(line.strip()):
                 floors[m.group(1)] = max(floors.get(m.group(1), 0), int(m.group(2)))
         return floors
@@ -59,6 +60,7 @@ class RollbackFloor:
         if not lines:
             return
         created = not self.path.exists()
+        self._drop_torn_tail()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, "".join(lines).encode("ascii"))
@@ -70,6 +72,16 @@ class RollbackFloor:
         if self._line_count() > MAX_LINES:
             merged = merge_floors(current, floors)
             atomic_write(self.path, "".join(f"{n} {s}\n" for n, s in sorted(merged.items())).encode("ascii"))
+
+    def _drop_torn_tail(self) -> None:
+        """Cut a last line without its newline (an append the power cut short, never read as a floor),
+        so the next append does not extend it."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        if data and not data.endswith(b"\n"):
+            os.truncate(self.path, data.rfind(b"\n") + 1)
 
     def _line_count(self) -> int:
         try:

@@ -76,6 +76,18 @@ def flash(bundle_path: Path, target: Path, opts: FlashOptions) -> Home:
     home.create_dirs()
     for key in keys:
         atomic_write(home.trust / f"{key.keyid}.pub", key.to_pem())
+    config = _agent_config(opts, home, manifest.name)
+    secret = bool(opts.password or opts.keyfile)
+    atomic_write(home.config, config.to_toml().encode(), mode=0o600 if secret else 0o644)
+    atomic_write(home.slot("a"), data)
+    home.floor_file.unlink(missing_ok=True)  # a new device: the floor starts at the flashed bundle
+    RollbackFloor(home.floor_file).raise_to({manifest.name: manifest.sequence})
+    home.save_state(DeviceState(active="a", committed={manifest.name: manifest.sequence}))
+    return home
+
+
+def _agent_config(opts: FlashOptions, home: Home, model_name: str) -> AgentConfig:
+    """agent.toml's settings from the options (TLS files copied into the home)."""
     cafile, certfile, keyfile = (_copy_tls(home, p) for p in (opts.cafile, opts.certfile, opts.keyfile))
     config = AgentConfig(
         device=DeviceSection(
@@ -83,7 +95,7 @@ def flash(bundle_path: Path, target: Path, opts: FlashOptions) -> Home:
             fleet=opts.fleet,
             sku=opts.sku,
             tags=opts.tags,
-            models=opts.model_names or (manifest.name,),
+            models=opts.model_names or (model_name,),
         ),
         broker=BrokerSection(
             url=opts.broker,
@@ -101,13 +113,7 @@ def flash(bundle_path: Path, target: Path, opts: FlashOptions) -> Home:
     )
     for section, values in opts.extra.items():  # e.g. {"probation": ProbationSection(...)}
         config = replace(config, **{section: values})
-    secret = bool(opts.password or opts.keyfile)
-    atomic_write(home.config, config.to_toml().encode(), mode=0o600 if secret else 0o644)
-    atomic_write(home.slot("a"), data)
-    home.floor_file.unlink(missing_ok=True)  # a new device: the floor starts at the flashed bundle
-    RollbackFloor(home.floor_file).raise_to({manifest.name: manifest.sequence})
-    home.save_state(DeviceState(active="a", committed={manifest.name: manifest.sequence}))
-    return home
+    return config
 
 
 def broker_hosts_urls(broker: str) -> tuple[str, ...]:

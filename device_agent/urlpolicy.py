@@ -12,6 +12,8 @@ import urllib.parse
 
 from device_agent.errors import UrlNotAllowedError
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
 
 def url_allowed(url: str, allowed: tuple[str, ...]) -> bool:
     """True when ``allowed`` is empty (an unprovisioned home) or one of its prefixes matches ``url``."""
@@ -19,7 +21,7 @@ def url_allowed(url: str, allowed: tuple[str, ...]) -> bool:
         return True
     try:
         u = urllib.parse.urlsplit(url)
-        port = u.port
+        port = u.port or DEFAULT_PORTS.get(u.scheme)
     except ValueError:
         return False
     if u.scheme not in ("http", "https") or not u.hostname or u.username or u.password:

@@ -32,6 +32,7 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
             ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
             capture_output=True,
             text=True,
+            check=False,
         )
         why = done.stderr.strip() if done.returncode else ""
     if why:
