@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from device_agent import protocol as P
-from device_agent.api import LocalApi
+from device_agent.api import ApiHandlers, ApiSettings, LocalApi
+from device_agent.api_security import ApiLimits, load_or_create_token
 from device_agent.config import AgentConfig
 from device_agent.core import Action, AgentCore, AgentParts
 from device_agent.engine import InferenceEngine
@@ -112,10 +113,9 @@ class Agent:
         if self.config.replay.rate > 0:
             self._spawn("replay", self._replay)
         if self._want_api:
-            host, _, port = self.config.api.listen.rpartition(":")
             core = self.core
             self.api = LocalApi(
-                core.active_engine, self.status, core.manual_rollback, host or "127.0.0.1", int(port or 0)
+                ApiHandlers(core.active_engine, self.status, core.manual_rollback), self._api_settings()
             )
             self.api.start()
         run_info = {"pid": os.getpid(), "api": self.api.url if self.api else None}
@@ -125,6 +125,18 @@ class Agent:
             log.error("cannot write %s: %s", self.home.run_file, exc.strerror)
         if self.updater.state.pending is not None:
             self._work.set()  # a deployment interrupted by a restart: resume it
+
+    def _api_settings(self) -> ApiSettings:
+        a = self.config.api
+        limits = ApiLimits(a.max_body_bytes, a.max_json_bytes, a.max_decoded_bytes, a.max_elements)
+        listen, token = a.listen, ""
+        if listen == "unix":
+            listen = str(self.home.api_socket)
+        elif listen.startswith("unix:"):
+            listen = listen[len("unix:") :]
+        else:
+            token = load_or_create_token(self.home.api_token)
+        return ApiSettings(listen, token, limits, a.read_timeout_s, a.max_connections)
 
     def _spawn(self, name: str, target: Any) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)

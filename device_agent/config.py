@@ -87,7 +87,15 @@ class DownloadSection:
 
 @dataclass(frozen=True)
 class ApiSection:
-    listen: str = "127.0.0.1:0"  # HOST:PORT (0 = any free port, recorded in run/agent.json)
+    """The local API (``device_agent.api``): where it listens and what bounds every caller."""
+
+    listen: str = "unix"  # "unix": HOME/run/api.sock; "unix:/path"; or HOST:PORT (TCP, with HOME/api.token)
+    max_body_bytes: int = 16 << 20  # .npy / .npz request bodies
+    max_json_bytes: int = 2 << 20  # JSON request bodies
+    max_decoded_bytes: int = 64 << 20  # arrays of one request once decoded (from their headers)
+    max_elements: int = 16 << 20  # array elements of one request
+    read_timeout_s: float = 10.0  # per connection, for each read of the request
+    max_connections: int = 16  # served at once; more are answered 503 at once
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,15 @@ class LocalApiError(EdgefleetError):
         self.status = status
 
 
+class ApiRefusedError(LocalApiError):
+    """The local API refused a request before doing any work; ``code`` says why (``length-required``,
+    ``too-large``, ``unauthorized``, ``bad-host``, ``bad-origin``, ``busy``, ``bad-request``)."""
+
+    def __init__(self, message: str = "", *, status: int, code: str) -> None:
+        super().__init__(message, status=status)
+        self.code = code
+
+
 # --- the device: models, runtimes, updates ------------------------------------------------------------
 
 

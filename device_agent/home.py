@@ -140,6 +140,16 @@ class Home:
         """Written by a running agent: pid and local API address."""
         return self.root / "run" / "agent.json"
 
+    @property
+    def api_socket(self) -> Path:
+        """The local API's Unix socket (``[api] listen = "unix"``, the default)."""
+        return self.root / "run" / "api.sock"
+
+    @property
+    def api_token(self) -> Path:
+        """The local API's token when it listens on TCP (mode 0600)."""
+        return self.root / "api.token"
+
     def slot(self, name: str) -> Path:
         return self.root / "slots" / name / "bundle.efb"
 

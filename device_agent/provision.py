@@ -45,7 +45,7 @@ class FlashOptions:
     keyfile: Path | None = None
     telemetry_interval_s: float = 10.0
     replay_rate: float = 0.0
-    api_listen: str = "127.0.0.1:0"
+    api_listen: str = "unix"
     model_names: tuple[str, ...] = ()  # bundle names the device accepts; () = the flashed bundle's name
     fleet_urls: tuple[str, ...] = ()  # artifact URL prefixes; () = http(s) on the broker's host(s)
     force: bool = False

@@ -48,7 +48,10 @@ FLASH_OPTIONS = [
         help="Self-test replays per second (demos).",
     ),
     click.option(
-        "--api-listen", default="127.0.0.1:0", show_default=True, help="Local API HOST:PORT (0: any free port)."
+        "--api-listen",
+        default="unix",
+        show_default=True,
+        help="Local API: unix (HOME/run/api.sock), unix:/PATH, or HOST:PORT (TCP with the token in HOME/api.token).",
     ),
     click.option(
         "--model-name",
