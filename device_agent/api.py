@@ -105,6 +105,7 @@ class _Bounded(socketserver.ThreadingMixIn):
     """A thread per connection up to ``max_connections``; beyond, a 503 from the accepting thread."""
 
     daemon_threads = True
+    request_queue_size = 64  # listen() backlog: a burst of callers waits in the kernel, not in threads
     max_connections = 16
     busy_response = b""
 
