@@ -26,6 +26,7 @@ from device_agent.config import AgentConfig
 from device_agent.engine import InferenceEngine
 from device_agent.errors import EdgefleetError
 from device_agent.fetch import Fetcher, HttpFetcher
+from device_agent.fsutil import map_file
 from device_agent.home import Home
 from device_agent.hooks import NO_HOOKS, Halt, UpdateHooks
 from device_agent.hostmetrics import CpuMeter, rss_mb, temperature_c, total_ram_bytes
@@ -44,8 +45,8 @@ def slot_ref(path: Path) -> P.ModelRef | None:
     if not path.exists():
         return None
     try:
-        m = read_bundle(path.read_bytes(), check_hashes=False).manifest
-    except EdgefleetError:
+        m = read_bundle(map_file(path), check_hashes=False).manifest  # mapped: only the manifest is read
+    except (EdgefleetError, OSError, ValueError):
         return None
     return P.ModelRef(m.name, m.version, m.sequence, m.model.sha256)
 

@@ -1,7 +1,7 @@
 """Full disks, seen before and during the work: the free-space check and the translation of I/O errors.
 
 A device nobody can walk up to must degrade, never die: an update refuses to start when the home's
-filesystem cannot hold the download and the install copy (plus a margin), and an ``OSError`` met
+filesystem cannot hold the download (plus a margin), and an ``OSError`` met
 under a step becomes a ``StorageError`` (``no-space`` for ENOSPC/EDQUOT, else ``io``) that the
 updater turns into a terminal deployment state with that reason.
 """
@@ -27,9 +27,9 @@ def free_bytes(root: Path) -> int:
 
 def update_space_needed(size: int, have: int, margin: int) -> int:
     """Bytes an update of a ``size``-byte bundle still needs, ``have`` bytes of it being downloaded:
-    the rest of the download, the install copy (written beside the old slot file before the rename)
-    and ``margin`` for state.json, the spool and the filesystem's own overhead."""
-    return max(0, size - have) + size + margin
+    the rest of the download (installed by renaming it into the slot: no second copy) and ``margin``
+    for state.json, the spool and the filesystem's own overhead."""
+    return max(0, size - have) + margin
 
 
 def check_space(root: Path, needed: int, what: str) -> None:

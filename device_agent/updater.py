@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +24,7 @@ from pathlib import Path
 
 from device_agent import protocol as P
 from device_agent.bundle import TrustStore
+from device_agent.bundle.archive import Buffer
 from device_agent.bundle.reader import DeviceCapabilities
 from device_agent.config import AgentConfig, ProbationSection
 from device_agent.diskguard import check_space, storage_error, update_space_needed
@@ -40,7 +41,7 @@ from device_agent.errors import (
 )
 from device_agent.fetch import Fetcher
 from device_agent.floor import RollbackFloor, merge_floors
-from device_agent.fsutil import atomic_write
+from device_agent.fsutil import fsync_dir, map_file, sha256_file
 from device_agent.home import DeviceState, Home, Pending, Probation, other
 from device_agent.hooks import NO_HOOKS, UpdateHooks
 from device_agent.model import LoadedModel
@@ -182,8 +183,7 @@ class Updater:
         return model
 
     def _load_slot(self, slot: str) -> LoadedModel:
-        data = self.home.slot(slot).read_bytes()
-        return self._load(data, self.trust, slot=slot, threads=self.config.runtime.threads)
+        return self._load(map_file(self.home.slot(slot)), self.trust, slot=slot, threads=self.config.runtime.threads)
 
     # --- commands ------------------------------------------------------------------------------
 
@@ -248,7 +248,7 @@ class Updater:
                 )
             if self._stopped_by_cancel(pending):
                 return
-            self._install(pending, data, model)
+            self._install(pending, model)
             self._selftest_and_activate(pending, model)
         except (DownloadError, StorageError) as exc:
             self._finish(dep, P.DeploymentState.FAILED, exc.code, str(exc))
@@ -292,12 +292,12 @@ class Updater:
     def _download_path(self, deployment_id: str) -> Path:
         return self.home.downloads / f"{deployment_id}.efb"
 
-    def _obtain(self, pending: Pending) -> bytes:
+    def _obtain(self, pending: Pending) -> Buffer:
+        """The bundle, mapped from its file (never read into memory): the slot it was installed in
+        before a restart, or the download."""
         slot_file = self.home.slot(pending.slot)
-        if slot_file.exists():
-            data = slot_file.read_bytes()
-            if hashlib.sha256(data).hexdigest() == pending.sha256:
-                return data  # installed before a restart
+        if slot_file.exists() and sha256_file(slot_file) == pending.sha256:
+            return map_file(slot_file)  # installed before a restart
         part = self._download_path(pending.deployment_id).with_name(f"{pending.deployment_id}.efb.part")
         have = part.stat().st_size if part.exists() else 0
         needed = update_space_needed(pending.size, have, self.config.download.space_margin_bytes)
@@ -306,16 +306,22 @@ class Updater:
         path = self.fetcher.download(
             pending.url, self._download_path(pending.deployment_id), pending.size, pending.sha256
         )
-        return path.read_bytes()
+        return map_file(path)
 
-    def _install(self, pending: Pending, data: bytes, model: LoadedModel) -> None:
+    def _install(self, pending: Pending, model: LoadedModel) -> None:
+        """Install by rename: the verified download (complete and fsynced) becomes the slot's file."""
         self._step(pending.deployment_id, P.DeploymentState.INSTALLING)
         with self.lock:
             if self.state.previous == pending.slot:
                 self.state.previous = None  # the slot is about to change: it is no rollback target any more
                 self.save()
         self.hooks.before_install(model)
-        atomic_write(self.home.slot(pending.slot), data)
+        download, slot_file = self._download_path(pending.deployment_id), self.home.slot(pending.slot)
+        if download.exists():  # else: it was renamed into the slot before a restart
+            slot_file.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(download, slot_file)
+            fsync_dir(slot_file.parent)
+            fsync_dir(download.parent)
 
     def _selftest_and_activate(self, pending: Pending, model: LoadedModel) -> None:
         dep = pending.deployment_id
