@@ -194,85 +194,91 @@ class LocalApi:
 
 
 def _make_handler(handlers: ApiHandlers, settings: ApiSettings, hosts: frozenset[str]) -> type[BaseHTTPRequestHandler]:
-    limits = settings.limits
+    """A handler class bound to what it serves and how (``hosts`` empty: no caller check, a Unix socket)."""
+    attrs = {"handlers": handlers, "settings": settings, "hosts": hosts, "timeout": settings.read_timeout_s}
+    return type("Handler", (_ApiHandler,), attrs)
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        timeout = settings.read_timeout_s  # per socket operation: a half-sent request frees its thread
 
-        def log_message(self, format: str, *args: Any) -> None:  # quiet: the agent logs what matters
-            pass
+class _ApiHandler(BaseHTTPRequestHandler):
+    """The API's routes; ``_make_handler`` binds a subclass to its handlers and settings."""
 
-        def address_string(self) -> str:
-            return "local"  # a Unix socket's peer has no address
+    protocol_version = "HTTP/1.1"
+    handlers: ApiHandlers
+    settings: ApiSettings
+    hosts: frozenset[str]
 
-        def _send(self, code: int, doc: Mapping[str, Any]) -> None:
-            body = json.dumps(doc).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(body)
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: the agent logs what matters
+        pass
 
-        def _refuse(self, exc: ApiRefusedError) -> None:
-            self.close_connection = True  # the body (if any) is left unread: this connection is done
-            self._send(exc.status or 400, {"error": str(exc), "code": exc.code})
+    def address_string(self) -> str:
+        return "local"  # a Unix socket's peer has no address
 
-        def _caller_ok(self) -> bool:
-            if hosts:
-                try:
-                    check_caller(self.headers, settings.token, hosts)
-                except ApiRefusedError as exc:
-                    self._refuse(exc)
-                    return False
-            return True
+    def _send(self, code: int, doc: Mapping[str, Any]) -> None:
+        body = json.dumps(doc).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
 
-        def do_GET(self) -> None:
-            if not self._caller_ok():
-                return
-            if urlsplit(self.path).path == "/v1/status":
-                self._send(200, handlers.status())
-            else:
-                self._send(404, {"error": "no such endpoint", "code": "not-found"})
+    def _refuse(self, exc: ApiRefusedError) -> None:
+        self.close_connection = True  # the body (if any) is left unread: this connection is done
+        self._send(exc.status or 400, {"error": str(exc), "code": exc.code})
 
-        def do_POST(self) -> None:
-            if not self._caller_ok():
-                return
-            url = urlsplit(self.path)
-            ctype = self.headers.get("Content-Type", "application/json")
+    def _caller_ok(self) -> bool:
+        if self.hosts:
             try:
-                length = check_length(self.headers, ctype, limits)
-                body = self.rfile.read(length)
-                if len(body) != length:
-                    raise ApiRefusedError("the body ended early", status=400, code="bad-request")
-                if url.path == "/v1/predict":
-                    check_arrays(body, ctype, limits)
+                check_caller(self.headers, self.settings.token, self.hosts)
             except ApiRefusedError as exc:
                 self._refuse(exc)
-                return
-            self._route(url.path, url.query, body, ctype)
+                return False
+        return True
 
-        def _route(self, path: str, query: str, body: bytes, ctype: str) -> None:
-            if path == "/v1/rollback":
-                ok = handlers.rollback()
-                self._send(
-                    200 if ok else 409,
-                    {"rolled_back": ok} if ok else {"error": "nothing to roll back to", "code": "no-previous"},
-                )
-                return
-            if path != "/v1/predict":
-                self._send(404, {"error": "no such endpoint", "code": "not-found"})
-                return
-            raw = parse_qs(query).get("raw", ["0"])[0] in ("1", "true")
-            try:
-                feeds = decode_inputs(body, ctype)
-                self._send(200, prediction_json(handlers.engine().predict(feeds, raw=raw)))
-            except EdgefleetError as exc:
-                self._send(400, {"error": str(exc), "code": exc.code})
+    def do_GET(self) -> None:
+        if not self._caller_ok():
+            return
+        if urlsplit(self.path).path == "/v1/status":
+            self._send(200, self.handlers.status())
+        else:
+            self._send(404, {"error": "no such endpoint", "code": "not-found"})
 
-    return Handler
+    def do_POST(self) -> None:
+        if not self._caller_ok():
+            return
+        url = urlsplit(self.path)
+        ctype = self.headers.get("Content-Type", "application/json")
+        limits = self.settings.limits
+        try:
+            length = check_length(self.headers, ctype, limits)
+            body = self.rfile.read(length)
+            if len(body) != length:
+                raise ApiRefusedError("the body ended early", status=400, code="bad-request")
+            if url.path == "/v1/predict":
+                check_arrays(body, ctype, limits)
+        except ApiRefusedError as exc:
+            self._refuse(exc)
+            return
+        self._route(url.path, url.query, body, ctype)
+
+    def _route(self, path: str, query: str, body: bytes, ctype: str) -> None:
+        if path == "/v1/rollback":
+            ok = self.handlers.rollback()
+            self._send(
+                200 if ok else 409,
+                {"rolled_back": ok} if ok else {"error": "nothing to roll back to", "code": "no-previous"},
+            )
+            return
+        if path != "/v1/predict":
+            self._send(404, {"error": "no such endpoint", "code": "not-found"})
+            return
+        raw = parse_qs(query).get("raw", ["0"])[0] in ("1", "true")
+        try:
+            feeds = decode_inputs(body, ctype)
+            self._send(200, prediction_json(self.handlers.engine().predict(feeds, raw=raw)))
+        except EdgefleetError as exc:
+            self._send(400, {"error": str(exc), "code": exc.code})
 
 
 class _UnixConnection(http.client.HTTPConnection):
