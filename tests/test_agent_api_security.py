@@ -239,3 +239,21 @@ def test_half_sent_requests_hold_no_more_than_the_connection_cap(devices) -> Non
     else:
         raise AssertionError("the API did not serve again after the slow callers left")
     within_bound(devices, "tcp")
+
+
+def test_a_half_sent_request_is_dropped_after_the_read_timeout(devices) -> None:
+    d = devices["tcp"]
+    hostport = d.url.removeprefix("http://")
+    for partial in (f"POST /v1/predict HTTP/1.1\r\nHost: {hostport}\r\nContent-Le", "GET /v1/sta"):
+        with connect(d.url) as s:  # the client's own timeout is 30 s; the agent's read timeout 3 s
+            s.sendall(partial.encode())
+            assert s.recv(4096) == b""  # the agent hung up on the silent caller
+    token = d.home.api_token.read_text().strip()
+    head = (
+        f"POST /v1/predict HTTP/1.1\r\nHost: {hostport}\r\nAuthorization: Bearer {token}\r\n"
+        "Content-Type: application/x-npz\r\nContent-Length: 1000\r\n\r\n"
+    )
+    with connect(d.url) as s:  # an authorized caller whose headers are complete but whose body never comes
+        s.sendall(head.encode() + b"PK")
+        assert s.recv(4096) == b""
+    assert d.client().predict(X)["model"]["version"] == "1.0.0"
