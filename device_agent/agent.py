@@ -15,11 +15,13 @@ import queue
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from device_agent import protocol as P
-from device_agent.api import LocalApi
+from device_agent.api import ApiHandlers, ApiSettings, LocalApi
+from device_agent.api_security import ApiLimits, load_or_create_token
 from device_agent.config import AgentConfig
 from device_agent.core import Action, AgentCore, AgentParts
 from device_agent.engine import InferenceEngine
@@ -111,16 +113,30 @@ class Agent:
         if self.config.replay.rate > 0:
             self._spawn("replay", self._replay)
         if self._want_api:
-            host, _, port = self.config.api.listen.rpartition(":")
             core = self.core
             self.api = LocalApi(
-                core.active_engine, self.status, core.manual_rollback, host or "127.0.0.1", int(port or 0)
+                ApiHandlers(core.active_engine, self.status, core.manual_rollback), self._api_settings()
             )
             self.api.start()
         run_info = {"pid": os.getpid(), "api": self.api.url if self.api else None}
-        atomic_write(self.home.run_file, json.dumps(run_info).encode())
+        try:
+            atomic_write(self.home.run_file, json.dumps(run_info).encode())
+        except OSError as exc:  # a full disk: serve anyway (`edge-agent status` cannot find the API meanwhile)
+            log.error("cannot write %s: %s", self.home.run_file, exc.strerror)
         if self.updater.state.pending is not None:
             self._work.set()  # a deployment interrupted by a restart: resume it
+
+    def _api_settings(self) -> ApiSettings:
+        a = self.config.api
+        limits = ApiLimits(a.max_body_bytes, a.max_json_bytes, a.max_decoded_bytes, a.max_elements)
+        listen, token = a.listen, ""
+        if listen == "unix":
+            listen = str(self.home.api_socket)
+        elif listen.startswith("unix:"):
+            listen = listen[len("unix:") :]
+        else:
+            token = load_or_create_token(self.home.api_token)
+        return ApiSettings(listen, token, limits, a.read_timeout_s, a.max_connections)
 
     def _spawn(self, name: str, target: Any) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
@@ -141,15 +157,24 @@ class Agent:
                     else:
                         next_connect = now + self.backoff.next_delay()
                 if now >= next_probation:
-                    self.updater.check_probation()
                     next_probation = now + PROBATION_CHECK_S
+                    self._guarded(self.updater.check_probation)
                 if now >= next_telemetry:
-                    self.session.send_telemetry()
                     next_telemetry = now + self.core.telemetry_interval
+                    self._guarded(self.session.send_telemetry)
                 self._flush_events()
-                self._next_command(COMMAND_WAIT_S)
+                self._guarded(lambda: self._next_command(COMMAND_WAIT_S))
         finally:
             self.teardown()
+
+    @staticmethod
+    def _guarded(step: Callable[[], object]) -> None:
+        """Run one step of the loop; an I/O error (a full or failing disk) is logged, never fatal: the
+        components end their own work with a reason, this is the last line of defence."""
+        try:
+            step()
+        except OSError as exc:
+            log.error("%s: %s", getattr(step, "__name__", "step"), exc)
 
     def stop(self) -> None:
         self.stop_event.set()

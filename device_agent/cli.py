@@ -89,7 +89,13 @@ def _running_client(home: Path) -> Any:
     info = Home(home).read_run_info()
     if not info or not info.get("api"):
         return None
-    client = AgentClient(str(info["api"]), timeout=30)
+    url, token = str(info["api"]), ""
+    if url.startswith("http"):  # TCP: the token the agent wrote into its home (readable by its owner only)
+        try:
+            token = Home(home).api_token.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+    client = AgentClient(url, timeout=30, token=token)
     try:
         client.status()
     except TransportError:

@@ -27,6 +27,7 @@ class DeviceSection:
     arch: str = field(default_factory=lambda: platform.machine().lower() or "unknown")
     ram_bytes: int = 0  # 0: read from the OS
     tags: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()  # bundle names this device accepts (edgetool flash --model-name); () = any
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,8 @@ class RuntimeSection:
 @dataclass(frozen=True)
 class TelemetrySection:
     interval_s: float = 10.0
-    spool_max_points: int = 10_000  # oldest points are dropped beyond this
+    spool_max_points: int = 10_000  # oldest points are dropped beyond this...
+    spool_max_bytes: int = 4 << 20  # ...or beyond this many bytes of spooled payloads
     home_assistant: bool = False  # publish Home Assistant MQTT discovery configs
 
 
@@ -79,11 +81,21 @@ class DownloadSection:
     timeout_s: float = 30.0  # per connection attempt and read
     retries: int = 5
     backoff_s: float = 1.0  # first retry delay; doubles, with full jitter, capped at 60 s
+    space_margin_bytes: int = 1 << 20  # free space kept beyond the download and the install copy
+    allowed_urls: tuple[str, ...] = ()  # URL prefixes artifacts may come from (edgetool flash); () = any
 
 
 @dataclass(frozen=True)
 class ApiSection:
-    listen: str = "127.0.0.1:0"  # HOST:PORT (0 = any free port, recorded in run/agent.json)
+    """The local API (``device_agent.api``): where it listens and what bounds every caller."""
+
+    listen: str = "unix"  # "unix": HOME/run/api.sock; "unix:/path"; or HOST:PORT (TCP, with HOME/api.token)
+    max_body_bytes: int = 16 << 20  # .npy / .npz request bodies
+    max_json_bytes: int = 2 << 20  # JSON request bodies
+    max_decoded_bytes: int = 64 << 20  # arrays of one request once decoded (from their headers)
+    max_elements: int = 16 << 20  # array elements of one request
+    read_timeout_s: float = 10.0  # per connection, for each read of the request
+    max_connections: int = 16  # served at once; more are answered 503 at once
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from device_agent.config import AgentConfig
 from device_agent.engine import InferenceEngine
 from device_agent.errors import EdgefleetError, TrustError
 from device_agent.fetch import Fetcher, HttpFetcher
+from device_agent.fsutil import map_file
 from device_agent.home import Home
 from device_agent.hooks import NO_HOOKS, Halt, UpdateHooks
 from device_agent.hostmetrics import CpuMeter, rss_mb, temperature_c, total_ram_bytes
@@ -45,8 +46,8 @@ def slot_ref(path: Path) -> P.ModelRef | None:
     if not path.exists():
         return None
     try:
-        m = read_bundle(path.read_bytes(), check_hashes=False).manifest
-    except EdgefleetError:
+        m = read_bundle(map_file(path), check_hashes=False).manifest  # mapped: only the manifest is read
+    except (EdgefleetError, OSError, ValueError):
         return None
     return P.ModelRef(m.name, m.version, m.sequence, m.model.sha256)
 
@@ -137,7 +138,7 @@ class AgentCore:
             if isinstance(interval, int | float) and not isinstance(interval, bool) and 0.1 <= interval <= 86400:
                 self.telemetry_interval = float(interval)
         with self.updater.lock:
-            self.updater.save()
+            self.updater.save_quietly()  # a full disk must not stop the agent answering commands
         return action
 
     def _update_trust(self, cmd: P.TrustCommand) -> Action:
@@ -169,7 +170,7 @@ class AgentCore:
         """Carry the pending deployment as far as it goes; False when a hook halted it (``Halt``)."""
         try:
             self.updater.run_pending()
-        except EdgefleetError as exc:
+        except (EdgefleetError, OSError) as exc:  # the updater ends deployments itself; this is the last guard
             log.error("deployment failed: %s", exc)
         except Halt:
             return False

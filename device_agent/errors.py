@@ -69,6 +69,12 @@ class DownloadHashError(DownloadError):
     code = "download-hash"
 
 
+class UrlNotAllowedError(DownloadError):
+    """The artifact URL (or a redirect) is outside ``[download] allowed_urls``."""
+
+    code = "url-not-allowed"
+
+
 class RangeIgnoredError(TransportError):
     """The server answered a Range request with the whole resource."""
 
@@ -84,6 +90,15 @@ class LocalApiError(EdgefleetError):
     def __init__(self, message: str = "", *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ApiRefusedError(LocalApiError):
+    """The local API refused a request before doing any work; ``code`` says why (``length-required``,
+    ``too-large``, ``unauthorized``, ``bad-host``, ``bad-origin``, ``busy``, ``bad-request``)."""
+
+    def __init__(self, message: str = "", *, status: int, code: str) -> None:
+        super().__init__(message, status=status)
+        self.code = code
 
 
 # --- the device: models, runtimes, updates ------------------------------------------------------------
@@ -111,6 +126,25 @@ class InferenceError(EdgefleetError):
     """A request cannot be run: wrong input names, shapes or dtypes, or the runtime failed on it."""
 
     code = "inference"
+
+
+class StorageError(EdgefleetError):
+    """The device's storage failed under a step (an I/O error other than a full disk)."""
+
+    code = "io"
+
+
+class NoSpaceError(StorageError):
+    """Not enough free space on the device home's filesystem for a step.
+
+    ``needed`` and ``free``: bytes (``needed`` 0 when the disk filled up under a write already started).
+    """
+
+    code = "no-space"
+
+    def __init__(self, message: str = "", *, needed: int = 0, free: int = 0) -> None:
+        super().__init__(message)
+        self.needed, self.free = needed, free
 
 
 class SelfTestError(EdgefleetError):
@@ -276,6 +310,12 @@ class DowngradeError(BundleError):
     """The bundle's ``sequence`` is not above the device's highest committed one."""
 
     code = "downgrade"
+
+
+class WrongModelError(BundleError):
+    """The bundle is for a model name this device was not provisioned for (``[device] models``)."""
+
+    code = "wrong-model"
 
 
 class RequirementError(BundleError):

@@ -25,8 +25,10 @@ from device_agent.errors import (
     DownloadTooLargeError,
     RangeIgnoredError,
     TransportError,
+    UrlNotAllowedError,
 )
 from device_agent.fsutil import fsync_dir
+from device_agent.urlpolicy import redact_url
 
 CHUNK = 64 * 1024  # bytes per read
 
@@ -72,10 +74,14 @@ class Fetcher(ABC):
             except DownloadTooLargeError:
                 part.unlink(missing_ok=True)
                 raise  # retrying cannot help: the server sends something else than announced
+            except UrlNotAllowedError:
+                raise  # a redirect off the allowed URLs: retrying would only follow it again
             except TransportError as exc:
                 last = exc
         else:
-            raise DownloadError(f"download of {url} failed after {self.config.retries + 1} attempts: {last}")
+            raise DownloadError(
+                f"download of {redact_url(url)} failed after {self.config.retries + 1} attempts: {last}"
+            )
         digest = _sha256_file(part)
         if digest != sha256:
             part.unlink(missing_ok=True)
@@ -104,21 +110,38 @@ class Fetcher(ABC):
             raise DownloadError(f"connection closed after {have} of {size} bytes")
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Artifacts are served where the fleet said: a redirect is refused, not followed to another host."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: object, code: int, *args: object) -> None:
+        raise UrlNotAllowedError(f"{redact_url(req.full_url)}: HTTP {code} redirect refused")
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 class HttpFetcher(Fetcher):
-    """HTTP(S) with ``Range: bytes=N-`` for resumption (standard library only, no extra dependency)."""
+    """HTTP(S) with ``Range: bytes=N-`` for resumption (standard library only, no extra dependency).
+
+    Error messages carry the status code and the URL without its query, never the server's own
+    words or body: a deployment event must not echo what a server sent (nor a signed URL's secret)."""
 
     def _fetch(self, url: str, offset: int) -> Iterator[bytes]:
         request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+        where = redact_url(url)
         try:
-            with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
+            with _OPENER.open(request, timeout=self.config.timeout_s) as response:
                 if offset and response.status != 206:
                     raise RangeIgnoredError("Range ignored")
                 while chunk := response.read(CHUNK):
                     yield chunk
         except urllib.error.HTTPError as exc:
-            raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}", status=exc.code) from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise DownloadError(f"{url}: {getattr(exc, 'reason', exc)}") from None
+            raise DownloadError(f"{where}: HTTP {exc.code}", status=exc.code) from None
+        except urllib.error.URLError as exc:
+            reason = exc.reason.strerror if isinstance(exc.reason, OSError) else type(exc.reason).__name__
+            raise DownloadError(f"{where}: {reason or 'connection failed'}") from None
+        except (OSError, ValueError) as exc:
+            raise DownloadError(f"{where}: {type(exc).__name__}") from None
 
 
 def _sha256_file(path: Path) -> str:

@@ -5,6 +5,8 @@ Whatever instant the power is cut, a reader sees the old content or the new, nev
 
 from __future__ import annotations
 
+import hashlib
+import mmap
 import os
 import tempfile
 from pathlib import Path
@@ -37,3 +39,21 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def map_file(path: str | os.PathLike[str]) -> mmap.mmap | bytes:
+    """The file's content mapped read-only (pages are loaded on access and can be dropped again), so a
+    large bundle is verified without being read into the process's memory. An empty file is ``b""``."""
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            return b""
+        return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file, read 1 MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()

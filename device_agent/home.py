@@ -1,7 +1,7 @@
 """The device home directory (DESIGN.md) and its state file, written atomically.
 
 ```
-agent.toml  trust/*.pub  slots/a/bundle.efb  slots/b/bundle.efb  state.json  downloads/  spool/  run/
+agent.toml  trust/*.pub  slots/a/bundle.efb  slots/b/bundle.efb  state.json  floor.log  downloads/  spool/  run/
 ```
 
 A slot is one file, the verified bundle itself: installing is one atomic replace, and the agent
@@ -123,6 +123,11 @@ class Home:
         return self.root / "state.json"
 
     @property
+    def floor_file(self) -> Path:
+        """The rollback floor's append-only second copy (``device_agent.floor``)."""
+        return self.root / "floor.log"
+
+    @property
     def downloads(self) -> Path:
         return self.root / "downloads"
 
@@ -134,6 +139,16 @@ class Home:
     def run_file(self) -> Path:
         """Written by a running agent: pid and local API address."""
         return self.root / "run" / "agent.json"
+
+    @property
+    def api_socket(self) -> Path:
+        """The local API's Unix socket (``[api] listen = "unix"``, the default)."""
+        return self.root / "run" / "api.sock"
+
+    @property
+    def api_token(self) -> Path:
+        """The local API's token when it listens on TCP (mode 0600)."""
+        return self.root / "api.token"
 
     def slot(self, name: str) -> Path:
         return self.root / "slots" / name / "bundle.efb"

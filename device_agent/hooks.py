@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from device_agent import protocol as P
     from device_agent.bundle import TrustStore
+    from device_agent.bundle.archive import Buffer
     from device_agent.bundle.reader import DeviceCapabilities
     from device_agent.model import LoadedModel, SelfTestResult
 
@@ -33,7 +34,7 @@ class UpdateHooks:
 
     def load(
         self,
-        data: bytes,
+        data: Buffer,
         trust: TrustStore,
         *,
         slot: str,

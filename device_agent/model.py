@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from device_agent.bundle import Bundle, TrustStore, verify_bundle
+from device_agent.bundle.archive import Buffer
 from device_agent.bundle.reader import DeviceCapabilities
 from device_agent.errors import EdgefleetError, InferenceError, SelfTestError
 from device_agent.runtime import Runtime, load_runtime
@@ -55,7 +56,7 @@ class LoadedModel:
     @classmethod
     def load(
         cls,
-        data: bytes,
+        data: Buffer,
         trust: TrustStore,
         *,
         slot: str,

@@ -19,11 +19,13 @@ from device_agent.config import (
     ApiSection,
     BrokerSection,
     DeviceSection,
+    DownloadSection,
     ReplaySection,
     TelemetrySection,
     TrustSection,
 )
 from device_agent.errors import ConfigError, TrustError
+from device_agent.floor import RollbackFloor
 from device_agent.fsutil import atomic_write
 from device_agent.home import DeviceState, Home
 from device_agent.mqtt import BrokerURL
@@ -45,7 +47,9 @@ class FlashOptions:
     keyfile: Path | None = None
     telemetry_interval_s: float = 10.0
     replay_rate: float = 0.0
-    api_listen: str = "127.0.0.1:0"
+    api_listen: str = "unix"
+    model_names: tuple[str, ...] = ()  # bundle names the device accepts; () = the flashed bundle's name
+    fleet_urls: tuple[str, ...] = ()  # artifact URL prefixes; () = http(s) on the broker's host(s)
     force: bool = False
     trust_metadata: Path | None = None  # trust.json: replaces ``trust`` and ``threshold``
     extra: dict[str, Any] = field(default_factory=dict)  # section name -> section dataclass
@@ -76,9 +80,27 @@ def flash(bundle_path: Path, target: Path, opts: FlashOptions) -> Home:
         atomic_write(home.trust / f"{key.keyid}.pub", key.to_pem())
     if metadata is not None:
         atomic_write(home.trust / TRUST_NAME, metadata)
+    config = _agent_config(opts, home, manifest.name)
+    secret = bool(opts.password or opts.keyfile)
+    atomic_write(home.config, config.to_toml().encode(), mode=0o600 if secret else 0o644)
+    atomic_write(home.slot("a"), data)
+    home.floor_file.unlink(missing_ok=True)  # a new device: the floor starts at the flashed bundle
+    RollbackFloor(home.floor_file).raise_to({manifest.name: manifest.sequence})
+    home.save_state(DeviceState(active="a", committed={manifest.name: manifest.sequence}))
+    return home
+
+
+def _agent_config(opts: FlashOptions, home: Home, model_name: str) -> AgentConfig:
+    """agent.toml's settings from the options (TLS files copied into the home)."""
     cafile, certfile, keyfile = (_copy_tls(home, p) for p in (opts.cafile, opts.certfile, opts.keyfile))
     config = AgentConfig(
-        device=DeviceSection(id=opts.device_id, fleet=opts.fleet, sku=opts.sku, tags=opts.tags),
+        device=DeviceSection(
+            id=opts.device_id,
+            fleet=opts.fleet,
+            sku=opts.sku,
+            tags=opts.tags,
+            models=opts.model_names or (model_name,),
+        ),
         broker=BrokerSection(
             url=opts.broker,
             username=opts.username,
@@ -90,15 +112,22 @@ def flash(bundle_path: Path, target: Path, opts: FlashOptions) -> Home:
         trust=TrustSection(threshold=opts.threshold),
         telemetry=TelemetrySection(interval_s=opts.telemetry_interval_s),
         api=ApiSection(listen=opts.api_listen),
+        download=DownloadSection(allowed_urls=opts.fleet_urls or broker_hosts_urls(opts.broker)),
         replay=ReplaySection(rate=opts.replay_rate),
     )
     for section, values in opts.extra.items():  # e.g. {"probation": ProbationSection(...)}
         config = replace(config, **{section: values})
-    secret = bool(opts.password or opts.keyfile)
-    atomic_write(home.config, config.to_toml().encode(), mode=0o600 if secret else 0o644)
-    atomic_write(home.slot("a"), data)
-    home.save_state(DeviceState(active="a", committed={manifest.name: manifest.sequence}))
-    return home
+    return config
+
+
+def broker_hosts_urls(broker: str) -> tuple[str, ...]:
+    """Artifact URL prefixes when no ``--fleet-url`` is given: http and https on each broker URL's host."""
+    hosts = dict.fromkeys(BrokerURL.parse(url.strip()).host for url in broker.split(",") if url.strip())
+    return tuple(f"{scheme}://{_url_host(h)}/" for h in hosts for scheme in ("http", "https"))
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _trust(opts: FlashOptions) -> tuple[list[PublicKey], TrustStore, bytes | None]:

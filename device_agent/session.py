@@ -33,7 +33,8 @@ class Session:
 
     def __init__(self, core: AgentCore, mqtt: MqttClient) -> None:
         self.core, self.mqtt = core, mqtt
-        self.spool = Spool(core.home.spool, core.config.telemetry.spool_max_points)
+        t = core.config.telemetry
+        self.spool = Spool(core.home.spool, t.spool_max_points, t.spool_max_bytes)
         self._flush_lock = threading.Lock()
 
     def will(self) -> Will:
@@ -82,8 +83,11 @@ class Session:
             self.publish_info()
 
     def send_telemetry(self) -> None:
-        """Publish a telemetry point, or spool it while the broker is unreachable."""
-        payload = P.encode(self.core.telemetry_point())
+        """Publish a telemetry point, or spool it while the broker is unreachable. ``spool_dropped``
+        counts the points lost so far (spool bounds, a full disk)."""
+        point = self.core.telemetry_point()
+        point.values["spool_dropped"] = self.spool.dropped
+        payload = P.encode(point)
         if self.mqtt.is_connected:
             try:
                 self.mqtt.publish(self.core.topic(P.TELEMETRY), payload, qos=0)

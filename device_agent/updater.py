@@ -13,7 +13,10 @@ step that depends on it, so a restart at any instant either resumes the deployme
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import copy
+import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -21,8 +24,10 @@ from pathlib import Path
 
 from device_agent import protocol as P
 from device_agent.bundle import TrustStore
+from device_agent.bundle.archive import Buffer
 from device_agent.bundle.reader import DeviceCapabilities
 from device_agent.config import AgentConfig, ProbationSection
+from device_agent.diskguard import check_space, storage_error, update_space_needed
 from device_agent.engine import InferenceEngine
 from device_agent.errors import (
     BundleError,
@@ -30,15 +35,21 @@ from device_agent.errors import (
     NoVerifiedModelError,
     RuntimeLoadError,
     StateError,
+    StorageError,
     TrustExpiredError,
+    UrlNotAllowedError,
+    WrongModelError,
 )
 from device_agent.fetch import Fetcher
-from device_agent.fsutil import atomic_write
+from device_agent.floor import RollbackFloor, merge_floors
+from device_agent.fsutil import fsync_dir, map_file, sha256_file
 from device_agent.home import DeviceState, Home, Pending, Probation, other
 from device_agent.hooks import NO_HOOKS, UpdateHooks
 from device_agent.model import LoadedModel
 from device_agent.stats import Snapshot
+from device_agent.urlpolicy import redact_url, url_allowed
 
+log = logging.getLogger("edge-agent")
 MIN_GATE_SAMPLES = 20  # inferences before error-rate and latency gates are judged
 
 
@@ -92,6 +103,7 @@ class Updater:
         self.lock = threading.RLock()
         self.state = DeviceState()
         self.engine: InferenceEngine | None = None
+        self.floor = RollbackFloor(home.floor_file)
 
     # --- boot ----------------------------------------------------------------------------------
 
@@ -109,33 +121,53 @@ class Updater:
             pending = self.state.pending
             if pending is not None:
                 pending.boots += 1
-                self.save()
+                self.save_quietly()
                 if pending.boots > self.config.probation.max_boot_tries:
                     detail = f"the agent restarted {pending.boots - 1} times during this deployment"
                     self._finish(pending.deployment_id, P.DeploymentState.FAILED, "crash-loop", detail)
             pr = self.state.probation
             if pr is not None:
                 pr.boots += 1
-                self.save()
+                self.save_quietly()
                 if pr.boots > self.config.probation.max_boot_tries:
                     self._abandon_probation(f"probation-restarts: {pr.boots - 1} restarts during probation")
             try:
                 model = self._load_slot(self.state.active)
             except (BundleError, RuntimeLoadError, OSError) as exc:
-                return self._fall_back(exc)
+                model = self._fall_back(exc)
+            self._restore_floor(model if self.state.probation is None else None)
             return self.hooks.serve(model)
 
+    def _restore_floor(self, committed_model: LoadedModel | None) -> None:
+        """The floor is the maximum of state.json, the floor file and the committed active model."""
+        sources = [self.state.committed, self.floor.read()]
+        if committed_model is not None:
+            sources.append({committed_model.manifest.name: committed_model.manifest.sequence})
+        merged = merge_floors(*sources)
+        if merged != self.state.committed:
+            log.warning("rollback floor restored from its other copies: %s (state.json had %s)", merged, sources[0])
+            self.state.committed = merged
+            self.save_quietly()
+        with contextlib.suppress(OSError):
+            self.floor.raise_to(merged)
+
     def _recover_state(self) -> DeviceState:
+        """state.json is unreadable: activate the verifying slot with the highest sequence."""
+        best: tuple[int, str] | None = None
         for slot, path in self.home.slots():
             if path.exists():
                 try:
-                    model = self._load_slot(slot)
+                    m = self._load_slot(slot).manifest
                 except (BundleError, RuntimeLoadError, OSError):
                     continue
-                state = DeviceState(active=slot, committed={model.manifest.name: model.manifest.sequence})
-                self.home.save_state(state)
-                return state
-        raise NoVerifiedModelError(f"state.json is unreadable and no slot in {self.home.root} verifies")
+                if best is None or m.sequence > best[0]:
+                    best = (m.sequence, slot)
+        if best is None:
+            raise NoVerifiedModelError(f"state.json is unreadable and no slot in {self.home.root} verifies")
+        state = DeviceState(active=best[1])
+        with contextlib.suppress(OSError):
+            self.home.save_state(state)
+        return state
 
     def _fall_back(self, error: Exception) -> LoadedModel:
         prev = self.state.previous
@@ -149,12 +181,12 @@ class Updater:
                 self.state.probation.deployment_id, P.DeploymentState.ROLLED_BACK, "active-invalid", str(error)
             )
         self.state.active, self.state.previous, self.state.probation = prev, None, None
-        self.save()
+        self.save_quietly()
         return model
 
     def _load_slot(self, slot: str) -> LoadedModel:
-        data = self.home.slot(slot).read_bytes()
-        return self._load(data, self.installed_trust or self.trust, slot=slot, threads=self.config.runtime.threads)
+        trust = self.installed_trust or self.trust
+        return self._load(map_file(self.home.slot(slot)), trust, slot=slot, threads=self.config.runtime.threads)
 
     # --- commands ------------------------------------------------------------------------------
 
@@ -169,14 +201,25 @@ class Updater:
             self.state.remember_deployment(cmd.deployment_id, P.DeploymentState.QUEUED)
             if busy:
                 self.state.remember_deployment(cmd.deployment_id, P.DeploymentState.REJECTED)
-                self.save()
+                self.save_quietly()
                 self._emit_event(
                     cmd.deployment_id, P.DeploymentState.REJECTED, "busy", "another deployment is in progress"
                 )
                 return False
+            if not url_allowed(cmd.url, self.config.download.allowed_urls):
+                self.state.remember_deployment(cmd.deployment_id, P.DeploymentState.REJECTED)
+                self.save_quietly()
+                detail = f"artifact URL {redact_url(cmd.url)} is not under [download] allowed_urls"
+                self._emit_event(cmd.deployment_id, P.DeploymentState.REJECTED, UrlNotAllowedError.code, detail)
+                return False
             slot = other(self.state.active)
             self.state.pending = Pending(cmd.deployment_id, cmd.request_id, cmd.url, cmd.sha256, cmd.size, slot)
-            self.save()
+            try:
+                self.save()
+            except OSError as exc:  # the deployment cannot even be recorded: it ends here, with the reason
+                err = storage_error(exc, self.home.root, "recording the deployment")
+                self._finish(cmd.deployment_id, P.DeploymentState.FAILED, err.code, str(err))
+                return False
         self._emit_event(cmd.deployment_id, P.DeploymentState.QUEUED)
         return True
 
@@ -203,19 +246,33 @@ class Updater:
                 highest_sequence=self.state.committed,
                 device=self._capabilities(),
             )
+            pinned = self.config.device.models
+            if pinned and model.manifest.name not in pinned:
+                raise WrongModelError(
+                    f"bundle is for model {model.manifest.name!r}; this device runs {', '.join(pinned)}"
+                )
             if self._stopped_by_cancel(pending):
                 return
-            self._install(pending, data, model)
+            self._install(pending, model)
             self._selftest_and_activate(pending, model)
-        except DownloadError as exc:
+        except (DownloadError, StorageError) as exc:
             self._finish(dep, P.DeploymentState.FAILED, exc.code, str(exc))
         except (BundleError, RuntimeLoadError) as exc:
             self._finish(dep, P.DeploymentState.REJECTED, exc.code, str(exc))
+        except OSError as exc:  # the disk failed under a step: the deployment ends, the agent goes on
+            err = storage_error(exc, self.home.root, "deployment")
+            self._finish(dep, P.DeploymentState.FAILED, err.code, str(err))
         finally:
-            download = self._download_path(dep)
             if self.state.pending is None:
-                for p in (download, download.with_name(download.name + ".part")):
-                    p.unlink(missing_ok=True)
+                self._remove_download(dep)
+
+    def _remove_download(self, deployment_id: str) -> None:
+        download = self._download_path(deployment_id)
+        for p in (download, download.with_name(download.name + ".part")):
+            try:
+                p.unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("cannot remove %s: %s", p, exc.strerror)
 
     def cancel(self, deployment_id: str | None) -> bool:
         """Cancel the pending deployment (``deployment_id`` None: whichever is pending) before it is
@@ -225,7 +282,7 @@ class Updater:
             if pending is None or deployment_id not in (None, pending.deployment_id):
                 return False
             pending.cancelled = True
-            self.save()
+            self.save_quietly()  # in memory it stops the deployment at its next step all the same
             return True
 
     def _stopped_by_cancel(self, pending: Pending) -> bool:
@@ -240,26 +297,36 @@ class Updater:
     def _download_path(self, deployment_id: str) -> Path:
         return self.home.downloads / f"{deployment_id}.efb"
 
-    def _obtain(self, pending: Pending) -> bytes:
+    def _obtain(self, pending: Pending) -> Buffer:
+        """The bundle, mapped from its file (never read into memory): the slot it was installed in
+        before a restart, or the download."""
         slot_file = self.home.slot(pending.slot)
-        if slot_file.exists():
-            data = slot_file.read_bytes()
-            if hashlib.sha256(data).hexdigest() == pending.sha256:
-                return data  # installed before a restart
+        if slot_file.exists() and sha256_file(slot_file) == pending.sha256:
+            return map_file(slot_file)  # installed before a restart
+        part = self._download_path(pending.deployment_id).with_name(f"{pending.deployment_id}.efb.part")
+        have = part.stat().st_size if part.exists() else 0
+        needed = update_space_needed(pending.size, have, self.config.download.space_margin_bytes)
+        check_space(self.home.root, needed, f"the {pending.size}-byte update")
         self._step(pending.deployment_id, P.DeploymentState.DOWNLOADING)
         path = self.fetcher.download(
             pending.url, self._download_path(pending.deployment_id), pending.size, pending.sha256
         )
-        return path.read_bytes()
+        return map_file(path)
 
-    def _install(self, pending: Pending, data: bytes, model: LoadedModel) -> None:
+    def _install(self, pending: Pending, model: LoadedModel) -> None:
+        """Install by rename: the verified download (complete and fsynced) becomes the slot's file."""
         self._step(pending.deployment_id, P.DeploymentState.INSTALLING)
         with self.lock:
             if self.state.previous == pending.slot:
                 self.state.previous = None  # the slot is about to change: it is no rollback target any more
                 self.save()
         self.hooks.before_install(model)
-        atomic_write(self.home.slot(pending.slot), data)
+        download, slot_file = self._download_path(pending.deployment_id), self.home.slot(pending.slot)
+        if download.exists():  # else: it was renamed into the slot before a restart
+            slot_file.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(download, slot_file)
+            fsync_dir(slot_file.parent)
+            fsync_dir(download.parent)
 
     def _selftest_and_activate(self, pending: Pending, model: LoadedModel) -> None:
         dep = pending.deployment_id
@@ -274,13 +341,13 @@ class Updater:
         with self.lock:
             if self._stopped_by_cancel(pending):
                 return
-            self.state.previous, self.state.active = self.state.active, pending.slot
-            self.state.probation = Probation(
-                pending.slot, dep, m.name, m.version, m.sequence, self._now_ms(), 0, baseline
-            )
-            self.state.pending = None
-            self.state.remember_deployment(dep, P.DeploymentState.PROBATION)
-            self.save()
+            new = copy.deepcopy(self.state)  # saved before it becomes the state: a full disk changes nothing
+            new.previous, new.active = self.state.active, pending.slot
+            new.probation = Probation(pending.slot, dep, m.name, m.version, m.sequence, self._now_ms(), 0, baseline)
+            new.pending = None
+            new.remember_deployment(dep, P.DeploymentState.PROBATION)
+            self.home.save_state(new)
+            self.state = new
             if engine is not None:
                 engine.swap(self.hooks.serve(model))
         self._emit_event(dep, P.DeploymentState.PROBATION, "", result.detail, m.version)
@@ -298,14 +365,28 @@ class Updater:
                 snap, self.config.probation, pr.baseline_p95_ms, (self._now_ms() - pr.started_ms) / 1000
             )
             if verdict == "commit":
-                self.state.committed[pr.name] = max(self.state.committed.get(pr.name, 0), pr.sequence)
-                self.state.probation = None
-                self.state.remember_deployment(pr.deployment_id, P.DeploymentState.SUCCEEDED)
-                self.save()
+                if not self._commit(pr):
+                    return "wait"
                 self._emit_event(pr.deployment_id, P.DeploymentState.SUCCEEDED, "", reason, pr.version)
             elif verdict == "rollback":
                 self.rollback(reason.split(":")[0], reason)
             return verdict
+
+    def _commit(self, pr: Probation) -> bool:
+        """Raise the floor (floor file, then state.json) and end probation; False (retried at the next
+        check) when the disk cannot take it."""
+        new = copy.deepcopy(self.state)
+        new.committed[pr.name] = max(new.committed.get(pr.name, 0), pr.sequence)
+        new.probation = None
+        new.remember_deployment(pr.deployment_id, P.DeploymentState.SUCCEEDED)
+        try:
+            self.floor.raise_to(new.committed)
+            self.home.save_state(new)
+        except OSError as exc:
+            log.warning("commit of %s deferred: %s", pr.deployment_id, storage_error(exc, self.home.root, "commit"))
+            return False
+        self.state = new
+        return True
 
     def rollback(self, reason: str, detail: str = "", deployment_id: str | None = None) -> bool:
         """Reactivate the previous slot (the model on probation, if any, is abandoned).
@@ -324,7 +405,7 @@ class Updater:
             dep = pr.deployment_id if pr else (deployment_id or "manual")
             self.state.active, self.state.previous, self.state.probation = target, None, None
             self.state.remember_deployment(dep, P.DeploymentState.ROLLED_BACK)
-            self.save()
+            self.save_quietly()  # the bad model goes now; a restart before the save retries the rollback
             if self.engine is not None:
                 self.engine.swap(self.hooks.serve(model))
         self._emit_event(dep, P.DeploymentState.ROLLED_BACK, reason, detail, model.manifest.version)
@@ -336,7 +417,7 @@ class Updater:
             return
         self.state.active, self.state.previous, self.state.probation = self.state.previous, None, None
         self.state.remember_deployment(pr.deployment_id, P.DeploymentState.ROLLED_BACK)
-        self.save()
+        self.save_quietly()
         self._emit_event(pr.deployment_id, P.DeploymentState.ROLLED_BACK, "probation-restarts", detail)
 
     # --- helpers ---------------------------------------------------------------------------------
@@ -345,7 +426,18 @@ class Updater:
         return int(time.time() * 1000)
 
     def save(self) -> None:
+        """Raises: OSError (e.g. ENOSPC) when state.json cannot be written."""
         self.home.save_state(self.state)
+
+    def save_quietly(self) -> bool:
+        """Write state.json if the disk lets us; on failure log it and keep the state in memory (the
+        next save writes it). For records whose loss a restart repairs, never before a slot changes."""
+        try:
+            self.save()
+            return True
+        except OSError as exc:
+            log.warning("state.json not written: %s", storage_error(exc, self.home.root, "saving state"))
+            return False
 
     def _step(self, deployment_id: str, state: P.DeploymentState) -> None:
         with self.lock:
@@ -357,7 +449,8 @@ class Updater:
         with self.lock:
             self.state.pending = None
             self.state.remember_deployment(deployment_id, state)
-            self.save()
+            self.save_quietly()
+        self._remove_download(deployment_id)  # before the event: an ended deployment holds no disk space
         self._emit_event(deployment_id, state, reason, detail)
 
     def _emit_event(

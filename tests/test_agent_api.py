@@ -6,7 +6,6 @@ import io
 import json
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from device_agent.cli import cli
 from device_agent.engine import InferenceEngine
 from device_agent.errors import InferenceError
 from device_agent.errors import LocalApiError as ApiError
+from device_agent.home import Home
 from device_agent.model import LoadedModel
 from fleet.broker import free_port
 from tests.support.agent_harness import AgentThread, flash_device, package_tiny
@@ -57,21 +57,24 @@ def running(tmp_path, v1, key_files):  # an agent without a reachable broker: th
     agent.stop()
 
 
+def home_of(running: tuple[Home, AgentThread]) -> Home:
+    return running[0]
+
+
 def test_predict_json_npy_and_npz(running, eval_data) -> None:
     _, agent = running
     url = agent.agent.api.url  # type: ignore[union-attr]
+    assert url == f"unix:{home_of(running).api_socket}"  # the default: a Unix socket in the home
+    client = AgentClient(url)
     x, y = eval_data
     body = json.dumps({"inputs": {"image": x[:2].tolist()}}).encode()
-    req = urllib.request.Request(url + "/v1/predict", body, {"Content-Type": "application/json"})
-    doc = json.loads(urllib.request.urlopen(req).read())
+    doc = client.request("POST", "/v1/predict", body, "application/json")
     assert doc["model"]["version"] == "1.0.0" and len(doc["top1"]) == 2
     assert doc["labels"] == [str(c) for c in doc["top1"]]
     buf = io.BytesIO()
     np.save(buf, x[:5])
-    req = urllib.request.Request(url + "/v1/predict", buf.getvalue(), {"Content-Type": "application/x-npy"})
-    doc = json.loads(urllib.request.urlopen(req).read())
+    doc = client.request("POST", "/v1/predict", buf.getvalue(), "application/x-npy")
     assert np.mean(np.array(doc["top1"]) == y[:5]) >= 0.8
-    client = AgentClient(url)
     assert client.predict({"image": x[:3]})["model"]["slot"] == "a"
     assert client.status()["model"]["name"] == "digits"
 
@@ -83,10 +86,9 @@ def test_bad_requests_get_a_clear_error(running) -> None:
         client.predict({"image": np.zeros((1, 4, 4, 1), np.float32)})
     with pytest.raises(ApiError, match="missing input"):
         client.predict({"a": np.zeros((1, 8, 8, 1), np.float32), "b": np.zeros((1,), np.float32)})
-    req = urllib.request.Request(client.url + "/v1/predict", b"{not json", {"Content-Type": "application/json"})
-    with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(req)
-    assert err.value.code == 400
+    with pytest.raises(ApiError) as err:
+        client.request("POST", "/v1/predict", b"{not json", "application/json")
+    assert err.value.status == 400
     assert agent.thread.is_alive()
 
 

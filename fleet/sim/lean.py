@@ -38,6 +38,7 @@ from typing import Any
 from device_agent import protocol as P
 from device_agent.agent import Backoff
 from device_agent.bundle import Bundle, TrustStore, read_bundle, verify_bundle
+from device_agent.bundle.archive import Buffer
 from device_agent.bundle.reader import DeviceCapabilities
 from device_agent.config import AgentConfig
 from device_agent.core import Action, AgentCore, AgentParts
@@ -102,7 +103,7 @@ class SharedModels:
 
     def load(
         self,
-        data: bytes,
+        data: Buffer,
         trust: TrustStore,
         *,
         slot: str,
@@ -187,7 +188,7 @@ class LeanHooks(FaultHooks):
         super().__init__(plan)
         self.models = models
 
-    def load(self, data: bytes, trust: TrustStore, **options: Any) -> LoadedModel:
+    def load(self, data: Buffer, trust: TrustStore, **options: Any) -> LoadedModel:
         return self.models.load(data, trust, **options)
 
 

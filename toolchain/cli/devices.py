@@ -52,7 +52,22 @@ FLASH_OPTIONS = [
         help="Self-test replays per second (demos).",
     ),
     click.option(
-        "--api-listen", default="127.0.0.1:0", show_default=True, help="Local API HOST:PORT (0: any free port)."
+        "--api-listen",
+        default="unix",
+        show_default=True,
+        help="Local API: unix (HOME/run/api.sock), unix:/PATH, or HOST:PORT (TCP with the token in HOME/api.token).",
+    ),
+    click.option(
+        "--model-name",
+        "model_names",
+        multiple=True,
+        help="Bundle name the device accepts (repeat); others are REJECTED wrong-model. Default: BUNDLE's name.",
+    ),
+    click.option(
+        "--fleet-url",
+        "fleet_urls",
+        multiple=True,
+        help="URL prefix artifacts may be downloaded from (repeat). Default: http(s) on the broker's host.",
     ),
     click.option("--force", is_flag=True, help="Overwrite an existing device home."),
 ]
