@@ -14,11 +14,15 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from device_agent.bundle import PrivateKey, TrustStore
 from fleet.broker import LocalBroker, mosquitto_binary, start_embedded, start_local_broker, start_mosquitto
+
+if TYPE_CHECKING:
+    from tests.support.agent_harness import ArtifactServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -174,3 +178,23 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         with engine.begin() as conn:
             conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
         engine.dispose()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ArtifactServer]:
+    """An HTTP artifact server for device downloads, serving ``tmp_path / "artifacts"``."""
+    from tests.support.agent_harness import ArtifactServer
+
+    (tmp_path / "artifacts").mkdir()
+    s = ArtifactServer(tmp_path / "artifacts")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MiB tmpfs: a device's whole storage (the flashed tiny bundle, state, spool and one update)."""
+    from tests.support.diskfs import tmpfs
+
+    with tmpfs(tmp_path / "fs", "4m") as path:
+        yield path

@@ -4,7 +4,6 @@ and counted) and never dies; when space returns it updates again without a resta
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +19,19 @@ from device_agent.home import Home
 from device_agent.hooks import UpdateHooks
 from device_agent.spool import Spool
 from fleet.broker import LocalBroker
-from tests.support.agent_harness import ArtifactServer, Watcher, flash_device, package_tiny, send_command, send_deploy
-from tests.support.diskfs import fill, free_bytes, tmpfs
+from tests.support.agent_harness import (
+    TERMINAL,
+    Watcher,
+    flash_device,
+    package_tiny,
+    send_command,
+    send_deploy,
+)
+from tests.support.diskfs import fill, free_bytes
 from tests.support.processes import background
 from toolchain.packaging import PackageOptions, package
 
 S = P.DeploymentState
-TERMINAL = {S.SUCCEEDED, S.FAILED, S.REJECTED, S.ROLLED_BACK}
-FS_SIZE = "4m"  # the device's whole storage: the flashed tiny bundle, state, spool and one update
 
 
 @pytest.fixture(scope="module")
@@ -45,20 +49,6 @@ def bundles(tiny_models: dict[str, Path], digits_cnn: dict[str, Path], release_k
         "v2": package_tiny(tiny_models, release_key, "2.0.0", 2),
         "big": package(digits_cnn["tflite"], big),  # larger than the ~100 KB left free below
     }
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ArtifactServer]:
-    (tmp_path / "artifacts").mkdir()
-    s = ArtifactServer(tmp_path / "artifacts")
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def fs(tmp_path: Path) -> Iterator[Path]:
-    with tmpfs(tmp_path / "fs", FS_SIZE) as path:
-        yield path
 
 
 def serving_version(home: Home) -> str:

@@ -4,7 +4,6 @@ that survives a damaged state.json, and artifacts only from its fleet's URLs. Re
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,11 +18,18 @@ from device_agent.floor import MAX_LINES, RollbackFloor
 from device_agent.home import Home
 from device_agent.urlpolicy import redact_url, url_allowed
 from fleet.broker import LocalBroker
-from tests.support.agent_harness import AgentThread, ArtifactServer, Watcher, flash_device, package_tiny, send_deploy
+from tests.support.agent_harness import (
+    TERMINAL,
+    AgentThread,
+    ArtifactServer,
+    Watcher,
+    flash_device,
+    package_tiny,
+    send_deploy,
+)
 from toolchain.packaging import PackageOptions, package
 
 S = P.DeploymentState
-TERMINAL = {S.SUCCEEDED, S.FAILED, S.REJECTED, S.ROLLED_BACK}
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +48,6 @@ def bundles(tiny_models: dict[str, Path], release_key: PrivateKey) -> dict[str, 
         "v2": package_tiny(tiny_models, release_key, "2.0.0", 2),
         "other": package(tiny_models["tflite"], other),
     }
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ArtifactServer]:
-    (tmp_path / "artifacts").mkdir()
-    s = ArtifactServer(tmp_path / "artifacts")
-    yield s
-    s.close()
 
 
 def deploy(

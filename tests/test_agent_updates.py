@@ -45,14 +45,6 @@ def bundles(tiny_models: dict[str, Path], release_key: PrivateKey) -> dict[str, 
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ArtifactServer]:
-    (tmp_path / "artifacts").mkdir()
-    s = ArtifactServer(tmp_path / "artifacts")
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def device(
     tmp_path: Path, broker: LocalBroker, bundles: dict[str, bytes], key_files: tuple[Path, Path]
 ) -> Iterator[tuple[Home, AgentThread, Watcher]]:

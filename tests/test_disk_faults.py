@@ -6,7 +6,6 @@ without a restart."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,32 +14,25 @@ import pytest
 from device_agent import protocol as P
 from device_agent.bundle import PrivateKey
 from fleet.broker import LocalBroker
-from tests.support.agent_harness import AgentThread, ArtifactServer, Watcher, flash_device, package_tiny, send_deploy
+from tests.support.agent_harness import (
+    TERMINAL,
+    AgentThread,
+    ArtifactServer,
+    Watcher,
+    flash_device,
+    package_tiny,
+    send_deploy,
+)
 from tests.support.diskfault import STEPS, FillAtStep, RunningAgent
-from tests.support.diskfs import fill, tmpfs
+from tests.support.diskfs import fill
 
 S = P.DeploymentState
-TERMINAL = {S.SUCCEEDED, S.FAILED, S.REJECTED, S.ROLLED_BACK}
 X = np.zeros((1, 8, 8, 1), np.float32)
 
 
 @pytest.fixture(scope="module")
 def bundles(tiny_models: dict[str, Path], release_key: PrivateKey) -> list[bytes]:
     return [package_tiny(tiny_models, release_key, f"{n}.0.0", n) for n in (1, 2, 3)]
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ArtifactServer]:
-    (tmp_path / "artifacts").mkdir()
-    s = ArtifactServer(tmp_path / "artifacts")
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def fs(tmp_path: Path) -> Iterator[Path]:
-    with tmpfs(tmp_path / "fs", "4m") as path:
-        yield path
 
 
 def deploy(broker: LocalBroker, server: ArtifactServer, data: bytes, watcher: Watcher) -> P.DeploymentEvent:

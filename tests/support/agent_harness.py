@@ -30,6 +30,9 @@ from toolchain.flash import FlashOptions, flash
 from toolchain.npzio import save_npz
 from toolchain.packaging import PackageOptions, package
 
+TERMINAL = frozenset(
+    {P.DeploymentState.SUCCEEDED, P.DeploymentState.FAILED, P.DeploymentState.REJECTED, P.DeploymentState.ROLLED_BACK}
+)
 FAST_PROBATION = ProbationSection(min_inferences=30, seconds=30.0, max_error_rate=0.05, max_latency_ratio=0.0)
 
 

@@ -42,6 +42,7 @@ from device_agent.config import ProbationSection
 from device_agent.errors import EdgefleetError, StateError, TrustError
 from device_agent.home import Home
 from tests.support.agent_harness import (
+    TERMINAL,
     ArtifactServer,
     Watcher,
     flash_device,
@@ -55,12 +56,6 @@ from tests.support.trust_chain import TrustRepo
 REPO = Path(__file__).resolve().parents[2]  # so that `python -m tests.support.slow_agent` finds this tree
 
 PHASES = ["DOWNLOADING", "VERIFYING", "INSTALLING", "SELFTEST", "PROBATION", "SUCCEEDED", "random", "TRUST"]
-TERMINAL = {
-    P.DeploymentState.SUCCEEDED,
-    P.DeploymentState.ROLLED_BACK,
-    P.DeploymentState.REJECTED,
-    P.DeploymentState.FAILED,
-}
 PROBATION = ProbationSection(min_inferences=30, seconds=3.0, max_error_rate=0.05, max_latency_ratio=0.0)
 
 
