@@ -44,6 +44,12 @@ PACKAGE_OPTIONS = [
     click.option("--min-agent-version", default="0.1.0", show_default=True),
     click.option("--arch", "architectures", multiple=True, help="Allowed architectures (repeat); default any."),
     click.option("--ram-bytes", type=click.IntRange(min=0), help="RAM requirement; default an estimate."),
+    click.option(
+        "--max-overhead",
+        type=click.IntRange(min=0),
+        help="Bytes the bundle may add to its model; default max(64 KiB, 10 % of the model). "
+        "Over it, the self-test is made compact.",
+    ),
     click.option("-o", "--output", type=click.Path(dir_okay=False), help="Default: NAME-VERSION.efb."),
 ]
 
