@@ -72,8 +72,18 @@ def package(model: Path, output: str | None, keys: tuple[str, ...], architecture
     out = output or f"{opts.name}-{opts.version}.efb"
     atomic_write(out, data)
     bundle = read_bundle(data)
-    click.echo(f"wrote {out} ({len(data)} bytes), sha256 {bundle.manifest.model.sha256[:16]}…")
+    model_size = bundle.manifest.model.size
+    click.echo(
+        f"wrote {out} ({len(data)} bytes: the model's {model_size} + {len(data) - model_size}), "
+        f"sha256 {bundle.manifest.model.sha256[:16]}…"
+    )
     echo_summary(bundle)
+    compact = bundle.manifest.selftest.compact if bundle.manifest.selftest else None
+    if compact is not None and compact.inputs == "generated":
+        click.echo(
+            "warning: no real self-test sample fits the overhead bound: the device checks the model on inputs "
+            "generated from a seed, which catches less (raise --max-overhead to keep real samples)"
+        )
 
 
 COMMANDS = [package]
