@@ -3,11 +3,12 @@
 The full form (``edgefleet-bundle/1``) stores the reference inputs and every expected output. A
 bundle must stay within its model's bytes plus ``max(64 KiB, 10 %)`` (``overhead_bound``); when the
 full form breaks that, the compact form (``edgefleet-bundle/2``, read by device_agent/selftest.py)
-keeps as much evidence as fits, strongest first: real samples coded as uint8 with 256 levels (8, 4,
-2, then 1 of them, with 4096, 1024, 256 or 64 output elements drawn per output), then with 16, 4 and
-2 levels (a page of text in 4 grey levels still reads as text to a detector), and last inputs the
-device generates from a seed (uniform noise, which many models answer with a flat output: the
-weakest check, and ``edgetool package`` says so). Every compact form also checks each sample's
+keeps as much evidence as fits, strongest first: real samples coded as uint8 with 256 levels (all
+of them, then half as many down to 1, with 4096, 1024, 256 or 64 output elements drawn per
+output), then with 16, 4 and 2 levels (a page of text in 4 grey levels still reads as text to a
+detector), and last up to 8 inputs the device generates from a seed (uniform noise, which many
+models answer with a flat output: the weakest check, and ``edgetool package`` says so). Every
+compact form also checks each sample's
 mean, std, min and max over all output elements and, for a classifier, every sample's top-1 class:
 a wrong model, a wrong quantization or a corrupted weight moves those even where the drawn
 elements would not notice.
@@ -30,7 +31,8 @@ from device_agent.selftest import decode_input, element_index, generate_input, s
 PATH = "selftest.npz"
 MIN_BOUND = 64 << 10  # bytes: the overhead a bundle may always add to its model
 BOUND_FRACTION = 0.10  # of the model's bytes: the overhead a larger model may add
-SAMPLES = (8, 4, 2, 1)
+MAX_SAMPLES = 1024  # what the manifest allows
+GENERATED_SAMPLES = 8
 ELEMENTS = (4096, 1024, 256, 64)  # output elements drawn per output
 LEVELS = (256, 16, 4, 2)  # levels real float inputs are coded with, finest first
 DEFLATE_LEVEL = 6  # zlib's default: 9 takes 10x longer on coded images for 1-2 % fewer bytes
@@ -99,7 +101,7 @@ class Model:
 
 def compact(model: Model, real: Mapping[str, np.ndarray], budget: int, seed: int) -> BuiltSelfTest:
     """The strongest compact form within ``budget`` bytes (the smallest one when none fits)."""
-    n0 = min(SAMPLES[0], len(next(iter(real.values()))))
+    n0 = min(MAX_SAMPLES, len(next(iter(real.values()))))
     for levels in LEVELS:
         coded, decoded = _code_inputs(model.inputs, {k: v[:n0] for k, v in real.items()}, levels)
         best = _search(model, coded, decoded, CompactSelfTest(n0, seed, ELEMENTS[0], "coded"), budget)
@@ -107,11 +109,12 @@ def compact(model: Model, real: Mapping[str, np.ndarray], budget: int, seed: int
             return best
     ranges = tuple(_range(real[s.name]) for s in model.inputs)
     shapes = {f"in{i}_shape": np.asarray(real[s.name].shape[1:], np.int64) for i, s in enumerate(model.inputs)}
+    n = min(n0, GENERATED_SAMPLES)
     generated = {
-        s.name: generate_input(seed, i, s.dtype, (n0, *real[s.name].shape[1:]), *ranges[i])
+        s.name: generate_input(seed, i, s.dtype, (n, *real[s.name].shape[1:]), *ranges[i])
         for i, s in enumerate(model.inputs)
     }
-    return _search(model, shapes, generated, CompactSelfTest(n0, seed, ELEMENTS[0], "generated", ranges), budget)
+    return _search(model, shapes, generated, CompactSelfTest(n, seed, ELEMENTS[0], "generated", ranges), budget)
 
 
 def _search(
@@ -121,8 +124,7 @@ def _search(
     atol, rtol = tolerances(model.outputs, outputs)
     candidates = [
         CompactSelfTest(n, base.seed, k, base.inputs, base.ranges)
-        for n in SAMPLES
-        if n <= base.samples
+        for n in sorted({base.samples >> shift for shift in range(base.samples.bit_length())}, reverse=True)
         for k in ELEMENTS
     ]
     sizes: dict[tuple[str, int], int] = {}  # deflated bytes of a member, by (name, samples)
