@@ -22,7 +22,7 @@ from device_agent.errors import ManifestError, SelfTestError
 from device_agent.model import LoadedModel
 from device_agent.runtime import load_runtime
 from device_agent.samples import take
-from device_agent.selftest import generate_input, load_npz
+from device_agent.selftest import decode, generate_input, load_npz
 from models import RECIPES
 from tests.conftest import build_reference_model
 from tests.support.agent_harness import AgentThread, ArtifactServer, Watcher, flash_device, send_deploy
@@ -269,3 +269,33 @@ def test_a_decompression_bomb_in_the_self_test_is_refused() -> None:
     assert len(out.getvalue()) < 1 << 20
     with pytest.raises(SelfTestError, match="decompression bomb"):
         load_npz(out.getvalue())
+
+
+def test_a_malformed_self_test_file_is_one_specific_error(
+    third_party: dict[str, Path], feeds: dict[str, Path], release_key: PrivateKey
+) -> None:
+    """Bytes in, a Reference or a SelfTestError out: never another exception from a bad file."""
+    lean = read_bundle(pack(third_party["face-detector"], release_key, selftest_inputs=feeds["face-detector"]))
+    good = lean.files["selftest.npz"]
+    arrays = load_npz(good)
+    short = dict(arrays, out0_values=arrays["out0_values"][:1])
+    missing = {k: v for k, v in arrays.items() if k != "out1_stats"}
+    out = io.BytesIO()
+    np.savez(out, **dict(arrays, in0=np.empty(3, dtype=object)))
+    for name, data in [
+        ("truncated", good[: len(good) // 2]),
+        ("not a zip", b"\x00" * 100),
+        ("too few values", _npz(short)),
+        ("a missing array", _npz(missing)),
+        ("an object array", out.getvalue()),
+    ]:
+        with pytest.raises(SelfTestError):
+            decode(data, lean.manifest)
+            pytest.fail(f"{name} was accepted")
+    assert decode(good, lean.manifest).compact["regressors"].values.shape[0] == 8
+
+
+def _npz(arrays: dict[str, np.ndarray]) -> bytes:
+    out = io.BytesIO()
+    np.savez_compressed(out, **arrays)
+    return out.getvalue()
