@@ -139,18 +139,22 @@ def test_swapped_model_rolls_back_on_a_real_agent(
     model = third_party["face-detector"]
     good = pack(model, release_key, selftest_inputs=feeds["face-detector"])
     assert len(good) - model.stat().st_size <= bound(model.stat().st_size)
-    bad = swap_model(good, corrupt_tflite(model, "conv2d/Kernel"), release_key, version="2.0.0")
+    update = swap_model(good, model.read_bytes(), release_key, version="2.0.0")  # the same model, sequence 2
+    bad = swap_model(update, corrupt_tflite(model, "conv2d/Kernel"), release_key, version="3.0.0")
     url = broker.url  # type: ignore[attr-defined]
     home = flash_device(tmp_path, good, url, key_files[1])
     watcher = Watcher(url)
     agent = AgentThread(home)
     try:
         agent.wait_connected()
+        dep = send_deploy(url, "test", "dev-1", *server.publish("update.efb", update))
+        event = watcher.wait_event(dep, {S.ROLLED_BACK, S.SUCCEEDED, S.FAILED}, timeout=120)
+        assert event.state == S.SUCCEEDED, (event.reason, event.detail)  # a compact self-test that passes
         dep = send_deploy(url, "test", "dev-1", *server.publish("bad.efb", bad))
         event = watcher.wait_event(dep, {S.ROLLED_BACK, S.SUCCEEDED, S.FAILED}, timeout=120)
         assert (event.state, event.reason) == (S.ROLLED_BACK, "selftest"), event.detail
         assert "PROBATION" not in watcher.states(dep)
-        assert home.load_state().active == "a"
+        assert home.load_state().active == "b"  # still the update, not the swapped model
     finally:
         agent.stop()
         watcher.close()
