@@ -82,6 +82,9 @@ class Ingest:
         self._latest: OrderedDict[str, DeviceState] = OrderedDict()
         self._pending: dict[tuple[str, int], list[float]] = {}
         self._lock = threading.Lock()
+        # without shared subscriptions (fleet/cluster.py): does this process store the device's telemetry?
+        self.owns: Callable[[str], bool] | None = None
+        self.elsewhere = 0  # telemetry points kept in memory but left to another manager to store
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -170,7 +173,10 @@ class Ingest:
             state.telemetry, state.telemetry_at = payload.values, now
             with self._lock:
                 state.windows.append(health_of(payload.values, now))
-            self._accumulate(device, payload.values, now)
+            if self.owns is None or self.owns(device):
+                self._accumulate(device, payload.values, now)
+            else:
+                self.elsewhere += 1
         elif isinstance(payload, proto.Info):
             state.info = payload
             writes.append(lambda: self.store.devices.record_info(fleet, device, payload, now))

@@ -19,6 +19,7 @@ from pathlib import Path
 from device_agent.bundle import TrustStore
 from device_agent.mqtt import MqttClient, MqttConfig
 from fleet.api import create_app
+from fleet.cluster import Membership, keep_connected
 from fleet.errors import FleetConfigError
 from fleet.ingest import Ingest, IngestConfig, subscriptions
 from fleet.rollout.runner import Runner
@@ -46,6 +47,7 @@ class ServeConfig:
     ingest_only: bool = False  # a follower: shares telemetry ingest (MQTT 5 $share), runs no rollouts
     instance: str = "main"  # distinguishes processes of one fleet (MQTT client id fleetctl-FLEET-INSTANCE)
     lease_ttl: float = 10.0  # seconds before another process takes over rollouts from a silent leader
+    broker_protocol: str = "auto"  # "auto" (MQTT 5, else 3.1.1), "5" or "3.1.1"
     broker_username: str | None = None  # default: the broker URL's
     broker_password: str | None = None
     broker_cafile: Path | None = None  # CA for mqtts:// with a private CA
@@ -104,6 +106,7 @@ class FleetServer:
                 # of the $share telemetry group (and drop it) until the session expired
                 clean_start=config.ingest_only,
                 session_expiry_s=0 if config.ingest_only else config.session_expiry,
+                protocol=config.broker_protocol,
             ),
             max_queued=100_000,
         )
@@ -120,6 +123,7 @@ class FleetServer:
         )
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
+        self.membership: Membership | None = None  # set when ingest is partitioned (no shared subscriptions)
 
     def _service(self, config: ServeConfig) -> FleetService:
         """The service, trusting the release keys of --trust-metadata (walked to the newest stored
@@ -149,22 +153,31 @@ class FleetServer:
 
         Raises:
             TransportError: the broker is unreachable.
-            FleetConfigError: ``ingest_only`` without MQTT 5.
         """
         self.mqtt.connect()
         filters = subscriptions(self.config.fleet, self.mqtt.protocol_version)
-        if self.config.ingest_only:
-            if self.mqtt.protocol_version != "5":
-                raise FleetConfigError("--ingest-only needs an MQTT 5 broker (shared subscriptions)")
+        parts: list[tuple[str, Callable[[], None]]] = [("ingest", lambda: pump(self.mqtt, self.ingest, self.stop))]
+        if self.mqtt.protocol_version != "5":  # no $share: every manager gets all, each stores its partition
+            parts.append(("members", self._partition()))
+        elif self.config.ingest_only:
             filters = [f for f in filters if f[0].startswith("$share/")]
         self.mqtt.subscribe(filters)
-        parts: list[tuple[str, Callable[[], None]]] = [("ingest", lambda: pump(self.mqtt, self.ingest, self.stop))]
+        parts.append(("broker", lambda: keep_connected(self.mqtt, filters, self.stop)))
         if not self.config.ingest_only:
             parts.append(("runner", lambda: self.runner.run(self.stop, self.config.tick_interval)))
         for name, target in parts:
             thread = threading.Thread(target=target, name=f"fleetctl-{name}", daemon=True)
             thread.start()
             self.threads.append(thread)
+
+    def _partition(self) -> Callable[[], None]:
+        """Join the fleet's members (fleet/cluster.py) and store only our partition of telemetry; returns
+        the heartbeat loop to run."""
+        c = self.config
+        membership = self.membership = Membership(self.store.leases, c.fleet, c.instance, c.lease_ttl)
+        membership.heartbeat()
+        self.ingest.owns = membership.partition.owns
+        return lambda: membership.run(self.stop)
 
     def run(self) -> None:
         """Serve until SIGINT/SIGTERM, then tear down warmly."""

@@ -6,6 +6,9 @@ connection's socket at once (``selectors``), calls paho's ``loop_read``/``loop_w
 sockets that are ready and ``loop_misc`` (keepalive) once a second, and runs timers. All paho calls
 happen on that thread; other threads hand it work with ``call_soon``/``call_later``.
 
+A ``MuxClient`` with several broker URLs fails over like ``MqttClient``: an attempt that gets no
+CONNACK moves it to the next node in the list for the next attempt (which the caller's backoff paces).
+
 ``MuxClient`` is an ``MqttClient`` whose calls do not block: ``connect`` returns at once and reports
 through callbacks, ``publish`` queues (QoS 1 delivery and re-sending after a reconnect are paho's,
 as with the threaded client). paho stays private: it is created by ``device_agent.mqtt``, the only
@@ -229,6 +232,8 @@ class MuxClient(MqttClient):
                 _paho_connect(self._client, self.config, self.broker, self._version)
             else:  # the same paho client: QoS 1 messages not yet acknowledged are sent again
                 self._client.on_disconnect = self._on_disconnect
+                if (self._client.host, self._client.port) != (self.broker.host, self.broker.port):
+                    self._client.host, self._client.port = self.broker.host, self.broker.port  # failover
                 self._client.reconnect()
         except (OSError, ValueError) as exc:
             self._close_socket()
@@ -263,6 +268,8 @@ class MuxClient(MqttClient):
         if reason.is_failure:
             log.warning("broker %s refused %s: %s", self.broker, self.config.client_id, reason)
             self._shutdown_socket()  # paho reports the lost connection next
+            if self.config.protocol == "auto" and self._version == "5" and "protocol version" in str(reason).lower():
+                self._version, self._client = "3.1.1", None  # a 3.1.1-only broker that says so (NATS)
             return
         self._connected.set()
         self.on_connect()
@@ -270,12 +277,17 @@ class MuxClient(MqttClient):
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if not self._got_connack and self.config.protocol == "auto" and self._version == "5":
             self._version, self._client = "3.1.1", None  # a 3.1.1-only broker: try that next time
+            self._got_connack = True  # (the same node again, with 3.1.1)
         self._report_lost(f"connection lost: {reason}")
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         self.on_message(Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid))
 
     def _report_lost(self, reason: str) -> None:
+        if not self._got_connack and len(self.brokers) > 1:  # this node did not answer: the next one next time
+            self.broker_index = (self.broker_index + 1) % len(self.brokers)
+            self.broker = self.brokers[self.broker_index]
+            self.failovers += 1
         self._connected.clear()
         self.mux.clients.discard(self)
         self.on_disconnect(reason)
