@@ -22,6 +22,7 @@ from fleet.api import create_app
 from fleet.cluster import Membership, keep_connected
 from fleet.errors import FleetConfigError
 from fleet.ingest import Ingest, IngestConfig, subscriptions
+from fleet.mqtt_stream import TelemetryStream
 from fleet.rollout.runner import Runner
 from fleet.service import FleetService
 from fleet.store import Store
@@ -48,6 +49,7 @@ class ServeConfig:
     instance: str = "main"  # distinguishes processes of one fleet (MQTT client id fleetctl-FLEET-INSTANCE)
     lease_ttl: float = 10.0  # seconds before another process takes over rollouts from a silent leader
     broker_protocol: str = "auto"  # "auto" (MQTT 5, else 3.1.1), "5" or "3.1.1"
+    ingest_stream: str = "paho"  # "lean": telemetry through fleet/mqtt_stream.py's reader (a 2nd connection)
     broker_username: str | None = None  # default: the broker URL's
     broker_password: str | None = None
     broker_cafile: Path | None = None  # CA for mqtts:// with a private CA
@@ -161,6 +163,10 @@ class FleetServer:
             parts.append(("members", self._partition()))
         elif self.config.ingest_only:
             filters = [f for f in filters if f[0].startswith("$share/")]
+        if self.config.ingest_stream == "lean":
+            telemetry = [f for f in filters if f[0].endswith("/telemetry")]
+            filters = [f for f in filters if f not in telemetry]
+            parts.append(("telemetry", self._lean_stream(telemetry)))
         self.mqtt.subscribe(filters)
         parts.append(("broker", lambda: keep_connected(self.mqtt, filters, self.stop)))
         if not self.config.ingest_only:
@@ -169,6 +175,21 @@ class FleetServer:
             thread = threading.Thread(target=target, name=f"fleetctl-{name}", daemon=True)
             thread.start()
             self.threads.append(thread)
+
+    def _lean_stream(self, filters: list[tuple[str, int]]) -> Callable[[], None]:
+        """The telemetry reader loop on its own connection (client id ``…-telemetry``, clean session)."""
+        from device_agent.mqtt import parse_brokers
+        from fleet.mqtt_stream import connect_any, stream_pump
+
+        c, brokers = self.config, parse_brokers(self.config.broker)
+        client_id = f"fleetctl-{c.fleet}-{c.instance}-telemetry"
+        auth = {"username": c.broker_username, "password": c.broker_password}
+        auth["cafile"] = str(c.broker_cafile) if c.broker_cafile else None
+
+        def connect() -> TelemetryStream:
+            return connect_any(brokers, client_id, filters, **auth)
+
+        return lambda: stream_pump(connect, self.ingest.handle_many, self.ingest.flush, self.stop.is_set)
 
     def _partition(self) -> Callable[[], None]:
         """Join the fleet's members (fleet/cluster.py) and store only our partition of telemetry; returns

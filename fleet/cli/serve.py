@@ -30,6 +30,13 @@ SERVE_OPTIONS = [
         help="MQTT version; without 5 (no shared subscriptions) managers partition telemetry storage by device.",
     ),
     click.option(
+        "--ingest-stream",
+        type=click.Choice(["paho", "lean"]),
+        default="paho",
+        show_default=True,
+        help="lean: read telemetry with the lean MQTT 3.1.1 reader on a second connection (faster ingest).",
+    ),
+    click.option(
         "--lease-ttl",
         type=click.FloatRange(min=1.0, max=600.0),
         default=10.0,

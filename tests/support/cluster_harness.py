@@ -145,13 +145,15 @@ def _token_file(tmp: Path) -> Path:
 
 @contextmanager
 def managers(tmp: Path, db: str, broker: str, pub: Path, count: int = 3) -> Iterator[Managers]:
-    """``count`` ``fleetctl serve`` processes (m1, m2, …) on ``db`` and ``broker``; stopped afterwards."""
+    """``count`` ``fleetctl serve`` processes (m1, m2, …) on ``db`` and ``broker``; stopped afterwards.
+    m2 reads telemetry with ``--ingest-stream lean``, the others with paho."""
     token_file, group = _token_file(tmp), Managers()
     for i in range(1, count + 1):
         port = free_port()
         args = [str(BIN / "fleetctl"), "serve", "--db", db, "--broker", broker, "--broker-protocol", "3.1.1"]
         args += ["--lease-ttl", str(LEASE_TTL), "--instance", f"m{i}", "--artifacts", str(tmp / "artifacts")]
         args += ["--listen", f"127.0.0.1:{port}", "--trust", str(pub), "--token-file", str(token_file)]
+        args += ["--ingest-stream", "lean" if i == 2 else "paho"]  # m2 reads telemetry with the lean reader
         group.members.append(Manager(f"m{i}", args, port, tmp / f"serve-m{i}.log"))
     try:
         for manager in group.members:
