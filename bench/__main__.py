@@ -26,7 +26,7 @@ absolute times are for scale only. Each section names the machine and date it wa
 
 
 def sections() -> dict[str, Callable[[], str]]:
-    from bench import access, agent, fleet, gates, powercut, quantization, verify
+    from bench import access, agent, cluster, fleet, gates, ingest, powercut, quantization, verify
 
     return {
         "verify": verify.run,
@@ -36,6 +36,8 @@ def sections() -> dict[str, Callable[[], str]]:
         "fleet": fleet.run,
         "access": access.run,
         "gates": gates.run,
+        "ingest": ingest.run,
+        "cluster": cluster.run,
     }
 
 

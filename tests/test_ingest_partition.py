@@ -5,6 +5,7 @@ next node with a real broker behind a dead URL."""
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -41,7 +42,7 @@ def test_the_partition_ignores_order_and_always_includes_itself() -> None:
     assert Partition("alone").owns("any-device")
 
 
-def test_membership_reads_the_live_member_leases(tmp_path: object) -> None:
+def test_membership_reads_the_live_member_leases(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path}/fleet.db")
     clock = [1000.0]
     a = Membership(store.leases, "default", "m1", ttl=10, clock=lambda: clock[0])
@@ -87,3 +88,16 @@ def test_every_node_down_is_one_error_naming_each(broker: LocalBroker) -> None:
     with pytest.raises(Exception, match="cannot reach broker") as err:
         client.connect()
     assert all(u.rsplit(":", 1)[1] in str(err.value) for u in urls)
+
+
+def test_agent_toml_and_flash_take_broker_lists(tmp_path: Path) -> None:
+    from device_agent.config import AgentConfig, BrokerSection, DeviceSection
+    from device_agent.provision import FlashOptions, flash
+    from device_agent.session import mqtt_config
+
+    config = AgentConfig(
+        DeviceSection(id="dev-1"), broker=BrokerSection(url="mqtt://10.0.0.1:1883,mqtt://10.0.0.2:1884")
+    )
+    assert [b.port for b in MqttClient(mqtt_config(config)).brokers] == [1883, 1884]
+    with pytest.raises(ConfigError, match="empty URL"):
+        flash(tmp_path / "x.efb", tmp_path / "home", FlashOptions(device_id="d", broker="mqtt://a:1,", trust=[]))
