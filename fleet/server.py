@@ -217,7 +217,7 @@ class FleetServer:
                 self.config.fleet,
                 self.config.host,
                 self.config.port,
-                self.config.broker,
+                f"{self.mqtt.broker} of {len(self.mqtt.brokers)}",  # no credentials from the URLs
                 self.mqtt.protocol_version,
                 ", ingest only" if self.config.ingest_only else "",
             )
