@@ -53,3 +53,23 @@ def test_no_node_answering_is_one_error() -> None:
     urls = ",".join(f"mqtt://127.0.0.1:{free_port()}" for _ in range(2))
     with pytest.raises(TransportError, match="cannot reach broker"):
         connect_any(parse_brokers(urls), "lean-x", FILTER)
+
+
+def test_a_shared_subscription_splits_the_stream(broker: LocalBroker) -> None:
+    """``serve --ingest-stream lean`` on an MQTT 5 broker keeps the ``$share`` group (Mosquitto 2 takes
+    it from 3.1.1 clients too): two readers in the group get each point once between them."""
+    shared = [(f"$share/edgefleet/{P.subscription('f', P.TELEMETRY)}", 0)]
+    readers = [TelemetryStream(BrokerURL.parse(broker.url), f"lean-share-{i}") for i in range(2)]
+    for reader in readers:
+        reader.connect(shared)
+    pub = MqttClient(MqttConfig(url=broker.url, client_id="pub-share", clean_start=True))
+    pub.connect()
+    try:
+        pub.publish_many([(P.topic("f", f"d-{i}", P.TELEMETRY), b"%d" % i) for i in range(200)], qos=1)
+        got: list[bytes] = []
+        wait_until(lambda: got.extend(m.payload for r in readers for m in r.read()) or len(got) >= 200, 30)
+        assert sorted(got, key=int) == [b"%d" % i for i in range(200)]
+    finally:
+        pub.disconnect()
+        for reader in readers:
+            reader.close()
