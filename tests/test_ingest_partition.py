@@ -15,6 +15,7 @@ from device_agent.mqtt.client import MAX_BROKERS, first_broker
 from fleet.broker import LocalBroker, free_port
 from fleet.cluster import Membership, Partition, member_lease, owner
 from fleet.store import Store
+from tests.support.fleet_harness import wait_until
 
 MEMBERS = ("members/default/m1", "members/default/m2", "members/default/m3")
 DEVICES = [f"dev-{i}" for i in range(3000)]
@@ -101,3 +102,25 @@ def test_agent_toml_and_flash_take_broker_lists(tmp_path: Path) -> None:
     assert [b.port for b in MqttClient(mqtt_config(config)).brokers] == [1883, 1884]
     with pytest.raises(ConfigError, match="empty URL"):
         flash(tmp_path / "x.efb", tmp_path / "home", FlashOptions(device_id="d", broker="mqtt://a:1,", trust=[]))
+
+
+def test_a_multiplexed_client_moves_to_the_next_node_after_a_failed_attempt(broker: LocalBroker) -> None:
+    """What ``fleetctl simulate``'s lean devices do: an attempt that gets no CONNACK moves the client to
+    the next node of its list for the next attempt (which the device's backoff paces)."""
+    from device_agent.mqtt.mux import MqttMux, MuxClient
+
+    dead = f"mqtt://127.0.0.1:{free_port()}"
+    client_id = next(c for c in (f"mux-{i}" for i in range(20)) if first_broker(c, 2) == 0)
+    mux, lost, up = MqttMux(), [], []
+    mux.start()
+    config = MqttConfig(url=f"{dead},{broker.url}", client_id=client_id, clean_start=True, session_expiry_s=0)
+    client = MuxClient(mux, config, on_connect=lambda: up.append(1), on_disconnect=lost.append)
+    try:
+        client.connect()
+        wait_until(lambda: lost, 30, "the dead node to fail")
+        client.connect()  # the device's next attempt
+        wait_until(lambda: up, 30, "the next node to answer")
+        assert str(client.broker) == broker.url and client.failovers == 1
+    finally:
+        client.disconnect()
+        mux.stop()

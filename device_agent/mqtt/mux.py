@@ -227,13 +227,17 @@ class MuxClient(MqttClient):
         self._got_connack = False
         self.mux.clients.add(self)
         try:
+            node = (self.broker.host, self.broker.port)
+            if self._client is not None and (self._client.host, self._client.port) != node:
+                # failover: paho takes no new host for a connection it still calls open, so a new client; QoS 1
+                # messages it queued while offline are lost (the broker's session keeps what it acknowledged)
+                self._close_socket()
+                self._client = None
             if self._client is None:
                 self._client = self._new_paho()
                 _paho_connect(self._client, self.config, self.broker, self._version)
             else:  # the same paho client: QoS 1 messages not yet acknowledged are sent again
                 self._client.on_disconnect = self._on_disconnect
-                if (self._client.host, self._client.port) != (self.broker.host, self.broker.port):
-                    self._client.host, self._client.port = self.broker.host, self.broker.port  # failover
                 self._client.reconnect()
         except (OSError, ValueError) as exc:
             self._close_socket()
