@@ -28,7 +28,7 @@ from device_agent.errors import ConfigError, TrustError
 from device_agent.floor import RollbackFloor
 from device_agent.fsutil import atomic_write
 from device_agent.home import DeviceState, Home
-from device_agent.mqtt import BrokerURL
+from device_agent.mqtt import BrokerURL, parse_brokers
 
 
 @dataclass
@@ -62,7 +62,7 @@ def flash(bundle_path: Path, target: Path, opts: FlashOptions) -> Home:
         ConfigError: bad options, or ``target`` already holds a device (without ``force``).
         BundleError: the bundle does not verify against the given trust keys (or trust metadata).
     """
-    BrokerURL.parse(opts.broker)
+    parse_brokers(opts.broker)
     keys, trust, metadata = _trust(opts)
     try:
         data = bundle_path.read_bytes()

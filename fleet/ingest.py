@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from device_agent import protocol as proto
 from device_agent.errors import ProtocolError
 from device_agent.mqtt import Message
+from fleet.fastparse import TelemetryParser
 from fleet.rollout.model import Health
 from fleet.store import RollupRow, Store
 
@@ -81,7 +82,11 @@ class Ingest:
         self.dropped: Counter[str] = Counter()  # by reason
         self._latest: OrderedDict[str, DeviceState] = OrderedDict()
         self._pending: dict[tuple[str, int], list[float]] = {}
+        self._fast = TelemetryParser(self.config.fleet)
         self._lock = threading.Lock()
+        # without shared subscriptions (fleet/cluster.py): does this process store the device's telemetry?
+        self.owns: Callable[[str], bool] | None = None
+        self.elsewhere = 0  # telemetry points kept in memory but left to another manager to store
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -117,7 +122,16 @@ class Ingest:
         only itself; in-memory state is updated once either way.
         """
         writes: list[Callable[[], None]] = []
+        points: list[tuple[str, dict[str, float]]] = []
+        fast = self._fast
         for msg in msgs:
+            device = fast.device(msg.topic)
+            if device is not None:  # the hot path: this fleet's telemetry (fleet/fastparse.py)
+                try:
+                    points.append((device, fast.values(msg.payload)))
+                except ProtocolError as exc:
+                    self.dropped[exc.code] += 1
+                continue
             try:
                 topic = proto.parse_topic(msg.topic)
                 if topic.fleet != self.config.fleet:
@@ -132,6 +146,8 @@ class Ingest:
                 continue
             self.received[topic.kind] += 1
             self._route(topic, payload, writes)
+        if points:
+            self._telemetry(points)
         if not writes:
             return
         try:
@@ -170,7 +186,10 @@ class Ingest:
             state.telemetry, state.telemetry_at = payload.values, now
             with self._lock:
                 state.windows.append(health_of(payload.values, now))
-            self._accumulate(device, payload.values, now)
+            if self.owns is None or self.owns(device):
+                self._accumulate(device, payload.values, now)
+            else:
+                self.elsewhere += 1
         elif isinstance(payload, proto.Info):
             state.info = payload
             writes.append(lambda: self.store.devices.record_info(fleet, device, payload, now))
@@ -180,35 +199,62 @@ class Ingest:
             state.status = payload
             writes.append(lambda: self.store.devices.record_status(fleet, device, payload, now))
 
+    def _telemetry(self, points: list[tuple[str, dict[str, float]]]) -> None:
+        """A batch of telemetry points under one lock: latest state, health window, and the rollup of
+        the devices whose telemetry this process stores."""
+        now, owns, latest = self.clock(), self.owns, self._latest
+        stored = 0
+        with self._lock:
+            for device, values in points:
+                state = latest.get(device)
+                if state is None:
+                    state = latest[device] = DeviceState(windows=deque(maxlen=self.config.windows_per_device))
+                    while len(latest) > self.config.max_devices:
+                        latest.popitem(last=False)
+                else:
+                    latest.move_to_end(device)
+                state.last_seen = state.telemetry_at = now
+                state.telemetry = values
+                state.windows.append(health_of(values, now))
+                if owns is None or owns(device):
+                    self._add_point(device, values, now)
+                    stored += 1
+        self.received[proto.TELEMETRY] += len(points)
+        self.elsewhere += len(points) - stored
+
     def _apply_event(self, device: str, event: proto.DeploymentEvent, now: float) -> None:
         if not self.store.deployments.apply_event(device, event, now):
             self.dropped["unknown-or-stale-deployment"] += 1
 
     def _accumulate(self, device: str, v: dict[str, float], now: float) -> None:
+        with self._lock:
+            self._add_point(device, v, now)
+
+    def _add_point(self, device: str, v: dict[str, float], now: float) -> None:
+        """Add one point to the device's pending rollup of this minute (the caller holds the lock)."""
         key = (device, int(now // 60))
         p95 = v.get("lat_p95_ms", 0.0)
-        with self._lock:
-            acc = self._pending.get(key)
-            if acc is None:
-                self._pending[key] = [
-                    1,
-                    v.get("inferences", 0.0),
-                    v.get("errors", 0.0),
-                    v.get("ips", 0.0),
-                    p95,
-                    p95,
-                    v.get("conf_mean", 0.0),
-                    v.get("psi_max", 0.0),
-                ]
-                return
-            acc[0] += 1
-            acc[1] += v.get("inferences", 0.0)
-            acc[2] += v.get("errors", 0.0)
-            acc[3] += v.get("ips", 0.0)
-            acc[4] += p95
-            acc[5] = max(acc[5], p95)
-            acc[6] += v.get("conf_mean", 0.0)
-            acc[7] = max(acc[7], v.get("psi_max", 0.0))
+        acc = self._pending.get(key)
+        if acc is None:
+            self._pending[key] = [
+                1,
+                v.get("inferences", 0.0),
+                v.get("errors", 0.0),
+                v.get("ips", 0.0),
+                p95,
+                p95,
+                v.get("conf_mean", 0.0),
+                v.get("psi_max", 0.0),
+            ]
+            return
+        acc[0] += 1
+        acc[1] += v.get("inferences", 0.0)
+        acc[2] += v.get("errors", 0.0)
+        acc[3] += v.get("ips", 0.0)
+        acc[4] += p95
+        acc[5] = max(acc[5], p95)
+        acc[6] += v.get("conf_mean", 0.0)
+        acc[7] = max(acc[7], v.get("psi_max", 0.0))
 
     def flush(self) -> int:
         """Write pending rollups and last-seen times to the store; returns the rollups written."""

@@ -19,8 +19,10 @@ from pathlib import Path
 from device_agent.bundle import TrustStore
 from device_agent.mqtt import MqttClient, MqttConfig
 from fleet.api import create_app
+from fleet.cluster import Membership, keep_connected
 from fleet.errors import FleetConfigError
 from fleet.ingest import Ingest, IngestConfig, subscriptions
+from fleet.mqtt_stream import TelemetryStream
 from fleet.rollout.runner import Runner
 from fleet.service import FleetService
 from fleet.store import Store
@@ -46,6 +48,8 @@ class ServeConfig:
     ingest_only: bool = False  # a follower: shares telemetry ingest (MQTT 5 $share), runs no rollouts
     instance: str = "main"  # distinguishes processes of one fleet (MQTT client id fleetctl-FLEET-INSTANCE)
     lease_ttl: float = 10.0  # seconds before another process takes over rollouts from a silent leader
+    broker_protocol: str = "auto"  # "auto" (MQTT 5, else 3.1.1), "5" or "3.1.1"
+    ingest_stream: str = "paho"  # "lean": telemetry through fleet/mqtt_stream.py's reader (a 2nd connection)
     broker_username: str | None = None  # default: the broker URL's
     broker_password: str | None = None
     broker_cafile: Path | None = None  # CA for mqtts:// with a private CA
@@ -104,6 +108,7 @@ class FleetServer:
                 # of the $share telemetry group (and drop it) until the session expired
                 clean_start=config.ingest_only,
                 session_expiry_s=0 if config.ingest_only else config.session_expiry,
+                protocol=config.broker_protocol,
             ),
             max_queued=100_000,
         )
@@ -120,6 +125,7 @@ class FleetServer:
         )
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
+        self.membership: Membership | None = None  # set when ingest is partitioned (no shared subscriptions)
 
     def _service(self, config: ServeConfig) -> FleetService:
         """The service, trusting the release keys of --trust-metadata (walked to the newest stored
@@ -149,22 +155,50 @@ class FleetServer:
 
         Raises:
             TransportError: the broker is unreachable.
-            FleetConfigError: ``ingest_only`` without MQTT 5.
         """
         self.mqtt.connect()
         filters = subscriptions(self.config.fleet, self.mqtt.protocol_version)
-        if self.config.ingest_only:
-            if self.mqtt.protocol_version != "5":
-                raise FleetConfigError("--ingest-only needs an MQTT 5 broker (shared subscriptions)")
-            filters = [f for f in filters if f[0].startswith("$share/")]
-        self.mqtt.subscribe(filters)
         parts: list[tuple[str, Callable[[], None]]] = [("ingest", lambda: pump(self.mqtt, self.ingest, self.stop))]
+        if self.mqtt.protocol_version != "5":  # no $share: every manager gets all, each stores its partition
+            parts.append(("members", self._partition()))
+        elif self.config.ingest_only:
+            filters = [f for f in filters if f[0].startswith("$share/")]
+        if self.config.ingest_stream == "lean":
+            telemetry = [f for f in filters if f[0].endswith("/telemetry")]
+            filters = [f for f in filters if f not in telemetry]
+            parts.append(("telemetry", self._lean_stream(telemetry)))
+        self.mqtt.subscribe(filters)
+        parts.append(("broker", lambda: keep_connected(self.mqtt, filters, self.stop)))
         if not self.config.ingest_only:
             parts.append(("runner", lambda: self.runner.run(self.stop, self.config.tick_interval)))
         for name, target in parts:
             thread = threading.Thread(target=target, name=f"fleetctl-{name}", daemon=True)
             thread.start()
             self.threads.append(thread)
+
+    def _lean_stream(self, filters: list[tuple[str, int]]) -> Callable[[], None]:
+        """The telemetry reader loop on its own connection (client id ``…-telemetry``, clean session)."""
+        from device_agent.mqtt import parse_brokers
+        from fleet.mqtt_stream import connect_any, stream_pump
+
+        c, brokers = self.config, parse_brokers(self.config.broker)
+        client_id = f"fleetctl-{c.fleet}-{c.instance}-telemetry"
+        auth = {"username": c.broker_username, "password": c.broker_password}
+        auth["cafile"] = str(c.broker_cafile) if c.broker_cafile else None
+
+        def connect() -> TelemetryStream:
+            return connect_any(brokers, client_id, filters, **auth)
+
+        return lambda: stream_pump(connect, self.ingest.handle_many, self.ingest.flush, self.stop.is_set)
+
+    def _partition(self) -> Callable[[], None]:
+        """Join the fleet's members (fleet/cluster.py) and store only our partition of telemetry; returns
+        the heartbeat loop to run."""
+        c = self.config
+        membership = self.membership = Membership(self.store.leases, c.fleet, c.instance, c.lease_ttl)
+        membership.heartbeat()
+        self.ingest.owns = membership.partition.owns
+        return lambda: membership.run(self.stop)
 
     def run(self) -> None:
         """Serve until SIGINT/SIGTERM, then tear down warmly."""
@@ -183,7 +217,7 @@ class FleetServer:
                 self.config.fleet,
                 self.config.host,
                 self.config.port,
-                self.config.broker,
+                f"{self.mqtt.broker} of {len(self.mqtt.brokers)}",  # no credentials from the URLs
                 self.mqtt.protocol_version,
                 ", ingest only" if self.config.ingest_only else "",
             )

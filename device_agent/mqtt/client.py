@@ -11,6 +11,7 @@ import queue
 import ssl
 import threading
 import time
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from device_agent.errors import ConfigError, TransportError
 
 BROKER_OPTIONAL = ("username", "password", "cafile", "certfile", "keyfile")  # same names in [broker]
 PROBE_TIMEOUT = 2.0  # seconds to wait for an MQTT 5 CONNACK before trying 3.1.1 ("auto")
+MAX_BROKERS = 16  # URLs in one comma-separated broker list at most
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,26 @@ class BrokerURL:
 
     def __str__(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def parse_brokers(urls: str) -> tuple[BrokerURL, ...]:
+    """A comma-separated list of broker URLs (the nodes of one clustered broker), in order.
+
+    Raises: ConfigError for an empty list, more than ``MAX_BROKERS`` URLs, or any bad URL.
+    """
+    parts = [u.strip() for u in urls.split(",")]
+    if not urls.strip() or any(not u for u in parts):
+        raise ConfigError(f"broker list {urls[:80]!r} has an empty URL")
+    if len(parts) > MAX_BROKERS:
+        raise ConfigError(f"broker list has {len(parts)} URLs; at most {MAX_BROKERS}")
+    return tuple(BrokerURL.parse(u) for u in parts)
+
+
+def first_broker(client_id: str, count: int) -> int:
+    """The node a client tries first: a stable hash of its id, so a fleet spreads over the cluster's
+    nodes (and a device goes back to the same node after a restart). crc32, not ``hash()``: the same
+    in every process."""
+    return zlib.crc32(client_id.encode()) % count if count > 1 else 0
 
 
 @dataclass(frozen=True)
@@ -109,11 +131,20 @@ class Will:
 
 
 class MqttClient:
-    """Connect, publish, subscribe; received messages land on ``self.messages`` (a bounded queue)."""
+    """Connect, publish, subscribe; received messages land on ``self.messages`` (a bounded queue).
+
+    ``config.url`` may list several nodes of one clustered broker, comma-separated. A client starts
+    on the node picked by ``first_broker`` (a hash of its client id); ``connect()`` tries each node once,
+    in list order from the current one, and stays on the first that answers. When a connection is lost
+    the next ``connect()`` starts again from the node it was on; the caller's backoff paces the rounds.
+    """
 
     def __init__(self, config: MqttConfig, *, max_queued: int = 10_000) -> None:
         self.config = config
-        self.broker = BrokerURL.parse(config.url)
+        self.brokers = parse_brokers(config.url)
+        self.broker_index = first_broker(config.client_id, len(self.brokers))
+        self.broker = self.brokers[self.broker_index]
+        self.failovers = 0  # connections made to another node than the previous one
         self.messages: queue.Queue[Message] = queue.Queue(maxsize=max_queued)
         self.dropped = 0  # messages dropped because the queue was full
         self.protocol_version: str | None = None
@@ -139,6 +170,22 @@ class MqttClient:
             raise ConfigError(f"unknown MQTT protocol {self.config.protocol!r}")
         if self.protocol_version is not None:  # negotiated before: reconnect with the same version
             versions = [self.protocol_version]
+        errors = []
+        start = self.broker_index
+        for step in range(len(self.brokers)):
+            index = (start + step) % len(self.brokers)
+            self.broker_index, self.broker = index, self.brokers[index]
+            try:
+                self._connect_versions(versions, will)
+            except TransportError as exc:
+                errors.append(str(exc))
+                continue
+            self.failovers += index != start
+            return
+        raise TransportError("; ".join(errors))
+
+    def _connect_versions(self, versions: list[str], will: Will | None) -> None:
+        """Connect to ``self.broker`` with the first protocol version it accepts. Raises: TransportError."""
         error = "no protocol version tried"
         for version in versions:
             # Some 3.1.1-only brokers (amqtt) never answer an MQTT 5 CONNECT: probe briefly.

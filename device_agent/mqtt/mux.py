@@ -6,6 +6,9 @@ connection's socket at once (``selectors``), calls paho's ``loop_read``/``loop_w
 sockets that are ready and ``loop_misc`` (keepalive) once a second, and runs timers. All paho calls
 happen on that thread; other threads hand it work with ``call_soon``/``call_later``.
 
+A ``MuxClient`` with several broker URLs fails over like ``MqttClient``: an attempt that gets no
+CONNACK moves it to the next node in the list for the next attempt (which the caller's backoff paces).
+
 ``MuxClient`` is an ``MqttClient`` whose calls do not block: ``connect`` returns at once and reports
 through callbacks, ``publish`` queues (QoS 1 delivery and re-sending after a reconnect are paho's,
 as with the threaded client). paho stays private: it is created by ``device_agent.mqtt``, the only
@@ -224,6 +227,12 @@ class MuxClient(MqttClient):
         self._got_connack = False
         self.mux.clients.add(self)
         try:
+            node = (self.broker.host, self.broker.port)
+            if self._client is not None and (self._client.host, self._client.port) != node:
+                # failover: paho takes no new host for a connection it still calls open, so a new client; QoS 1
+                # messages it queued while offline are lost (the broker's session keeps what it acknowledged)
+                self._close_socket()
+                self._client = None
             if self._client is None:
                 self._client = self._new_paho()
                 _paho_connect(self._client, self.config, self.broker, self._version)
@@ -263,6 +272,8 @@ class MuxClient(MqttClient):
         if reason.is_failure:
             log.warning("broker %s refused %s: %s", self.broker, self.config.client_id, reason)
             self._shutdown_socket()  # paho reports the lost connection next
+            if self.config.protocol == "auto" and self._version == "5" and "protocol version" in str(reason).lower():
+                self._version, self._client = "3.1.1", None  # a 3.1.1-only broker that says so (NATS)
             return
         self._connected.set()
         self.on_connect()
@@ -270,12 +281,17 @@ class MuxClient(MqttClient):
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if not self._got_connack and self.config.protocol == "auto" and self._version == "5":
             self._version, self._client = "3.1.1", None  # a 3.1.1-only broker: try that next time
+            self._got_connack = True  # (the same node again, with 3.1.1)
         self._report_lost(f"connection lost: {reason}")
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         self.on_message(Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid))
 
     def _report_lost(self, reason: str) -> None:
+        if not self._got_connack and len(self.brokers) > 1:  # this node did not answer: the next one next time
+            self.broker_index = (self.broker_index + 1) % len(self.brokers)
+            self.broker = self.brokers[self.broker_index]
+            self.failovers += 1
         self._connected.clear()
         self.mux.clients.discard(self)
         self.on_disconnect(reason)

@@ -17,7 +17,32 @@ SERVE_OPTIONS = [
         show_default=True,
         help="Store URL: sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB.",
     ),
-    click.option("--broker", help="mqtt://HOST:PORT (default: start a local broker: mosquitto, else embedded)."),
+    click.option(
+        "--broker",
+        help="mqtt://HOST:PORT, or the nodes of a clustered broker comma-separated (failover in list order; "
+        "default: start a local broker: mosquitto, else embedded).",
+    ),
+    click.option(
+        "--broker-protocol",
+        type=click.Choice(["auto", "5", "3.1.1"]),
+        default="auto",
+        show_default=True,
+        help="MQTT version; without 5 (no shared subscriptions) managers partition telemetry storage by device.",
+    ),
+    click.option(
+        "--ingest-stream",
+        type=click.Choice(["paho", "lean"]),
+        default="paho",
+        show_default=True,
+        help="lean: read telemetry with the lean MQTT 3.1.1 reader on a second connection (faster ingest).",
+    ),
+    click.option(
+        "--lease-ttl",
+        type=click.FloatRange(min=1.0, max=600.0),
+        default=10.0,
+        show_default=True,
+        help="Seconds before another process takes over rollouts (and ingest) from a silent one.",
+    ),
     click.option(
         "--broker-username",
         envvar="FLEETCTL_BROKER_USERNAME",
@@ -80,7 +105,7 @@ SERVE_OPTIONS = [
     click.option(
         "--ingest-only",
         is_flag=True,
-        help="Follower: share telemetry ingest with the main process (MQTT 5 $share); run no rollouts.",
+        help="Follower: share telemetry ingest (MQTT 5 $share, else a partition by device); run no rollouts.",
     ),
     click.option(
         "--instance",

@@ -17,7 +17,9 @@ from fleet.sim.config import AGENT_MODE_MAX, SIM_PROBATION, Fault, SimulationCon
 OPTIONS = [
     click.option("--devices", required=True, type=click.IntRange(min=1), help="How many devices."),
     click.option("--fleet", default="default", show_default=True, help="Fleet id."),
-    click.option("--broker", required=True, help="mqtt://HOST:PORT of the fleet's broker."),
+    click.option(
+        "--broker", required=True, help="mqtt://HOST:PORT of the fleet's broker; several cluster nodes comma-separated."
+    ),
     click.option(
         "--bundle",
         required=True,

@@ -37,3 +37,9 @@ class LeaseRepository:
         c = t.leases.c
         rows = self.db.tuples(sa.select(c.holder).where(c.name == name, c.expires_at >= now))
         return str(rows[0][0]) if rows else None
+
+    def live(self, prefix: str, now: float) -> list[tuple[str, str]]:
+        """(name, holder) of every lease whose name starts with ``prefix`` and that has not expired at ``now``."""
+        c = t.leases.c
+        query = sa.select(c.name, c.holder).where(c.name.startswith(prefix, autoescape=True), c.expires_at >= now)
+        return sorted((str(name), str(holder)) for name, holder in self.db.tuples(query.order_by(c.name)))

@@ -11,6 +11,7 @@ runs the same flows with real agents.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import queue
 import threading
@@ -21,7 +22,9 @@ from dataclasses import dataclass, field
 import httpx
 
 from device_agent import protocol as P
+from device_agent.agent import Backoff
 from device_agent.bundle import read_bundle
+from device_agent.errors import TransportError
 from device_agent.mqtt import MqttClient, MqttConfig, Will
 from device_agent.protocol import DeploymentState as D
 
@@ -57,6 +60,11 @@ class ScriptedDevice:
         self.deployed: dict[str, P.ModelRef] = {}  # deployment id -> model it installed
         self._stop = threading.Event()
         self._seq = 0
+        self._backoff = Backoff(0.2, 2.0)  # the agent's reconnect policy, with shorter steps for tests
+        self.telemetry_sent = 0  # points handed to a connected client (QoS 0: the broker may still lose them)
+        self.telemetry_unsent = 0  # points not sent: no connection
+        self.reconnects: list[float] = []  # monotonic times of reconnections after a lost connection
+        self.disconnected_at: float | None = None
         cfg = MqttConfig(
             url=self.broker_url,
             client_id=self.device_id,
@@ -82,7 +90,8 @@ class ScriptedDevice:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
-        self.client.publish(self.topic(P.STATUS), b"offline", qos=1, retain=True)
+        with contextlib.suppress(TransportError):  # a broker node just lost: the last will says it
+            self.client.publish(self.topic(P.STATUS), b"offline", qos=1, retain=True)
         self.client.disconnect()
 
     def info(self) -> P.Info:
@@ -100,7 +109,7 @@ class ScriptedDevice:
         )
 
     def publish_info(self) -> None:
-        self.client.publish(self.topic(P.INFO), P.encode(self.info()), qos=1, retain=True)
+        self._publish_reliably(self.topic(P.INFO), P.encode(self.info()), retain=True)
 
     def publish_telemetry(self) -> None:
         self._seq += 1
@@ -113,15 +122,52 @@ class ScriptedDevice:
             **self.telemetry,
             **extra,
         }
-        self.client.publish(self.topic(P.TELEMETRY), P.encode(P.Telemetry(values)), qos=0)
+        try:
+            self.client.publish(self.topic(P.TELEMETRY), P.encode(P.Telemetry(values)), qos=0)
+        except TransportError:  # offline: QoS 0 telemetry is not kept (the agent's spool would keep it)
+            self.telemetry_unsent += 1
+            return
+        self.telemetry_sent += 1
 
     def event(self, deployment_id: str, state: D, reason: str = "") -> None:
         ev = P.DeploymentEvent(deployment_id, state, int(time.time() * 1000), reason, version=self.model.version)
-        self.client.publish(self.topic(P.EVENTS), P.encode(ev), qos=1)
+        self._publish_reliably(self.topic(P.EVENTS), P.encode(ev))
+
+    def _publish_reliably(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """QoS 1 until the broker has it, reconnecting (with backoff) when the node went away."""
+        while True:
+            try:
+                self.client.publish(topic, payload, qos=1, retain=retain)
+                return
+            except TransportError:
+                if self._stop.is_set():
+                    raise
+                if not self.client.is_connected and self._reconnect():
+                    continue
+                self._stop.wait(self._backoff.next_delay())
+
+    def _reconnect(self) -> bool:
+        """As the agent's supervisor does: connect again (``MqttClient`` tries every node of a broker list,
+        from the one it was on), subscribe, say ``online``; False (try later) while no node answers."""
+        try:
+            self.client.connect(will=Will(self.topic(P.STATUS), b"offline"))
+            self.client.subscribe([(f"{P.PREFIX}/{self.fleet}/{self.device_id}/cmd/+", 1)])
+            self.client.publish(self.topic(P.STATUS), b"online", qos=1, retain=True)
+        except TransportError:
+            return False
+        self.reconnects.append(time.monotonic())
+        return True
 
     def _loop(self) -> None:
         next_point = time.monotonic() + self.telemetry_interval
         while not self._stop.is_set():
+            if not self.client.is_connected:
+                self.disconnected_at = self.disconnected_at or time.monotonic()
+                if not self._reconnect():
+                    self._stop.wait(self._backoff.next_delay())
+                    continue
+                self.disconnected_at = None
+                self._backoff.reset()
             if time.monotonic() >= next_point:
                 self.publish_telemetry()
                 next_point = time.monotonic() + self.telemetry_interval

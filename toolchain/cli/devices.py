@@ -19,7 +19,11 @@ FLASH_OPTIONS = [
     ),
     click.option("--device-id", required=True, help="Device id, [a-z0-9-]."),
     click.option("--fleet", default="default", show_default=True, help="Fleet id, [a-z0-9-]."),
-    click.option("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT."),
+    click.option(
+        "--broker",
+        required=True,
+        help="mqtt://HOST:PORT or mqtts://HOST:PORT; several nodes of one cluster comma-separated (failover).",
+    ),
     click.option(
         "--trust",
         multiple=True,
