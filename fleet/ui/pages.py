@@ -174,8 +174,21 @@ def rollout_context(console: Console, who: Viewer, rollout_id: int) -> dict[str,
         "succeeded": done,
         "skus": console.queries.per_sku(rollout_id),
         "verbs": verbs,
-        "live": RolloutState(status["state"]).active,
+        "live": _moving(status),
     }
+
+
+SETTLED = ("FAILED", "REJECTED", "ROLLED_BACK", "targeted")
+
+
+def _moving(status: dict[str, Any]) -> bool:
+    """Whether the page should keep refreshing: the rollout is active, or it was aborted or rolled back and
+    some of its devices are still to come back."""
+    state = RolloutState(status["state"])
+    if state.active:
+        return True
+    unsettled = any(n for k, n in status["progress"].items() if k not in SETTLED)
+    return state in (RolloutState.ABORTED, RolloutState.ROLLED_BACK) and unsettled
 
 
 def _found(fn: Any) -> Any:
