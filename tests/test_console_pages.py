@@ -191,7 +191,8 @@ def test_charts_scale_skip_gaps_and_describe_themselves() -> None:
     c = chart("p95 latency", "ms", [10.0, None, 20.0, float("nan"), 15.0])
     assert c.count == 3 and (c.low, c.high, c.last) == (10.0, 20.0, 15.0)
     assert c.points.split()[0] == "0.0,46.0" and c.points.split()[1] == "120.0,2.0"
-    assert "last 15ms" in c.summary
+    assert "last 15ms" in c.summary and c.end == ("240.0", "24.0")
+    assert chart("flat", "", [0.9, 0.9 - 1e-12]).points == "0.0,24.0 240.0,24.0"
     assert chart("x", "", []).summary == "x: no data"
     row = {"points": 2, "lat_p95_sum": 30.0, "ips_sum": 10.0, "conf_sum": 1.8, "psi_max": 0.1}
     assert [x.last for x in charts([row])] == [15.0, 5.0, 0.9, 0.1]

@@ -27,6 +27,7 @@ class Chart:
     low: float | None
     high: float | None
     count: int
+    end: tuple[str, str] = ("0", "0")  # the last point, marked (a single minute is a dot, not an invisible line)
 
     @property
     def summary(self) -> str:
@@ -44,9 +45,15 @@ def chart(title: str, unit: str, values: list[float | None]) -> Chart:
     if not pts:
         return Chart(title, unit, "", None, None, None, 0)
     low, high = min(v for _, v in pts), max(v for _, v in pts)
-    span_y, span_x = (high - low) or 1.0, max(1, len(values) - 1)
-    coords = " ".join(f"{i * WIDTH / span_x:.1f},{HEIGHT - 2 - (v - low) * (HEIGHT - 4) / span_y:.1f}" for i, v in pts)
-    return Chart(title, unit, coords, pts[-1][1], low, high, len(pts))
+    span_x = max(1, len(values) - 1)
+    flat = high - low <= 1e-9 * max(1.0, abs(high))  # constant (up to rounding): a level line mid-height
+
+    def y(v: float) -> float:
+        return HEIGHT / 2 if flat else HEIGHT - 2 - (v - low) * (HEIGHT - 4) / (high - low)
+
+    xy = [(f"{i * WIDTH / span_x:.1f}", f"{y(v):.1f}") for i, v in pts]
+    coords = " ".join(f"{x},{yv}" for x, yv in xy)
+    return Chart(title, unit, coords, pts[-1][1], low, high, len(pts), xy[-1])
 
 
 def charts(rollups: list[dict[str, Any]]) -> list[Chart]:

@@ -4,6 +4,7 @@ and deployments joined with their rollout's release and their device's sku."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -63,8 +64,13 @@ class DevicePage:
 
 
 class ConsoleQueries:
-    def __init__(self, db: Database) -> None:
+    """``choices_ttl_s``: seconds the filters' skus and versions are reused (two scans of every device row,
+    whose answer changes only when a new sku or version appears)."""
+
+    def __init__(self, db: Database, choices_ttl_s: float = 10.0) -> None:
         self.db = db
+        self.choices_ttl_s = choices_ttl_s
+        self._choices: dict[str, tuple[float, dict[str, list[str]]]] = {}
 
     def devices(self, fleet: str, f: DeviceFilter, per_page: int = PER_PAGE) -> DevicePage:
         """One page of the devices ``f`` selects, by id, and how many it selects in all."""
@@ -95,11 +101,15 @@ class ConsoleQueries:
         return out
 
     def choices(self, fleet: str) -> dict[str, list[str]]:
-        """The skus and versions the filters offer."""
+        """The skus and versions the filters offer (reused for ``choices_ttl_s``)."""
+        cached = self._choices.get(fleet)
+        if cached is not None and time.monotonic() - cached[0] < self.choices_ttl_s:
+            return cached[1]
         out = {}
         for key, col in (("sku", _D.sku), ("version", _D.model_version)):
             q = sa.select(col).where(_D.fleet == fleet, col.is_not(None)).distinct().order_by(col)
             out[key] = [str(v) for (v,) in self.db.tuples(q)]
+        self._choices[fleet] = (time.monotonic(), out)
         return out
 
     def deployments(self, *, device: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
