@@ -196,3 +196,55 @@ def test_charts_scale_skip_gaps_and_describe_themselves() -> None:
     assert chart("x", "", []).summary == "x: no data"
     row = {"points": 2, "lat_p95_sum": 30.0, "ips_sum": 10.0, "conf_sum": 1.8, "psi_max": 0.1}
     assert [x.last for x in charts([row])] == [15.0, 5.0, 0.9, 0.1]
+
+
+def test_pause_resume_and_rollback_through_the_forms(fleet: Harness, tmp_path: Path, release_key: PrivateKey) -> None:
+    """Devices that never answer keep the rollout RUNNING: the forms pause, resume and roll it back."""
+    add_release(fleet, tmp_path, release_key, "2.0.0", 2)
+    for i in range(3):
+        info = P.Info("0.1.0", "tflite", "2.16.1", "a", "aarch64", 1 << 29, model=OLD)
+        fleet.server.store.devices.record_info("default", f"mute-{i}", info, time.time())
+        fleet.server.store.devices.record_status("default", f"mute-{i}", "online", time.time())  # yet silent
+    client, _ = sign_in(fleet.url, TOKEN)
+    csrf = csrf_of(client.get("/ui/rollouts").text)
+    started = client.post("/ui/rollouts", data={"release": "digits@2.0.0", "stages": "100%", "csrf": csrf})
+    rid = int(started.headers["location"].rsplit("/", 1)[1])
+    for verb, state in (("pause", "PAUSED"), ("resume", "RUNNING"), ("rollback", "ROLLED_BACK")):
+        page = client.get(f"/ui/rollouts/{rid}").text
+        assert f'id="btn-{verb}"' in page
+        answer = client.post(f"/ui/rollouts/{rid}/{verb}", data={"csrf": csrf})
+        assert answer.status_code == 303, (answer.text[-600:], fleet.api.get(f"/rollouts/{rid}"))
+        assert fleet.api.get(f"/rollouts/{rid}")["state"] == state
+    again = client.post(f"/ui/rollouts/{rid}/pause", data={"csrf": csrf})
+    assert again.status_code == 409 and 'data-code="conflict"' in again.text
+    assert client.post(f"/ui/rollouts/{rid}/explode", data={"csrf": csrf}).status_code == 404
+    entries = [e for e in fleet.api.get(f"/rollouts/{rid}/audit") if e["action"] == "rollout.transition"]
+    assert {e["detail"].split(": ", 1)[1] for e in entries} >= {"paused", "resumed", "rolled back by operator"}
+    assert all((e["actor"], e["role"], e["token"]) == ("alice", "admin", "alice") for e in entries)
+
+
+def test_the_gate_evidence_renders_outcome_and_numbers(fleet: Harness) -> None:
+    """The health evidence as ``service.status`` gives it, through the rollout page's live template."""
+    from fleet.api_access import Authenticator
+    from fleet.rollout.evidence import MetricEvidence, Outcome
+    from fleet.ui.console import Console
+
+    ev = MetricEvidence("b", "p95 latency", Outcome.FAIL, (3, 3), (12, 15), 18.0, 10.0, 1.8, 1.5, 1.25, "U", 2.0, 0.003)
+    status = {"id": 7, "state": "RUNNING", "stage": 0, "phase": "BAKING", "reason": "", "progress": {}, "health": []}
+    status["health"] = [ev.to_dict()]
+    service = fleet.server.service
+    console = Console.create(service, Authenticator.of(service.store, {}, service.signer(), service.clock))
+    html = console.env.get_template("rollout_live.html").render(
+        who=None, s=status, stages=[], succeeded=0, skus=[], verbs=(), live=True
+    )
+    row = html.split('class="outcome-fail"')[1].split("</tr>")[0]
+    for text in ("<td>b</td>", "p95 latency", "<td>fail</td>", "18", "10", "1.8", "1.5", "0.003", "3/3", "12/15"):
+        assert text in row, (text, row)
+
+
+def test_only_the_console_paths_skip_the_bearer_token() -> None:
+    from fleet.access import Role
+    from fleet.api_access import required_role
+
+    assert required_role("GET", "/ui") is None and required_role("POST", "/ui/rollouts") is None
+    assert required_role("GET", "/uix") is Role.VIEWER and required_role("POST", "/ui-api") is Role.OPERATOR
