@@ -77,6 +77,8 @@ def test_a_forged_cookie_a_stale_sign_in_form_and_sign_out(fleet: Harness) -> No
     out = client.post("/ui/logout", data={"csrf": csrf_of(client.get("/ui").text)})
     assert out.status_code == 303
     assert client.get("/ui").status_code == 303
+    live = client.get("/ui/rollouts/1/live", headers={"HX-Request": "true"})  # htmx: the whole page goes
+    assert live.status_code == 204 and live.headers["hx-redirect"] == "/ui/login?next=%2Fui%2Frollouts%2F1"
 
 
 def test_revoking_the_token_ends_its_console_session(fleet: Harness) -> None:
@@ -96,6 +98,8 @@ def test_a_forged_post_without_csrf_or_from_another_origin_is_refused_and_audite
     form = {"release": "digits@2.0.0", "stages": "100%", "bake_s": "0"}
     assert client.post("/ui/rollouts", data=form).status_code == 403  # no CSRF token
     assert client.post("/ui/rollouts", data={**form, "csrf": "0" * 40}).status_code == 403
+    proxied = {"Origin": f"https://{fleet.url.split('://')[1]}"}  # behind a TLS proxy: same host, https
+    assert client.post("/ui/rollouts", data={**form, "stages": "x", "csrf": csrf}, headers=proxied).status_code == 400
     other = client.post("/ui/rollouts", data={**form, "csrf": csrf}, headers={"Origin": "http://evil.example"})
     assert other.status_code == 403 and 'data-code="csrf"' in other.text
     assert fleet.api.get("/rollouts") == []

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi import Path as PathParam
@@ -49,8 +49,7 @@ async def checked(console: Console, request: Request, need: Role) -> tuple[Viewe
     except Exception:
         raise RefusedError(401, "unauthorized", "sign in first: no valid console session") from None
     target = f"POST {request.url.path}"
-    origin = request.headers.get("origin")
-    if not same(form.get("csrf"), who.session.csrf) or (origin and origin != _origin(request)):
+    if not same(form.get("csrf"), who.session.csrf) or _foreign(request.headers.get("origin"), request):
         console.auth.refused(who.principal, target, AuthError("missing or wrong CSRF token (or a foreign origin)"))
         raise RefusedError(403, "csrf", "refused: the form's CSRF token is missing or wrong; reload the page")
     if not who.role.allows(need):
@@ -60,8 +59,10 @@ async def checked(console: Console, request: Request, need: Role) -> tuple[Viewe
     return who, form
 
 
-def _origin(request: Request) -> str:
-    return f"{request.url.scheme}://{request.headers.get('host', '')}"
+def _foreign(origin: str | None, request: Request) -> bool:
+    """Whether a browser says the form came from another site. Host names only: behind a TLS-terminating
+    proxy the browser's ``https`` origin meets our ``http`` scheme."""
+    return bool(origin) and urlsplit(origin or "").netloc != request.headers.get("host", "")
 
 
 async def as_caller(who: Principal, fn: Callable[[], T]) -> T:

@@ -111,7 +111,10 @@ class Console:
 
         @app.exception_handler(SignInRequiredError)
         async def _sign_in(request: Request, exc: SignInRequiredError) -> Response:
-            return RedirectResponse(f"{PREFIX}/login?next={quote(exc.next_url, safe='')}", status_code=303)
+            where = f"{PREFIX}/login?next={quote(exc.next_url, safe='')}"
+            if request.headers.get("hx-request"):  # a live fragment: send the whole page to sign-in, not the div
+                return Response(status_code=204, headers={"HX-Redirect": where})
+            return RedirectResponse(where, status_code=303)
 
         @app.exception_handler(RefusedError)
         async def _refused(request: Request, exc: RefusedError) -> Response:
@@ -146,8 +149,10 @@ def started(request: Request) -> None:
 
 
 def _here(request: Request) -> str:
-    query = request.url.query
-    return request.url.path + (f"?{query}" if query else "") if request.method == "GET" else PREFIX
+    if request.method != "GET":
+        return PREFIX
+    path = request.url.path.removesuffix("/live")  # a live fragment's page
+    return path + (f"?{request.url.query}" if request.url.query else "")
 
 
 def _when(ts: float | None) -> str:
