@@ -103,7 +103,7 @@ def test_a_forged_post_without_csrf_or_from_another_origin_is_refused_and_audite
     other = client.post("/ui/rollouts", data={**form, "csrf": csrf}, headers={"Origin": "http://evil.example"})
     assert other.status_code == 403 and 'data-code="csrf"' in other.text
     assert fleet.api.get("/rollouts") == []
-    refusals = [e for e in fleet.api.get("/audit") if e["action"] == "auth.unauthorized"]
+    refusals = [e for e in fleet.api.get("/audit") if e["action"] == "auth.csrf"]
     assert [e["target"] for e in refusals] == ["POST /ui/rollouts"] * 3
     started = client.post("/ui/rollouts", data={**form, "csrf": csrf})
     assert started.status_code == 303 and started.headers["location"].startswith("/ui/rollouts/")
@@ -129,7 +129,7 @@ def test_a_viewer_sees_no_buttons_and_its_posts_are_refused(
     refused = viewer.post(f"/ui/rollouts/{rid}/abort", data={"csrf": csrf_of(page)})
     assert refused.status_code == 403 and 'data-code="forbidden"' in refused.text
     assert fleet.api.get(f"/rollouts/{rid}")["state"] == "WAITING_APPROVAL"
-    assert any(e["actor"] == "vera" and e["action"] == "auth.unauthorized" for e in fleet.api.get("/audit"))
+    assert any(e["actor"] == "vera" and e["action"] == "auth.forbidden" for e in fleet.api.get("/audit"))
 
 
 def test_pages_show_the_fleet_devices_release_check_and_audit(

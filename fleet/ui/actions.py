@@ -14,7 +14,7 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from fleet.access import Principal, Role, caller, hash_secret
-from fleet.errors import AuthError, FleetError
+from fleet.errors import AuthError, FleetError, ForbiddenError
 from fleet.rollout.model import Gates, HealthGate, Threshold
 from fleet.service import RolloutRequest
 from fleet.store import audit
@@ -50,13 +50,20 @@ async def checked(console: Console, request: Request, need: Role) -> tuple[Viewe
         raise RefusedError(401, "unauthorized", "sign in first: no valid console session") from None
     target = f"POST {request.url.path}"
     if not same(form.get("csrf"), who.session.csrf) or _foreign(request.headers.get("origin"), request):
-        console.auth.refused(who.principal, target, AuthError("missing or wrong CSRF token (or a foreign origin)"))
+        console.auth.refused(who.principal, target, _csrf_error())
         raise RefusedError(403, "csrf", "refused: the form's CSRF token is missing or wrong; reload the page")
     if not who.role.allows(need):
         message = f"token {who.name} ({who.role}) may not do this: it needs the {need} role"
-        console.auth.refused(who.principal, target, AuthError(message))
+        console.auth.refused(who.principal, target, ForbiddenError(message))
         raise RefusedError(403, "forbidden", message)
     return who, form
+
+
+def _csrf_error() -> ForbiddenError:
+    """Audited as ``auth.csrf``."""
+    exc = ForbiddenError("missing or wrong CSRF token (or a foreign origin)")
+    exc.code = "csrf"
+    return exc
 
 
 def _foreign(origin: str | None, request: Request) -> bool:
