@@ -58,6 +58,7 @@ def browser() -> Iterator[Any]:
         if os.environ.get("EDGEFLEET_CI") == "1":
             pytest.fail(f"no chromium at {CHROMIUM} (.ci/run installs Debian's chromium)")
         pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
+    sync_api.expect.set_options(timeout=WAIT_MS)  # expect's own default is 5 s, too short under load
     with sync_api.sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         yield chromium
@@ -75,7 +76,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, release_key: PrivateKey) -> 
         devices: list[ScriptedDevice] = []
         try:
             devices = start_fleet(broker.url, "default", {"a": 3, "b": 3}, OLD, fault=broken_on_b)
-            for version, sequence in (("2.0.0", 2), ("3.0.0", 3)):
+            for version, sequence in (("2.0.0", 2), ("3.0.0", 3), ("4.0.0", 4)):
                 path = tmp / f"digits-{version}.efb"
                 path.write_bytes(simple_bundle(release_key, version=version, sequence=sequence))
                 api.add_release(path)
@@ -111,13 +112,32 @@ def shot(tab: Any, name: str) -> None:
     tab.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
-def start_rollout(tab: Any, release: str, stages: str, *, selector: str = "", approval: bool = False) -> int:
-    """Fill and send the start form on the rollouts page; the rollout's id from the page it lands on."""
+def settled(tab: Any) -> None:
+    """Wait until the rollout page stops refreshing: every device it changed has come back (or failed)."""
+    expect(tab.locator("#live")).not_to_have_attribute("hx-get", re.compile(".*"))
+
+
+def start_rollout(
+    tab: Any,
+    release: str,
+    stages: str,
+    *,
+    selector: str = "",
+    approval: bool = False,
+    health: dict[str, str] | None = None,
+) -> int:
+    """Fill and send the start form on the rollouts page; the rollout's id from the page it lands on. Without
+    ``health`` settings the model-health gate is off (the failure gate decides)."""
     tab.goto("/ui/rollouts")
     tab.select_option("#release", release)
     tab.fill("#stages", stages)
     tab.fill("#selector", selector)
-    tab.uncheck("input[name=health]")  # the failure gate decides here; the health gate has its own tests
+    if health is None:
+        tab.uncheck("input[name=health]")
+    else:
+        tab.click("#start-rollout summary")
+        for name, value in health.items():
+            tab.fill(f"input[name={name}]", value)
     if approval:
         tab.check("input[name=approval]")
     tab.click("#start-rollout button[type=submit]")
@@ -164,6 +184,7 @@ def test_an_operator_abort_brings_the_device_back(page: Any, fleet: dict[str, An
     expect(page.locator("#rollout-reason")).to_have_text("aborted by operator")
     expect(page.locator("#per-sku")).to_contain_text("rollback-command")
     assert fleet["api"].get(f"/rollouts/{rid}")["created_by"] == "alice"
+    settled(page)
     page.goto("/ui/devices?version=3.0.0")
     expect(page.locator("#devices tbody")).to_contain_text("No device matches")
 
@@ -177,9 +198,26 @@ def test_a_tripped_gate_shows_its_evidence_and_the_devices_come_back(page: Any, 
     expect(row_b.locator("td").first).to_have_text("b")
     expect(page.locator("#per-sku")).to_contain_text("rollback-command")
     shot(page, "rollout-tripped")
+    settled(page)
     page.goto("/ui/devices?version=2.0.0")
     expect(page.locator("#devices tbody tr")).to_have_count(6)  # the devices the rollout changed came back
     assert {d.model.version for d in fleet["devices"]} == {"2.0.0"}
+
+
+def test_the_health_gate_evidence_per_sku_while_a_stage_waits(page: Any, fleet: dict[str, Any]) -> None:
+    settings = {"bake_s": "3", "health_settle_s": "0", "health_interval_s": "0.5", "health_min_windows": "3"}
+    start_rollout(page, "digits@4.0.0", "1,100%", approval=True, health=settings)
+    expect(page.locator("#rollout-state")).to_have_text("WAITING_APPROVAL")
+    latency = page.locator("#health tbody tr", has_text="p95 latency")
+    expect(latency).to_have_count(2)  # one comparison per sku: the updated device against its sku's others
+    expect(latency.first.locator("td").nth(2)).to_have_text("pass")
+    expect(latency.first.locator("td").nth(3)).to_have_text("10")  # the updated cohort's median p95, ms
+    shot(page, "rollout-health-evidence")
+    page.click("#btn-abort")
+    expect(page.locator("#rollout-state")).to_have_text("ABORTED")
+    settled(page)
+    page.goto("/ui/devices?version=2.0.0")
+    expect(page.locator("#devices tbody tr")).to_have_count(6)
 
 
 def test_a_viewer_sees_no_buttons_and_forged_posts_are_refused(browser: Any, page: Any, fleet: dict[str, Any]) -> None:
@@ -232,8 +270,9 @@ def test_reading_without_javascript_at_phone_width(browser: Any, fleet: dict[str
 
 
 def test_device_detail_shows_telemetry_charts_and_history(page: Any, fleet: dict[str, Any]) -> None:
-    tripped = max(r["id"] for r in fleet["api"].get("/rollouts"))
-    failed = [d for d in fleet["api"].get(f"/rollouts/{tripped}/deployments") if d["reason"] == "selftest-failed"]
+    api = fleet["api"]
+    deployments = [d for r in api.get("/rollouts") for d in api.get(f"/rollouts/{r['id']}/deployments")]
+    failed = [d for d in deployments if d["reason"] == "selftest-failed"]
     device = failed[0]["device_id"]
     page.goto(f"/ui/devices/{device}")
     expect(page.locator("h1")).to_contain_text(device)

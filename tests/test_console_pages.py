@@ -252,3 +252,22 @@ def test_only_the_console_paths_skip_the_bearer_token() -> None:
 
     assert required_role("GET", "/ui") is None and required_role("POST", "/ui/rollouts") is None
     assert required_role("GET", "/uix") is Role.VIEWER and required_role("POST", "/ui-api") is Role.OPERATOR
+
+
+def test_the_start_form_is_bounded_like_the_api() -> None:
+    from fleet.errors import InvalidRequestError
+    from fleet.ui.forms import rollout_request
+
+    req = rollout_request({"release": "d@2", "stages": "1, 50%,100%", "health": "1", "health_min_windows": "3"})
+    assert req.stages == ("1", "50%", "100%") and req.gates.health is not None
+    assert req.gates.health.min_windows == 3 and req.gates.health.settle_s == 10.0  # empty fields: defaults
+    assert rollout_request({"release": "d@2", "stages": "100%"}).gates.health is None
+    for bad, words in (
+        ({"bake_s": "nan"}, "bake_s: nan must be between"),
+        ({"bake_s": "-1"}, "bake_s: -1 must be between 0 and"),
+        ({"health": "1", "health_consecutive": "1.5"}, "health_consecutive: '1.5' is not a number"),
+        ({"failure": "200%"}, "out of range"),
+        ({"stages": ""}, "stages: give 1 to 20"),
+    ):
+        with pytest.raises(InvalidRequestError, match=words):
+            rollout_request({"release": "d@2", "stages": "100%", **bad})

@@ -5,7 +5,7 @@ with the caller set so the audit log records who did it, from where and with whi
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from fastapi import FastAPI, Request
@@ -15,10 +15,9 @@ from starlette.concurrency import run_in_threadpool
 
 from fleet.access import Principal, Role, caller, hash_secret
 from fleet.errors import AuthError, FleetError, ForbiddenError
-from fleet.rollout.model import Gates, HealthGate, Threshold
-from fleet.service import RolloutRequest
 from fleet.store import audit
 from fleet.ui.console import PREFIX, Console, RefusedError, Viewer
+from fleet.ui.forms import rollout_request
 from fleet.ui.pages import _local
 from fleet.ui.session import COOKIE, LOGIN_COOKIE, same
 
@@ -136,31 +135,3 @@ def action_routes(app: FastAPI, console: Console) -> None:
 def _audit(console: Console, actor: str, action: str, target: str) -> None:
     with console.service.store.db.tx() as conn:
         audit.record(conn, actor, action, target)
-
-
-def rollout_request(form: dict[str, Any]) -> RolloutRequest:
-    """The start form as the request the API's ``POST /rollouts`` builds. Raises: InvalidRequestError."""
-    from fleet.errors import InvalidRequestError
-
-    try:
-        bake_s = float(form.get("bake_s") or 0)
-    except ValueError:
-        raise InvalidRequestError("bake time must be a number of seconds") from None
-    if not 0 <= bake_s <= 30 * 86400:
-        raise InvalidRequestError("bake time must be between 0 and 30 days")
-    gates = Gates(
-        Threshold.parse(form.get("success") or "90%"),
-        Threshold.parse(form.get("failure") or "10%"),
-        bake_s,
-        health=HealthGate() if form.get("health") else None,
-    )
-    stages = tuple(s.strip() for s in str(form.get("stages", "")).split(",") if s.strip())
-    if not stages or len(stages) > 20:
-        raise InvalidRequestError("stages: give 1 to 20 comma-separated sizes, e.g. 10%,50%,100%")
-    return RolloutRequest(
-        str(form.get("release", ""))[:200],
-        stages,
-        str(form.get("selector", ""))[:512],
-        gates,
-        bool(form.get("approval")),
-    )
