@@ -15,6 +15,7 @@ import pytest
 
 from device_agent import protocol as P
 from device_agent.bundle import PrivateKey
+from device_agent.protocol import DeploymentState as D
 from fleet.broker import LocalBroker
 from fleet.ui.charts import chart, charts
 from fleet.ui.console import HERE, HTMX, HTMX_SRI
@@ -271,3 +272,33 @@ def test_the_start_form_is_bounded_like_the_api() -> None:
     ):
         with pytest.raises(InvalidRequestError, match=words):
             rollout_request({"release": "d@2", "stages": "100%", **bad})
+
+
+def test_per_sku_counts_tell_a_device_s_own_rollback_from_a_commanded_one(
+    broker: LocalBroker, fleet: Harness, tmp_path: Path, release_key: PrivateKey
+) -> None:
+    def own_gate_on_b(sku: str, release: str) -> tuple[D, str] | None:
+        return (D.ROLLED_BACK, "probation-latency") if sku == "b" else None
+
+    started = start_fleet(broker.url, "default", {"a": 2, "b": 2}, OLD, fault=own_gate_on_b)
+    try:
+        wait_until(lambda: len(fleet.api.get("/devices")) == 4, 30, "4 devices registered")
+        add_release(fleet, tmp_path, release_key, "2.0.0", 2)
+        rid = fleet.api.post("/rollouts", {"release": "digits@2.0.0", "stages": ["100%"], "gates": {"health": False}})
+        done = wait_until(  # aborted by the failure gate, and the sku a devices it changed rolled back on command
+            lambda: (
+                (s := fleet.api.get(f"/rollouts/{rid['id']}"))["state"] == "ABORTED"
+                and s["progress"].get("ROLLED_BACK") == 4
+                and s
+            ),
+            60,
+            "the abort and its rollbacks",
+        )
+        assert done["reason"].startswith("failure threshold")
+        per_sku = {k["sku"]: k for k in ConsoleQueries(fleet.server.store.db).per_sku(rid["id"])}
+        assert per_sku["b"]["states"] == {"SELF_ROLLED_BACK": 2}
+        assert per_sku["b"]["reasons"] == {"probation-latency": 2}
+        assert per_sku["a"]["states"] == {"ROLLED_BACK": 2}
+    finally:
+        for d in started:
+            d.stop()

@@ -123,15 +123,19 @@ class ConsoleQueries:
         return [dict(zip(names, r, strict=True)) for r in self.db.tuples(q)]
 
     def per_sku(self, rollout_id: int) -> list[dict[str, Any]]:
-        """A rollout's deployments counted per sku and state, with the reasons of those that did not succeed."""
+        """A rollout's deployments counted per sku and state, with the reasons of those that did not succeed;
+        ``SELF_ROLLED_BACK``: rolled back by the device itself, not by a rollback the fleet manager sent."""
+        commanded = _P.rollback_sent_at.is_not(None)
         q = (
-            sa.select(_D.sku, _P.state, _P.reason, sa.func.count())
+            sa.select(_D.sku, _P.state, _P.reason, commanded, sa.func.count())
             .join(t.devices, _D.id == _P.device_id)
             .where(_P.rollout_id == rollout_id)
-            .group_by(_D.sku, _P.state, _P.reason)
+            .group_by(_D.sku, _P.state, _P.reason, commanded)
         )
         skus: dict[str, dict[str, Any]] = {}
-        for sku, state, reason, n in self.db.tuples(q):
+        for sku, stored, reason, sent, n in self.db.tuples(q):
+            # rolled back by the device's own gate (self-test, probation), not on our command: a failure
+            state = "SELF_ROLLED_BACK" if stored == "ROLLED_BACK" and not sent else stored
             entry = skus.setdefault(sku or "unknown", {"sku": sku or "unknown", "states": {}, "reasons": {}})
             entry["states"][state] = entry["states"].get(state, 0) + int(n)
             if reason and state != "SUCCEEDED":
