@@ -93,9 +93,13 @@ def page(browser: Any, fleet: dict[str, Any]) -> Iterator[Any]:
     context = browser.new_context(base_url=fleet["url"], viewport={"width": 1280, "height": 900})
     context.set_default_timeout(WAIT_MS)
     tab = context.new_page()
+    errors: list[str] = []  # the browser's own complaints: CSP violations, script errors, failed loads
+    tab.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
     sign_in(tab, TOKEN)
     yield tab
     context.close()
+    assert errors == []
 
 
 def sign_in(tab: Any, token: str) -> None:
