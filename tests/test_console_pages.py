@@ -302,3 +302,30 @@ def test_per_sku_counts_tell_a_device_s_own_rollback_from_a_commanded_one(
     finally:
         for d in started:
             d.stop()
+
+
+def test_device_tags_for_operators_and_admission_for_admins_only(fleet: Harness) -> None:
+    info = P.Info("0.1.0", "tflite", "2.16.1", "a", "aarch64", 1 << 29, model=OLD)
+    fleet.server.store.devices.record_info("default", "cam-1", info, time.time())
+    viewer, _ = sign_in(fleet.url, token(fleet, "vera", "viewer"))
+    operator, _ = sign_in(fleet.url, token(fleet, "olga", "operator"))
+    admin, _ = sign_in(fleet.url, TOKEN)
+    assert 'id="tags-form"' not in viewer.get("/ui/devices/cam-1").text
+    page = operator.get("/ui/devices/cam-1").text
+    assert 'id="tags-form"' in page and 'id="btn-reject"' not in page
+    csrf = csrf_of(page)
+    assert operator.post("/ui/devices/cam-1/tags", data={"add": "lab, roof", "csrf": csrf}).status_code == 303
+    assert operator.post("/ui/devices/cam-1/tags", data={"remove": "lab", "csrf": csrf}).status_code == 303
+    assert fleet.api.get("/devices/cam-1")["tags"] == ["roof"]
+    too_many = operator.post("/ui/devices/cam-1/tags", data={"add": ",".join(map(str, range(65))), "csrf": csrf})
+    assert too_many.status_code == 400 and 'data-code="invalid"' in too_many.text
+    refused = operator.post("/ui/devices/cam-1/admission/reject", data={"csrf": csrf})
+    assert refused.status_code == 403 and 'data-code="forbidden"' in refused.text
+    admin_page = admin.get("/ui/devices/cam-1").text
+    assert 'id="btn-reject"' in admin_page and 'id="btn-accept"' not in admin_page
+    assert admin.post("/ui/devices/cam-1/admission/reject", data={"csrf": csrf_of(admin_page)}).status_code == 303
+    assert fleet.api.get("/devices/cam-1")["admission"] == "rejected"
+    assert 'id="btn-accept"' in admin.get("/ui/devices/cam-1").text
+    assert admin.post("/ui/devices/nope/admission/accept", data={"csrf": csrf_of(admin_page)}).status_code == 404
+    actions = {(e["actor"], e["action"]) for e in fleet.api.get("/audit")}
+    assert {("olga", "device.tag"), ("alice", "device.reject"), ("olga", "auth.forbidden")} <= actions

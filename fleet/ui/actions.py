@@ -24,6 +24,8 @@ from fleet.ui.session import COOKIE, LOGIN_COOKIE, same
 T = TypeVar("T")
 FORM_FIELDS = 30  # fields a console form has at most
 VERBS = ("pause", "resume", "abort", "approve", "rollback")
+STATUS = {"not-found": 404, "conflict": 409, "forbidden": 403}  # of a fleet error's code; else 400
+DeviceId = Annotated[str, PathParam(max_length=64, pattern="^[a-z0-9-]+$")]
 
 
 async def form_of(request: Request) -> dict[str, str]:
@@ -77,13 +79,14 @@ async def as_caller(who: Principal, fn: Callable[[], T]) -> T:
     try:
         return await run_in_threadpool(fn)
     except FleetError as exc:
-        raise RefusedError(409 if exc.code == "conflict" else 400, exc.code, str(exc)) from None
+        raise RefusedError(STATUS.get(exc.code, 400), exc.code, str(exc)) from None
     finally:
         caller.reset(token)
 
 
 def action_routes(app: FastAPI, console: Console) -> None:
     service = console.service
+    _device_actions(app, console)
 
     @app.post("/ui/login", include_in_schema=False)
     async def login(request: Request) -> Response:
@@ -130,6 +133,39 @@ def action_routes(app: FastAPI, console: Console) -> None:
             raise RefusedError(404, "not-found", f"no rollout command {verb[:20]!r}")
         await as_caller(who.principal, lambda: service.command(rollout_id, verb, who.name))
         return RedirectResponse(f"{PREFIX}/rollouts/{rollout_id}", status_code=303)
+
+
+def _device_actions(app: FastAPI, console: Console) -> None:
+    service = console.service
+
+    @app.post("/ui/devices/{device}/tags", include_in_schema=False)
+    async def tag(request: Request, device: DeviceId) -> Response:
+        """Add and remove tags (operator), as ``POST /api/v1/devices/ID/tags``."""
+        who, form = await checked(console, request, Role.OPERATOR)
+        add, remove = tag_list(form.get("add", "")), tag_list(form.get("remove", ""))
+        await as_caller(who.principal, lambda: service.store.devices.tag(device, add, remove, who.name))
+        return RedirectResponse(f"{PREFIX}/devices/{device}", status_code=303)
+
+    @app.post("/ui/devices/{device}/admission/{verb}", include_in_schema=False)
+    async def admission(
+        request: Request, device: DeviceId, verb: Annotated[str, PathParam(pattern="^(accept|reject)$")]
+    ) -> Response:
+        """Accept or reject the device (admin), as ``POST /api/v1/devices/admission/VERB``."""
+        who, _ = await checked(console, request, Role.ADMIN)
+        state = "accepted" if verb == "accept" else "rejected"
+        await as_caller(who.principal, lambda: service.store.devices.admit(service.fleet, [device], state, who.name))
+        return RedirectResponse(f"{PREFIX}/devices/{device}", status_code=303)
+
+
+def tag_list(text: str) -> list[str]:
+    """``"a, b"`` → ["a", "b"]: at most 64 tags of 1 to 64 characters, as the API's ``TagsIn``.
+
+    Raises: RefusedError (400 invalid).
+    """
+    tags = [t.strip() for t in text.split(",") if t.strip()]
+    if len(tags) > 64 or any(len(t) > 64 for t in tags):
+        raise RefusedError(400, "invalid", "at most 64 tags of at most 64 characters each")
+    return tags
 
 
 def _audit(console: Console, actor: str, action: str, target: str) -> None:
