@@ -211,6 +211,7 @@ def test_a_tripped_gate_shows_its_evidence_and_the_devices_come_back(page: Any, 
     expect(row_b).to_have_class("bad")
     expect(row_b.locator("td").first).to_have_text("b")
     expect(page.locator("#per-sku")).to_contain_text("rollback-command")
+    expect(page.locator("#unsuccessful tbody tr", has_text="selftest-failed")).to_have_count(2)  # why, per device
     shot(page, "rollout-tripped")
     settled(page)
     page.goto("/ui/devices?version=2.0.0")

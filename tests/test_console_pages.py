@@ -240,7 +240,7 @@ def test_the_gate_evidence_renders_outcome_and_numbers(fleet: Harness) -> None:
     service = fleet.server.service
     console = Console.create(service, Authenticator.of(service.store, {}, service.signer(), service.clock))
     html = console.env.get_template("rollout_live.html").render(
-        who=None, s=status, stages=[], succeeded=0, skus=[], verbs=(), live=True
+        who=None, s=status, stages=[], succeeded=0, skus=[], verbs=(), live=True, unsuccessful=[]
     )
     row = html.split('class="outcome-fail"')[1].split("</tr>")[0]
     for text in ("<td>b</td>", "p95 latency", "<td>fail</td>", "18", "10", "1.8", "1.5", "0.003", "3/3", "12/15"):

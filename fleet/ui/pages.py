@@ -173,6 +173,7 @@ def rollout_context(console: Console, who: Viewer, rollout_id: int) -> dict[str,
         "stages": stages,
         "succeeded": done,
         "skus": console.queries.per_sku(rollout_id),
+        "unsuccessful": console.queries.deployments(rollout=rollout_id, unsuccessful=True, limit=50),
         "verbs": verbs,
         "live": _moving(status),
     }

@@ -112,12 +112,19 @@ class ConsoleQueries:
         self._choices[fleet] = (time.monotonic(), out)
         return out
 
-    def deployments(self, *, device: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        """The newest deployments (of one device, or of all) with their rollout's release."""
+    def deployments(
+        self, *, device: str | None = None, rollout: int | None = None, unsuccessful: bool = False, limit: int = 20
+    ) -> list[dict[str, Any]]:
+        """The newest deployments (of one device or rollout, or of all; only those that did not succeed) with
+        their rollout's release."""
         cols = (_P.rollout_id, _P.device_id, _P.stage, _P.state, _P.reason, _P.detail, _P.attempts, _P.updated_at)
         q = sa.select(*cols, _R.release).join(t.rollouts, _R.id == _P.rollout_id)
         if device is not None:
             q = q.where(_P.device_id == device)
+        if rollout is not None:
+            q = q.where(_P.rollout_id == rollout)
+        if unsuccessful:
+            q = q.where(_P.state != "SUCCEEDED", _P.reason != "")
         q = q.order_by(_P.updated_at.desc(), _P.id.desc()).limit(limit)
         names = [*(c.name for c in cols), "release"]
         return [dict(zip(names, r, strict=True)) for r in self.db.tuples(q)]
