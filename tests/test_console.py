@@ -180,6 +180,12 @@ def test_start_a_rollout_from_the_ui_and_watch_the_stage_advance_live(page: Any,
     expect(page.locator("#rollout-stage")).to_have_text("stage 1 of 2")
     expect(page.locator("#btn-approve")).to_be_visible()
     shot(page, "rollout-waiting-approval")
+    overview = page.context.new_page()  # a second tab: the overview lists the rollout among the active ones
+    overview.goto("/ui")
+    expect(overview.locator("#h-active + ul")).to_contain_text(f"#{rid} digits@2.0.0")
+    expect(overview.locator("#h-active + ul")).to_contain_text("WAITING_APPROVAL")
+    shot(overview, "overview-active-rollout")
+    overview.close()
     assert page.evaluate("window.stillTheSamePage") is True
     tab_to(page, "btn-approve")  # by keyboard, while the fragment around the button is swapped every second
     page.keyboard.press("Enter")
