@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from device_agent.bundle import TrustStore
     from device_agent.bundle.archive import Buffer
     from device_agent.bundle.reader import DeviceCapabilities
-    from device_agent.model import LoadedModel, SelfTestResult
+    from device_agent.model import LoadedModel
+    from device_agent.selftest import SelfTestResult
 
 
 class Halt(BaseException):

@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from device_agent.bundle import Bundle, TrustStore, verify_bundle
 from device_agent.bundle.archive import Buffer
 from device_agent.bundle.reader import DeviceCapabilities
-from device_agent.errors import EdgefleetError, InferenceError, SelfTestError
+from device_agent.errors import EdgefleetError, InferenceError
 from device_agent.runtime import Runtime, load_runtime
 from device_agent.runtime.base import dequantize, quantize
 from device_agent.samples import join, take
 
-
-@dataclass(frozen=True)
-class SelfTestResult:
-    ok: bool
-    max_abs_error: float
-    top1_agreement: float | None
-    detail: str
+if TYPE_CHECKING:
+    from device_agent.selftest import Reference, SelfTestResult
 
 
 class LoadedModel:
@@ -41,7 +34,7 @@ class LoadedModel:
         self.runtime = runtime
         self.slot = slot
         self._lock = threading.Lock()
-        self._samples: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
+        self._reference: Reference | None = None
         # per-call work kept out of the hot path
         self._in_plan = [(t, np.dtype(t.dtype)) for t in self.manifest.inputs]
         self._quantized_outputs = [t for t in self.manifest.outputs if t.quantization is not None]
@@ -119,50 +112,39 @@ class LoadedModel:
         scores = np.asarray(outputs[name], dtype=np.float32).reshape(len(outputs[name]), -1)
         return scores.argmax(axis=1), scores.max(axis=1)
 
-    def selftest_samples(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """The bundle's reference (inputs, expected raw outputs), samples along axis 0; decoded once."""
-        if self.manifest.selftest is None:
-            raise SelfTestError("the bundle has no self-test")
+    def selftest_reference(self) -> Reference:
+        """The bundle's decoded self-test (device_agent/selftest.py); decoded once.
+
+        Raises:
+            SelfTestError: no self-test, or an unreadable one.
+        """
+        from device_agent.selftest import decode
+
         with self._lock:
-            if self._samples is None:
-                with np.load(io.BytesIO(self._selftest_npz), allow_pickle=False) as npz:
-                    inputs = {s.name: npz[f"in{i}"] for i, s in enumerate(self.manifest.inputs)}
-                    expected = {s.name: npz[f"out{i}"] for i, s in enumerate(self.manifest.outputs)}
-                self._samples = (inputs, expected)
-            return self._samples
+            if self._reference is None:
+                self._reference = decode(self._selftest_npz, self.manifest)
+            return self._reference
+
+    def selftest_samples(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The bundle's reference (inputs, expected raw outputs), samples along axis 0; the expected
+        outputs are empty for a compact self-test, which keeps only a subsample of them."""
+        ref = self.selftest_reference()
+        return ref.inputs, ref.full
 
     def selftest(self) -> SelfTestResult:
         """Run the reference inputs and compare with the reference outputs within the bundle's tolerances."""
-        spec = self.manifest.selftest
-        if spec is None:
+        from device_agent.selftest import SelfTestResult, judge
+
+        if self.manifest.selftest is None:
             return SelfTestResult(True, 0.0, None, "no self-test in bundle")
         try:
-            inputs, expected = self.selftest_samples()
-            n = len(next(iter(inputs.values())))
+            ref = self.selftest_reference()
+            n = len(next(iter(ref.inputs.values())))
             got: dict[str, list[np.ndarray]] = {s.name: [] for s in self.manifest.outputs}
             for i in range(n):
-                sample = {s.name: take(s, inputs[s.name], i) for s in self.manifest.inputs}
+                sample = {s.name: take(s, ref.inputs[s.name], i) for s in self.manifest.inputs}
                 for name, value in self.predict(sample, raw=True).items():
                     got[name].append(value)
         except (EdgefleetError, KeyError, ValueError, OSError) as exc:
             return SelfTestResult(False, float("inf"), None, f"self-test could not run: {exc}")
-        worst, close = 0.0, True
-        for name, want in expected.items():
-            have = join(got[name]).astype(np.float64)
-            want64 = want.astype(np.float64)
-            if have.shape != want64.shape:
-                return SelfTestResult(
-                    False, float("inf"), None, f"output {name} has shape {have.shape}, expected {want64.shape}"
-                )
-            worst = max(worst, float(np.abs(have - want64).max(initial=0.0)))
-            close &= bool(np.allclose(have, want64, atol=spec.atol, rtol=spec.rtol))
-        agreement = None
-        post = self.manifest.postprocess.output
-        if self.manifest.postprocess.kind == "classification" and post is not None:
-            have = join(got[post]).reshape(n, -1).argmax(axis=1)
-            agreement = float((have == expected[post].reshape(n, -1).argmax(axis=1)).mean())
-        ok = close and (agreement is None or agreement >= spec.min_top1_agreement)
-        detail = f"max abs error {worst:.3g} (atol {spec.atol:.3g})" + (
-            f", top-1 agreement {agreement:.2f}" if agreement is not None else ""
-        )
-        return SelfTestResult(ok, worst, agreement, detail)
+        return judge(self.manifest, ref, {name: join(parts) for name, parts in got.items()})

@@ -229,7 +229,8 @@ def test_update_hooks_see_every_step_and_can_replace_the_selftest_result(
     from device_agent.config import load_config
     from device_agent.core import AgentCore, AgentParts
     from device_agent.hooks import UpdateHooks
-    from device_agent.model import LoadedModel, SelfTestResult
+    from device_agent.model import LoadedModel
+    from device_agent.selftest import SelfTestResult
 
     class Recording(UpdateHooks):
         def __init__(self) -> None:

@@ -153,8 +153,8 @@ def test_manifest_that_is_not_json(parts: Parts, trust: TrustStore, release_key:
 
 
 def test_unknown_format_version(parts: Parts, trust: TrustStore, release_key: PrivateKey) -> None:
-    parts.manifest["format"] = "edgefleet-bundle/2"
-    with pytest.raises(E.UnsupportedFormatError, match="edgefleet-bundle/2"):
+    parts.manifest["format"] = "edgefleet-bundle/3"
+    with pytest.raises(E.UnsupportedFormatError, match="edgefleet-bundle/3"):
         verify_bundle(forge(parts, sign_with=[release_key]), trust)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from device_agent.bundle import Bundle, TensorInfo, TrustStore, read_bundle, verify_bundle
+from device_agent.bundle import Bundle, Manifest, TensorInfo, TrustStore, read_bundle, verify_bundle
 from toolchain.errors import InputError
 
 
@@ -42,6 +42,16 @@ def _tensor_line(t: TensorInfo) -> str:
     return f"{t.name} {t.dtype}{list(t.shape)}{q}"
 
 
+def _selftest_line(m: Manifest) -> str:
+    if m.selftest is None:
+        return "none"
+    line = f"{m.selftest.path} atol={m.selftest.atol:.3g} rtol={m.selftest.rtol:.3g}"
+    c = m.selftest.compact
+    if c is not None:
+        line += f", compact: {c.samples} {c.inputs} input sample(s), {c.elements} elements drawn per output"
+    return line
+
+
 def summary(bundle: Bundle, size: int | None = None) -> list[tuple[str, str]]:
     """(label, value) rows describing ``bundle``: model, tensors, requirements, files, signatures, tools."""
     m = bundle.manifest
@@ -56,10 +66,7 @@ def summary(bundle: Bundle, size: int | None = None) -> list[tuple[str, str]]:
         *[("output", _tensor_line(t)) for t in m.outputs],
         ("postprocess", m.postprocess.kind + (f" ({m.postprocess.labels})" if m.postprocess.labels else "")),
         ("requires", f"RAM {req.ram_bytes} B, flash {req.flash_bytes} B, agent >= {req.min_agent_version}{arch}"),
-        (
-            "selftest",
-            f"{m.selftest.path} atol={m.selftest.atol:.3g} rtol={m.selftest.rtol:.3g}" if m.selftest else "none",
-        ),
+        ("selftest", _selftest_line(m)),
         ("drift", m.drift or "none"),
         ("files", ", ".join(f"{e.path} ({e.size} B)" for e in m.files) or "none"),
         ("signatures", sigs + ("" if bundle.signed_by else " (not verified: pass --trust)")),

@@ -11,7 +11,7 @@ import hashlib
 import json
 import platform
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,26 +19,28 @@ import numpy as np
 
 from device_agent import __version__
 from device_agent.bundle import (
+    COMPACT_FORMAT,
     FileEntry,
     Manifest,
     Postprocess,
     PrivateKey,
     Requirements,
     RuntimeSpec,
-    SelfTest,
     TensorInfo,
     build_bundle,
 )
 from device_agent.runtime import Runtime, load_runtime
 from device_agent.runtime.base import dequantize
 from device_agent.samples import batch_first, join, per_sample, take
+from toolchain import selftest as st
 from toolchain.errors import DataError, InputError
-from toolchain.npzio import feeds_for, load_arrays, save_npz
+from toolchain.npzio import feeds_for, load_arrays
 
 RUNTIME_BY_SUFFIX = {".tflite": "tflite", ".onnx": "onnx"}
 DRIFT_BINS = 10
 DRIFT_SAMPLES = 256  # calibration samples used for drift histograms
 RUNTIME_OVERHEAD_BYTES = 8 << 20  # bytes; interpreter + arena baseline in the RAM estimate
+COMPACT_SLACK = 1024  # bytes; what the compact self-test adds to the manifest and the ZIP headers
 
 
 @dataclass
@@ -60,6 +62,7 @@ class PackageOptions:
     min_agent_version: str = "0.1.0"
     architectures: tuple[str, ...] = ()
     ram_bytes: int | None = None
+    max_overhead: int | None = None  # bytes a bundle may add to its model; default max(64 KiB, 10 %)
     extra_provenance: dict[str, Any] = field(default_factory=dict)
 
 
@@ -89,10 +92,8 @@ def package(model_path: Path, opts: PackageOptions) -> bytes:
     calibration = load_arrays(opts.calibration) if opts.calibration else None
     calib_feeds = feeds_for(calibration, runtime.inputs, str(opts.calibration)) if calibration else None
     inputs = _selftest_inputs(runtime, opts, calib_feeds, model_bytes)
-    outputs = run_samples(runtime, inputs)
-    selftest_arrays = {f"in{i}": inputs[s.name] for i, s in enumerate(runtime.inputs)}
-    selftest_arrays |= {f"out{i}": outputs[s.name] for i, s in enumerate(runtime.outputs)}
-    contents["selftest.npz"] = save_npz(selftest_arrays)
+    selftest = st.full(runtime.inputs, runtime.outputs, inputs, run_samples(runtime, inputs))
+    contents[st.PATH] = selftest.data
 
     postprocess = _postprocess(runtime, opts, contents)
     drift_path = None
@@ -111,11 +112,47 @@ def package(model_path: Path, opts: PackageOptions) -> bytes:
         outputs=runtime.outputs,
         postprocess=postprocess,
         requirements=_requirements(runtime, opts, contents, len(model_bytes)),
-        selftest=_selftest_spec(runtime, outputs),
+        selftest=selftest.spec,
         drift=drift_path,
         provenance=_provenance(model_bytes, runtime, opts),
     )
-    return build_bundle(manifest, contents, opts.keys)
+    return _lean(build_bundle(manifest, contents, opts.keys), manifest, contents, runtime, inputs, opts)
+
+
+def _lean(
+    bundle: bytes,
+    manifest: Manifest,
+    contents: dict[str, bytes],
+    runtime: Runtime,
+    inputs: Mapping[str, np.ndarray],
+    opts: PackageOptions,
+) -> bytes:
+    """``bundle`` when it adds at most the overhead bound to its model, else the bundle with a compact
+    self-test (toolchain/selftest.py).
+
+    Raises:
+        DataError: even the smallest compact self-test leaves the bundle over the bound.
+    """
+    model_size = len(contents[manifest.model.path])
+    bound = opts.max_overhead if opts.max_overhead is not None else st.overhead_bound(model_size)
+    if len(bundle) - model_size <= bound:
+        return bundle
+    rest = len(bundle) - model_size - len(contents[st.PATH])
+    target = st.Model(
+        runtime.inputs, runtime.outputs, lambda feeds: run_samples(runtime, feeds), manifest.postprocess.output
+    )
+    seed = int.from_bytes(hashlib.sha256(contents[manifest.model.path]).digest()[:8], "little") >> 1
+    selftest = st.compact(target, inputs, bound - rest - COMPACT_SLACK, seed)
+    contents = {**contents, st.PATH: selftest.data}
+    requirements = replace(manifest.requirements, flash_bytes=sum(len(b) for b in contents.values()))
+    manifest = replace(manifest, selftest=selftest.spec, format=COMPACT_FORMAT, requirements=requirements)
+    bundle = build_bundle(manifest, contents, opts.keys)
+    if len(bundle) - model_size > bound:
+        raise DataError(
+            f"the bundle adds {len(bundle) - model_size} bytes to its {model_size}-byte model, over the "
+            f"{bound}-byte bound even with a compact self-test; raise --max-overhead or give smaller --selftest-inputs"
+        )
+    return bundle
 
 
 def run_samples(runtime: Runtime, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -160,15 +197,6 @@ def _random_input(rng: np.random.Generator, spec: TensorInfo, n: int) -> np.ndar
     info = np.iinfo(dtype)
     lo, hi = (info.min, info.max) if dtype.itemsize == 1 else (0, 10)
     return rng.integers(lo, hi, size=shape, endpoint=True).astype(dtype)
-
-
-def _selftest_spec(runtime: Runtime, outputs: Mapping[str, np.ndarray]) -> SelfTest:
-    quantized = any(np.dtype(s.dtype).kind in "iu" for s in runtime.outputs)
-    peak = max((float(np.abs(v.astype(np.float64)).max(initial=0.0)) for v in outputs.values()), default=1.0)
-    # One LSB for integer outputs; for float outputs, 1e-3 of the output range: enough for other
-    # CPUs and thread counts (XNNPACK reassociates sums), far too little to hide a different model.
-    atol = 1.0 if quantized else 1e-3 * max(1.0, peak)
-    return SelfTest(path="selftest.npz", atol=atol, rtol=0.0 if quantized else 1e-3, min_top1_agreement=1.0)
 
 
 def _postprocess(runtime: Runtime, opts: PackageOptions, contents: dict[str, bytes]) -> Postprocess:

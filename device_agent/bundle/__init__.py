@@ -10,7 +10,9 @@ Typical use::
 from device_agent.bundle.archive import Limits
 from device_agent.bundle.keys import PrivateKey, PublicKey, TrustStore
 from device_agent.bundle.manifest import (
+    COMPACT_FORMAT,
     FORMAT,
+    CompactSelfTest,
     FileEntry,
     Manifest,
     Postprocess,
@@ -24,8 +26,10 @@ from device_agent.bundle.reader import Bundle, DeviceCapabilities, check_require
 from device_agent.bundle.writer import add_signatures, build_bundle, file_entry
 
 __all__ = [
+    "COMPACT_FORMAT",
     "FORMAT",
     "Bundle",
+    "CompactSelfTest",
     "DeviceCapabilities",
     "FileEntry",
     "Limits",

@@ -6,6 +6,7 @@ either returns a fully validated ``Manifest`` or raises ``ManifestError`` naming
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -14,6 +15,8 @@ from device_agent._json import Fields, JsonObject, canonical_json, drop_none, lo
 from device_agent.errors import ManifestError, UnsupportedFormatError
 
 FORMAT = "edgefleet-bundle/1"
+COMPACT_FORMAT = "edgefleet-bundle/2"  # /1 plus the compact self-test (docs/bundle-format.md)
+FORMATS = (FORMAT, COMPACT_FORMAT)
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 MAX_MANIFEST_BYTES = 1 << 20  # bytes; a manifest is a few KiB, drift histograms included
@@ -169,24 +172,82 @@ class Postprocess:
 
 
 @dataclass(frozen=True)
+class CompactSelfTest:
+    """How a compact self-test (``edgefleet-bundle/2``) was made: ``samples`` inputs, either real ones
+    coded as uint8 in the file (``coded``) or generated on the device from ``seed`` uniformly within
+    ``ranges`` (``generated``), and ``elements`` output elements drawn per output from ``seed``."""
+
+    samples: int
+    seed: int
+    elements: int
+    inputs: str = "coded"  # coded | generated
+    ranges: tuple[tuple[float, float], ...] = ()  # generated: [lo, hi] per input, manifest order
+
+    def to_dict(self) -> JsonObject:
+        return drop_none(
+            {
+                "samples": self.samples,
+                "seed": self.seed,
+                "elements": self.elements,
+                "inputs": self.inputs,
+                "ranges": [list(r) for r in self.ranges] if self.ranges else None,
+            }
+        )
+
+    @classmethod
+    def parse(cls, f: Fields) -> CompactSelfTest:
+        ranges = []
+        for i, pair in enumerate(f.array("ranges", max_items=64, optional=True)):
+            ok = isinstance(pair, list) and len(pair) == 2
+            ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in pair)
+            if not ok or pair[0] > pair[1]:
+                f.fail(f"ranges[{i}]", "must be a pair [lo, hi] of finite numbers with lo <= hi")
+            ranges.append((float(pair[0]), float(pair[1])))
+        inputs = f.enum("inputs", ("coded", "generated"))
+        if inputs == "generated" and not ranges:
+            f.fail("ranges", "is required for generated inputs")
+        return cls(
+            samples=f.integer("samples", lo=1, hi=1024),
+            seed=f.integer("seed", lo=0, hi=(1 << 63) - 1),
+            elements=f.integer("elements", lo=1, hi=1 << 24),
+            inputs=inputs,
+            ranges=tuple(ranges),
+        )
+
+
+@dataclass(frozen=True)
 class SelfTest:
-    """Reference inputs and outputs (an .npz in the bundle) and how closely a device must match them."""
+    """Reference inputs and outputs (an .npz in the bundle) and how closely a device must match them.
+
+    ``compact`` is set when the file holds the compact form (device_agent/selftest.py), else it holds
+    the whole reference inputs and outputs."""
 
     path: str
     atol: float = 1e-3
     rtol: float = 1e-3
     min_top1_agreement: float = 1.0
+    compact: CompactSelfTest | None = None
 
     def to_dict(self) -> JsonObject:
-        return {"path": self.path, "atol": self.atol, "rtol": self.rtol, "min_top1_agreement": self.min_top1_agreement}
+        return drop_none(
+            {
+                "path": self.path,
+                "atol": self.atol,
+                "rtol": self.rtol,
+                "min_top1_agreement": self.min_top1_agreement,
+                "compact": self.compact.to_dict() if self.compact else None,
+            }
+        )
 
     @classmethod
     def parse(cls, f: Fields) -> SelfTest:
+        compact = f.opt_child("compact")
         return cls(
             path=f.string("path", pattern=PATH_RE, max_len=512),
             atol=f.number("atol", lo=0.0),
             rtol=f.number("rtol", lo=0.0),
             min_top1_agreement=f.number("min_top1_agreement", lo=0.0, hi=1.0),
+            compact=CompactSelfTest.parse(compact) if compact else None,
         )
 
 
@@ -265,8 +326,9 @@ class Manifest:
     def from_dict(cls, obj: Any) -> Manifest:
         f = Fields(obj, "manifest", ManifestError)
         fmt = f.string("format", max_len=64)
-        if fmt != FORMAT:
-            raise UnsupportedFormatError(f"bundle format {fmt[:64]!r} is not supported (this reader knows {FORMAT})")
+        if fmt not in FORMATS:
+            known = ", ".join(FORMATS)
+            raise UnsupportedFormatError(f"bundle format {fmt[:64]!r} is not supported (this reader knows {known})")
         selftest = f.opt_child("selftest")
         drift = f.opt_child("drift")
         manifest = cls(
@@ -295,6 +357,11 @@ class Manifest:
             raise ManifestError("manifest lists a file path twice")
         if not self.inputs or not self.outputs:
             raise ManifestError("manifest must declare at least one input and one output")
+        compact = self.selftest.compact if self.selftest else None
+        if (compact is not None) != (self.format == COMPACT_FORMAT):
+            raise ManifestError(f"manifest.selftest.compact goes with format {COMPACT_FORMAT} and only with it")
+        if compact is not None and compact.inputs == "generated" and len(compact.ranges) != len(self.inputs):
+            raise ManifestError("manifest.selftest.compact.ranges needs one [lo, hi] per input")
         for what, path in (
             ("selftest.path", self.selftest.path if self.selftest else None),
             ("drift.path", self.drift),

@@ -28,7 +28,8 @@ from device_agent.runtime import Runtime
 from fleet.sim.noise import Effects, field_model
 
 if TYPE_CHECKING:
-    from device_agent.model import LoadedModel, SelfTestResult
+    from device_agent.model import LoadedModel
+    from device_agent.selftest import SelfTestResult
     from fleet.sim.config import SimulationConfig
 
 

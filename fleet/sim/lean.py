@@ -45,10 +45,11 @@ from device_agent.core import Action, AgentCore, AgentParts
 from device_agent.errors import EdgefleetError
 from device_agent.fetch import Fetcher
 from device_agent.home import Home
-from device_agent.model import LoadedModel, SelfTestResult
+from device_agent.model import LoadedModel
 from device_agent.mqtt import Message
 from device_agent.mqtt.mux import MqttMux, MuxClient
 from device_agent.runtime import Runtime, available_runtimes, load_runtime
+from device_agent.selftest import SelfTestResult
 from device_agent.session import Session, mqtt_config
 from device_agent.updater import MIN_GATE_SAMPLES
 from fleet.sim.faults import FaultHooks, FaultPlan, SlowRuntime

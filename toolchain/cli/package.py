@@ -44,6 +44,12 @@ PACKAGE_OPTIONS = [
     click.option("--min-agent-version", default="0.1.0", show_default=True),
     click.option("--arch", "architectures", multiple=True, help="Allowed architectures (repeat); default any."),
     click.option("--ram-bytes", type=click.IntRange(min=0), help="RAM requirement; default an estimate."),
+    click.option(
+        "--max-overhead",
+        type=click.IntRange(min=0),
+        help="Bytes the bundle may add to its model; default max(64 KiB, 10 % of the model). "
+        "Over it, the self-test is made compact.",
+    ),
     click.option("-o", "--output", type=click.Path(dir_okay=False), help="Default: NAME-VERSION.efb."),
 ]
 
@@ -66,8 +72,18 @@ def package(model: Path, output: str | None, keys: tuple[str, ...], architecture
     out = output or f"{opts.name}-{opts.version}.efb"
     atomic_write(out, data)
     bundle = read_bundle(data)
-    click.echo(f"wrote {out} ({len(data)} bytes), sha256 {bundle.manifest.model.sha256[:16]}…")
+    model_size = bundle.manifest.model.size
+    click.echo(
+        f"wrote {out} ({len(data)} bytes: the model's {model_size} + {len(data) - model_size}), "
+        f"sha256 {bundle.manifest.model.sha256[:16]}…"
+    )
     echo_summary(bundle)
+    compact = bundle.manifest.selftest.compact if bundle.manifest.selftest else None
+    if compact is not None and compact.inputs == "generated":
+        click.echo(
+            "warning: no real self-test sample fits the overhead bound: the device checks the model on inputs "
+            "generated from a seed, which catches less (raise --max-overhead to keep real samples)"
+        )
 
 
 COMMANDS = [package]
