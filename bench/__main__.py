@@ -26,7 +26,7 @@ absolute times are for scale only. Each section names the machine and date it wa
 
 
 def sections() -> dict[str, Callable[[], str]]:
-    from bench import access, agent, bundles, cluster, fleet, gates, ingest, powercut, quantization, verify
+    from bench import access, agent, bundles, cluster, console, fleet, gates, ingest, powercut, quantization, verify
 
     return {
         "verify": verify.run,
@@ -39,6 +39,7 @@ def sections() -> dict[str, Callable[[], str]]:
         "bundles": bundles.run,
         "ingest": ingest.run,
         "cluster": cluster.run,
+        "console": console.run,
     }
 
 

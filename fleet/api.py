@@ -29,6 +29,7 @@ from starlette.requests import ClientDisconnect
 from device_agent._json import Fields, canonical_json, loads_strict
 from device_agent.bundle.trust import MAX_CHAIN, describe
 from device_agent.errors import BundleError, ConfigError, EdgefleetError, TrustError
+from fleet import ui
 from fleet.access import UrlSigner, caller
 from fleet.api_access import API, MAX_BUNDLE, MAX_TRUST_BODY, AccessMiddleware, Authenticator
 from fleet.api_admin import admin_routes
@@ -192,6 +193,7 @@ def create_app(
     _trust_routes(router, service)
     app.include_router(router)
     _artifact_route(app, service)
+    ui.mount(app, service, auth)  # the console at /ui (fleet/ui/)
     return app
 
 

@@ -24,6 +24,7 @@ from fleet.store import Store
 
 API = "/api/v1"
 PUBLIC = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
+UI = "/ui"  # the console checks its own session cookie (fleet/ui/session.py), not a bearer token
 MAX_JSON = 64 << 10  # bytes of a JSON request body
 MAX_BUNDLE = 1 << 30  # bytes of a bundle upload (POST /api/v1/releases)
 MAX_TRUST_BODY = MAX_CHAIN * MAX_TRUST_BYTES + 1024  # bytes of a trust push: a chain of trust documents
@@ -38,7 +39,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 def required_role(method: str, path: str, *, public_metrics: bool = False) -> Role | None:
     """The least role a call needs; None for a public one. Artifacts need a viewer or a signed URL."""
-    if path in PUBLIC or (path == "/metrics" and public_metrics):
+    if path in PUBLIC or (path == "/metrics" and public_metrics) or path == UI or path.startswith(f"{UI}/"):
         return None
     if path.startswith(f"{API}/tokens"):
         return Role.ADMIN  # reading the token list too
@@ -82,7 +83,10 @@ class Authenticator:
         """The caller behind a bearer token. Raises: AuthError (missing, unknown, expired, revoked)."""
         if not authorization or not authorization.lower().startswith("bearer "):
             raise AuthError("missing bearer token: pass --token to fleetctl or set FLEETCTL_TOKEN")
-        digest = hash_secret(authorization[7:].strip())
+        return self.by_hash(hash_secret(authorization[7:].strip()), source)
+
+    def by_hash(self, digest: str, source: str) -> Principal:
+        """The caller behind a token's hash (the console's session holds it). Raises: AuthError."""
         for known, name in self.bootstrap.items():
             if same_hash(digest, known):
                 return Principal(name, Role.ADMIN, source)
@@ -110,11 +114,14 @@ class Authenticator:
             if who.role is None or not who.role.allows(need):
                 raise ForbiddenError(f"token {who.name} ({who.role}) may not do this: it needs the {need} role")
         except AuthError as exc:
-            if self._may_audit(source):
-                refused = who or Principal("-", None, source)
-                self.store.audit.refused(refused, f"auth.{exc.code}", f"{scope['method']} {path}", str(exc))
+            self.refused(who or Principal("-", None, source), f"{scope['method']} {path}", exc)
             raise
         return who
+
+    def refused(self, who: Principal, target: str, exc: AuthError) -> None:
+        """Audit a refusal (at most ``AUDITED_REFUSALS`` per address and minute)."""
+        if self._may_audit(who.source):
+            self.store.audit.refused(who, f"auth.{exc.code}", target, str(exc))
 
     def _may_audit(self, source: str) -> bool:
         minute = int(self.clock() // 60)

@@ -61,12 +61,17 @@ class Demo:
         self.models = opts.models or self.work / "models"
         self.logs = self.work / "logs"
         self.token = f"demo-{secrets.token_hex(8)}"
-        self.port = 0
+        self.port = free_port()  # chosen now, so the console's address is known from the start
         self.broker: LocalBroker | None = None
         self.api = ApiClient("http://127.0.0.1:0")
 
     def path(self, name: str) -> str:
         return rel(self.work / name)
+
+    def announce_console(self, up: bool = False) -> None:
+        """The web console's address and the token to sign in with (an admin of this demo fleet only)."""
+        when = "" if up else " (it answers once the fleet manager has started)"
+        print(f"   web console: http://127.0.0.1:{self.port}/ui  sign in with the token {self.token}{when}", flush=True)
 
     def run(self, *argv: str, brief: bool = False) -> str:
         """Run one command in the foreground, show it and its output (TensorFlow's log noise dropped;
@@ -207,8 +212,10 @@ class Demo:
     def start_manager(self) -> None:
         assert self.broker is not None
         say("start the fleet manager")
-        self.port = free_port()
         server = f"http://127.0.0.1:{self.port}"
+        token_file = self.work / "bootstrap.token"  # the secret in a 0600 file, not on a command line (ps)
+        token_file.write_text(f"demo={self.token}\n")
+        token_file.chmod(0o600)
         self.background(
             "serve",
             [
@@ -226,13 +233,14 @@ class Demo:
                 self.path("keys/release.pub"),
                 "--fleet",
                 FLEET,
-                "--token",
-                f"demo={self.token}",
+                "--token-file",
+                self.path("bootstrap.token"),
             ],
         )
         self.api = ApiClient(server, self.token)
         self.wait("the fleet manager to answer", 60, self._api_up)
         print(f"   the fleet manager answers at {server}", flush=True)
+        self.announce_console(up=True)
         os.environ.update(FLEETCTL_SERVER=server, FLEETCTL_TOKEN=self.token)
         print(f"$ export FLEETCTL_SERVER={server} FLEETCTL_TOKEN={self.token}", flush=True)
 
@@ -407,6 +415,7 @@ class Demo:
         b, server = self.broker, f"http://127.0.0.1:{self.port}"
         say("where to look next" + ("" if self.opts.keep_running else " (rerun with --keep-running to explore live)"))
         print(
+            f"   web console:          {server}/ui (token {self.token})\n"
             f"   API docs (OpenAPI):   {server}/docs\n"
             f"   Prometheus metrics:   {server}/metrics\n"
             f"   live rollout view:    FLEETCTL_SERVER={server} fleetctl watch\n"
@@ -452,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         demo = Demo(opts, procs)
+        demo.announce_console()
         demo.build()
         demo.start_fleet()
         good, bad = demo.rollouts()

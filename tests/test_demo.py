@@ -67,10 +67,12 @@ def test_demo_tells_the_whole_story_and_exits_0(tmp_path: Path, digits_cnn: dict
         "final versions by sku: a → 1.1.0 ×3, b → 1.1.0 ×3, c → 1.1.0 ×3",
         "/docs",
         "/metrics",
+        "/ui (token demo-",
         "mosquitto_sub -h 127.0.0.1",
         "every process it started has stopped",
     ):
         assert expected in out, f"{expected!r} not in the demo's output:\n{out[-4000:]}"
+    assert out.index("web console: http://127.0.0.1:") < out.index("start the fleet manager")  # from the start
     assert not processes_mentioning(str(workdir))
 
 
