@@ -26,7 +26,7 @@ absolute times are for scale only. Each section names the machine and date it wa
 
 
 def sections() -> dict[str, Callable[[], str]]:
-    from bench import access, agent, fleet, gates, powercut, quantization, verify
+    from bench import access, agent, capture, fleet, gates, powercut, quantization, verify
 
     return {
         "verify": verify.run,
@@ -36,6 +36,7 @@ def sections() -> dict[str, Callable[[], str]]:
         "fleet": fleet.run,
         "access": access.run,
         "gates": gates.run,
+        "capture": capture.run,
     }
 
 

@@ -116,7 +116,10 @@ class Sampler:
         if not live.applies:
             return
         self._n += 1
-        conf = float(classes[1].min()) if classes is not None else None
+        conf = None
+        if classes is not None:
+            c = classes[1]
+            conf = float(c[0]) if len(c) == 1 else float(c.min())  # indexing: ~10x cheaper than min() on one
         if live.low is not None and conf is not None and conf < live.low:
             reason = "low-confidence"
         elif live.rate and self._rand() < live.rate:

@@ -47,8 +47,7 @@ class CaptureSamples:
     """The sample side of capture for one fleet; files live under ``root`` (``ARTIFACTS/captures``)."""
 
     def __init__(self, store: Store, fleet: str, root: Path, policies: CapturePolicies) -> None:
-        self.store, self.fleet, self.root, self.policies = store, fleet, root, policies
-        root.mkdir(parents=True, exist_ok=True)
+        self.store, self.fleet, self.root, self.policies = store, fleet, root, policies  # root: made on first write
 
     # --- uploads ---------------------------------------------------------------------------------------
 
