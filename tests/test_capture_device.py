@@ -13,7 +13,7 @@ import pytest
 from device_agent import protocol as P
 from device_agent.bundle import PrivateKey, TrustStore
 from device_agent.capture.control import Capture
-from device_agent.capture.npz import read_npz, sample_meta
+from device_agent.capture.npz import read_sample
 from device_agent.capture.policy import CapturePolicy
 from device_agent.capture.sampler import DRIFT_EVERY, Sampler, drift_score
 from device_agent.capture.store import CaptureStore
@@ -56,17 +56,17 @@ def test_policy_parses_strictly_and_round_trips_through_cmd_capture() -> None:
 def test_the_store_never_exceeds_its_bounds_and_drops_the_oldest_first(tmp_path: Path) -> None:
     store = CaptureStore(tmp_path / "s", max_bytes=10_000, max_count=5)
     for i in range(40):
-        assert store.add(f"{i:013d}.npz", bytes(1500 + i))
-        on_disk = sorted(tmp_path.joinpath("s").glob("*.npz"))
+        assert store.add(f"{i:013d}.sample", bytes(1500 + i))
+        on_disk = sorted(tmp_path.joinpath("s").glob("*.sample"))
         assert sum(p.stat().st_size for p in on_disk) <= 10_000 and len(on_disk) <= 5
     assert store.peak_bytes <= 10_000
-    names = [p.name for p in sorted(tmp_path.joinpath("s").glob("*.npz"))]
-    assert names == [f"{i:013d}.npz" for i in range(34, 40)][-len(names) :]  # the newest survive
+    names = [p.name for p in sorted(tmp_path.joinpath("s").glob("*.sample"))]
+    assert names == [f"{i:013d}.sample" for i in range(34, 40)][-len(names) :]  # the newest survive
     assert store.dropped == 40 - len(names)
-    assert not store.add("big.npz", bytes(10_001)) and store.dropped == 41 - len(names)  # never fits: counted
+    assert not store.add("big.sample", bytes(10_001)) and store.dropped == 41 - len(names)  # never fits: counted
     reopened = CaptureStore(tmp_path / "s", max_bytes=4000, max_count=5)  # bounds shrank while it was off
     assert reopened.size_bytes <= 4000 and len(reopened) == 2
-    assert reopened.remove(["0000000000039.npz", "nope.npz"]) == 1
+    assert reopened.remove(["0000000000039.sample", "nope.sample"]) == 1
 
 
 def test_rules_low_confidence_random_quota_and_hourly_cap(tmp_path: Path, model: LoadedModel) -> None:
@@ -87,11 +87,10 @@ def test_rules_low_confidence_random_quota_and_hourly_cap(tmp_path: Path, model:
     assert sampler.counts["quota"] == len(samples) - len(store) and sampler.per_class == {
         c: min(top1.count(c), 2) for c in set(top1)
     }
-    arrays = read_npz((store.root / next(iter(store._files))).read_bytes(), max_arrays=8, max_bytes=1 << 20)
-    meta = sample_meta(arrays)
+    meta, arrays = read_sample((store.root / next(iter(store._files))).read_bytes(), max_arrays=8, max_bytes=1 << 20)
     assert meta["reason"] == "low-confidence" and meta["model"]["name"] == "digits" and meta["device"] == "dev-1"
     given = [next(iter(f.values())).astype(np.float32) for f in samples]
-    assert any(np.array_equal(arrays["in0"], g) for g in given)  # the exact input tensor
+    assert any(np.array_equal(arrays[0], g) for g in given) and len(arrays) == 2  # the exact input, then the output
 
     store.clear()
     sampler.set_policy(CapturePolicy("p2", random=1.0, max_per_hour=3))
@@ -126,9 +125,7 @@ def test_drift_outliers_score_high_against_the_bundles_reference(tmp_path: Path,
         engine.predict(shift_inputs(samples[i % len(samples)], 3.0))
     sampler.drain()
     assert len(store) == 4
-    reasons = {
-        sample_meta(read_npz(p.read_bytes(), max_arrays=8, max_bytes=1 << 20))["reason"] for p in store.root.iterdir()
-    }
+    reasons = {read_sample(p.read_bytes(), max_arrays=8, max_bytes=1 << 20)[0]["reason"] for p in store.root.iterdir()}
     assert reasons == {"drift"}
 
 
@@ -153,3 +150,41 @@ def test_capture_persists_its_policy_and_threads_stop(tmp_path: Path, model: Loa
     assert not any(t.is_alive() for t in threads)
     cap.apply(CapturePolicy("p1", enabled=False))
     assert engine.capture is None and cap.status()["policy"]["enabled"] is False
+
+
+def test_edge_agent_status_shows_the_policy_without_its_token(
+    tmp_path: Path, tiny_models: dict[str, Path], release_key: PrivateKey, key_files: tuple[Path, Path]
+) -> None:
+    from click.testing import CliRunner
+
+    from device_agent.cli import cli as edge_agent
+    from tests.support.agent_harness import flash_device
+
+    home = flash_device(
+        tmp_path, package_tiny(tiny_models, release_key, "1.0.0", 1), "mqtt://127.0.0.1:9", key_files[1]
+    )
+    out = CliRunner().invoke(edge_agent, ["status", "--home", str(home.root)]).output
+    assert "capture off (no policy)" in out
+    Capture(home.root / "capture", IDENTITY).apply(CapturePolicy("p7", low_confidence=0.6, token="b" * 64))
+    result = CliRunner().invoke(edge_agent, ["status", "--home", str(home.root), "--json"])
+    doc = json.loads(result.output)
+    assert doc["capture"]["policy"]["id"] == "p7" and "token" not in json.dumps(doc)
+    out = CliRunner().invoke(edge_agent, ["status", "--home", str(home.root)]).output
+    assert "capture set, agent not running" in out and '"low_confidence": 0.6' in out and "b" * 64 not in out
+
+
+def test_the_random_rule_selects_its_rate_and_the_drift_rule_every_nth(tmp_path: Path, model: LoadedModel) -> None:
+    sampler = Sampler(CaptureStore(tmp_path / "s", 1 << 20, 10), IDENTITY)
+    sampler.set_policy(CapturePolicy("p1", random=0.1, drift=0.5, max_per_hour=10**7))
+    feeds = _inputs(model)[0]
+    outputs = model.predict(feeds)
+    reasons: list[str] = []
+    for _ in range(10_000):
+        sampler.offer(model, feeds, outputs, None)  # no classes: only the countdown rules can select
+        while not sampler._queue.empty():
+            cand = sampler._queue.get_nowait()
+            assert cand is not None
+            reasons.append(cand.reason)
+    # Binomial(10000, 0.1): mean 1000, sd 30 (a drift turn that coincides with a random one counts as random)
+    assert 850 < reasons.count("random") < 1150
+    assert 10_000 // DRIFT_EVERY * 0.85 < reasons.count("drift") <= 10_000 // DRIFT_EVERY

@@ -56,7 +56,7 @@ def _answers(api: ApiClient) -> bool:
 
 def _device_samples(workdir: Path, device: str) -> set[str]:
     """The ids of the samples a simulated device holds (captured, not yet confirmed) right now."""
-    return {p.stem for p in (workdir / device / "capture" / "samples").glob("*.npz")}
+    return {p.stem for p in (workdir / device / "capture" / "samples").glob("*.sample")}
 
 
 def _telemetry(api: ApiClient, device: str) -> dict[str, float]:

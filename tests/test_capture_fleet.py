@@ -211,7 +211,7 @@ def test_export_label_and_purge_through_fleetctl(fleet: Harness, tmp_path: Path,
 
     assert "purged 6" in fleetctl(h, "capture", "purge", "--device", "dev-b1", "--yes")
     assert json.loads(fleetctl(h, "capture", "ls", "--json")) == []
-    assert not list((tmp_path / "fm" / "artifacts" / "captures" / "dev-b1").glob("*.npz"))
+    assert not list((tmp_path / "fm" / "artifacts" / "captures" / "dev-b1").glob("*.sample"))
     actions = {a["action"] for a in h.api.get("/audit")}
     assert {"capture.enable", "capture.upload", "capture.export", "capture.label", "capture.purge"} <= actions
     assert "not enough" not in fleetctl(h, "capture", "purge", "--yes", ok=False)  # a query is required

@@ -1,5 +1,7 @@
-"""Captured samples as ``.npz`` bytes: a reproducible writer (fixed entry times, sorted names) and a
-bounded reader for untrusted bytes (no pickles, entry count and unpacked size capped, ZIP bombs refused)."""
+"""Arrays as bytes: a captured sample (``.npy`` arrays one after another, ``meta`` first: what the device
+writes for every capture, several times cheaper than a ZIP container, which costs ~0.5 ms of Python per
+sample), exports as a reproducible ``.npz`` (fixed entry times, sorted names), and bounded readers of both
+for untrusted bytes (no pickles, array count and size capped, ZIP bombs refused)."""
 
 from __future__ import annotations
 
@@ -31,6 +33,42 @@ def write_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
             info.external_attr = 0o644 << 16
             zf.writestr(info, buf.getvalue())
     return out.getvalue()
+
+
+MAGIC = b"\x93NUMPY\x01\x00"
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """One array in the ``.npy`` format (version 1.0), as ``numpy.save`` writes it."""
+    a = np.ascontiguousarray(array)
+    header = repr({"descr": np.lib.format.dtype_to_descr(a.dtype), "fortran_order": False, "shape": a.shape})
+    raw = header.encode("latin1")
+    raw += b" " * (63 - (len(MAGIC) + 2 + len(raw)) % 64) + b"\n"  # data 64-byte aligned, as numpy does
+    return MAGIC + len(raw).to_bytes(2, "little") + raw + a.tobytes()
+
+
+def write_sample(meta: bytes, arrays: Mapping[str, np.ndarray]) -> bytes:
+    """A captured sample: ``meta`` (JSON, naming the arrays in order), then the arrays, each as ``.npy``."""
+    return b"".join([npy_bytes(np.frombuffer(meta, dtype=np.uint8)), *(npy_bytes(a) for a in arrays.values())])
+
+
+def read_sample(data: bytes, *, max_arrays: int, max_bytes: int) -> tuple[Any, list[np.ndarray]]:
+    """The metadata and arrays of an untrusted sample. Raises: PayloadError."""
+    if len(data) > max_bytes:
+        raise PayloadError(f"sample is over {max_bytes} bytes")
+    fh = io.BytesIO(data)
+    arrays: list[np.ndarray] = []
+    try:
+        while fh.tell() < len(data):
+            if len(arrays) > max_arrays:
+                raise PayloadError(f"sample has over {max_arrays} arrays")
+            with _READ_LOCK:
+                arrays.append(np.lib.format.read_array(fh, allow_pickle=False))
+    except (ValueError, OSError, EOFError) as exc:
+        raise PayloadError(f"sample is not a sequence of .npy arrays: {str(exc)[:120]}") from None
+    if not arrays:
+        raise PayloadError("sample is empty")
+    return sample_meta({"meta": arrays[0]}), arrays[1:]
 
 
 def read_npz(data: bytes, *, max_arrays: int, max_bytes: int) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import random
 import threading
@@ -25,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from device_agent.capture.npz import write_npz
+from device_agent.capture.npz import write_sample
 from device_agent.capture.policy import DRIFT_DEFAULT, CapturePolicy
-from device_agent.capture.store import CaptureStore
+from device_agent.capture.store import SUFFIX, CaptureStore
 from device_agent.model import LoadedModel
 from device_agent.runtime.base import dequantize
 from device_agent.stats import _Histogram, psi
@@ -36,6 +37,7 @@ log = logging.getLogger("edge-agent")
 QUEUE_MAX = 64  # selected inferences waiting for the worker at most
 DRIFT_EVERY = 50  # one inference in this many is scored for drift (a sampled check keeps the hot path cheap)
 HOUR = 3600.0
+NEVER = 1 << 62  # a countdown that does not run out
 
 
 @dataclass
@@ -70,8 +72,9 @@ class Sampler:
         self.store, self.identity, self.clock = store, dict(identity), clock
         self._live: _Live | None = None
         self._queue: queue.Queue[_Candidate | None] = queue.Queue(QUEUE_MAX)
-        self._rand = random.Random().random
-        self._n = 0
+        self._rng = random.Random()
+        self._countdown = 1 << 62  # inferences until the random or the drift rule is due
+        self._to_random = self._to_drift = 1 << 62
         self._seq = 0
         self._hour: deque[float] = deque()  # times of this hour's captures
         self.over_budget = False  # the hourly cap is reached: the hot path selects nothing
@@ -89,7 +92,10 @@ class Sampler:
             self._hour.clear()
             self.over_budget = False
         every = DRIFT_EVERY if policy.drift is not None else 0
-        self._live = _Live(policy, None, False, policy.low_confidence, policy.random, every)
+        live = _Live(policy, None, False, policy.low_confidence, policy.random, every)
+        self._to_random, self._to_drift = self._random_gap(live), every or NEVER
+        self._countdown = min(self._to_random, self._to_drift)
+        self._live = live
 
     @property
     def policy(self) -> CapturePolicy | None:
@@ -105,9 +111,24 @@ class Sampler:
         outputs: Mapping[str, np.ndarray],
         classes: tuple[np.ndarray, np.ndarray] | None,
     ) -> None:
-        """Called after each inference: select (cheaply) or return."""
+        """Called after each inference: select (cheaply) or return. The common case is one attribute read,
+        one decrement and one comparison of the top-1 confidence: the random and drift rules are a countdown
+        to the next due inference (a geometric gap for the random rate: the same law as a draw per inference)."""
         live = self._live
-        if live is None or self.over_budget:
+        if live is None:
+            return
+        self._countdown -= 1
+        if self._countdown > 0:
+            low = live.low
+            if low is None or classes is None:
+                return
+            c = classes[1]
+            if (c[0] if len(c) == 1 else c.min()) >= low:
+                return
+            reason = "low-confidence"
+        else:
+            reason = self._due(live)
+        if self.over_budget:
             return
         if model is not live.model:
             live.model = model
@@ -115,19 +136,9 @@ class Sampler:
             live.applies = live.policy.applies_to(m.name, m.version)
         if not live.applies:
             return
-        self._n += 1
-        conf = None
-        if classes is not None:
-            c = classes[1]
-            conf = float(c[0]) if len(c) == 1 else float(c.min())  # indexing: ~10x cheaper than min() on one
-        if live.low is not None and conf is not None and conf < live.low:
+        conf = float(classes[1].min()) if classes is not None else None
+        if reason != "low-confidence" and live.low is not None and conf is not None and conf < live.low:
             reason = "low-confidence"
-        elif live.rate and self._rand() < live.rate:
-            reason = "random"
-        elif live.drift_every and self._n % live.drift_every == 0:
-            reason = "drift"
-        else:
-            return
         top1 = int(classes[0].flat[0]) if classes is not None else None
         cand = _Candidate(
             model,
@@ -143,6 +154,28 @@ class Sampler:
             self._queue.put_nowait(cand)
         except queue.Full:
             self.counts["overflow"] += 1
+
+    def _random_gap(self, live: _Live) -> int:
+        """Inferences until the next random capture: geometric with the policy's rate (never, at rate 0)."""
+        if live.rate <= 0:
+            return NEVER
+        if live.rate >= 1:
+            return 1
+        return 1 + int(math.log(1.0 - self._rng.random()) / math.log(1.0 - live.rate))
+
+    def _due(self, live: _Live) -> str:
+        """The countdown ran out: which rule is due (random first), and the next countdown."""
+        elapsed = min(self._to_random, self._to_drift)  # the countdown started at this and ran out
+        self._to_random -= elapsed
+        self._to_drift -= elapsed
+        reason = "drift"
+        if self._to_random <= 0:
+            reason = "random"
+            self._to_random = self._random_gap(live)
+        if self._to_drift <= 0:
+            self._to_drift = live.drift_every or NEVER
+        self._countdown = min(self._to_random, self._to_drift)
+        return reason
 
     # --- the worker -------------------------------------------------------------------------------------
 
@@ -211,7 +244,7 @@ class Sampler:
         return True
 
     def encode(self, cand: _Candidate, score: float) -> tuple[str, bytes]:
-        """The sample as a file name (sorting oldest first) and an ``.npz`` with its metadata."""
+        """The sample as a file name (sorting oldest first) and its bytes (``npz.write_sample``)."""
         self._seq += 1
         ts_ms = int(cand.ts * 1000)
         sample_id = f"{ts_ms:013d}-{self._seq:08d}-{random.getrandbits(32):08x}"
@@ -231,8 +264,7 @@ class Sampler:
         }
         arrays = {f"in{i}": v for i, v in enumerate(cand.feeds.values())}
         arrays |= {f"out{i}": v for i, v in enumerate(cand.outputs.values())}
-        arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
-        return f"{sample_id}.npz", write_npz(arrays)
+        return f"{sample_id}{SUFFIX}", write_sample(json.dumps(meta, sort_keys=True).encode(), arrays)
 
 
 def _copy_inputs(model: LoadedModel, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

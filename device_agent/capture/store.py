@@ -1,4 +1,4 @@
-"""The device's capture store: one ``.npz`` file per sample under ``HOME/capture/samples``, bounded in bytes
+"""The device's capture store: one ``.sample`` file per sample under ``HOME/capture/samples``, bounded in bytes
 and in count. A new sample first makes room by dropping the oldest ones (counted in ``dropped``), so the
 store never holds more than its bounds, even for an instant. Files are written atomically; a sample
 leaves the store only when dropped for room or once the fleet manager confirmed it (``remove``).
@@ -16,7 +16,7 @@ from pathlib import Path
 from device_agent.fsutil import atomic_write
 
 log = logging.getLogger("edge-agent")
-SUFFIX = ".npz"
+SUFFIX = ".sample"  # device_agent.capture.npz.write_sample
 
 
 class CaptureStore:

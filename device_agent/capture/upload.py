@@ -1,6 +1,6 @@
 """Batched uploads of captured samples to the fleet manager, over HTTP(S) with the device's upload token.
 
-A batch is the oldest samples of the store, framed as ``[u32 length][sample .npz]...``
+A batch is the oldest samples of the store, framed as ``[u32 length][sample]...`` (``npz.write_sample``)
 (``application/x-edgefleet-capture``). The fleet manager answers which sample ids it stored (or holds
 already) and which it refused; only those leave the store. Any failure (no network, a 5xx, a timeout)
 leaves every sample where it is and the next attempt waits longer (doubling, at most ``MAX_BACKOFF_S``).

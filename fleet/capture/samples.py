@@ -3,7 +3,7 @@ an index row each), exports in the toolchain's feeds format with a metadata side
 retention.
 
 An upload is refused as a whole only when the device is unknown or its token is wrong; each sample is then
-checked on its own (an ``.npz`` of plain arrays with bounded sizes and its metadata), stored, or refused
+checked on its own (plain ``.npy`` arrays with bounded sizes after its metadata), stored, or refused
 with a reason. Stored and already-held ids are both confirmed, so a device that lost an answer and sends
 again loses nothing and duplicates nothing.
 """
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from device_agent._json import Fields
-from device_agent.capture.npz import read_npz, sample_meta, write_npz
+from device_agent.capture.npz import read_sample, write_npz
 from device_agent.capture.upload import unframe
 from device_agent.errors import PayloadError
 from device_agent.fsutil import atomic_write
@@ -98,7 +98,7 @@ class CaptureSamples:
         }
         if not SAMPLE_ID_RE.fullmatch(sample_id):
             f.fail("id", f"must match {SAMPLE_ID_RE}")
-        path = self.root / device / f"{sample_id}.npz"
+        path = self.root / device / f"{sample_id}.sample"
         if not path.exists():
             atomic_write(path, data)
         sha = hashlib.sha256(data).hexdigest()
@@ -200,9 +200,19 @@ def _sample_info(r: CaptureRow) -> dict[str, Any]:
 
 
 def load_sample(data: bytes) -> tuple[dict[str, np.ndarray], Any]:
-    """A sample's arrays and metadata. Raises: PayloadError."""
-    arrays = read_npz(data, max_arrays=MAX_ARRAYS, max_bytes=MAX_SAMPLE_BYTES)
-    return arrays, sample_meta(arrays)
+    """A sample's arrays (``in0``…, ``out0``…) and metadata. Raises: PayloadError."""
+    meta, arrays = read_sample(data, max_arrays=MAX_ARRAYS, max_bytes=MAX_SAMPLE_BYTES)
+    if not isinstance(meta, dict):
+        raise PayloadError("sample metadata must be an object")
+    names_in, names_out = meta.get("inputs"), meta.get("outputs")
+    if (
+        not isinstance(names_in, list)
+        or not isinstance(names_out, list)
+        or len(arrays) != len(names_in) + len(names_out)
+    ):
+        raise PayloadError("sample metadata must name its inputs and outputs, one per array")
+    named = {f"in{i}": a for i, a in enumerate(arrays[: len(names_in)])}
+    return named | {f"out{i}": a for i, a in enumerate(arrays[len(names_in) :])}, meta
 
 
 def stack_samples(rows: Sequence[CaptureRow]) -> tuple[dict[str, np.ndarray], list[str]]:
