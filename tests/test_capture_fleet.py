@@ -26,6 +26,7 @@ from device_agent.mqtt import MqttClient, MqttConfig
 from fleet.broker import LocalBroker
 from fleet.capture.policy import upload_token
 from fleet.cli import cli
+from fleet.store.captures import CaptureQuery
 from tests.support.agent_harness import package_tiny
 from tests.support.fleet_harness import TOKEN, Harness, running_fleet, wait_until
 from toolchain.fielddata import field_data
@@ -215,3 +216,21 @@ def test_export_label_and_purge_through_fleetctl(fleet: Harness, tmp_path: Path,
     actions = {a["action"] for a in h.api.get("/audit")}
     assert {"capture.enable", "capture.upload", "capture.export", "capture.label", "capture.purge"} <= actions
     assert "not enough" not in fleetctl(h, "capture", "purge", "--yes", ok=False)  # a query is required
+
+
+def test_retention_drops_the_oldest_by_age_and_by_bytes(fleet: Harness, tmp_path: Path, model: LoadedModel) -> None:
+    h = fleet
+    _enable(h)
+    policy = _policy(h, "dev-b1")
+    store = _samples(tmp_path / "dev", model, 6)
+    assert (
+        Uploader(store, f"{FLEET}/dev-b1").upload_once(policy.upload_url or "", policy.token or "", 32).confirmed == 6
+    )
+    samples = h.server.service.capture.samples  # type: ignore[union-attr]
+    rows = samples.find(CaptureQuery())
+    keep_bytes = sum(r.size for r in rows[-2:])
+    assert samples.enforce_retention(None, keep_bytes, time.time()) == 4
+    assert [r.id for r in samples.find(CaptureQuery())] == [r.id for r in rows[-2:]]  # the newest stay
+    assert samples.enforce_retention(3600.0, None, rows[-1].ts + 3600.5) == 2
+    assert samples.find(CaptureQuery()) == [] and not any(Path(r.path).exists() for r in rows)
+    assert [a["action"] for a in h.api.get("/audit")].count("capture.retention") == 2

@@ -119,9 +119,7 @@ class CaptureSamples:
     def purge(self, q: CaptureQuery, actor: str, action: str = "capture.purge") -> int:
         """Delete the samples ``q`` selects: index rows first (audited), then their files."""
         rows = self.store.captures.purge(self.fleet, q, actor, action)
-        for row in rows:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(row.path)
+        _unlink(rows)
         return len(rows)
 
     def enforce_retention(self, max_age_s: float | None, max_bytes: int | None, now: float) -> int:
@@ -129,17 +127,16 @@ class CaptureSamples:
         dropped = 0
         if max_age_s is not None:
             dropped += self.purge(CaptureQuery(before=now - max_age_s), "retention", "capture.retention")
-        if max_bytes is not None:
-            total = self.store.captures.count(self.fleet)["bytes"]
-            if total > max_bytes:
-                over, cut = total - max_bytes, None
-                for row in self.find(CaptureQuery()):
-                    over -= row.size
-                    cut = row.ts
-                    if over <= 0:
-                        break
-                if cut is not None:
-                    dropped += self.purge(CaptureQuery(before=cut + 1e-6), "retention", "capture.retention")
+        if max_bytes is not None and (over := self.store.captures.count(self.fleet)["bytes"] - max_bytes) > 0:
+            oldest: list[CaptureRow] = []
+            for row in self.find(CaptureQuery()):
+                if over <= 0:
+                    break
+                oldest.append(row)
+                over -= row.size
+            self.store.captures.delete(self.fleet, oldest, "retention", "capture.retention", f"over {max_bytes} bytes")
+            _unlink(oldest)
+            dropped += len(oldest)
         return dropped
 
     # --- exports ---------------------------------------------------------------------------------------
@@ -179,6 +176,12 @@ class CaptureSamples:
         if not SHA256_RE.fullmatch(sha) or not path.is_file():
             raise NotFoundError(f"no export {sha[:64]!r}")
         return path
+
+
+def _unlink(rows: Sequence[CaptureRow]) -> None:
+    for row in rows:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(row.path)
 
 
 def _claimed_id(data: bytes) -> str | None:

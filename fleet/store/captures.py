@@ -177,9 +177,13 @@ class CaptureRepository:
     def purge(self, fleet: str, q: CaptureQuery, actor: str, action: str = "capture.purge") -> list[CaptureRow]:
         """Delete the index rows ``q`` selects (audited); returns them so the caller deletes their files."""
         rows = self.find(fleet, q)
+        self.delete(fleet, rows, actor, action, f"query {q.to_dict()}")
+        return rows
+
+    def delete(self, fleet: str, rows: Sequence[CaptureRow], actor: str, action: str, why: str) -> None:
+        """Delete these index rows in one transaction, audited as ``action``."""
         with self.db.tx() as conn:
             for row in rows:
                 key = (_S.fleet == fleet, _S.device == row.device, _S.id == row.id)
                 conn.execute(t.captures.delete().where(*key))
-            audit.record(conn, actor, action, f"capture/{fleet}", f"{len(rows)} samples; query {q.to_dict()}")
-        return rows
+            audit.record(conn, actor, action, f"capture/{fleet}", f"{len(rows)} samples; {why}")
