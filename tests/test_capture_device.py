@@ -114,6 +114,7 @@ def test_drift_outliers_score_high_against_the_bundles_reference(tmp_path: Path,
     assert np.median(shifted) > 4 * np.median(clean) and np.median(shifted) > 0.5
     store = CaptureStore(tmp_path / "s", 1 << 20, 1000)
     sampler = Sampler(store, IDENTITY)
+    sampler.drift_max_per_s = float("inf")  # every 50th inference, however fast this machine runs them
     engine = InferenceEngine(model)
     engine.capture = sampler
     sampler.set_policy(CapturePolicy("p1", drift=0.5, max_per_hour=10_000))
@@ -175,6 +176,7 @@ def test_edge_agent_status_shows_the_policy_without_its_token(
 
 def test_the_random_rule_selects_its_rate_and_the_drift_rule_every_nth(tmp_path: Path, model: LoadedModel) -> None:
     sampler = Sampler(CaptureStore(tmp_path / "s", 1 << 20, 10), IDENTITY)
+    sampler.drift_max_per_s = float("inf")
     sampler.set_policy(CapturePolicy("p1", random=0.1, drift=0.5, max_per_hour=10**7))
     feeds = _inputs(model)[0]
     outputs = model.predict(feeds)
@@ -188,3 +190,12 @@ def test_the_random_rule_selects_its_rate_and_the_drift_rule_every_nth(tmp_path:
     # Binomial(10000, 0.1): mean 1000, sd 30 (a drift turn that coincides with a random one counts as random)
     assert 850 < reasons.count("random") < 1150
     assert 10_000 // DRIFT_EVERY * 0.85 < reasons.count("drift") <= 10_000 // DRIFT_EVERY
+    sampler.drift_max_per_s = 1e-9  # the per-second cap: after one drift candidate, none for a long while
+    sampler.set_policy(CapturePolicy("p2", drift=0.5, max_per_hour=10**7))
+    drifts = 0
+    for _ in range(1000):
+        sampler.offer(model, feeds, outputs, None)
+        while not sampler._queue.empty():
+            drifts += 1
+            sampler._queue.get_nowait()
+    assert drifts == 0  # the last one was just above: the cap holds

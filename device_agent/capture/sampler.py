@@ -36,6 +36,7 @@ from device_agent.stats import _Histogram, psi
 log = logging.getLogger("edge-agent")
 QUEUE_MAX = 64  # selected inferences waiting for the worker at most
 DRIFT_EVERY = 50  # one inference in this many is scored for drift (a sampled check keeps the hot path cheap)
+DRIFT_MAX_PER_S = 20.0  # ...and at most this many per second
 HOUR = 3600.0
 NEVER = 1 << 62  # a countdown that does not run out
 
@@ -75,6 +76,8 @@ class Sampler:
         self._rng = random.Random()
         self._countdown = 1 << 62  # inferences until the random or the drift rule is due
         self._to_random = self._to_drift = 1 << 62
+        self._last_drift = -1e9  # time.monotonic() of the last drift candidate
+        self.drift_max_per_s = DRIFT_MAX_PER_S
         self._seq = 0
         self._hour: deque[float] = deque()  # times of this hour's captures
         self.over_budget = False  # the hourly cap is reached: the hot path selects nothing
@@ -128,6 +131,8 @@ class Sampler:
             reason = "low-confidence"
         else:
             reason = self._due(live)
+            if reason == "skip":
+                return
         if self.over_budget:
             return
         if model is not live.model:
@@ -174,6 +179,12 @@ class Sampler:
             self._to_random = self._random_gap(live)
         if self._to_drift <= 0:
             self._to_drift = live.drift_every or NEVER
+            if reason == "drift":  # at most DRIFT_MAX_PER_S drift candidates: a fast model's turns come often
+                now = time.monotonic()
+                if now - self._last_drift < 1.0 / self.drift_max_per_s:
+                    reason = "skip"
+                else:
+                    self._last_drift = now
         self._countdown = min(self._to_random, self._to_drift)
         return reason
 
