@@ -104,12 +104,16 @@ class CapturePolicies:
         self.sync()
         return rows
 
-    def device_policy(self, device: str, sku: str | None, tags: list[str], now: float) -> CapturePolicy | None:
-        """The policy ``device`` should hold now (enabled, or the last one it had, disabled), or None."""
+    def device_policy(
+        self, device: str, sku: str | None, tags: list[str], now: float, rows: list[PolicyRow] | None = None
+    ) -> CapturePolicy | None:
+        """The policy ``device`` should hold now (enabled, or the last one it had, disabled), or None.
+        ``rows``: every policy of the fleet, oldest first (read once per ``sync``)."""
+        rows = self.store.captures.policies(self.fleet) if rows is None else rows
         live = [
             p
-            for p in self.store.captures.policies(self.fleet, enabled_only=True)
-            if Selector.parse(p.selector).matches(sku, tags) and (p.until is None or p.until > now)
+            for p in rows
+            if p.enabled and Selector.parse(p.selector).matches(sku, tags) and (p.until is None or p.until > now)
         ]
         if live:
             return self._policy(live[-1], device, enabled=True)
@@ -117,8 +121,8 @@ class CapturePolicies:
         if last is None or not last.startswith("capture-p"):
             return None
         policy_id = int(last.split("-")[1][1:])
-        rows = [p for p in self.store.captures.policies(self.fleet) if p.id == policy_id]
-        return self._policy(rows[0], device, enabled=False) if rows else None
+        had = [p for p in rows if p.id == policy_id]
+        return self._policy(had[0], device, enabled=False) if had else None
 
     def _policy(self, row: PolicyRow, device: str, *, enabled: bool) -> CapturePolicy:
         r = row.rules
@@ -144,8 +148,11 @@ class CapturePolicies:
         now = time.time() if now is None else now
         messages: list[tuple[str, bytes]] = []
         sent: dict[str, str] = {}
+        rows = self.store.captures.policies(self.fleet)
+        if not rows:
+            return 0  # capture was never enabled: nothing to deliver
         for dev in self.store.devices.all(self.fleet, "accepted"):
-            policy = self.device_policy(dev.id, dev.sku, dev.tags or [], now)
+            policy = self.device_policy(dev.id, dev.sku, dev.tags or [], now, rows)
             if policy is None:
                 continue
             digest = hashlib.sha256(canonical_json(policy.to_dict())).hexdigest()[:12]
