@@ -133,8 +133,19 @@ class Sampler:
             reason = self._due(live)
             if reason == "skip":
                 return
-        if self.over_budget:
-            return
+        if not self.over_budget:
+            self._select(live, model, feeds, outputs, classes, reason)
+
+    def _select(
+        self,
+        live: _Live,
+        model: LoadedModel,
+        feeds: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+        classes: tuple[np.ndarray, np.ndarray] | None,
+        reason: str,
+    ) -> None:
+        """A selected inference: copied onto the worker's queue (if the policy applies to its model)."""
         if model is not live.model:
             live.model = model
             m = model.manifest
