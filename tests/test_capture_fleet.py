@@ -29,6 +29,7 @@ from fleet.cli import cli
 from fleet.store.captures import CaptureQuery
 from tests.support.agent_harness import package_tiny
 from tests.support.fleet_harness import TOKEN, Harness, running_fleet, wait_until
+from toolchain.evaluate import labels_from
 from toolchain.fielddata import field_data
 from toolchain.npzio import feeds_for, load_arrays
 
@@ -209,6 +210,8 @@ def test_export_label_and_purge_through_fleetctl(fleet: Harness, tmp_path: Path,
     assert "labelled 2 of 2" in fleetctl(h, "capture", "label", "--csv", str(labels))
     fleetctl(h, "capture", "export", "-o", str(tmp_path / "labelled.npz"), "--labelled-only")
     assert load_arrays(tmp_path / "labelled.npz")["y"].tolist() == [3, 3]
+    assert labels_from(field, 6) is None  # -1 placeholders: edgetool evaluate measures no accuracy on them
+    assert labels_from(tmp_path / "labelled.npz", 2).tolist() == [3, 3]  # type: ignore[union-attr]
 
     assert "purged 6" in fleetctl(h, "capture", "purge", "--device", "dev-b1", "--yes")
     assert json.loads(fleetctl(h, "capture", "ls", "--json")) == []
