@@ -61,12 +61,15 @@ def _cycle(engine: InferenceEngine, feeds: list[dict[str, np.ndarray]]) -> Calla
     return run
 
 
-def throughput(name: str, path: Path, tmp: Path, key: PrivateKey, rounds: int = 101) -> tuple[str, float]:
+def throughput(
+    name: str, path: Path, tmp: Path, key: PrivateKey, max_per_hour: int = 10**7, rounds: int = 101
+) -> tuple[str, float]:
     engine, feeds = _engine(path, tmp, key)
     confs = [float(engine.predict(f).classes[1][0]) for f in feeds]  # type: ignore[index]
     low = float(np.percentile(confs, 1))
     sampler = Sampler(CaptureStore(tmp / "store", 20 << 20, 10_000), IDENTITY)
-    sampler.set_policy(CapturePolicy("bench", low_confidence=low, drift=0.5, random=0.01, max_per_hour=10**7))
+    policy = CapturePolicy("bench", low_confidence=low, drift=0.5, random=0.01, max_per_hour=max_per_hour)
+    sampler.set_policy(policy)
     stop = threading.Event()
     worker = threading.Thread(target=sampler.run, args=(stop,), daemon=True)
     worker.start()
@@ -98,9 +101,10 @@ def _status_kb(key: str) -> int:
     return 0
 
 
-def flood(path: Path, tmp: Path, key: PrivateKey, inferences: int = 20_000) -> tuple[str, bool]:
+def flood(path: Path, tmp: Path, key: PrivateKey, bound: int = 128 << 10, chunk: int = 2000) -> tuple[str, bool]:
+    """Every inference selected into a store of ``bound`` bytes, in chunks until the store has dropped at
+    least 200 samples for room (the evidence that the bound was reached again and again)."""
     engine, feeds = _engine(path, tmp, key)
-    bound = 2 << 20
     store = CaptureStore(tmp / "flood", bound, 10_000)
     sampler = Sampler(store, IDENTITY)
     sampler.set_policy(CapturePolicy("flood", random=1.0, max_per_hour=10**7, max_bytes=bound))
@@ -121,8 +125,11 @@ def flood(path: Path, tmp: Path, key: PrivateKey, inferences: int = 20_000) -> t
     engine.capture = sampler
     for t in threads:
         t.start()
-    for _ in range(inferences):
-        loop()
+    inferences = 0
+    while store.dropped < 200 and inferences < 2_000_000:
+        for _ in range(chunk):
+            loop()
+        inferences += chunk
     engine.capture = None
     sampler.drain()
     stop.set()
@@ -132,11 +139,11 @@ def flood(path: Path, tmp: Path, key: PrivateKey, inferences: int = 20_000) -> t
     ok = store.peak_bytes <= bound and disk_peak[0] <= bound
     c = sampler.counts
     return (
-        f"Flood (tiny-digits, {inferences} inferences, every one selected; store bound {bound >> 10} KiB): "
-        f"{c['captured']} stored, {store.dropped} dropped oldest-first, {c['overflow']} not queued (the worker's "
-        f"queue was full: the hot path never waits); store peak **{store.peak_bytes >> 10} KiB**, on disk at most "
-        f"{disk_peak[0] >> 10} KiB (bound {'kept' if ok else 'EXCEEDED'}); RSS {rss0 / 1024:.1f} → "
-        f"{rss1 / 1024:.1f} MiB."
+        f"Flood (tiny-digits, every inference selected, store bound {bound >> 10} KiB, run until 200 drops): "
+        f"{inferences} inferences, {c['captured']} stored, **{store.dropped} dropped oldest-first**, "
+        f"{c['overflow']} not queued (the worker's queue was full: the hot path never waits); store peak "
+        f"**{store.peak_bytes / 1024:.1f} KiB**, on disk at most {disk_peak[0] / 1024:.1f} KiB (bound "
+        f"{'kept' if ok else 'EXCEEDED'}); RSS {rss0 / 1024:.1f} → {rss1 / 1024:.1f} MiB."
     ), ok
 
 
@@ -197,6 +204,8 @@ def run() -> str:
         for name, path in paths.items():
             (tmp / name).mkdir()
             rows.append(throughput(name, path, tmp / name, key)[0])
+        (tmp / "capped").mkdir()
+        rows.append(throughput("tiny-digits, default cap 120/h", paths["tiny-digits"], tmp / "capped", key, 120)[0])
         (tmp / "flood").mkdir()
         flood_line, _ = flood(paths["tiny-digits"], tmp / "flood", key)
         (tmp / "upload").mkdir()
@@ -207,10 +216,17 @@ def run() -> str:
             "Agent throughput with capture on vs off (all rules: low-confidence, drift, random 1 %; the rules "
             "worker running), 101 rounds of ~50 ms blocks alternating on/off; ratio = median of per-round ratios "
             "(target ≥ 0.97). *Captured* is the share of inferences stored; *offered / captured* counts the copies "
-            "the hot path handed over and those the worker kept:\n",
+            "the hot path handed over and those the worker kept. The first two rows lift the hourly cap so that 1 % "
+            "of every inference is stored; the last keeps the policy's default cap (120 per hour):\n",
             "| model | off (inf/s) | on (inf/s) | **on / off** | captured | offered / captured |",
             "|---|---|---|---|---|---|",
             *rows,
+            "",
+            "Where the time goes (tiny-digits, ~40-60 µs per inference here): the hot path's decision ~1.5 µs per "
+            "inference; a selected one ~13 µs (copying it); the worker ~0.3 ms of Python per stored sample (encode, "
+            "atomic write; the fsync itself releases the GIL) and ~50 µs per drift score. At 1 % of 20,000 "
+            "inferences/s that is 200 samples/s, which a device's hourly cap never allows; a real model "
+            "(MobileNetV2-96, ~1-2 ms per inference) hides it.",
             "",
             flood_line,
             "",
