@@ -26,7 +26,20 @@ absolute times are for scale only. Each section names the machine and date it wa
 
 
 def sections() -> dict[str, Callable[[], str]]:
-    from bench import access, agent, bundles, cluster, console, fleet, gates, ingest, powercut, quantization, verify
+    from bench import (
+        access,
+        agent,
+        bundles,
+        capture,
+        cluster,
+        console,
+        fleet,
+        gates,
+        ingest,
+        powercut,
+        quantization,
+        verify,
+    )
 
     return {
         "verify": verify.run,
@@ -40,6 +53,7 @@ def sections() -> dict[str, Callable[[], str]]:
         "ingest": ingest.run,
         "cluster": cluster.run,
         "console": console.run,
+        "capture": capture.run,
     }
 
 

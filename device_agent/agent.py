@@ -22,6 +22,7 @@ from typing import Any
 from device_agent import protocol as P
 from device_agent.api import ApiHandlers, ApiSettings, LocalApi
 from device_agent.api_security import ApiLimits, load_or_create_token
+from device_agent.capture.control import Capture
 from device_agent.config import AgentConfig
 from device_agent.core import Action, AgentCore, AgentParts
 from device_agent.engine import InferenceEngine
@@ -75,6 +76,9 @@ class Agent:
     ) -> None:
         self.home, self.config = home, config
         self.core = AgentCore(home, config, parts or AgentParts(), notify=self._flush_events)
+        d = config.device
+        self.capture = Capture(home.root / "capture", {"fleet": d.fleet, "device": d.id, "sku": d.sku})
+        self.core.capture = self.capture
         self.mqtt = mqtt or MqttClient(mqtt_config(config))
         self.session = Session(self.core, self.mqtt)
         b = config.broker
@@ -109,7 +113,10 @@ class Agent:
             NoVerifiedModelError, ConfigError
         """
         self.core.boot()
+        self.capture.attach(self.core.active_engine())
         self._spawn("deploy-worker", self._deploy_worker)
+        for name, target in self.capture.threads(self.stop_event):
+            self._spawn(name, target)
         if self.config.replay.rate > 0:
             self._spawn("replay", self._replay)
         if self._want_api:

@@ -124,6 +124,14 @@ def status(home: Path, as_json: bool) -> None:
     click.echo(f"active slot {doc['active_slot']}: {m.get('name')} {m.get('version')} (sequence {m.get('sequence')})")
     click.echo(f"model sha256 {m.get('sha256')}")
     click.echo(f"state {doc['state']}; agent {'running' if doc.get('running') else 'not running'}")
+    cap = doc.get("capture") or {}
+    policy = cap.get("policy")
+    if policy is None:
+        click.echo("capture off (no policy)")
+    else:
+        live = "on" if cap.get("enabled") else ("set, agent not running" if not doc.get("running") else "off")
+        stored = f"; {cap['stored']} samples held, {cap['dropped']} dropped" if "stored" in cap else ""
+        click.echo(f"capture {live}: policy {json.dumps(policy, sort_keys=True)}{stored}")
     if doc.get("error"):
         click.echo(f"error: {doc['error']}")
 

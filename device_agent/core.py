@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from device_agent import __version__
 from device_agent import protocol as P
@@ -35,6 +35,9 @@ from device_agent.stats import Snapshot
 from device_agent.status import status_document
 from device_agent.trust_store import DeviceTrust
 from device_agent.updater import Updater
+
+if TYPE_CHECKING:
+    from device_agent.capture.control import Capture
 
 log = logging.getLogger("edge-agent")
 MAX_PENDING_EVENTS = 1000
@@ -98,6 +101,7 @@ class AgentCore:
         self.info_dirty = False  # info changed since it was last published
         self._seq = 0
         self._cpu = CpuMeter()
+        self.capture: Capture | None = None  # set by the driver that runs capture's threads
 
     def topic(self, kind: str) -> str:
         return P.topic(self.config.device.fleet, self.config.device.id, kind)
@@ -133,6 +137,8 @@ class AgentCore:
             action = Action.PUBLISH_INFO
         elif isinstance(cmd, P.TrustCommand):
             action = self._update_trust(cmd)
+        elif isinstance(cmd, P.CaptureCommand):
+            action = self._capture(cmd)
         elif isinstance(cmd, P.ConfigCommand):
             interval = cmd.settings.get("telemetry_interval_s")
             if isinstance(interval, int | float) and not isinstance(interval, bool) and 0.1 <= interval <= 86400:
@@ -140,6 +146,13 @@ class AgentCore:
         with self.updater.lock:
             self.updater.save_quietly()  # a full disk must not stop the agent answering commands
         return action
+
+    def _capture(self, cmd: P.CaptureCommand) -> Action:
+        if self.capture is None:
+            log.warning("capture policy %s ignored: this agent runs without capture", cmd.request_id)
+        else:
+            self.capture.apply(cmd.policy)
+        return Action.NONE
 
     def _update_trust(self, cmd: P.TrustCommand) -> Action:
         """Apply newer trust metadata; from then on bundles verify against its release keys."""
@@ -195,7 +208,8 @@ class AgentCore:
         try:
             inputs, _ = engine.model.selftest_samples()
             n = len(next(iter(inputs.values())))
-            engine.predict({k: v[i % n : i % n + 1] for k, v in inputs.items()})
+            feeds = {k: v[i % n : i % n + 1] for k, v in inputs.items()}
+            engine.predict(self.parts.hooks.replay_inputs(engine.model, feeds))
         except EdgefleetError:
             pass
 
@@ -232,7 +246,10 @@ class AgentCore:
         )
 
     def status(self) -> dict[str, Any]:
-        return status_document(self.home, self.updater.state, self.active_engine().model.runtime.version)
+        doc = status_document(self.home, self.updater.state, self.active_engine().model.runtime.version)
+        if self.capture is not None:
+            doc["capture"] = self.capture.status()
+        return doc
 
     def telemetry_point(self) -> P.Telemetry:
         engine = self.active_engine()
@@ -262,6 +279,10 @@ class AgentCore:
         psi_max = engine.model_window.snapshot(time.monotonic()).psi_max  # since the model became active
         if psi_max is not None:
             values["psi_max"] = round(psi_max, 5)
+        if self.capture is not None:
+            c = self.capture
+            values |= {"capture_on": int(c.live), "capture_stored": len(c.store), "capture_dropped": c.store.dropped}
+            values["capture_uploaded"] = c.uploader.uploaded
         for cls, count in sorted(snap.classes.items())[:64]:
             values[f"class_{cls}"] = count
         return P.Telemetry(values)

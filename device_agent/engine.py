@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -41,6 +42,18 @@ class Prediction:
         return [self.model.labels[i] if i < len(self.model.labels) else str(i) for i in self.top1]
 
 
+class CaptureSink(Protocol):
+    """Takes every inference and decides cheaply whether to keep it (``device_agent.capture.sampler``)."""
+
+    def offer(
+        self,
+        model: LoadedModel,
+        feeds: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+        classes: tuple[np.ndarray, np.ndarray] | None,
+    ) -> None: ...
+
+
 DRIFT_BUDGET = 0.01  # drift histograms may cost at most this fraction of inference time (sampled)
 DRIFT_WARMUP = 50  # ...except the first requests of each model, so a young model's PSI rests on enough data
 
@@ -53,6 +66,7 @@ class InferenceEngine:
         self._drift_s = 0.0  # total time spent on drift histograms
         self.window = self._new_window(model)  # one telemetry interval
         self.model_window = self._new_window(model, drift=True)  # since the current model became active
+        self.capture: CaptureSink | None = None  # set only while a capture policy is live
 
     @staticmethod
     def _new_window(model: LoadedModel, drift: bool = False) -> Window:
@@ -114,4 +128,6 @@ class InferenceEngine:
             t1 = time.perf_counter()
             model_window.record_tensors(self._drift_tensors(model, feeds, floats))
             self._drift_s += time.perf_counter() - t1
+        if self.capture is not None:
+            self.capture.offer(model, feeds, floats, cls)
         return Prediction(outputs=outputs, model=model, latency_ms=latency * 1000.0, classes=cls)

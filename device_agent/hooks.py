@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from device_agent import protocol as P
     from device_agent.bundle import TrustStore
     from device_agent.bundle.archive import Buffer
@@ -68,6 +70,12 @@ class UpdateHooks:
         """``model`` becomes the one the engine serves (at start, on probation, after a rollback; never for a
         self-test); returns the model the engine serves."""
         return model
+
+    def replay_inputs(self, model: LoadedModel, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The inputs the replay source (``[replay] rate``) feeds ``model`` next, as its sensor delivers them;
+        a simulator shifts them here (field drift), so the engine, its drift statistics and capture see
+        what the model sees."""
+        return feeds
 
 
 NO_HOOKS = UpdateHooks()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from device_agent._json import Fields, JsonObject, canonical_json, drop_none, loads_strict
+from device_agent.capture.policy import CapturePolicy
 from device_agent.errors import PayloadError, PayloadTooLargeError, ProtocolError, TopicError
 
 PREFIX = "edgefleet/v1"
@@ -22,9 +23,9 @@ METRIC_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 STATUS, INFO, TELEMETRY, EVENTS = "status", "info", "telemetry", "events/deployment"
 CMD_DEPLOY, CMD_ROLLBACK, CMD_PING, CMD_CONFIG = "cmd/deploy", "cmd/rollback", "cmd/ping", "cmd/config"
-CMD_TRUST = "cmd/trust"
+CMD_TRUST, CMD_CAPTURE = "cmd/trust", "cmd/capture"
 DEVICE_TOPICS = (STATUS, INFO, TELEMETRY, EVENTS)
-COMMAND_TOPICS = (CMD_DEPLOY, CMD_ROLLBACK, CMD_PING, CMD_CONFIG, CMD_TRUST)
+COMMAND_TOPICS = (CMD_DEPLOY, CMD_ROLLBACK, CMD_PING, CMD_CONFIG, CMD_TRUST, CMD_CAPTURE)
 KINDS = DEVICE_TOPICS + COMMAND_TOPICS
 
 MAX_PAYLOAD = {  # bytes
@@ -37,6 +38,7 @@ MAX_PAYLOAD = {  # bytes
     CMD_PING: 1024,
     CMD_CONFIG: 8 * 1024,
     CMD_TRUST: 256 * 1024,  # a chain of trust documents (device_agent.bundle.trust: at most 64 KiB each)
+    CMD_CAPTURE: 8 * 1024,
 }
 MAX_TRUST_CHAIN = 32  # versions in one cmd/trust
 MAX_TELEMETRY_KEYS = 128
@@ -392,6 +394,17 @@ class TrustCommand(Command):
         return {"request_id": self.request_id, "chain": docs}
 
 
+@dataclass(frozen=True)
+class CaptureCommand(Command):
+    """The capture policy in force for this device (retained; ``enabled`` false turns capture off)."""
+
+    kind: ClassVar[str] = CMD_CAPTURE
+    policy: CapturePolicy | None = None
+
+    def to_dict(self) -> JsonObject:
+        return {"request_id": self.request_id, "policy": self.policy.to_dict() if self.policy else None}
+
+
 def _trust_command(request_id: str, f: Fields) -> TrustCommand:
     chain: list[bytes] = []
     for i, doc in enumerate(f.array("chain", max_items=MAX_TRUST_CHAIN)):
@@ -433,6 +446,8 @@ def parse_command(kind: str, data: bytes) -> Command:
         return PingCommand(request_id=request_id)
     if kind == CMD_TRUST:
         return _trust_command(request_id, f)
+    if kind == CMD_CAPTURE:
+        return CaptureCommand(request_id=request_id, policy=CapturePolicy.from_obj(f.obj.get("policy"), "cmd/capture"))
     settings = f.raw_obj("settings", max_keys=32)
     for key, value in settings.items():
         if not METRIC_RE.fullmatch(key) or not isinstance(value, str | int | float | bool):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from device_agent.bundle import read_bundle
+from device_agent.capture.policy import stored_summary
 from device_agent.errors import EdgefleetError
 from device_agent.home import DeviceState, Home
 from device_agent.trust_store import summary as trust_summary
@@ -21,6 +22,7 @@ def status_document(home: Home, state: DeviceState, runtime_version: str | None 
         "pending": state.pending.deployment_id if state.pending else None,
         "model": None,
         "trust": trust_summary(home),  # None: plain keys (trust/*.pub)
+        "capture": {"enabled": False, "policy": stored_summary(home.root / "capture")},  # the agent's live view
     }
     if state.probation:
         pr = state.probation

@@ -34,6 +34,7 @@ from fleet.access import UrlSigner, caller
 from fleet.api_access import API, MAX_BUNDLE, MAX_TRUST_BODY, AccessMiddleware, Authenticator
 from fleet.api_admin import admin_routes
 from fleet.api_artifacts import ArtifactCache, byte_range, ranged
+from fleet.api_capture import capture_of, capture_routes
 from fleet.errors import AuthError, ConflictError, ForbiddenError, NotFoundError, TooLargeError
 from fleet.metrics import registry_for, render
 from fleet.rollout.model import Gates, HealthGate, Selector, Threshold
@@ -191,6 +192,7 @@ def create_app(
     _rollout_routes(router, service)
     admin_routes(router, service)
     _trust_routes(router, service)
+    capture_routes(router, service)
     app.include_router(router)
     _artifact_route(app, service)
     ui.mount(app, service, auth)  # the console at /ui (fleet/ui/)
@@ -259,7 +261,9 @@ def _device_routes(router: APIRouter, service: FleetService) -> None:
         row = service.store.devices.get(device)
         latest = service.ingest.latest(device)
         rollups = [r.to_dict() for r in service.store.rollups.for_device(device)[-60:]]
-        return {**device_dict(row), "telemetry": latest.telemetry if latest else {}, "rollups": rollups}
+        policy = capture_of(service).policies.device_policy(row.id, row.sku, row.tags or [], service.clock())
+        shown = {"capture": policy.public() if policy else None}  # the capture policy it holds (token hidden)
+        return {**device_dict(row), **shown, "telemetry": latest.telemetry if latest else {}, "rollups": rollups}
 
     @router.post("/devices/{device}/tags")
     def tag(device: Annotated[str, PathParam(max_length=64)], body: TagsIn) -> dict[str, Any]:

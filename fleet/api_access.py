@@ -28,7 +28,9 @@ UI = "/ui"  # the console checks its own session cookie (fleet/ui/session.py), n
 MAX_JSON = 64 << 10  # bytes of a JSON request body
 MAX_BUNDLE = 1 << 30  # bytes of a bundle upload (POST /api/v1/releases)
 MAX_TRUST_BODY = MAX_CHAIN * MAX_TRUST_BYTES + 1024  # bytes of a trust push: a chain of trust documents
-ADMIN_PREFIXES = (f"{API}/tokens", f"{API}/devices/admission", f"{API}/trust")
+ADMIN_PREFIXES = (f"{API}/tokens", f"{API}/devices/admission", f"{API}/trust", f"{API}/capture/purge")
+DEVICE_UPLOAD = f"{API}/capture/upload"  # devices authorize with their upload token (fleet.api_capture)
+MAX_CAPTURE_UPLOAD = 8 << 20  # bytes of one capture upload (fleet.capture.samples.MAX_UPLOAD)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -39,7 +41,13 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 def required_role(method: str, path: str, *, public_metrics: bool = False) -> Role | None:
     """The least role a call needs; None for a public one. Artifacts need a viewer or a signed URL."""
-    if path in PUBLIC or (path == "/metrics" and public_metrics) or path == UI or path.startswith(f"{UI}/"):
+    if (
+        path in PUBLIC
+        or (path == "/metrics" and public_metrics)
+        or path == UI
+        or path.startswith(f"{UI}/")
+        or (method, path) == ("POST", DEVICE_UPLOAD)
+    ):
         return None
     if path.startswith(f"{API}/tokens"):
         return Role.ADMIN  # reading the token list too
@@ -52,6 +60,8 @@ def body_limit(method: str, path: str) -> int:
     """Bytes the request body may have."""
     if method == "POST" and path == f"{API}/trust":
         return MAX_TRUST_BODY
+    if method == "POST" and path == DEVICE_UPLOAD:
+        return MAX_CAPTURE_UPLOAD
     return MAX_BUNDLE if (method, path) == ("POST", f"{API}/releases") else MAX_JSON
 
 

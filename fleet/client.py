@@ -24,7 +24,9 @@ class ApiClient:
     token: str | None = None
     timeout: float = 30.0  # seconds per request
 
-    def _request(self, method: str, path: str, extra_headers: dict[str, str] | None = None, **kw: Any) -> Any:
+    def _request(
+        self, method: str, path: str, extra_headers: dict[str, str] | None = None, *, raw: bool = False, **kw: Any
+    ) -> Any:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         headers.update(extra_headers or {})
         url = self.server.rstrip("/") + path
@@ -39,13 +41,18 @@ class ApiClient:
             except ValueError:
                 message, code = resp.text[:200], None
             raise ApiError(f"{message} (HTTP {resp.status_code})", resp.status_code, code)
-        return resp.json()
+        return resp.content if raw else resp.json()
 
     def get(self, path: str, **params: Any) -> Any:
         return self._request("GET", API + path, params={k: v for k, v in params.items() if v is not None})
 
     def post(self, path: str, body: Any = None) -> Any:
         return self._request("POST", API + path, json=body if body is not None else {})
+
+    def get_bytes(self, path: str) -> bytes:
+        """A binary resource (e.g. a capture export). Raises: ApiError."""
+        data: bytes = self._request("GET", API + path, raw=True)
+        return data
 
     def add_release(self, bundle: Path) -> Any:
         """Raises: ApiError (including a refused bundle, with the reason code)."""

@@ -12,13 +12,17 @@ import queue
 import secrets
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from device_agent.bundle import TrustStore
+from device_agent.errors import EdgefleetError
 from device_agent.mqtt import MqttClient, MqttConfig
+from fleet.access import parse_duration
 from fleet.api import create_app
+from fleet.capture import FleetCapture
 from fleet.cluster import Membership, keep_connected
 from fleet.errors import FleetConfigError
 from fleet.ingest import Ingest, IngestConfig, subscriptions
@@ -57,9 +61,12 @@ class ServeConfig:
     max_devices: int | None = None  # devices the fleet registers at most (None: no cap)
     public_metrics: bool = False  # serve /metrics without a token
     download_ttl_s: float = 6 * 3600.0  # seconds a signed artifact URL in cmd/deploy stays valid
+    capture_retention: str = "90d"  # how long captured samples are kept
+    capture_max_gb: float = 10.0  # captured samples kept at most (GiB; the oldest go first)
 
 
 PUMP_BATCH = 1000  # messages handled per store transaction at most
+CAPTURE_TICK_S = 5.0  # seconds between capture policy deliveries and retention passes
 
 
 def pump(client: MqttClient, ingest: Ingest, stop: threading.Event) -> None:
@@ -123,9 +130,28 @@ class FleetServer:
             lease_ttl=config.lease_ttl,
             signer=self.signer,
         )
+        self.service.capture = self._capture(config, public)
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
         self.membership: Membership | None = None  # set when ingest is partitioned (no shared subscriptions)
+
+    def _capture(self, config: ServeConfig, public: str) -> FleetCapture:
+        def publish(messages: list[tuple[str, bytes]]) -> None:
+            self.mqtt.publish_many(messages, qos=1, timeout=30.0 + len(messages) / 100, retain=True)
+
+        capture = FleetCapture.create(self.store, config.fleet, config.artifacts, public, publish)
+        capture.max_age_s = parse_duration(config.capture_retention)
+        capture.max_bytes = int(config.capture_max_gb * 2**30)
+        return capture
+
+    def _capture_loop(self) -> None:
+        """Deliver capture policies to devices that appeared or changed; apply retention."""
+        capture = self.service.capture
+        while capture is not None and not self.stop.wait(CAPTURE_TICK_S):
+            try:
+                capture.tick(time.time())
+            except (EdgefleetError, OSError) as exc:  # the broker or the store is away: next tick
+                log.warning("capture: %s", exc)
 
     def _service(self, config: ServeConfig) -> FleetService:
         """The service, trusting the release keys of --trust-metadata (walked to the newest stored
@@ -171,6 +197,7 @@ class FleetServer:
         parts.append(("broker", lambda: keep_connected(self.mqtt, filters, self.stop)))
         if not self.config.ingest_only:
             parts.append(("runner", lambda: self.runner.run(self.stop, self.config.tick_interval)))
+            parts.append(("capture", self._capture_loop))
         for name, target in parts:
             thread = threading.Thread(target=target, name=f"fleetctl-{name}", daemon=True)
             thread.start()

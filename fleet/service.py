@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from device_agent.bundle import DeviceCapabilities, Manifest, TrustStore, check_requirements, verify_bundle
 from device_agent.errors import BundleError, RequirementError
@@ -38,6 +38,9 @@ from fleet.rollout.model import (
 )
 from fleet.store import DeviceRow, NewRelease, ReleaseRow, RolloutRow, Store
 from fleet.trust import FleetTrust
+
+if TYPE_CHECKING:
+    from fleet.capture import FleetCapture
 
 ROLLOUT_LEASE = "rollouts"  # the lease whose holder leads rollouts
 LIVE = (RolloutState.RUNNING, RolloutState.ABORTED, RolloutState.ROLLED_BACK)  # states the runner ticks
@@ -122,6 +125,7 @@ class FleetService:
         self.fleet = ingest.config.fleet
         self.trust = trust
         self.fleet_trust: FleetTrust | None = None  # set when serving with --trust-metadata
+        self.capture: FleetCapture | None = None  # field data capture (fleet.api_capture creates one on use)
         self.artifacts = artifacts
         self.clock = clock
         self.device_view_ttl_s = 1.0  # seconds a rollout's device list is reused (see device_views)

@@ -264,8 +264,7 @@ class Demo:
                 self.path("keys/release.pub"),
                 "--skus",
                 ",".join(SKUS),
-                "--fault",
-                f"digits@1.2.0:{BAD_SKU}=slow",
+                *self.fault_args(),
                 "--telemetry-interval",
                 f"{self.opts.telemetry_s:g}",
                 "--workdir",
@@ -274,6 +273,9 @@ class Demo:
             stop_signal=signal.SIGINT,
         )
         self.wait(f"{self.opts.devices} devices online on digits 1.0.0", 300, self._fleet_online, every=5.0)
+
+    def fault_args(self) -> list[str]:
+        return ["--fault", f"digits@1.2.0:{BAD_SKU}=slow"]
 
     def _api_up(self) -> tuple[bool, str]:
         try:
@@ -445,12 +447,17 @@ def parse(argv: list[str] | None) -> Options:
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="default build/demo")
     parser.add_argument("--keep-running", action="store_true", help="leave everything running after the summary")
     parser.add_argument("--fast", action="store_true", help="fewer devices and shorter bake times (tests)")
-    parser.add_argument("--models", type=Path, help="reuse a digits-cnn build (`python -m models build` output)")
+    parser.add_argument(
+        "--models",
+        type=Path,
+        help="reuse a model build (`python -m models build` output: digits-cnn; tiny-digits with --loop)",
+    )
+    parser.add_argument("--loop", action="store_true", help="the field data loop instead (capture, recalibrate)")
     args = parser.parse_args(argv)
     devices = args.devices if args.devices is not None else (12 if args.fast else 50)
     if devices < len(SKUS):
         parser.error(f"--devices must be at least {len(SKUS)} (one per sku)")
-    return Options(devices, args.workdir.resolve(), args.keep_running, args.fast, args.models)
+    return Options(devices, args.workdir.resolve(), args.keep_running, args.fast, args.models, args.loop)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -460,12 +467,22 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupted)
     started = time.monotonic()
     try:
-        demo = Demo(opts, procs)
-        demo.announce_console()
-        demo.build()
-        demo.start_fleet()
-        good, bad = demo.rollouts()
-        demo.summary(good, bad)
+        if opts.loop:
+            from demo_loop import LoopDemo
+
+            loop = LoopDemo(opts, procs)
+            loop.announce_console()
+            loop.build()
+            loop.start_fleet()
+            loop.loop()
+            demo: Demo = loop
+        else:
+            demo = Demo(opts, procs)
+            demo.announce_console()
+            demo.build()
+            demo.start_fleet()
+            good, bad = demo.rollouts()
+            demo.summary(good, bad)
         if opts.keep_running:
             demo.keep_running()
     except KeyboardInterrupt:

@@ -45,6 +45,7 @@ class Options:
     keep_running: bool
     fast: bool
     models: Path | None
+    loop: bool = False  # the field data loop (scripts/demo_loop.py) instead of the rollout story
 
     @property
     def bake_s(self) -> float:  # seconds each stage is watched by the health gate

@@ -74,8 +74,14 @@ def test_errors_and_drift_and_low_confidence_reach_what_the_engine_records(model
     with pytest.raises(InferenceError, match="injected"):
         failing.predict(feeds)
     clean = model.predict(feeds)
-    drifted = field_model(model, Effects(drift=3.0), random.Random(0)).predict(feeds)
+    c = SimulationConfig(1, "f", "mqtt://x", Path("."), [], faults=(Fault.parse("digits@1.0.0:b=drift:3"),))
+    hooks = FaultHooks(fault_plan(c, "b", lambda: None, "dev-1"))
+    shifted = hooks.replay_inputs(model, dict(feeds))  # the engine (its statistics, capture) sees these
+    assert all(not np.array_equal(shifted[k], feeds[k]) for k in feeds)
+    drifted = hooks.serve(model).predict(shifted)
     assert any(not np.allclose(clean[k], drifted[k]) for k in clean)
+    other_sku = FaultHooks(fault_plan(c, "a", lambda: None, "dev-2"))
+    assert other_sku.replay_inputs(model, feeds) is feeds
     low = field_model(model, Effects(lowconf=0.1), random.Random(0))
     top, conf = model.classify(clean)  # type: ignore[misc]
     low_top, low_conf = low.classify(clean)  # type: ignore[misc]

@@ -175,11 +175,13 @@ def _predict_each(runtime: Runtime, x: Mapping[str, np.ndarray], n: int) -> dict
 
 
 def labels_from(data: Path, n: int) -> np.ndarray | None:
-    """The first ``n`` labels ``y`` of an evaluation .npz, or None when it has none."""
+    """The first ``n`` labels ``y`` of an evaluation .npz, or None when it has none, or when some are -1
+    (a ``fleetctl capture export`` marks a sample nobody labelled so: no accuracy on guessed labels)."""
     if data.is_dir() or data.suffix != ".npz":
         return None
     with np.load(data, allow_pickle=False) as npz:
-        return np.asarray(npz["y"][:n]).reshape(-1) if "y" in npz.files else None
+        labels = np.asarray(npz["y"][:n]).reshape(-1) if "y" in npz.files else None
+    return None if labels is None or (labels.dtype.kind in "iu" and bool((labels < 0).any())) else labels
 
 
 def _top1(outputs: Mapping[str, np.ndarray]) -> np.ndarray:

@@ -34,6 +34,7 @@ from device_agent.runtime.base import dequantize
 from device_agent.samples import batch_first, join, per_sample, take
 from toolchain import selftest as st
 from toolchain.errors import DataError, InputError
+from toolchain.fielddata import field_data
 from toolchain.npzio import feeds_for, load_arrays
 
 RUNTIME_BY_SUFFIX = {".tflite": "tflite", ".onnx": "onnx"}
@@ -302,5 +303,6 @@ def _provenance(model_bytes: bytes, runtime: Runtime, opts: PackageOptions) -> d
             prov["quantization"] = json.loads(opts.report.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read report {opts.report}: {exc}") from None
+    prov["field_data"] = field_data(opts.calibration)  # a capture export's hash and query
     prov.update(opts.extra_provenance)
     return {k: v for k, v in prov.items() if v is not None}

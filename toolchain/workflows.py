@@ -20,6 +20,7 @@ from toolchain.errors import QuantizeError
 from toolchain.evaluate import EvalOptions
 from toolchain.evaluate import evaluate as evaluate_models
 from toolchain.fidelity import Task
+from toolchain.fielddata import field_data
 from toolchain.quantize import (
     DEFAULT_SAMPLES,
     ONNX_MODES,
@@ -122,6 +123,8 @@ def _fixed(req: QuantizeRequest, status: Status) -> Outcome:
         "output": str(req.output),
         "bytes": result.bytes,
     }
+    if (field := field_data(req.calibration)) is not None:
+        details["field_data"] = field  # the calibration set is a capture export
     variants: list[report.Variant] = []
     if req.eval_data is not None:
         with status("evaluating…"):
@@ -178,5 +181,8 @@ def evaluate(candidate: Path, reference: Path, data: Path, opts: EvalOptions, st
     with status(f"evaluating {candidate.name}…"):
         ev = evaluate_models(candidate, reference, data, opts)
     variants = report.from_evaluation(candidate.name, ev)
-    doc = report.document(str(reference), ev.candidate.runtime, variants, {"evaluation": ev.to_dict()})
+    details: dict[str, Any] = {"evaluation": ev.to_dict()}
+    if (field := field_data(data)) is not None:
+        details["field_data"] = field  # the evaluation data is a capture export
+    doc = report.document(str(reference), ev.candidate.runtime, variants, details)
     return doc, variants

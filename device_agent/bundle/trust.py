@@ -32,7 +32,7 @@ from typing import Any
 from device_agent._json import Fields, JsonObject, canonical_json, loads_strict
 from device_agent.bundle.keys import PrivateKey, PublicKey, TrustStore
 from device_agent.bundle.signatures import KEYID_RE, MAX_SIGNATURES, Signature
-from device_agent.errors import TrustFormatError, TrustSignatureError, TrustVersionError
+from device_agent.errors import KeyFileError, TrustFormatError, TrustSignatureError, TrustVersionError
 
 TRUST_FORMAT = "edgefleet-trust/1"
 TRUST_NAME = "trust.json"
@@ -71,7 +71,7 @@ class Role:
                 f.fail("keys", f"entry {kid[:20]!r} must map a key id to a base64 Ed25519 public key")
             try:
                 key = PublicKey(base64.b64decode(value, validate=True))
-            except (binascii.Error, ValueError):
+            except (binascii.Error, ValueError, KeyFileError):  # KeyFileError: not 32 bytes
                 f.fail("keys", f"entry {kid} is not a base64 Ed25519 public key")
             if key.keyid != kid:
                 f.fail("keys", f"entry {kid} holds the key of id {key.keyid}")

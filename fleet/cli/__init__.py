@@ -12,6 +12,7 @@ from device_agent import __version__
 from device_agent.cliutil import debug_option
 from fleet.cli.audit import audit
 from fleet.cli.broker_config import broker_config
+from fleet.cli.capture import capture
 from fleet.cli.common import CONTEXT, DEFAULT_SERVER, LazyGroup
 from fleet.cli.devices import devices
 from fleet.cli.releases import releases
@@ -44,7 +45,7 @@ def cli(ctx: click.Context, server: str, token: str | None) -> None:
     ctx.obj = {"server": server, "token": token}
 
 
-for _command in (devices, releases, serve, broker_config, rollout, rollback, watch, tokens, audit, trust):
+for _command in (devices, releases, serve, broker_config, rollout, rollback, watch, tokens, audit, trust, capture):
     cli.add_command(_command)
 
 

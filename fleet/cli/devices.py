@@ -8,7 +8,7 @@ from device_agent.cliutil import Group
 from fleet.cli.common import api, emit, json_option
 
 LIST_COLS = ["id", "sku", "status", "admission", "model_name", "model_version", "trust_version", "tags"]
-SHOW_COLS = [*LIST_COLS, "last_seen", "telemetry"]
+SHOW_COLS = [*LIST_COLS, "last_seen", "capture", "telemetry"]
 
 
 @click.group(cls=Group)

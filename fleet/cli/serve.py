@@ -107,6 +107,14 @@ SERVE_OPTIONS = [
         is_flag=True,
         help="Follower: share telemetry ingest (MQTT 5 $share, else a partition by device); run no rollouts.",
     ),
+    click.option("--capture-retention", default="90d", show_default=True, help="How long captured samples are kept."),
+    click.option(
+        "--capture-max-gb",
+        type=click.FloatRange(0.001),
+        default=10.0,
+        show_default=True,
+        help="Captured samples kept at most (GiB; the oldest go first).",
+    ),
     click.option(
         "--instance",
         default="main",

@@ -5,7 +5,8 @@
 - ``crash``: the device dies just before installing the release (``UpdateHooks.before_install``):
   ``on_crash`` ends the process, or a simulator kills that one device and raises ``DeviceCrashed``;
 - field noise (every device) and the subtle regressions ``slower:F``, ``errors:R``, ``lowconf:D``, ``drift:S``:
-  the served model is wrapped by ``fleet.sim.noise`` (``UpdateHooks.serve``, never during a self-test);
+  the served model is wrapped by ``fleet.sim.noise`` (``UpdateHooks.serve``, never during a self-test), and
+  ``drift:S`` shifts the replayed inputs (``UpdateHooks.replay_inputs``);
 - outages: ``OutageClient`` drops the MQTT connection and refuses to reconnect for a while, and
   ``OutageBackoff`` schedules the reconnection for when the outage ends.
 """
@@ -25,9 +26,11 @@ from device_agent.errors import TransportError
 from device_agent.hooks import Halt, UpdateHooks
 from device_agent.mqtt import MqttClient, Will
 from device_agent.runtime import Runtime
-from fleet.sim.noise import Effects, field_model
+from fleet.sim.noise import Effects, field_model, shift_inputs
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from device_agent.model import LoadedModel
     from device_agent.selftest import SelfTestResult
     from fleet.sim.config import SimulationConfig
@@ -82,6 +85,10 @@ class FaultHooks(UpdateHooks):
         if release_key(model) in self.plan.selftest:
             return type(result)(False, result.max_abs_error, result.top1_agreement, "injected self-test fault")
         return result
+
+    def replay_inputs(self, model: LoadedModel, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        effects = self.plan.effects.get(release_key(model))
+        return shift_inputs(feeds, effects.drift) if effects is not None else feeds
 
     def serve(self, model: LoadedModel) -> LoadedModel:
         key = release_key(model)

@@ -7,8 +7,9 @@
   burst starts: each of the next 10 inferences fails with probability 1/2 (a flaky sensor, a busy bus);
 - ``slower:F``: every inference takes F times as long (the extra time is spent busy, as a slower kernel would);
 - ``errors:R``: each inference fails with probability R;
-- ``drift:S``: the inputs are shifted by S standard deviations (of each input tensor) before the model sees
-  them, so its outputs drift.
+- ``drift:S``: the replayed inputs are shifted by S standard deviations (of each input tensor) before the
+  engine sees them (``shift_inputs``, through ``UpdateHooks.replay_inputs``), so the device's input drift
+  statistics, its outputs and what it captures all drift.
 
 ``lowconf:D`` lowers the top-1 confidence the engine records by D (``low_confidence``: a model wrapper).
 """
@@ -48,7 +49,7 @@ class Effects:
     @property
     def runtime(self) -> bool:
         """Whether the runtime needs wrapping (``lowconf`` wraps the model instead)."""
-        return bool(self.noise or self.slower != 1.0 or self.errors or self.drift)
+        return bool(self.noise or self.slower != 1.0 or self.errors)
 
 
 class FieldRuntime(Runtime):
@@ -70,8 +71,6 @@ class FieldRuntime(Runtime):
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         e = self.effects
         self._maybe_fail()
-        if e.drift:
-            feeds = {name: _shift(value, e.drift) for name, value in feeds.items()}
         t0 = self.clock()
         outputs = self.inner.run(feeds)
         if e.slower > 1.0:
@@ -93,6 +92,11 @@ class FieldRuntime(Runtime):
             failing = rng.random() < BURST_ERROR_RATE
         if failing or (e.errors and rng.random() < e.errors):
             raise RuntimeRunError("injected inference error (simulated)")
+
+
+def shift_inputs(feeds: dict[str, np.ndarray], sigmas: float) -> dict[str, np.ndarray]:
+    """Every input shifted by ``sigmas`` of its own standard deviation (field drift of a sensor)."""
+    return {name: _shift(value, sigmas) for name, value in feeds.items()} if sigmas else feeds
 
 
 def _shift(value: np.ndarray, sigmas: float) -> np.ndarray:

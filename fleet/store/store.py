@@ -11,6 +11,7 @@ from pathlib import Path
 from sqlalchemy.engine import Connection, Engine
 
 from fleet.store.audit import AuditRepository
+from fleet.store.captures import CaptureRepository
 from fleet.store.db import Database
 from fleet.store.deployments import DeploymentRepository
 from fleet.store.devices import DeviceRepository
@@ -37,6 +38,7 @@ class Store:
         self.tokens = TokenRepository(self.db)
         self.settings = SettingsRepository(self.db)
         self.trust = TrustRepository(self.db)
+        self.captures = CaptureRepository(self.db)
 
     @classmethod
     def sqlite(cls, path: str | Path) -> Store:

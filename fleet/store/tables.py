@@ -146,3 +146,41 @@ trust_versions = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("created_by", sa.String(64), nullable=False),
 )
+
+capture_policies = sa.Table(
+    "capture_policies",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("fleet", sa.String(64), nullable=False, index=True),
+    sa.Column("selector", sa.String(512), nullable=False),
+    sa.Column("model", sa.String(200)),  # NAME or NAME@VERSION; None: any
+    sa.Column("rules", sa.JSON, nullable=False),  # low_confidence, drift, random, per_class_max, caps
+    sa.Column("until", sa.Float),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=False),
+    sa.Column("disabled_at", sa.Float),
+)
+
+captures = sa.Table(
+    "captures",
+    metadata,
+    sa.Column("fleet", sa.String(64), primary_key=True),
+    sa.Column("device", sa.String(64), primary_key=True),
+    sa.Column("id", sa.String(64), primary_key=True),  # the device's sample id (ts-seq-random)
+    sa.Column("sku", sa.String(64)),
+    sa.Column("policy", sa.String(64)),
+    sa.Column("model_name", sa.String(64), nullable=False),
+    sa.Column("model_version", sa.String(128), nullable=False),
+    sa.Column("model_sha256", sa.String(64), nullable=False),
+    sa.Column("ts", sa.Float, nullable=False, index=True),  # when the device captured it
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("top1", sa.Integer),
+    sa.Column("conf", sa.Float),
+    sa.Column("label", sa.String(64)),  # set by an operator (capture label, or a CSV import)
+    sa.Column("path", sa.String(1024), nullable=False),  # the sample's .npz under the artifacts directory
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+)

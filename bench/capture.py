@@ -1,0 +1,237 @@
+"""Field data capture: the agent's throughput with capture on vs off, upload throughput, and a flood.
+
+- Throughput: one ``InferenceEngine`` serving the bundle (with labels and drift references, so every rule
+  is live), its capture sink attached or not in alternating ~50 ms blocks, 101 rounds, the rules worker
+  running alongside (it shares the CPU, as on a device); the ratio is the median of the per-round ratios.
+  Rules: low-confidence below the 1st percentile of the bench inputs' confidence (live, rarely firing),
+  drift (PSI > 0.5, scored on one inference in 50), random 1 %.
+- Upload: a fleet manager (uvicorn, SQLite, real HTTP on loopback) receives batches of 32 samples.
+- Flood: every inference selected (random 1.0, no hourly cap) into a 2 MiB store: the store's peak (and the
+  bytes on disk, sampled by a second thread) against the bound, and the process's RSS before and after.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from bench.agent import _median_rate, models
+from device_agent.bundle import PrivateKey, TrustStore
+from device_agent.capture.policy import CapturePolicy
+from device_agent.capture.sampler import Sampler
+from device_agent.capture.store import CaptureStore
+from device_agent.capture.upload import Uploader
+from device_agent.engine import InferenceEngine
+from device_agent.model import LoadedModel
+from toolchain.npzio import save_npz
+from toolchain.packaging import PackageOptions, package
+
+IDENTITY = {"fleet": "bench", "device": "bench-1", "sku": "b"}
+
+
+def _engine(path: Path, tmp: Path, key: PrivateKey) -> tuple[InferenceEngine, list[dict[str, np.ndarray]]]:
+    """The model as a bundle with labels and drift references from 64 inputs (random in [0, 1))."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    shape = tuple(it.get_input_details()[0]["shape"][1:])
+    classes = int(it.get_output_details()[0]["shape"][-1])
+    x = np.random.default_rng(0).random((64, *shape)).astype(np.float32)
+    (tmp / "calib.npz").write_bytes(save_npz({"x": x}))
+    (tmp / "labels.txt").write_text("\n".join(f"c{i}" for i in range(classes)) + "\n")
+    opts = PackageOptions("bench", "1.0.0", 1, [key], labels=tmp / "labels.txt", calibration=tmp / "calib.npz")
+    model = LoadedModel.load(package(path, opts), TrustStore.of([key.public_key]), slot="a", threads=1)
+    name = model.manifest.inputs[0].name
+    return InferenceEngine(model), [{name: x[i : i + 1]} for i in range(len(x))]
+
+
+def _cycle(engine: InferenceEngine, feeds: list[dict[str, np.ndarray]]) -> Callable[[], object]:
+    state = [0]
+
+    def run() -> object:
+        state[0] += 1
+        return engine.predict(feeds[state[0] % len(feeds)])
+
+    return run
+
+
+def throughput(
+    name: str, path: Path, tmp: Path, key: PrivateKey, max_per_hour: int = 10**7, rounds: int = 101
+) -> tuple[str, float]:
+    engine, feeds = _engine(path, tmp, key)
+    confs = [float(engine.predict(f).classes[1][0]) for f in feeds]  # type: ignore[index]
+    low = float(np.percentile(confs, 1))
+    sampler = Sampler(CaptureStore(tmp / "store", 20 << 20, 10_000), IDENTITY)
+    policy = CapturePolicy("bench", low_confidence=low, drift=0.5, random=0.01, max_per_hour=max_per_hour)
+    sampler.set_policy(policy)
+    stop = threading.Event()
+    worker = threading.Thread(target=sampler.run, args=(stop,), daemon=True)
+    worker.start()
+    loop = _cycle(engine, feeds)
+    n = max(10, int(0.05 * _median_rate(loop, 20)))
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    inferences_on = 0
+    for r in range(rounds):
+        for on in (True, False) if r % 2 else (False, True):
+            engine.capture = sampler if on else None
+            rates[on].append(_median_rate(loop, n))
+            inferences_on += n if on else 0
+    engine.capture = None
+    stop.set()
+    worker.join()
+    ratio = statistics.median(a / b for a, b in zip(rates[True], rates[False], strict=True))
+    share = sampler.counts["captured"] / inferences_on
+    row = (
+        f"| {name} | {statistics.median(rates[False]):.0f} | {statistics.median(rates[True]):.0f} | **{ratio:.3f}** "
+        f"| {share * 100:.2f} % | {sampler.counts['offered']} / {sampler.counts['captured']} |"
+    )
+    return row, ratio
+
+
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1])
+    return 0
+
+
+def flood(path: Path, tmp: Path, key: PrivateKey, bound: int = 128 << 10, chunk: int = 2000) -> tuple[str, bool]:
+    """Every inference selected into a store of ``bound`` bytes, in chunks until the store has dropped at
+    least 200 samples for room (the evidence that the bound was reached again and again)."""
+    engine, feeds = _engine(path, tmp, key)
+    store = CaptureStore(tmp / "flood", bound, 10_000)
+    sampler = Sampler(store, IDENTITY)
+    sampler.set_policy(CapturePolicy("flood", random=1.0, max_per_hour=10**7, max_bytes=bound))
+    stop = threading.Event()
+    disk_peak = [0]
+
+    def watch() -> None:
+        while not stop.is_set():
+            size = sum(p.stat().st_size for p in (tmp / "flood").glob("*.sample") if p.exists())
+            disk_peak[0] = max(disk_peak[0], size)
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=sampler.run, args=(stop,), daemon=True), threading.Thread(target=watch)]
+    loop = _cycle(engine, feeds)
+    for _ in range(500):
+        loop()
+    rss0 = _status_kb("VmRSS:")
+    engine.capture = sampler
+    for t in threads:
+        t.start()
+    inferences = 0
+    while store.dropped < 200 and inferences < 2_000_000:
+        for _ in range(chunk):
+            loop()
+        inferences += chunk
+    engine.capture = None
+    sampler.drain()
+    stop.set()
+    for t in threads:
+        t.join()
+    rss1 = _status_kb("VmRSS:")
+    ok = store.peak_bytes <= bound and disk_peak[0] <= bound
+    c = sampler.counts
+    return (
+        f"Flood (tiny-digits, every inference selected, store bound {bound >> 10} KiB, run until 200 drops): "
+        f"{inferences} inferences, {c['captured']} stored, **{store.dropped} dropped oldest-first**, "
+        f"{c['overflow']} not queued (the worker's queue was full: the hot path never waits); store peak "
+        f"**{store.peak_bytes / 1024:.1f} KiB**, on disk at most {disk_peak[0] / 1024:.1f} KiB (bound "
+        f"{'kept' if ok else 'EXCEEDED'}); RSS {rss0 / 1024:.1f} → {rss1 / 1024:.1f} MiB."
+    ), ok
+
+
+def upload(path: Path, tmp: Path, key: PrivateKey, samples: int = 1000) -> str:
+    import uvicorn
+
+    from device_agent import protocol as P
+    from fleet.api import create_app
+    from fleet.api_capture import capture_of
+    from fleet.broker import free_port
+    from fleet.capture.policy import upload_token
+    from fleet.ingest import Ingest, IngestConfig
+    from fleet.service import FleetService
+    from fleet.store import Store
+
+    engine, feeds = _engine(path, tmp, key)
+    store = CaptureStore(tmp / "up", 1 << 30, samples)
+    sampler = Sampler(store, IDENTITY)
+    sampler.set_policy(CapturePolicy("up", random=1.0, max_per_hour=10**7))
+    engine.capture = sampler
+    loop = _cycle(engine, feeds)
+    while len(store) < samples:
+        loop()
+        sampler.drain()
+    db = Store.sqlite(tmp / "fleet.db")
+    info = P.Info("0.1.0", "tflite", "2", "b", "x86_64", 1 << 30)
+    db.devices.record_info("bench", "bench-1", info, time.time())
+    service = FleetService(db, Ingest(db, IngestConfig(fleet="bench")), TrustStore.of([key.public_key]), tmp / "art")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(service, {}), port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    token = upload_token(capture_of(service).policies.key, "bench", "bench-1")
+    up = Uploader(store, "bench/bench-1")
+    size = store.size_bytes
+    t0 = time.perf_counter()
+    while len(store):
+        result = up.upload_once(f"http://127.0.0.1:{port}/api/v1/capture/upload", token, 32)
+        assert not result.error, result.error
+    dt = time.perf_counter() - t0
+    server.should_exit = True
+    thread.join()
+    return (
+        f"Upload (tiny-digits samples, {size / samples / 1024:.1f} KiB each, batches of 32 over loopback HTTP to a "
+        f"fleet manager on SQLite): {samples} samples in {dt:.2f} s → **{samples / dt:.0f} samples/s** "
+        f"({size / dt / 2**20:.2f} MiB/s), each stored as a file and indexed, confirmed, deleted on the device."
+    )
+
+
+def run() -> str:
+    key = PrivateKey.generate()
+    paths = models()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        rows = []
+        for name, path in paths.items():
+            (tmp / name).mkdir()
+            rows.append(throughput(name, path, tmp / name, key)[0])
+        (tmp / "capped").mkdir()
+        rows.append(throughput("tiny-digits, default cap 120/h", paths["tiny-digits"], tmp / "capped", key, 120)[0])
+        (tmp / "flood").mkdir()
+        flood_line, _ = flood(paths["tiny-digits"], tmp / "flood", key)
+        (tmp / "upload").mkdir()
+        upload_line = upload(paths["tiny-digits"], tmp / "upload", key)
+    return "\n".join(
+        [
+            "## Field data capture\n",
+            "Agent throughput with capture on vs off (all rules: low-confidence, drift, random 1 %; the rules "
+            "worker running), 101 rounds of ~50 ms blocks alternating on/off; ratio = median of per-round ratios "
+            "(target ≥ 0.97). *Captured* is the share of inferences stored; *offered / captured* counts the copies "
+            "the hot path handed over and those the worker kept. The first two rows lift the hourly cap so that 1 % "
+            "of every inference is stored; the last keeps the policy's default cap (120 per hour):\n",
+            "| model | off (inf/s) | on (inf/s) | **on / off** | captured | offered / captured |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            "",
+            "Where the time goes (tiny-digits, ~20-60 µs per inference here): the hot path's decision ~1.5 "
+            "µs per inference; a selected one ~13 µs (copying it); the worker ~0.3 ms of Python per stored "
+            "sample (encode, atomic write; the fsync itself releases the GIL) and a drift score (at most "
+            "4096 values, 5 per second). With the hourly cap lifted, 1 % of 20,000 inferences/s is 200 "
+            "samples/s, which a device's cap never allows; yet even with the default cap the decision alone "
+            "costs a model this small a few %. The ratios move by several points from run to run on this "
+            "shared machine (load 9-17).",
+            "",
+            flood_line,
+            "",
+            upload_line,
+        ]
+    )

@@ -1,0 +1,102 @@
+"""Arrays as bytes: a captured sample (``.npy`` arrays one after another, ``meta`` first: what the device
+writes for every capture, several times cheaper than a ZIP container, which costs ~0.5 ms of Python per
+sample), exports as a reproducible ``.npz`` (fixed entry times, sorted names), and bounded readers of both
+for untrusted bytes (no pickles, array count and size capped, ZIP bombs refused)."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import zipfile
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from device_agent.bundle.archive import FIXED_DATE
+from device_agent.errors import PayloadError
+
+# numpy parses .npy headers with ast.literal_eval, and CPython 3.11's compile() is not thread-safe
+# ("AST constructor recursion depth mismatch"): the fleet manager's upload threads read one at a time.
+_READ_LOCK = threading.Lock()
+
+
+def write_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """An uncompressed ``.npz`` whose bytes depend only on the arrays (``numpy.load`` reads it)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
+        for name in sorted(arrays):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=FIXED_DATE)
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue())
+    return out.getvalue()
+
+
+MAGIC = b"\x93NUMPY\x01\x00"
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """One array in the ``.npy`` format (version 1.0), as ``numpy.save`` writes it."""
+    a = np.ascontiguousarray(array)
+    header = repr({"descr": np.lib.format.dtype_to_descr(a.dtype), "fortran_order": False, "shape": a.shape})
+    raw = header.encode("latin1")
+    raw += b" " * (63 - (len(MAGIC) + 2 + len(raw)) % 64) + b"\n"  # data 64-byte aligned, as numpy does
+    return MAGIC + len(raw).to_bytes(2, "little") + raw + a.tobytes()
+
+
+def write_sample(meta: bytes, arrays: Mapping[str, np.ndarray]) -> bytes:
+    """A captured sample: ``meta`` (JSON, naming the arrays in order), then the arrays, each as ``.npy``."""
+    return b"".join([npy_bytes(np.frombuffer(meta, dtype=np.uint8)), *(npy_bytes(a) for a in arrays.values())])
+
+
+def read_sample(data: bytes, *, max_arrays: int, max_bytes: int) -> tuple[Any, list[np.ndarray]]:
+    """The metadata and arrays of an untrusted sample. Raises: PayloadError."""
+    if len(data) > max_bytes:
+        raise PayloadError(f"sample is over {max_bytes} bytes")
+    fh = io.BytesIO(data)
+    arrays: list[np.ndarray] = []
+    try:
+        while fh.tell() < len(data):
+            if len(arrays) > max_arrays:
+                raise PayloadError(f"sample has over {max_arrays} arrays")
+            with _READ_LOCK:
+                arrays.append(np.lib.format.read_array(fh, allow_pickle=False))
+    except (ValueError, OSError, EOFError) as exc:
+        raise PayloadError(f"sample is not a sequence of .npy arrays: {str(exc)[:120]}") from None
+    if not arrays:
+        raise PayloadError("sample is empty")
+    return sample_meta({"meta": arrays[0]}), arrays[1:]
+
+
+def read_npz(data: bytes, *, max_arrays: int, max_bytes: int) -> dict[str, np.ndarray]:
+    """The arrays of an untrusted ``.npz``. Raises: PayloadError (not an npz, too many or too large
+    entries, object arrays)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = zf.infolist()
+            if len(infos) > max_arrays or sum(i.file_size for i in infos) > max_bytes:
+                raise PayloadError(f"sample has over {max_arrays} arrays or over {max_bytes} bytes unpacked")
+            out: dict[str, np.ndarray] = {}
+            for info in infos:
+                if not info.filename.endswith(".npy") or "/" in info.filename:
+                    raise PayloadError(f"sample entry {info.filename[:40]!r} is not an array")
+                with zf.open(info) as fh, _READ_LOCK:
+                    a = np.lib.format.read_array(fh, allow_pickle=False)
+                out[info.filename.removesuffix(".npy")] = a
+            return out
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise PayloadError(f"sample is not a readable .npz: {str(exc)[:120]}") from None
+
+
+def sample_meta(arrays: Mapping[str, np.ndarray]) -> Any:
+    """The JSON metadata a captured sample carries in its ``meta`` array. Raises: PayloadError."""
+    meta = arrays.get("meta")
+    if meta is None or meta.dtype != np.uint8 or meta.ndim != 1 or meta.size > 64 << 10:
+        raise PayloadError("sample has no metadata (a uint8 'meta' array of JSON)")
+    try:
+        return json.loads(meta.tobytes())
+    except ValueError as exc:
+        raise PayloadError(f"sample metadata is not JSON: {exc}") from None

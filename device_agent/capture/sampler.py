@@ -1,0 +1,321 @@
+"""Capture rules, split so the inference hot path pays almost nothing.
+
+On the hot path (``Sampler.offer``, called by the engine after every inference) only O(1) checks run: is a
+policy live, is the top-1 confidence below the threshold, does a random draw fall under the rate, is this
+the drift check's turn (every ``drift_every``-th inference), is the hourly budget left. Only a selected
+inference is copied and put on a bounded queue (full: counted in ``overflow``, never waited for).
+
+A worker thread does the rest: the drift score (PSI of the sample's input values against the bundle's
+reference histograms, the largest over the inputs: the same measure the telemetry's ``psi_max`` uses, on
+one sample), the per-class quota, the hourly cap, encoding and the store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from device_agent.capture.npz import write_sample
+from device_agent.capture.policy import DRIFT_DEFAULT, CapturePolicy
+from device_agent.capture.store import SUFFIX, CaptureStore
+from device_agent.model import LoadedModel
+from device_agent.runtime.base import dequantize
+from device_agent.stats import _Histogram, psi
+
+log = logging.getLogger("edge-agent")
+QUEUE_MAX = 64  # selected inferences waiting for the worker at most
+DRIFT_EVERY = 50  # one inference in this many is scored for drift (a sampled check keeps the hot path cheap)
+DRIFT_MAX_PER_S = 5.0  # ...and at most this many per second (18,000 an hour: far more than any hourly cap keeps)
+DRIFT_VALUES = 4096  # values of an input a drift score looks at, at most (an even stride over the tensor)
+HOUR = 3600.0
+NEVER = 1 << 62  # a countdown that does not run out
+
+
+@dataclass
+class _Live:
+    """What the hot path reads, prepared when the policy or the model changes."""
+
+    policy: CapturePolicy
+    model: LoadedModel | None
+    applies: bool
+    low: float | None
+    rate: float
+    drift_every: int  # 0: the drift rule is off
+
+
+@dataclass
+class _Candidate:
+    model: LoadedModel
+    feeds: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+    top1: int | None
+    conf: float | None
+    reason: str  # low-confidence | random | drift (to be scored)
+    ts: float
+
+
+class Sampler:
+    """The rules of one device's capture; ``offer`` on the hot path, ``run`` on a worker thread."""
+
+    def __init__(
+        self, store: CaptureStore, identity: Mapping[str, str], clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store, self.identity, self.clock = store, dict(identity), clock
+        self._live: _Live | None = None
+        self._queue: queue.Queue[_Candidate | None] = queue.Queue(QUEUE_MAX)
+        self._rng = random.Random()
+        self._countdown = 1 << 62  # inferences until the random or the drift rule is due
+        self._to_random = self._to_drift = 1 << 62
+        self._last_drift = -1e9  # time.monotonic() of the last drift candidate
+        self.drift_max_per_s = DRIFT_MAX_PER_S
+        self._seq = 0
+        self._hour: deque[float] = deque()  # times of this hour's captures
+        self.over_budget = False  # the hourly cap is reached: the hot path selects nothing
+        self.per_class: dict[int, int] = {}
+        self.counts = {"offered": 0, "overflow": 0, "captured": 0, "rate_limited": 0, "quota": 0, "not_drift": 0}
+
+    # --- policy ------------------------------------------------------------------------------------------
+
+    def set_policy(self, policy: CapturePolicy | None) -> None:
+        if policy is None or not policy.active(self.clock()):
+            self._live = None
+            return
+        if self._live is None or self._live.policy.id != policy.id:  # a new policy: its own quotas and cap
+            self.per_class.clear()
+            self._hour.clear()
+            self.over_budget = False
+        every = DRIFT_EVERY if policy.drift is not None else 0
+        live = _Live(policy, None, False, policy.low_confidence, policy.random, every)
+        self._to_random, self._to_drift = self._random_gap(live), every or NEVER
+        self._countdown = min(self._to_random, self._to_drift)
+        self._live = live
+
+    @property
+    def policy(self) -> CapturePolicy | None:
+        live = self._live
+        return live.policy if live else None
+
+    # --- the hot path -----------------------------------------------------------------------------------
+
+    def offer(
+        self,
+        model: LoadedModel,
+        feeds: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+        classes: tuple[np.ndarray, np.ndarray] | None,
+    ) -> None:
+        """Called after each inference: select (cheaply) or return. The common case is one attribute read,
+        one decrement and one comparison of the top-1 confidence: the random and drift rules are a countdown
+        to the next due inference (a geometric gap for the random rate: the same law as a draw per inference)."""
+        live = self._live
+        if live is None:
+            return
+        self._countdown -= 1
+        if self._countdown > 0:
+            low = live.low
+            if low is None or classes is None:
+                return
+            c = classes[1]
+            if (c[0] if len(c) == 1 else c.min()) >= low:
+                return
+            reason = "low-confidence"
+        else:
+            reason = self._due(live)
+            if reason == "skip":
+                return
+        if not self.over_budget:
+            self._select(live, model, feeds, outputs, classes, reason)
+
+    def _select(
+        self,
+        live: _Live,
+        model: LoadedModel,
+        feeds: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+        classes: tuple[np.ndarray, np.ndarray] | None,
+        reason: str,
+    ) -> None:
+        """A selected inference: copied onto the worker's queue (if the policy applies to its model)."""
+        if model is not live.model:
+            live.model = model
+            m = model.manifest
+            live.applies = live.policy.applies_to(m.name, m.version)
+        if not live.applies:
+            return
+        conf = float(classes[1].min()) if classes is not None else None
+        if reason != "low-confidence" and live.low is not None and conf is not None and conf < live.low:
+            reason = "low-confidence"
+        top1 = int(classes[0].flat[0]) if classes is not None else None
+        cand = _Candidate(
+            model,
+            _copy_inputs(model, feeds),
+            {k: np.array(v) for k, v in outputs.items()},
+            top1,
+            conf,
+            reason,
+            self.clock(),
+        )
+        self.counts["offered"] += 1
+        try:
+            self._queue.put_nowait(cand)
+        except queue.Full:
+            self.counts["overflow"] += 1
+
+    def _random_gap(self, live: _Live) -> int:
+        """Inferences until the next random capture: geometric with the policy's rate (never, at rate 0)."""
+        if live.rate <= 0:
+            return NEVER
+        if live.rate >= 1:
+            return 1
+        return 1 + int(math.log(1.0 - self._rng.random()) / math.log(1.0 - live.rate))
+
+    def _due(self, live: _Live) -> str:
+        """The countdown ran out: which rule is due (random first), and the next countdown."""
+        elapsed = min(self._to_random, self._to_drift)  # the countdown started at this and ran out
+        self._to_random -= elapsed
+        self._to_drift -= elapsed
+        reason = "drift"
+        if self._to_random <= 0:
+            reason = "random"
+            self._to_random = self._random_gap(live)
+        if self._to_drift <= 0:
+            self._to_drift = live.drift_every or NEVER
+            if reason == "drift":  # at most DRIFT_MAX_PER_S drift candidates: a fast model's turns come often
+                now = time.monotonic()
+                if now - self._last_drift < 1.0 / self.drift_max_per_s:
+                    reason = "skip"
+                else:
+                    self._last_drift = now
+        self._countdown = min(self._to_random, self._to_drift)
+        return reason
+
+    # --- the worker -------------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Evaluate and store candidates until ``stop``."""
+        while not stop.is_set():
+            try:
+                cand = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                self._refresh_budget()
+                continue
+            if cand is not None:
+                try:
+                    self.consider(cand)
+                except (ValueError, KeyError, TypeError) as exc:  # a model without usable references
+                    log.warning("capture: sample skipped: %s", exc)
+
+    def drain(self) -> None:
+        """Evaluate every waiting candidate now (tests and benchmarks)."""
+        while True:
+            try:
+                cand = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if cand is not None:
+                self.consider(cand)
+
+    def _refresh_budget(self) -> None:
+        live = self._live
+        if live is None:
+            return
+        now = self.clock()
+        while self._hour and self._hour[0] <= now - HOUR:
+            self._hour.popleft()
+        self.over_budget = len(self._hour) >= live.policy.max_per_hour
+        if not live.policy.active(now):
+            self._live = None
+
+    def consider(self, cand: _Candidate) -> bool:
+        """Apply the worker's rules to one candidate; True if it was stored."""
+        live = self._live
+        if live is None:
+            return False
+        policy = live.policy
+        score = cand.conf if cand.conf is not None else 0.0
+        if cand.reason == "drift":
+            score = drift_score(cand.model, cand.feeds)
+            if score <= (policy.drift if policy.drift is not None else DRIFT_DEFAULT):
+                self.counts["not_drift"] += 1
+                return False
+        quota = policy.per_class_max
+        if cand.top1 is not None and quota is not None and self.per_class.get(cand.top1, 0) >= quota:
+            self.counts["quota"] += 1
+            return False
+        self._refresh_budget()
+        if self.over_budget:
+            self.counts["rate_limited"] += 1
+            return False
+        name, data = self.encode(cand, score)
+        if not self.store.add(name, data):
+            return False
+        self._hour.append(self.clock())
+        if cand.top1 is not None:
+            self.per_class[cand.top1] = self.per_class.get(cand.top1, 0) + 1
+        self.counts["captured"] += 1
+        return True
+
+    def encode(self, cand: _Candidate, score: float) -> tuple[str, bytes]:
+        """The sample as a file name (sorting oldest first) and its bytes (``npz.write_sample``)."""
+        self._seq += 1
+        ts_ms = int(cand.ts * 1000)
+        sample_id = f"{ts_ms:013d}-{self._seq:08d}-{random.getrandbits(32):08x}"
+        m = cand.model.manifest
+        meta: dict[str, Any] = {
+            **self.identity,
+            "id": sample_id,
+            "ts": ts_ms,
+            "reason": cand.reason,
+            "score": round(float(score), 6),
+            "model": {"name": m.name, "version": m.version, "sha256": m.model.sha256},
+            "inputs": list(cand.feeds),
+            "outputs": list(cand.outputs),
+            "top1": cand.top1,
+            "conf": None if cand.conf is None else round(cand.conf, 6),
+            "policy": self._live.policy.id if self._live else None,
+        }
+        arrays = {f"in{i}": v for i, v in enumerate(cand.feeds.values())}
+        arrays |= {f"out{i}": v for i, v in enumerate(cand.outputs.values())}
+        return f"{sample_id}{SUFFIX}", write_sample(json.dumps(meta, sort_keys=True).encode(), arrays)
+
+
+def _copy_inputs(model: LoadedModel, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inputs by the model's input names, in the float domain (a quantized tensor is dequantized: the
+    exact values, which its scale and zero-point give back), copied."""
+    specs = model.manifest.inputs
+    given = {specs[0].name: next(iter(feeds.values()))} if len(feeds) == 1 == len(specs) else dict(feeds)
+    out: dict[str, np.ndarray] = {}
+    for spec in specs:
+        if spec.name in given:
+            a = np.asarray(given[spec.name])
+            out[spec.name] = dequantize(a, spec).astype(np.float32) if a.dtype.kind in "iu" else np.array(a)
+    return out
+
+
+def drift_score(model: LoadedModel, inputs: Mapping[str, np.ndarray]) -> float:
+    """The largest PSI over the inputs of one sample's values against the bundle's reference histograms;
+    0 without references."""
+    refs = (model.drift_ref or {}).get("inputs", {})
+    worst = 0.0
+    for name, values in inputs.items():
+        ref = refs.get(name)
+        if ref is None:
+            continue
+        flat = np.asarray(values).ravel()
+        if flat.size > DRIFT_VALUES:  # 4096 values estimate a 10-20 bin histogram well, at a fraction of the work
+            flat = flat[:: flat.size // DRIFT_VALUES]
+        hist = _Histogram.of(ref)
+        hist.add(flat)
+        worst = max(worst, psi(hist.expected, hist.counts))
+    return worst
