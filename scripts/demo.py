@@ -430,6 +430,10 @@ class Demo:
             flush=True,
         )
 
+    def story(self) -> None:
+        good, bad = self.rollouts()
+        self.summary(good, bad)
+
     def keep_running(self) -> None:
         """Until Ctrl-C (the normal end here, so not an interruption). Raises: DemoError if a process dies."""
         print("\neverything keeps running (--keep-running); Ctrl-C stops it all.", flush=True)
@@ -468,21 +472,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         if opts.loop:
-            from demo_loop import LoopDemo
-
-            loop = LoopDemo(opts, procs)
-            loop.announce_console()
-            loop.build()
-            loop.start_fleet()
-            loop.loop()
-            demo: Demo = loop
-        else:
-            demo = Demo(opts, procs)
-            demo.announce_console()
-            demo.build()
-            demo.start_fleet()
-            good, bad = demo.rollouts()
-            demo.summary(good, bad)
+            from demo_loop import LoopDemo  # it imports this module
+        demo = LoopDemo(opts, procs) if opts.loop else Demo(opts, procs)
+        demo.announce_console()
+        demo.build()
+        demo.start_fleet()
+        demo.story()
         if opts.keep_running:
             demo.keep_running()
     except KeyboardInterrupt:

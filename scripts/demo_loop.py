@@ -75,6 +75,9 @@ class LoopDemo(Demo):
             for sku, ts in sorted(per.items())
         }
 
+    def story(self) -> None:
+        self.loop()
+
     def loop(self) -> None:
         self.wait("telemetry with drift statistics", 120, lambda: (len(h := self.health()) >= 2, str(h)), every=5.0)
         before = self.health()
