@@ -113,7 +113,7 @@ def evaluate(candidate: Path, reference: Path, data: Path, opts: EvalOptions | N
         raise ModelError(f"{candidate}: the candidate must be a .tflite or .onnx model (convert it first)")
     ref_kind = model_kind(reference)
     with tempfile.TemporaryDirectory(prefix="edgetool-") as tmp:
-        ref_path = _runnable_reference(reference, ref_kind, kind, Path(tmp))
+        ref_path = _runnable_reference(reference, ref_kind, kind, Path(tmp), data)
         cand_rt, ref_rt = load_runtime(kind.value, candidate), load_runtime(kind.value, ref_path)
         stream = open_samples(data, ref_rt.inputs, opts.samples)
         x = stack(stream)
@@ -134,14 +134,19 @@ def evaluate(candidate: Path, reference: Path, data: Path, opts: EvalOptions | N
     return result
 
 
-def _runnable_reference(reference: Path, ref_kind: ModelKind, kind: ModelKind, tmp: Path) -> Path:
+def _runnable_reference(reference: Path, ref_kind: ModelKind, kind: ModelKind, tmp: Path, data: Path) -> Path:
     if ref_kind is kind:
         return reference
-    if not ref_kind.is_float_source:
+    if ref_kind is ModelKind.TFLITE:
         raise ModelError(f"cannot compare a {kind} candidate with a {ref_kind} reference; use the same format")
     from toolchain.convert import convert
 
-    return convert(reference, kind.value, tmp / f"reference.{kind.value}").output
+    shapes = None
+    if ref_kind is ModelKind.ONNX:  # ONNX → TFLite needs fixed input shapes: the data's
+        from toolchain.validate import first_sample
+
+        shapes = {k: v.shape for k, v in (first_sample(data, reference, "onnx") or {}).items()}
+    return convert(reference, kind.value, tmp / f"reference.{kind.value}", input_shapes=shapes).output
 
 
 def predict(runtime: Runtime, x: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -121,6 +121,7 @@ def _fixed(req: QuantizeRequest, status: Status) -> Outcome:
         "quantize_seconds": result.seconds,
         "output": str(req.output),
         "bytes": result.bytes,
+        "tools": result.tools,
     }
     variants: list[report.Variant] = []
     if req.eval_data is not None:

@@ -320,3 +320,55 @@ def layer_statistics(dbg: Any) -> list[dict[str, str]]:
     buf = io.StringIO()
     dbg.layer_statistics_dump(buf)
     return list(csv.DictReader(io.StringIO(buf.getvalue())))
+
+
+def signature_to_tflite(path: Path, inputs: Sequence[str], outputs: Sequence[tuple[str, tuple[int, ...]]]) -> bytes:
+    """The ``serving_default`` signature of the SavedModel at ``path`` (onnx2tf's output) as a float TFLite
+    model with built-in ops only: inputs named ``inputs`` (in that order, matched to the signature's
+    by name), outputs (``output_0``, ...) renamed as ``outputs`` says and, where onnx2tf made a
+    channels-first output channels-last, transposed back to the ONNX shape given.
+
+    Raises:
+        UnsupportedOpsError: ops that would need SELECT_TF_OPS.
+        ModelError: the SavedModel cannot be loaded, or a name does not match.
+    """
+    try:
+        loaded = tf.saved_model.load(str(path))
+        concrete = loaded.signatures["serving_default"]
+    except Exception as exc:  # tf raises OSError, KeyError, its own errors
+        raise ModelError(f"cannot load the converted SavedModel: {str(exc).splitlines()[0][:300]}") from None
+    specs = concrete.structured_input_signature[1]
+    missing = [n for n in inputs if n not in specs]
+    if missing:
+        raise ModelError(f"the converted model lost the input names {missing} (it has {sorted(specs)})")
+    keys = [f"output_{i}" for i in range(len(outputs))]
+    structure = concrete.structured_outputs
+    perms = [
+        _layout_perm(tuple(structure[k].shape.as_list()), shape, name)
+        for k, (name, shape) in zip(keys, outputs, strict=True)
+    ]
+
+    @tf.function(input_signature=[tf.TensorSpec(specs[n].shape, specs[n].dtype, name=n) for n in inputs])
+    def serve(*args: Any) -> dict[str, Any]:
+        result = concrete(**dict(zip(inputs, args, strict=True)))
+        return {
+            name: result[key] if perm is None else tf.transpose(result[key], perm)
+            for key, (name, _), perm in zip(keys, outputs, perms, strict=True)
+        }
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], loaded)
+    return convert_tflite(converter)
+
+
+def _layout_perm(got: tuple[int | None, ...], want: tuple[int, ...], name: str) -> list[int] | None:
+    """The transpose taking onnx2tf's channels-last output ``got`` back to the ONNX shape ``want``.
+
+    Raises:
+        ModelError: neither the shape as it is nor channels-first matches.
+    """
+    if got == want:
+        return None
+    perm = [0, len(got) - 1, *range(1, len(got) - 1)]
+    if len(got) >= 3 and tuple(got[i] for i in perm) == want:
+        return perm
+    raise ModelError(f"onnx2tf changed output {name!r} from {list(want)} to {list(got)}: no layout maps it back")

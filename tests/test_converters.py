@@ -1,0 +1,137 @@
+"""Models an engineer brings as they are: a zoo .tflite (float16 weights, no signature), an ONNX model
+converted to TFLite (onnx2tf), and a PyTorch ExportedProgram (.pt2) to ONNX and TFLite.
+
+Each result is judged by what it computes: the quantized face detector against its float original on
+held-out drawings (cosine per output), the converted models against onnxruntime / PyTorch on the
+same inputs (max abs error within the tolerance ``toolchain.convert`` states).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from device_agent.runtime import load_runtime
+from tests.support.quant_helpers import assert_one_line_error, edgetool
+from tests.support.thirdparty import face_images, text_images
+from toolchain import qio
+from toolchain.convert import ONNX_TFLITE_TOLERANCE
+
+pytestmark = pytest.mark.slow
+
+
+def run_float(model: Path | bytes, feeds: dict[str, np.ndarray], kind: str = "tflite") -> dict[str, np.ndarray]:
+    """Float outputs of ``model`` in its device runtime (quantized I/O handled), keyed by output name."""
+    runtime = load_runtime(kind, model)
+    raw = runtime.run(qio.feeds(runtime.inputs, feeds))
+    return {spec.name: qio.from_output(spec, raw[spec.name]) for spec in runtime.outputs}
+
+
+def test_zoo_tflite_is_normalised_then_quantized_to_full_int8(tmp_path: Path, third_party: dict[str, Path]) -> None:
+    """BlazeFace ships float16 weights behind DEQUANTIZE ops and no signature: intake widens and signs it,
+    then the AI Edge quantizer makes a full-int8 model, smaller, within cosine 0.95 on held-out faces."""
+    from toolchain.tflite_intake import normalise
+
+    model = third_party["face-detector"]
+    intake = normalise(model.read_bytes())
+    assert intake.float16_weights > 50 and intake.added_signature
+    held_out = face_images(6, seed=7)
+    for i in range(2):  # the normalised model computes what the original does
+        one = {"input": held_out[i : i + 1]}
+        for name, value in run_float(model.read_bytes(), one).items():
+            np.testing.assert_allclose(run_float(intake.data, one)[name], value, atol=1e-4)
+    np.savez(tmp_path / "calib.npz", x=face_images(32, seed=1))
+    np.savez(tmp_path / "eval.npz", x=held_out)
+    out = tmp_path / "face-int8.tflite"
+    args = ["--format", "tflite", "--mode", "int8", "--calibration", tmp_path / "calib.npz"]
+    doc = json.loads(edgetool("quantize", model, *args, "--eval", tmp_path / "eval.npz", "-o", out, "--json").stdout)
+    assert "ai-edge-quantizer" in doc["tools"] and out.stat().st_size < model.stat().st_size
+    assert {o["name"]: o["cosine"] >= 0.95 for o in doc["evaluation"]["outputs"]} == {
+        "regressors": True,
+        "classificators": True,
+    }
+    runtime = load_runtime("tflite", out)  # full integer: int8 in and out
+    assert [s.dtype for s in (*runtime.inputs, *runtime.outputs)] == ["int8", "int8", "int8"]
+
+
+@pytest.mark.parametrize("mode", ["weight-only", "float16", "dynamic", "int16x8"])
+def test_every_mode_on_a_zoo_tflite_loads_and_runs(mode: str, tmp_path: Path, third_party: dict[str, Path]) -> None:
+    np.savez(tmp_path / "calib.npz", x=face_images(4, seed=1))
+    out = tmp_path / "q.tflite"
+    edgetool(
+        "quantize", third_party["face-detector"], "--format", "tflite", "--mode", mode,
+        "--calibration", tmp_path / "calib.npz", "-o", out,
+    )  # fmt: skip
+    got = run_float(out, {"input": face_images(1, seed=3)})
+    assert got["regressors"].shape == (1, 896, 16) and np.isfinite(got["regressors"]).all()
+
+
+def test_int8_with_float_io_on_a_zoo_tflite_is_refused(tmp_path: Path, third_party: dict[str, Path]) -> None:
+    np.savez(tmp_path / "calib.npz", x=face_images(2, seed=1))
+    args = ["--format", "tflite", "--mode", "int8", "--io", "float", "--calibration", tmp_path / "calib.npz"]
+    result = edgetool("quantize", third_party["face-detector"], *args, "-o", tmp_path / "q.tflite", ok=False)
+    assert_one_line_error(result, "int8 input and output only", "[quantize]")
+    assert not (tmp_path / "q.tflite").exists()
+
+
+def test_onnx_to_tflite_matches_onnxruntime(tmp_path: Path, third_party: dict[str, Path]) -> None:
+    """PaddleOCR's detector (dynamic H/W) through onnx2tf: same layout and names as ONNX, and outputs
+    within 1e-4 of onnxruntime's on printed pages; without a size for H and W, one line says what to give."""
+    model = third_party["text-detector"]
+    refused = edgetool("convert", model, "--to", "tflite", "-o", tmp_path / "no.tflite", ok=False)
+    assert_one_line_error(refused, "dynamic dimensions", "--input-shape x=N,3,N,N", "[model]")
+    out = tmp_path / "text.tflite"
+    result = edgetool("convert", model, "--to", "tflite", "--input-shape", "x=1,3,96,160", "-o", out)
+    assert "onnx2tf" in result.output and "max abs error vs onnxruntime" in result.output
+    pages = text_images(3, seed=4)
+    for i in range(3):
+        want = run_float(model, {"x": pages[i : i + 1]}, "onnx")
+        got = run_float(out, {"x": pages[i : i + 1]})
+        assert list(got) == list(want) == ["sigmoid_0.tmp_0"]
+        assert got["sigmoid_0.tmp_0"].shape == (1, 1, 96, 160)
+        assert np.abs(got["sigmoid_0.tmp_0"] - want["sigmoid_0.tmp_0"]).max() <= ONNX_TFLITE_TOLERANCE
+
+
+def _torch_models(tmp: Path) -> tuple[Path, Path, np.ndarray]:
+    """A small conv net and an FFT magnitude (no TFLite kernel for ONNX's DFT) saved with torch.export.save."""
+    torch = pytest.importorskip("torch")
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = torch.nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3))), dim=-1)
+
+    class Spectrum(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.fft.rfft(x).abs()
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 16, 16)
+    net, fft = tmp / "net.pt2", tmp / "fft.pt2"
+    torch.export.save(torch.export.export(Net().eval(), (x,)), str(net))
+    torch.export.save(torch.export.export(Spectrum(), (torch.randn(1, 64),)), str(fft))
+    return net, fft, x.numpy()
+
+
+def test_pytorch_program_to_onnx_and_tflite(tmp_path: Path) -> None:
+    import torch
+
+    net, fft, x = _torch_models(tmp_path)
+    want = torch.export.load(str(net)).module()(torch.from_numpy(x)).detach().numpy()
+    for target, tolerance in (("onnx", 1e-5), ("tflite", 1e-4)):
+        out = tmp_path / f"net.{target}"
+        result = edgetool("convert", net, "--to", target, "-o", out)
+        assert f"{target} from pt2" in result.output and "torch 2." in result.output
+        runtime = load_runtime(target, out)
+        (got,) = runtime.run({runtime.inputs[0].name: x}).values()
+        assert np.abs(got - want).max() <= tolerance, target
+    refused = edgetool("convert", fft, "--to", "tflite", "-o", tmp_path / "fft.tflite", ok=False)
+    assert_one_line_error(refused, "onnx2tf cannot convert these ops: DFT", "[unsupported-ops]")
+    assert not (tmp_path / "fft.tflite").exists()
