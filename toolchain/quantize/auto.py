@@ -224,8 +224,12 @@ def _variants(source: Path, opts: AutoOptions, result: AutoResult) -> Iterator[t
 def _rank_layers(source: Path, opts: AutoOptions, int8_model: Path) -> list[str]:
     """Layer (TFLite tensor / ONNX node) names, worst first, from the per-layer error table."""
     kind = model_kind(source)
-    if opts.format == "tflite" and not kind.is_float_source:
-        return []  # the AI Edge quantizer's models: no per-layer table yet (int8, then wider modes)
+    if opts.format == "tflite" and not kind.is_float_source:  # the AI Edge quantizer's: per-tensor cosine
+        from toolchain.quantize import litert
+
+        stream = open_samples(opts.calibration, load_runtime("tflite", source).inputs, min(opts.samples or 16, 16))
+        rows = litert.layer_errors(source.read_bytes(), int8_model.read_bytes(), stream)
+        return [row["tensor"] for row in rows]
     if opts.format == "tflite":
         from toolchain.backends.tensorflow import TFSource
         from toolchain.quantize import tflite as q_tflite

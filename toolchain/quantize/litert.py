@@ -91,9 +91,9 @@ def _recipe(options: TFLiteOptions) -> Any:
     else:
         bits = 8 if options.mode == "int8" else 16
         manager.add_static_config(*everything, activation_num_bits=bits, weight_num_bits=8)
-    for name in options.float_nodes:
+    for name in options.float_nodes:  # an op's scope is its output tensor names, each followed by ";"
         manager.add_quantization_config(
-            f"^{re.escape(name)}$", TFLOperationName.ALL_SUPPORTED, algorithm_key=AlgorithmName.NO_QUANTIZE
+            f"(^|;){re.escape(name)};", TFLOperationName.ALL_SUPPORTED, algorithm_key=AlgorithmName.NO_QUANTIZE
         )
     return manager.get_quantization_recipe()
 
@@ -108,3 +108,53 @@ def _quiet() -> Iterator[None]:
     """The quantizer's progress bars and notices go to Python's stderr; keep them off the terminal."""
     with contextlib.redirect_stderr(io.StringIO()):
         yield
+
+
+def layer_errors(float_tflite: bytes, quantized: bytes, stream: SampleStream) -> list[dict[str, Any]]:
+    """Each layer's sensitivity on the ``--min-cosine`` measure, most sensitive first.
+
+    The AI Edge quantizer's validator gives every tensor's cosine similarity against the float model
+    on ``stream``; a layer's ``cosine_loss`` is how much cosine it loses itself: its inputs' lowest
+    cosine minus its output's (error inherited from earlier layers is not its own). Each row:
+    ``layer`` and ``tensor`` (the output tensor name, how the quantizer names an op), ``cosine``
+    and ``cosine_loss``.
+    """
+    from ai_edge_quantizer import quantizer
+    from ai_edge_quantizer.utils.validation_utils import ValidationErrorMetric
+
+    try:
+        with _quiet():
+            q = quantizer.Quantizer(bytearray(float_tflite), previous_quantized_model=bytearray(quantized))
+            result = q.validate(
+                {SIGNATURE: list(_samples(stream))},
+                error_metrics=[ValidationErrorMetric.COSINE_SIMILARITY],
+                num_threads=1,
+            )
+    except Exception as exc:  # the validator raises ValueError/RuntimeError with its reason
+        raise QuantizeError(f"the AI Edge quantizer's validator failed: {str(exc)[:300]}") from None
+    cosine = {k: float(v.get("cosine_similarity", 1.0)) for k, v in result.get_all_tensor_results().items()}
+    rows = []
+    for inputs, output in _op_edges(float_tflite):
+        if output in cosine:
+            before = min((cosine[i] for i in inputs if i in cosine), default=1.0)
+            loss = before - cosine[output]
+            rows.append({"layer": output, "tensor": output, "cosine": cosine[output], "cosine_loss": loss})
+    return sorted(rows, key=lambda r: -r["cosine_loss"])
+
+
+def _op_edges(tflite: bytes) -> list[tuple[list[str], str]]:
+    """(input tensor names, first output tensor name) of each op of the main subgraph."""
+    from ai_edge_litert.tools import flatbuffer_utils as fbu
+
+    model = fbu.read_model_from_bytearray(bytearray(tflite))
+    tensors = model.subgraphs[0].tensors
+
+    def name(index: int) -> str:
+        raw = tensors[index].name
+        return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+    return [
+        ([name(i) for i in op.inputs if i >= 0], name(op.outputs[0]))
+        for op in model.subgraphs[0].operators or []
+        if op.outputs
+    ]
