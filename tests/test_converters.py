@@ -121,6 +121,9 @@ def _torch_models(tmp: Path) -> tuple[Path, Path, np.ndarray]:
 
 
 def test_pytorch_program_to_onnx_and_tflite(tmp_path: Path) -> None:
+    """A .pt2 converts to ONNX (within 1e-5 of PyTorch) and TFLite (1e-4), quantizes to full-int8 TFLite
+    (torch.onnx, onnx2tf, the AI Edge quantizer) and ONNX int8, and is checked against a device profile;
+    an op with no TFLite kernel (ONNX DFT from torch.fft) is named in one line."""
     import torch
 
     net, fft, x = _torch_models(tmp_path)
@@ -132,6 +135,19 @@ def test_pytorch_program_to_onnx_and_tflite(tmp_path: Path) -> None:
         runtime = load_runtime(target, out)
         (got,) = runtime.run({runtime.inputs[0].name: x}).values()
         assert np.abs(got - want).max() <= tolerance, target
+    rng = np.random.default_rng(5)
+    np.savez(tmp_path / "calib.npz", x=rng.normal(size=(16, 3, 16, 16)).astype(np.float32))
+    np.savez(tmp_path / "eval.npz", x=rng.normal(size=(8, 3, 16, 16)).astype(np.float32))
+    int8 = ["--mode", "int8", "--calibration", tmp_path / "calib.npz", "--json"]
+    lite = json.loads(edgetool("quantize", net, "--format", "tflite", *int8, "-o", tmp_path / "q.tflite").stdout)
+    assert lite["tools"]["torch"].startswith("2.") and "onnx2tf" in lite["tools"]
+    as_onnx = ["--format", "onnx", *int8, "--eval", tmp_path / "eval.npz", "-o", tmp_path / "q.onnx"]
+    docs = [json.loads(edgetool("quantize", net, *as_onnx).stdout)["evaluation"]]
+    judged = ["--reference", tmp_path / "net.tflite", "--data", tmp_path / "eval.npz", "--runs", "0", "--json"]
+    docs.append(json.loads(edgetool("evaluate", tmp_path / "q.tflite", *judged).stdout)["evaluation"])
+    assert [(d["task"], d["worst_cosine"] >= 0.95) for d in docs] == [("classification", True)] * 2
+    checked = json.loads(edgetool("check", net, "--profile", "jetson-nano-onnx", "--runs", "3", "--json").stdout)
+    assert checked["numbers"]["bytes"] > 0 and "Conv" in checked["ops"]
     refused = edgetool("convert", fft, "--to", "tflite", "-o", tmp_path / "fft.tflite", ok=False)
     assert_one_line_error(refused, "onnx2tf cannot convert these ops: DFT", "[unsupported-ops]")
     assert not (tmp_path / "fft.tflite").exists()
