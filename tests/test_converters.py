@@ -55,6 +55,10 @@ def test_zoo_tflite_is_normalised_then_quantized_to_full_int8(tmp_path: Path, th
     }
     runtime = load_runtime("tflite", out)  # full integer: int8 in and out
     assert [s.dtype for s in (*runtime.inputs, *runtime.outputs)] == ["int8", "int8", "int8"]
+    again = edgetool(
+        "quantize", out, "--format", "tflite", "--mode", "dynamic", "-o", tmp_path / "again.tflite", ok=False
+    )
+    assert_one_line_error(again, "already quantized", "start from the float model", "[quantize]")
 
 
 @pytest.mark.parametrize("mode", ["weight-only", "float16", "dynamic", "int16x8"])
@@ -169,3 +173,14 @@ def test_auto_min_cosine_on_a_zoo_tflite(tmp_path: Path, third_party: dict[str, 
     assert out.stat().st_size <= 0.5 * float32
     held = ["--reference", model, "--data", tmp_path / "held.npz", "--runs", "0", "--layers", "0", "--json"]
     assert json.loads(edgetool("evaluate", out, *held).stdout)["evaluation"]["worst_cosine"] >= 0.98
+
+
+def test_weight_only_from_keras_goes_through_the_ai_edge_quantizer(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    """A mode the TFLite converter lacks: the Keras model is converted to float TFLite, then quantized."""
+    out = tmp_path / "w8.tflite"
+    args = ["--format", "tflite", "--mode", "weight-only", "--eval", tiny_models["eval"], "--json", "-o", out]
+    doc = json.loads(edgetool("quantize", tiny_models["keras"], *args).stdout)
+    assert "ai-edge-quantizer" in doc["tools"] and doc["evaluation"]["worst_cosine"] >= 0.99
+    assert doc["evaluation"]["agreement"] >= 0.98

@@ -57,6 +57,10 @@ def quantize(float_tflite: bytes, options: TFLiteOptions, stream: SampleStream |
         raise QuantizeError(f"--io {options.io}: a .tflite source quantizes to int8 input and output only")
     recipe = _recipe(options)
     from ai_edge_quantizer import quantizer
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils
+
+    if not tfl_flatbuffer_utils.is_float_model(tfl_flatbuffer_utils.read_model(bytearray(float_tflite))):
+        raise QuantizeError("the .tflite is already quantized (it has tensors with scales); start from the float model")
 
     try:
         with _quiet():
