@@ -55,6 +55,10 @@ def test_zoo_tflite_is_normalised_then_quantized_to_full_int8(tmp_path: Path, th
     }
     runtime = load_runtime("tflite", out)  # full integer: int8 in and out
     assert [s.dtype for s in (*runtime.inputs, *runtime.outputs)] == ["int8", "int8", "int8"]
+    judged = ["--reference", model, "--data", tmp_path / "eval.npz", "--runs", "0", "--layers", "3", "--json"]
+    ev = json.loads(edgetool("evaluate", out, *judged).stdout)["evaluation"]
+    assert "own cosine loss" in ev["layer_note"] and len(ev["layers"]) == 3
+    assert ev["layers"][0]["cosine_loss"] >= ev["layers"][-1]["cosine_loss"] > 0
     again = edgetool(
         "quantize", out, "--format", "tflite", "--mode", "dynamic", "-o", tmp_path / "again.tflite", ok=False
     )

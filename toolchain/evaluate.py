@@ -236,12 +236,28 @@ def _layer_table(result: Evaluation, pair: _Pair, opts: EvalOptions, eval_stream
         result.layer_note = "onnxruntime qdq_loss_debug: SQNR (dB) of each tensor vs the float model, lowest first"
         return
     if not pair.ref_kind.is_float_source:
-        result.layer_note = "no per-layer table: pass the Keras/SavedModel source as --reference"
+        _litert_layer_table(result, pair, opts, stream)
         return
     from toolchain.quantize import tflite as q_tflite
 
     result.layers = q_tflite.layer_errors(pair.reference, pair.ref_kind, stream)[: opts.layers]
     result.layer_note = "TFLite QuantizationDebugger on an int8 quantization of the reference, largest MSE first"
+
+
+def _litert_layer_table(result: Evaluation, pair: _Pair, opts: EvalOptions, stream: SampleStream) -> None:
+    """The AI Edge quantizer's per-layer cosine loss of a quantized .tflite against a float .tflite reference."""
+    from toolchain.quantize import litert
+    from toolchain.tflite_intake import normalise
+
+    candidate = pair.candidate.read_bytes()
+    if litert.is_float(candidate):
+        result.layer_note = "no per-layer table: the candidate is a float model"
+        return
+    reference = normalise(pair.ref_path.read_bytes(), str(pair.ref_path)).data
+    result.layers = litert.layer_errors(reference, candidate, stream)[: opts.layers]
+    result.layer_note = (
+        "AI Edge quantizer validator: each layer's own cosine loss against the float model, largest first"
+    )
 
 
 def _has_qdq(model: Path) -> bool:

@@ -57,9 +57,8 @@ def quantize(float_tflite: bytes, options: TFLiteOptions, stream: SampleStream |
         raise QuantizeError(f"--io {options.io}: a .tflite source quantizes to int8 input and output only")
     recipe = _recipe(options)
     from ai_edge_quantizer import quantizer
-    from ai_edge_quantizer.utils import tfl_flatbuffer_utils
 
-    if not tfl_flatbuffer_utils.is_float_model(tfl_flatbuffer_utils.read_model(bytearray(float_tflite))):
+    if not is_float(float_tflite):
         raise QuantizeError("the .tflite is already quantized (it has tensors with scales); start from the float model")
 
     try:
@@ -77,6 +76,13 @@ def quantize(float_tflite: bytes, options: TFLiteOptions, stream: SampleStream |
         reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise QuantizeError(f"the AI Edge quantizer refused the model: {reason}") from None
     return bytes(result.quantized_model)
+
+
+def is_float(tflite: bytes) -> bool:
+    """Whether no tensor of ``tflite`` carries quantization scales (the quantizer's own test)."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils
+
+    return bool(tfl_flatbuffer_utils.is_float_model(tfl_flatbuffer_utils.read_model(bytearray(tflite))))
 
 
 def _recipe(options: TFLiteOptions) -> Any:
