@@ -90,7 +90,7 @@ def test_onnx_to_tflite_matches_onnxruntime(tmp_path: Path, third_party: dict[st
     within 1e-4 of onnxruntime's on printed pages; without a size for H and W, one line says what to give."""
     model = third_party["text-detector"]
     refused = edgetool("convert", model, "--to", "tflite", "-o", tmp_path / "no.tflite", ok=False)
-    assert_one_line_error(refused, "dynamic dimensions", "--input-shape x=N,3,N,N", "[model]")
+    assert_one_line_error(refused, "dynamic dimensions", "--input-shape x=1,3,N,N", "[model]")
     out = tmp_path / "text.tflite"
     result = edgetool("convert", model, "--to", "tflite", "--input-shape", "x=1,3,96,160", "-o", out)
     assert "onnx2tf" in result.output and "max abs error vs onnxruntime" in result.output

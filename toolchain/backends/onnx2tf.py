@@ -89,7 +89,7 @@ def _shape_for(name: str, declared: list[int], given: Sequence[int] | None) -> t
         return tuple(int(g) for g in given)
     shape = [1 if i == 0 and d <= 0 else d for i, d in enumerate(declared)]
     if any(d <= 0 for d in shape):
-        sizes = ",".join("N" if d <= 0 else str(d) for d in declared)
+        sizes = ",".join(str(d) if d > 0 else "N" for d in shape)
         raise ModelError(
             f"input {name!r} has dynamic dimensions {declared}; TFLite needs fixed ones: give --input-shape "
             f"{name}={sizes} with numbers for N (or calibration data of that shape)"
