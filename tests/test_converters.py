@@ -188,3 +188,12 @@ def test_weight_only_from_keras_goes_through_the_ai_edge_quantizer(
     doc = json.loads(edgetool("quantize", tiny_models["keras"], *args).stdout)
     assert "ai-edge-quantizer" in doc["tools"] and doc["evaluation"]["worst_cosine"] >= 0.99
     assert doc["evaluation"]["agreement"] >= 0.98
+
+
+@pytest.mark.parametrize("suffix", [".tflite", ".pt2"])
+def test_a_file_that_is_no_model_is_one_line(suffix: str, tmp_path: Path) -> None:
+    bad = tmp_path / f"model{suffix}"
+    bad.write_bytes(b"not a model at all")
+    result = edgetool("convert", bad, "--to", "tflite", "-o", tmp_path / "out.tflite", ok=False)
+    assert_one_line_error(result, str(bad), "[model]")
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1

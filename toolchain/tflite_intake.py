@@ -60,7 +60,7 @@ def normalise(data: bytes, name: str = "model") -> Intake:
     try:
         model = fbu.read_model_from_bytearray(bytearray(data))
     except Exception as exc:  # flatbuffers raises struct.error, IndexError, ... on garbage
-        raise ModelError(f"{name} is not a TFLite flatbuffer: {type(exc).__name__}") from None
+        raise ModelError(f"{name} is not a TFLite flatbuffer (it does not parse: {type(exc).__name__})") from None
     upgraded = _upgrade_op_codes(model)
     widened = 0
     for index, subgraph in enumerate(model.subgraphs or []):

@@ -58,7 +58,8 @@ def load(source: Path) -> Any:
     """
     torch = _torch()
     try:
-        return torch.export.load(str(source))
+        with _quiet():  # torch logs the failure (with its own advice) before raising it
+            return torch.export.load(str(source))
     except Exception as exc:  # torch raises RuntimeError, zipfile errors, pickle errors for bad files
         raise ModelError(f"{source} is not a torch.export.save file: {_first_line(exc)}") from None
 
