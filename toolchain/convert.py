@@ -85,6 +85,8 @@ def _convert_bytes(
         if target == "onnx":
             lower = opset is not None and opset < torch_backend.NATIVE_OPSET
             return (onnx_to_opset(onnx_file, opset) if lower else onnx_file.read_bytes()), None  # type: ignore[arg-type]
+        if not shapes:  # dynamic dims (torch.export.Dim) take the example inputs' sizes
+            shapes = _example_shapes(onnx_file, torch_backend.example_shapes(source))
         source, kind = onnx_file, ModelKind.ONNX
     if kind is ModelKind.ONNX:
         if target == "onnx":
@@ -100,6 +102,21 @@ def _convert_bytes(
     return (
         loaded.to_onnx(opset or DEFAULT_OPSET) if target == "onnx" else tfb.convert_tflite(loaded.converter())
     ), None
+
+
+def _example_shapes(onnx_file: Path, shapes: list[tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    import onnx
+
+    graph = onnx.load(str(onnx_file)).graph
+    constants = {init.name for init in graph.initializer}
+    out = {}
+    for graph_input, example in zip((i for i in graph.input if i.name not in constants), shapes, strict=False):
+        dims = [d.dim_value for d in graph_input.type.tensor_type.shape.dim]
+        if len(dims) == len(example):  # a dynamic batch becomes 1, other dynamic dims the example's size
+            out[graph_input.name] = tuple(
+                d if d > 0 else (1 if i == 0 else e) for i, (d, e) in enumerate(zip(dims, example, strict=True))
+            )
+    return out
 
 
 def onnx_tflite_error(onnx_model: Path, tflite: bytes) -> float:

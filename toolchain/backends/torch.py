@@ -64,6 +64,13 @@ def load(source: Path) -> Any:
         raise ModelError(f"{source} is not a torch.export.save file: {_first_line(exc)}") from None
 
 
+def example_shapes(source: Path) -> list[tuple[int, ...]]:
+    """The shapes of the program's example inputs, in order (the sizes to give dynamic dims for TFLite)."""
+    torch = _torch()
+    args, kwargs = load(source).example_inputs or ((), {})
+    return [tuple(t.shape) for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+
+
 def to_onnx(source: Path, opset: int) -> bytes:
     """ONNX bytes for the ExportedProgram in ``source``, checked against it on its example inputs.
 
