@@ -197,3 +197,31 @@ def test_a_file_that_is_no_model_is_one_line(suffix: str, tmp_path: Path) -> Non
     result = edgetool("convert", bad, "--to", "tflite", "-o", tmp_path / "out.tflite", ok=False)
     assert_one_line_error(result, str(bad), "[model]")
     assert len([line for line in result.output.splitlines() if line.strip()]) == 1
+
+
+def test_auto_on_an_onnx_model_with_dynamic_spatial_dims_to_tflite(tmp_path: Path) -> None:
+    """H and W are fixed from the first calibration sample (onnx2tf needs them), then the AI Edge quantizer's
+    variants are judged on the worst cosine; the result keeps the ONNX layout and runs on a device."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(4, 1, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])]
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, "h", "w"])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, "h", "w"])
+    graph = helper.make_graph(nodes, "g", [x_info], [y_info], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    images = rng.normal(size=(24, 1, 12, 20)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=images[:16])
+    np.savez(tmp_path / "eval.npz", x=images[16:])
+    auto = ["--format", "tflite", "--mode", "auto", "--min-cosine", "0.95", "--max-float-layers", "1", "--json"]
+    data = ["--calibration", tmp_path / "calib.npz", "--eval", tmp_path / "eval.npz"]
+    out = tmp_path / "auto.tflite"
+    doc = json.loads(edgetool("quantize", tmp_path / "m.onnx", *auto, *data, "-o", out).stdout)
+    assert doc["chosen"] == "int8" and doc["variants"][1]["cosine"] >= 0.95
+    got = run_float(out, {"x": images[16:17]})["y"]
+    want = run_float(tmp_path / "m.onnx", {"x": images[16:17]}, "onnx")["y"]
+    assert got.shape == want.shape == (1, 4, 12, 20)
