@@ -1,9 +1,9 @@
 """ONNX → TFLite through onnx2tf (PINTO0309's maintained converter): the only module importing onnx2tf.
 
-onnx2tf rewrites the ONNX graph as TensorFlow (channels-last inside) and saves a SavedModel; the
-TensorFlow backend turns its signature into a TFLite model with built-in ops only (onnx2tf's own
-.tflite allows SELECT_TF_OPS, which device LiteRT builds do not ship), names the outputs as in ONNX
-and transposes channels-last outputs back to the ONNX layout. Inputs keep their ONNX layout.
+onnx2tf rewrites the ONNX graph as a TensorFlow Keras model (channels-last inside), kept in memory;
+the TensorFlow backend turns it into a TFLite model with built-in ops only (onnx2tf's own .tflite
+allows SELECT_TF_OPS, which device LiteRT builds do not ship), names the outputs as in ONNX and
+transposes channels-last outputs back to the ONNX layout. Inputs keep their ONNX layout.
 
 onnx2tf needs fixed input shapes: dynamic dimensions are set from ``shapes`` (``--input-shape``,
 or the first calibration sample), a dynamic leading batch dimension defaults to 1. It overwrites
@@ -50,11 +50,10 @@ def to_tflite(source: Path, shapes: Mapping[str, Sequence[int]] | None = None) -
     with tempfile.TemporaryDirectory(prefix="edgetool-o2t-") as tmp:
         work = Path(tmp) / "model.onnx"
         onnx.save(model, str(work))
-        saved = Path(tmp) / "saved_model"
-        _run_onnx2tf(work, saved, [name for name, shape in fixed.items() if len(shape) >= 3])
+        keras_model = _run_onnx2tf(work, Path(tmp) / "out", [name for name, shape in fixed.items() if len(shape) >= 3])
         from toolchain.backends import tensorflow as tfb
 
-        return tfb.signature_to_tflite(saved, list(fixed), outputs)
+        return tfb.onnx2tf_model_to_tflite(keras_model, list(fixed), outputs)
 
 
 def fix_shapes(model: Any, shapes: dict[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
@@ -117,27 +116,28 @@ def _dims(value_info: Any) -> tuple[int, ...]:
     return tuple(int(d.dim_value) for d in value_info.type.tensor_type.shape.dim)
 
 
-def _run_onnx2tf(onnx_file: Path, out: Path, channels_first: list[str]) -> None:
+def _run_onnx2tf(onnx_file: Path, out: Path, channels_first: list[str]) -> Any:
+    """onnx2tf's Keras model for ``onnx_file`` (kept in memory: its SavedModel and .tflite files are not needed)."""
     import onnx2tf
 
     try:
         with _silenced():
-            onnx2tf.convert(
+            model = onnx2tf.convert(
                 input_onnx_file_path=str(onnx_file),
                 output_folder_path=str(out),
                 keep_ncw_or_nchw_or_ncdhw_input_names=channels_first or None,
-                output_signaturedefs=True,
+                disable_model_save=True,
+                not_use_onnxsim=True,
                 non_verbose=True,
             )
     except SystemExit:  # onnx2tf reports some failures with sys.exit(1) after logging them
         raise ModelError(f"onnx2tf could not convert {onnx_file.name}") from None
-    except UnsupportedOpsError:
-        raise
     except Exception as exc:  # onnx2tf raises whatever its op handlers raise
         text = str(exc).strip().splitlines()
         raise ModelError(f"onnx2tf could not convert the model: {text[0][:300] if text else type(exc)}") from None
-    if not (out / "saved_model.pb").is_file():
-        raise ModelError("onnx2tf wrote no SavedModel (the model may use ops it does not support)")
+    if model is None:
+        raise ModelError("onnx2tf returned no model (the model may use ops it does not support)")
+    return model
 
 
 @contextlib.contextmanager

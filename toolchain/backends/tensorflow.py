@@ -322,41 +322,32 @@ def layer_statistics(dbg: Any) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(buf.getvalue())))
 
 
-def signature_to_tflite(path: Path, inputs: Sequence[str], outputs: Sequence[tuple[str, tuple[int, ...]]]) -> bytes:
-    """The ``serving_default`` signature of the SavedModel at ``path`` (onnx2tf's output) as a float TFLite
-    model with built-in ops only: inputs named ``inputs`` (in that order, matched to the signature's
-    by name), outputs (``output_0``, ...) renamed as ``outputs`` says and, where onnx2tf made a
-    channels-first output channels-last, transposed back to the ONNX shape given.
+def onnx2tf_model_to_tflite(model: Any, inputs: Sequence[str], outputs: Sequence[tuple[str, tuple[int, ...]]]) -> bytes:
+    """onnx2tf's in-memory Keras model as a float TFLite model with built-in ops only: inputs named
+    ``inputs`` (the ONNX names, in order), outputs renamed as ``outputs`` says and, where onnx2tf made
+    a channels-first output channels-last, transposed back to the ONNX shape given.
 
     Raises:
         UnsupportedOpsError: ops that would need SELECT_TF_OPS.
-        ModelError: the SavedModel cannot be loaded, or a name does not match.
+        ModelError: the outputs cannot be mapped back to the ONNX shapes.
     """
-    try:
-        loaded = tf.saved_model.load(str(path))
-        concrete = loaded.signatures["serving_default"]
-    except Exception as exc:  # tf raises OSError, KeyError, its own errors
-        raise ModelError(f"cannot load the converted SavedModel: {str(exc).splitlines()[0][:300]}") from None
-    specs = concrete.structured_input_signature[1]
-    missing = [n for n in inputs if n not in specs]
-    if missing:
-        raise ModelError(f"the converted model lost the input names {missing} (it has {sorted(specs)})")
-    keys = [f"output_{i}" for i in range(len(outputs))]
-    structure = concrete.structured_outputs
-    perms = [
-        _layout_perm(tuple(structure[k].shape.as_list()), shape, name)
-        for k, (name, shape) in zip(keys, outputs, strict=True)
-    ]
+    if len(model.inputs) != len(inputs) or len(model.outputs) != len(outputs):
+        raise ModelError(
+            f"onnx2tf's model has {len(model.inputs)} inputs and {len(model.outputs)} outputs, not as ONNX"
+        )
+    perms = [_layout_perm(tuple(t.shape), shape, name) for t, (name, shape) in zip(model.outputs, outputs, strict=True)]
+    specs = [tf.TensorSpec(t.shape, t.dtype, name=n) for t, n in zip(model.inputs, inputs, strict=True)]
 
-    @tf.function(input_signature=[tf.TensorSpec(specs[n].shape, specs[n].dtype, name=n) for n in inputs])
+    @tf.function(input_signature=specs)
     def serve(*args: Any) -> dict[str, Any]:
-        result = concrete(**dict(zip(inputs, args, strict=True)))
+        result = model(list(args))
+        result = result if isinstance(result, list | tuple) else [result]
         return {
-            name: result[key] if perm is None else tf.transpose(result[key], perm)
-            for key, (name, _), perm in zip(keys, outputs, perms, strict=True)
+            name: value if perm is None else tf.transpose(value, perm)
+            for value, (name, _), perm in zip(result, outputs, perms, strict=True)
         }
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], loaded)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], model)
     return convert_tflite(converter)
 
 
