@@ -225,3 +225,12 @@ def test_auto_on_an_onnx_model_with_dynamic_spatial_dims_to_tflite(tmp_path: Pat
     got = run_float(out, {"x": images[16:17]})["y"]
     want = run_float(tmp_path / "m.onnx", {"x": images[16:17]}, "onnx")["y"]
     assert got.shape == want.shape == (1, 4, 12, 20)
+
+
+def test_a_model_onnx2tf_cannot_convert_is_one_line(tmp_path: Path, third_party: dict[str, Path]) -> None:
+    """Silero VAD (an If over the sample rate, a recurrent state) does not convert: one line, nothing written."""
+    shapes = ["--input-shape", "input=1,512", "--input-shape", "state=2,1,128"]
+    out = tmp_path / "vad.tflite"
+    result = edgetool("convert", third_party["vad"], "--to", "tflite", *shapes, "-o", out, ok=False)
+    assert_one_line_error(result, "onnx2tf could not convert the model", "[model]")
+    assert not out.exists()

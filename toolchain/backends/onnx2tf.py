@@ -119,7 +119,9 @@ def _dims(value_info: Any) -> tuple[int, ...]:
 def _run_onnx2tf(onnx_file: Path, out: Path, channels_first: list[str]) -> Any:
     """onnx2tf's Keras model for ``onnx_file`` (kept in memory: its SavedModel and .tflite files are not needed)."""
     import onnx2tf
+    import onnxruntime
 
+    onnxruntime.set_default_logger_severity(3)  # onnx2tf's own shape probes warn in C++ on stderr
     try:
         with _silenced():
             model = onnx2tf.convert(
