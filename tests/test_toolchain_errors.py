@@ -97,10 +97,13 @@ def test_corrupt_candidate_in_evaluate(tmp_path: Path, tiny_models: dict[str, Pa
     assert_one_line_error(result, "LiteRT cannot load", "[runtime]")
 
 
-def test_tflite_cannot_be_requantized(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
-    dynamic = ["--format", "tflite", "--mode", "dynamic"]
-    result = edgetool("quantize", tiny_models["tflite"], *dynamic, "-o", tmp_path / "q.tflite", ok=False)
-    assert_one_line_error(result, "TFLite quantization needs the float source model", "[quantize]")
+def test_tflite_cannot_become_onnx(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    """A .tflite quantizes to TFLite (the AI Edge quantizer, tests/test_converters.py), never to ONNX."""
+    result = edgetool("convert", tiny_models["tflite"], "--to", "onnx", "-o", tmp_path / "m.onnx", ok=False)
+    assert_one_line_error(result, "TFLite → ONNX is not supported", "[model]")
+    dynamic = ["--format", "onnx", "--mode", "dynamic"]
+    result = edgetool("quantize", tiny_models["tflite"], *dynamic, "-o", tmp_path / "q.onnx", ok=False)
+    assert_one_line_error(result, "ONNX quantization needs an ONNX, Keras or SavedModel source", "[quantize]")
 
 
 def test_mode_not_available_for_format(tmp_path: Path, tiny_models: dict[str, Path]) -> None:

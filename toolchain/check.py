@@ -15,7 +15,6 @@ from typing import Any
 
 from device_agent._version import at_least
 from device_agent.bundle import read_bundle
-from toolchain.errors import ModelError
 from toolchain.measure import measure
 from toolchain.profiles import Profile
 from toolchain.sources import ModelKind, model_kind
@@ -46,7 +45,8 @@ class CheckResult:
 
 
 def check(target: Path, profile: Profile, runs: int = 30) -> CheckResult:
-    """Check ``target`` (.efb bundle, .tflite or .onnx) against ``profile``.
+    """Check ``target`` (.efb bundle, .tflite, .onnx, or a Keras/SavedModel/.pt2 source, converted to the
+    profile's runtime first) against ``profile``.
 
     Raises:
         BundleError: a damaged bundle.
@@ -57,10 +57,8 @@ def check(target: Path, profile: Profile, runs: int = 30) -> CheckResult:
         if target.suffix == ".efb":
             model, kind, min_version, declared_ram, stored = _from_bundle(target, Path(tmp))
         else:
-            kind = model_kind(target)
-            if kind not in (ModelKind.TFLITE, ModelKind.ONNX):
-                raise ModelError(f"{target}: check a .efb bundle, .tflite or .onnx model (convert it first)")
-            model, min_version, declared_ram, stored = target, None, 0, target.stat().st_size
+            model, kind = _runnable(target, profile, Path(tmp))
+            min_version, declared_ram, stored = None, 0, model.stat().st_size
         m = measure(kind.value, model, runs)
         ops = list_ops(kind, model)
     device_ms = m.p95_ms * profile.latency_factor
@@ -102,6 +100,21 @@ def _from_bundle(path: Path, tmp: Path) -> tuple[Path, ModelKind, str, int, int]
     model.write_bytes(bundle.read(m.model.path))
     flash = max(len(data), m.requirements.flash_bytes)
     return model, ModelKind(m.runtime.name), m.runtime.min_version, m.requirements.ram_bytes, flash
+
+
+def _runnable(target: Path, profile: Profile, tmp: Path) -> tuple[Path, ModelKind]:
+    """``target`` as a model the device runtime runs: itself (.tflite, .onnx), or a Keras, SavedModel
+    or PyTorch source converted to the profile's runtime (float32, as ``edgetool convert`` would).
+
+    Raises:
+        ModelError, UnsupportedOpsError: the source cannot be converted.
+    """
+    kind = model_kind(target)
+    if kind in (ModelKind.TFLITE, ModelKind.ONNX):
+        return target, kind
+    from toolchain.convert import convert
+
+    return convert(target, profile.runtime, tmp / f"converted.{profile.runtime}").output, ModelKind(profile.runtime)
 
 
 def list_ops(kind: ModelKind, model: Path) -> list[str]:

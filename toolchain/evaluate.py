@@ -113,7 +113,7 @@ def evaluate(candidate: Path, reference: Path, data: Path, opts: EvalOptions | N
         raise ModelError(f"{candidate}: the candidate must be a .tflite or .onnx model (convert it first)")
     ref_kind = model_kind(reference)
     with tempfile.TemporaryDirectory(prefix="edgetool-") as tmp:
-        ref_path = _runnable_reference(reference, ref_kind, kind, Path(tmp))
+        ref_path = _runnable_reference(reference, ref_kind, kind, Path(tmp), data)
         cand_rt, ref_rt = load_runtime(kind.value, candidate), load_runtime(kind.value, ref_path)
         stream = open_samples(data, ref_rt.inputs, opts.samples)
         x = stack(stream)
@@ -134,14 +134,19 @@ def evaluate(candidate: Path, reference: Path, data: Path, opts: EvalOptions | N
     return result
 
 
-def _runnable_reference(reference: Path, ref_kind: ModelKind, kind: ModelKind, tmp: Path) -> Path:
+def _runnable_reference(reference: Path, ref_kind: ModelKind, kind: ModelKind, tmp: Path, data: Path) -> Path:
     if ref_kind is kind:
         return reference
-    if not ref_kind.is_float_source:
+    if ref_kind is ModelKind.TFLITE:
         raise ModelError(f"cannot compare a {kind} candidate with a {ref_kind} reference; use the same format")
     from toolchain.convert import convert
 
-    return convert(reference, kind.value, tmp / f"reference.{kind.value}").output
+    shapes = None
+    if ref_kind is ModelKind.ONNX:  # ONNX → TFLite needs fixed input shapes: the data's
+        from toolchain.validate import first_sample
+
+        shapes = {k: v.shape for k, v in (first_sample(data, reference, "onnx") or {}).items()}
+    return convert(reference, kind.value, tmp / f"reference.{kind.value}", input_shapes=shapes).output
 
 
 def predict(runtime: Runtime, x: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -233,12 +238,28 @@ def _layer_table(result: Evaluation, pair: _Pair, opts: EvalOptions, eval_stream
         result.layer_note = "onnxruntime qdq_loss_debug: SQNR (dB) of each tensor vs the float model, lowest first"
         return
     if not pair.ref_kind.is_float_source:
-        result.layer_note = "no per-layer table: pass the Keras/SavedModel source as --reference"
+        _litert_layer_table(result, pair, opts, stream)
         return
     from toolchain.quantize import tflite as q_tflite
 
     result.layers = q_tflite.layer_errors(pair.reference, pair.ref_kind, stream)[: opts.layers]
     result.layer_note = "TFLite QuantizationDebugger on an int8 quantization of the reference, largest MSE first"
+
+
+def _litert_layer_table(result: Evaluation, pair: _Pair, opts: EvalOptions, stream: SampleStream) -> None:
+    """The AI Edge quantizer's per-layer cosine loss of a quantized .tflite against a float .tflite reference."""
+    from toolchain.quantize import litert
+    from toolchain.tflite_intake import normalise
+
+    candidate = pair.candidate.read_bytes()
+    if litert.is_float(candidate):
+        result.layer_note = "no per-layer table: the candidate is a float model"
+        return
+    reference = normalise(pair.ref_path.read_bytes(), str(pair.ref_path)).data
+    result.layers = litert.layer_errors(reference, candidate, stream)[: opts.layers]
+    result.layer_note = (
+        "AI Edge quantizer validator: each layer's own cosine loss against the float model, largest first"
+    )
 
 
 def _has_qdq(model: Path) -> bool:

@@ -142,7 +142,7 @@ def _evaluation_lines(ev: dict[str, Any]) -> list[str]:
     if ev.get("layers"):
         lines.append(f"layers that lose most ({ev['layer_note']}):")
         for row in ev["layers"]:
-            metric = row.get("sqnr_db", row.get("mse"))
+            metric = row.get("sqnr_db", row.get("mse", row.get("cosine_loss")))
             lines.append(f"  {row['layer']:<24} {metric:>12.4g}  {row['tensor']}")
     elif ev.get("layer_note"):
         lines.append(ev["layer_note"])

@@ -13,6 +13,7 @@ class ModelKind(StrEnum):
     SAVEDMODEL = "savedmodel"
     TFLITE = "tflite"
     ONNX = "onnx"
+    PT2 = "pt2"  # a PyTorch ExportedProgram saved with torch.export.save (edgefleet[torch])
 
     @property
     def is_float_source(self) -> bool:
@@ -20,11 +21,17 @@ class ModelKind(StrEnum):
         return self in (ModelKind.KERAS, ModelKind.SAVEDMODEL)
 
 
-_SUFFIXES = {".keras": ModelKind.KERAS, ".h5": ModelKind.KERAS, ".tflite": ModelKind.TFLITE, ".onnx": ModelKind.ONNX}
+_SUFFIXES = {
+    ".keras": ModelKind.KERAS,
+    ".h5": ModelKind.KERAS,
+    ".tflite": ModelKind.TFLITE,
+    ".onnx": ModelKind.ONNX,
+    ".pt2": ModelKind.PT2,
+}
 
 
 def model_kind(path: Path) -> ModelKind:
-    """The kind of model at ``path``: .keras/.h5, a SavedModel directory, .tflite or .onnx.
+    """The kind of model at ``path``: .keras/.h5, a SavedModel directory, .tflite, .onnx or .pt2.
 
     Raises:
         ModelError: the path does not exist or is not a model edgetool knows.
@@ -40,5 +47,5 @@ def model_kind(path: Path) -> ModelKind:
     except KeyError:
         raise ModelError(
             f"{path}: unknown model type {path.suffix or '(no suffix)'}; use .keras, .h5, a SavedModel directory, "
-            ".tflite or .onnx"
+            ".tflite, .onnx or .pt2 (torch.export.save)"
         ) from None

@@ -122,6 +122,7 @@ def _fixed(req: QuantizeRequest, status: Status) -> Outcome:
         "quantize_seconds": result.seconds,
         "output": str(req.output),
         "bytes": result.bytes,
+        "tools": result.tools,
     }
     if (field := field_data(req.calibration)) is not None:
         details["field_data"] = field  # the calibration set is a capture export

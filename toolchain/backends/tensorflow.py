@@ -320,3 +320,46 @@ def layer_statistics(dbg: Any) -> list[dict[str, str]]:
     buf = io.StringIO()
     dbg.layer_statistics_dump(buf)
     return list(csv.DictReader(io.StringIO(buf.getvalue())))
+
+
+def onnx2tf_model_to_tflite(model: Any, inputs: Sequence[str], outputs: Sequence[tuple[str, tuple[int, ...]]]) -> bytes:
+    """onnx2tf's in-memory Keras model as a float TFLite model with built-in ops only: inputs named
+    ``inputs`` (the ONNX names, in order), outputs renamed as ``outputs`` says and, where onnx2tf made
+    a channels-first output channels-last, transposed back to the ONNX shape given.
+
+    Raises:
+        UnsupportedOpsError: ops that would need SELECT_TF_OPS.
+        ModelError: the outputs cannot be mapped back to the ONNX shapes.
+    """
+    if len(model.inputs) != len(inputs) or len(model.outputs) != len(outputs):
+        raise ModelError(
+            f"onnx2tf's model has {len(model.inputs)} inputs and {len(model.outputs)} outputs, not as ONNX"
+        )
+    perms = [_layout_perm(tuple(t.shape), shape, name) for t, (name, shape) in zip(model.outputs, outputs, strict=True)]
+    specs = [tf.TensorSpec(t.shape, t.dtype, name=n) for t, n in zip(model.inputs, inputs, strict=True)]
+
+    @tf.function(input_signature=specs)
+    def serve(*args: Any) -> dict[str, Any]:
+        result = model(list(args))
+        result = result if isinstance(result, list | tuple) else [result]
+        return {
+            name: value if perm is None else tf.transpose(value, perm)
+            for value, (name, _), perm in zip(result, outputs, perms, strict=True)
+        }
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], model)
+    return convert_tflite(converter)
+
+
+def _layout_perm(got: tuple[int | None, ...], want: tuple[int, ...], name: str) -> list[int] | None:
+    """The transpose taking onnx2tf's channels-last output ``got`` back to the ONNX shape ``want``.
+
+    Raises:
+        ModelError: neither the shape as it is nor channels-first matches.
+    """
+    if got == want:
+        return None
+    perm = [0, len(got) - 1, *range(1, len(got) - 1)]
+    if len(got) >= 3 and tuple(got[i] for i in perm) == want:
+        return perm
+    raise ModelError(f"onnx2tf changed output {name!r} from {list(want)} to {list(got)}: no layout maps it back")

@@ -61,17 +61,28 @@ def emit(outcome: Outcome, report_dir: Path | None, as_json: bool, title: str) -
 @click.argument("model", type=MODEL)
 @click.option("--to", "target", required=True, type=click.Choice(["tflite", "onnx"]), help="Output format.")
 @click.option("-o", "--output", required=True, type=OUTPUT)
-@click.option("--opset", default=17, show_default=True, type=click.IntRange(9, 21), help="ONNX opset.")
-def convert(model: Path, target: str, output: Path, opset: int) -> None:
-    """Convert MODEL (.keras, .h5, SavedModel directory, .onnx) to float32 TFLite or ONNX.
+@click.option("--opset", type=click.IntRange(9, 21), help="ONNX opset (default 17; 18 from a .pt2).")
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    help="NAME=D,D,...: fix an input's dynamic dims (ONNX → TFLite needs fixed ones), e.g. x=1,3,96,160.",
+)
+def convert(model: Path, target: str, output: Path, opset: int | None, input_shapes: tuple[str, ...]) -> None:
+    """Convert MODEL (.keras, .h5, SavedModel directory, .onnx, .tflite, PyTorch .pt2) to float32 TFLite or ONNX.
 
-    Ops the target cannot run are listed in the error (for TFLite: ops that would need
-    SELECT_TF_OPS, which device LiteRT builds do not ship).
+    ONNX → TFLite goes through onnx2tf and is checked against onnxruntime (max abs error ≤ 1e-4,
+    scaled by the outputs' magnitude); .pt2 (torch.export.save) → ONNX through torch.onnx, checked
+    against PyTorch (≤ 1e-5). Ops the target cannot run are listed in the error (for TFLite: ops
+    that would need SELECT_TF_OPS, which device LiteRT builds do not ship).
     """
     from toolchain.convert import convert as run
+    from toolchain.convert import parse_shapes
 
-    result = run(model, target, output, opset)
-    click.echo(f"wrote {result.output} ({result.bytes} bytes, {result.target} from {result.source_kind})")
+    result = run(model, target, output, opset, parse_shapes(input_shapes))
+    error = f", max abs error vs onnxruntime {result.max_abs_error:.3g}" if result.max_abs_error is not None else ""
+    tools = f", with {', '.join(f'{k} {v}' for k, v in result.tools.items())}" if result.tools else ""
+    click.echo(f"wrote {result.output} ({result.bytes} bytes, {result.target} from {result.source_kind}{error}{tools})")
 
 
 @click.command()
@@ -81,7 +92,7 @@ def convert(model: Path, target: str, output: Path, opset: int) -> None:
     "--mode",
     required=True,
     type=click.Choice(sorted({*TFLITE_MODES, *ONNX_MODES, "auto"})),
-    help="tflite: float16|dynamic|int8|int16x8; onnx: dynamic|int8 (static QDQ); auto: search within a bound.",
+    help="tflite: float16|dynamic|int8|int16x8|weight-only; onnx: dynamic|int8 (static QDQ); auto: search.",
 )
 @click.option("--calibration", type=DATA, help="Calibration .npz (x, or one array per input), .npy, or .npy dir.")
 @click.option("-o", "--output", required=True, type=OUTPUT)
@@ -107,12 +118,12 @@ def convert(model: Path, target: str, output: Path, opset: int) -> None:
 def quantize(*, model: Path, fmt: str, report_dir: Path | None, as_json: bool, **kw: Any) -> None:
     """Quantize MODEL and write OUTPUT; with --eval, measure what it cost.
 
-    TFLite needs the float source (.keras, .h5, SavedModel). ONNX accepts .onnx or converts the
-    source first. --mode auto tries int8, then int8 with the worst layers kept in float, then wider
-    modes, and keeps the first within --max-accuracy-drop (classifiers) and/or --min-cosine (any
-    model; the worst output's cosine with float); it needs --eval and --calibration. Every result
-    is loaded and run in its device runtime before it is written; a variant with an output below
-    cosine 0.9 is flagged with a warning.
+    TFLite: the TFLite converter for Keras/SavedModel, else the AI Edge quantizer (after onnx2tf or
+    torch.onnx; dynamic dims from the first calibration sample). ONNX: .onnx, or converted first.
+    --mode auto tries int8, int8 with the worst layers in float, then wider modes; it keeps the first
+    within --max-accuracy-drop (classifiers) and/or --min-cosine (the worst output's cosine with
+    float), and needs --eval and --calibration. Every result is loaded and run in its device runtime
+    before it is written; a variant with an output below cosine 0.9 is flagged with a warning.
     """
     from toolchain import workflows
 

@@ -101,7 +101,7 @@ def profiles(as_json: bool) -> None:
 @click.option("--runs", default=30, show_default=True, type=click.IntRange(min=1), help="Timed runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def check(target: Path, profile_name: str, runs: int, as_json: bool) -> None:
-    """Check a bundle (.efb) or model (.tflite/.onnx) against a device profile.
+    """Check a bundle (.efb) or model (.tflite/.onnx; a .keras/SavedModel/.pt2 is converted first) against a profile.
 
     Exits 0 when it fits, 1 when it does not; prints every check with its numbers.
     """

@@ -15,6 +15,7 @@ from device_agent.fsutil import atomic_write
 from toolchain.errors import QuantizeError
 from toolchain.quantize.options import (
     CALIBRATED,
+    CONVERTER_MODES,
     DEFAULT_SAMPLES,
     ONNX_MODES,
     TFLITE_MODES,
@@ -68,27 +69,59 @@ def quantize(
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgetool-q-") as tmp:
         produced = Path(tmp) / f"quantized.{options.format}"
-        used = _run_backend(source, kind, produced, options, calibration)
+        tools: dict[str, str] = {}
+        used = _run_backend(source, kind, produced, options, (calibration, tools))
         # The file reaches ``output`` only once its device runtime has loaded and run it.
         same_kind = source if kind.value == options.format else None
         sample = first_sample(calibration or check_data, produced, options.format)
         check_model(options.format, produced, sample, same_kind)
         atomic_write(output, produced.read_bytes())
-    return QuantizeResult(output, options, output.stat().st_size, time.perf_counter() - start, used)
+    seconds = time.perf_counter() - start
+    return QuantizeResult(output, options, output.stat().st_size, seconds, used, tools)
 
 
 def _run_backend(
-    source: Path, kind: ModelKind, output: Path, options: QuantizeOptions, calibration: Path | None
+    source: Path, kind: ModelKind, output: Path, options: QuantizeOptions, data: tuple[Path | None, dict[str, str]]
 ) -> int:
+    """Quantize into ``output`` with the backend that fits the source; record the tools used in ``data[1]``."""
+    calibration, tools = data
     if isinstance(options, TFLiteOptions):
-        from toolchain.quantize import tflite
+        if kind.is_float_source and options.mode in CONVERTER_MODES:
+            from toolchain.backends.tensorflow import tf
+            from toolchain.quantize import tflite
 
-        if not kind.is_float_source:
-            raise QuantizeError(
-                f"{source}: TFLite quantization needs the float source model (.keras, .h5 or a SavedModel "
-                f"directory); a {kind} model cannot be re-quantized by the TFLite converter"
-            )
-        return tflite.quantize(source, kind, output, options, calibration)
+            tools["tensorflow"] = str(tf.__version__)
+            return tflite.quantize(source, kind, output, options, calibration)
+        return _litert(source, kind, output, options, data)
     from toolchain.quantize import onnx
 
+    if kind is ModelKind.PT2:
+        from toolchain.convert import convert
+
+        converted = convert(source, "onnx", output.with_name("from_torch.onnx"))
+        tools.update(converted.tools)
+        source, kind = converted.output, ModelKind.ONNX
     return onnx.quantize(source, kind, output, options, calibration)
+
+
+def _litert(
+    source: Path, kind: ModelKind, output: Path, options: TFLiteOptions, data: tuple[Path | None, dict[str, str]]
+) -> int:
+    """Any source as a normalised float .tflite (converted when it is not one), then the AI Edge quantizer."""
+    from device_agent.runtime import load_runtime
+    from toolchain.calibration import open_samples
+    from toolchain.convert import convert
+    from toolchain.quantize import litert
+
+    calibration, tools = data
+    shapes = None
+    if kind is ModelKind.ONNX and calibration is not None:
+        shapes = {k: v.shape for k, v in (first_sample(calibration, source, "onnx") or {}).items()}
+    converted = convert(source, "tflite", output.with_name("float.tflite"), input_shapes=shapes)
+    tools.update(converted.tools)
+    tools["ai-edge-quantizer"] = litert.version()
+    float_bytes = converted.output.read_bytes()
+    runtime = load_runtime("tflite", float_bytes)
+    stream = open_samples(calibration, runtime.inputs, options.samples) if calibration else None
+    atomic_write(output, litert.quantize(float_bytes, options, stream))
+    return len(stream) if stream else 0

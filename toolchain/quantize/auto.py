@@ -166,8 +166,8 @@ def auto_quantize(
         judge = _Judge(opts.format, float_model, opts)
         result = AutoResult(float_model.stat().st_size, judge.ref_accuracy, _latency(float_model, opts, judge.sample))
         result.classifier, result.bounds = judge.classifier, bounds_text(opts)
-        # The TFLite converter starts from the Keras/SavedModel source; ONNX from the float ONNX.
-        q_source = source if opts.format == "tflite" else float_model
+        # The TFLite converter starts from the Keras/SavedModel source; the others from the float model.
+        q_source = source if opts.format == "tflite" and model_kind(source).is_float_source else float_model
         for name, options in _variants(q_source, opts, result):
             path = work / f"{len(result.trials)}.{opts.format}"
             q = quantize(q_source, path, options, opts.calibration)
@@ -190,14 +190,20 @@ def _latency(model: Path, opts: AutoOptions, sample: dict[str, np.ndarray]) -> M
 
 def _float_model(source: Path, opts: AutoOptions, work: Path) -> Path:
     from toolchain.convert import convert
+    from toolchain.validate import first_sample
 
-    return convert(source, opts.format, work / f"float.{opts.format}").output
+    shapes = None
+    if opts.format == "tflite" and model_kind(source).value == "onnx":  # onnx2tf needs fixed input shapes
+        shapes = {k: v.shape for k, v in (first_sample(opts.calibration, source, "onnx") or {}).items()}
+    return convert(source, opts.format, work / f"float.{opts.format}", input_shapes=shapes).output
 
 
 def _variants(source: Path, opts: AutoOptions, result: AutoResult) -> Iterator[tuple[str, QuantizeOptions]]:
     """Variants in preference order; the mixed ones are ranked after full int8 has been scored."""
+    converter = opts.format == "tflite" and model_kind(source).is_float_source
     if opts.format == "tflite":
-        base: QuantizeOptions = TFLiteOptions("int8", io="float", samples=opts.samples)
+        # The TFLite converter can keep float I/O; the AI Edge quantizer (other sources) makes int8 I/O.
+        base: QuantizeOptions = TFLiteOptions("int8", io="float" if converter else "int8", samples=opts.samples)
     else:
         base = OnnxOptions("int8", per_channel=opts.per_channel, calibrate=opts.calibrate, samples=opts.samples)
     yield "int8", base
@@ -208,6 +214,8 @@ def _variants(source: Path, opts: AutoOptions, result: AutoResult) -> Iterator[t
     if opts.format == "tflite":
         yield "int16x8", TFLiteOptions("int16x8", samples=opts.samples)
         yield "dynamic", TFLiteOptions("dynamic")
+        if not converter:
+            yield "weight-only", TFLiteOptions("weight-only")
         yield "float16", TFLiteOptions("float16")
     else:
         yield "dynamic", OnnxOptions("dynamic", per_channel=opts.per_channel)
@@ -216,6 +224,12 @@ def _variants(source: Path, opts: AutoOptions, result: AutoResult) -> Iterator[t
 def _rank_layers(source: Path, opts: AutoOptions, int8_model: Path) -> list[str]:
     """Layer (TFLite tensor / ONNX node) names, worst first, from the per-layer error table."""
     kind = model_kind(source)
+    if opts.format == "tflite" and not kind.is_float_source:  # the AI Edge quantizer's: per-tensor cosine
+        from toolchain.quantize import litert
+
+        stream = open_samples(opts.calibration, load_runtime("tflite", source).inputs, min(opts.samples or 16, 16))
+        rows = litert.layer_errors(source.read_bytes(), int8_model.read_bytes(), stream)
+        return [row["tensor"] for row in rows]
     if opts.format == "tflite":
         from toolchain.backends.tensorflow import TFSource
         from toolchain.quantize import tflite as q_tflite

@@ -6,12 +6,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-TFLiteMode = Literal["float16", "dynamic", "int8", "int16x8"]
+TFLiteMode = Literal["float16", "dynamic", "int8", "int16x8", "weight-only"]
 OnnxMode = Literal["dynamic", "int8"]
 IOType = Literal["int8", "uint8", "float"]
 Calibrate = Literal["minmax", "entropy", "percentile"]
 
-TFLITE_MODES: tuple[str, ...] = ("float16", "dynamic", "int8", "int16x8")
+TFLITE_MODES: tuple[str, ...] = ("float16", "dynamic", "int8", "int16x8", "weight-only")
+CONVERTER_MODES: tuple[str, ...] = ("float16", "dynamic", "int8", "int16x8")  # the TFLite converter's (Keras)
 ONNX_MODES: tuple[str, ...] = ("dynamic", "int8")
 CALIBRATED = {("tflite", "int8"), ("tflite", "int16x8"), ("onnx", "int8")}
 DEFAULT_SAMPLES = 200  # calibration samples used unless --samples says otherwise
@@ -60,6 +61,7 @@ class QuantizeResult:
     bytes: int
     seconds: float
     calibration_samples: int
+    tools: dict[str, str] = field(default_factory=dict)  # converters and quantizers used → version
 
     def settings(self) -> dict[str, Any]:
         """The options as plain JSON values (for reports and bundle provenance)."""
