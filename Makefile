@@ -12,7 +12,6 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet 'torch==2.13.0' --index-url https://download.pytorch.org/whl/cpu
 	$(PY) -m pip install --quiet -e '.[all,dev]'
 	$(PY) -m pip install --quiet --no-deps "tf_keras==$$($(PY) -c 'import tensorflow as t; print(t.__version__)')"
 	$(PY) scripts/fetch_test_models.py
