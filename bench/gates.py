@@ -115,7 +115,7 @@ def new_gate(devices: tuple[DeviceView, ...], deps: dict[str, DeploymentView]) -
     first = HORIZON + 1
     for k in range(1, HORIZON + 1):
         verdict = evidence.judge(devices, deps, GATE, k * INTERVAL_S)
-        if first > HORIZON and all(e.outcome is not evidence.Outcome.INCONCLUSIVE for e in verdict.evidence):
+        if first > HORIZON and all(e.note != "too few windows" for e in verdict.evidence):
             first = k
         streak = max((e.streak for e in verdict.evidence), default=0)
         for n in CONSECUTIVE:

@@ -6,6 +6,13 @@ every runner tick, and the benchmark replays thousands of rollouts, where scipy'
 5 ms here, mostly argument handling) is a hundred times the test itself. It is the textbook large-sample
 form (average ranks for ties, tie-corrected variance, continuity correction), the same as scipy's
 ``method="asymptotic"``; tests/test_rollout_evidence.py checks the two agree.
+
+A device's windows are not independent samples (a device that is simply slower than its neighbours is slower
+in every window), so ``clustered_greater`` widens the variance by Kish's design effect 1 + (m - 1) * ICC, with
+m the windows per device and ICC the share of the ranks' variance between devices of the same cohort (one-way
+ANOVA nested in the cohorts, so a real regression does not count as clustering). This is the usual
+approximation of the clustered rank-sum test (Rosner, Glynn and Lee, Biometrics 2003); with one device per
+cohort ICC cannot be estimated and is taken as 1: each device counts once.
 """
 
 from __future__ import annotations
@@ -42,12 +49,81 @@ def greater(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
         return 0.0, 1.0
     rank_sum, ties = _ranks([(v, 1) for v in x] + [(v, 0) for v in y])
     u = rank_sum - n1 * (n1 + 1) / 2
+    return u, _p_value(u, n1, n2, ties, 1.0)
+
+
+def _p_value(u: float, n1: int, n2: int, ties: float, deff: float) -> float:
     n = n1 + n2
-    variance = n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1))) if n > 1 else 0.0
+    variance = deff * n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1))) if n > 1 else 0.0
     if variance <= 0:
-        return u, 1.0
+        return 1.0
     z = (u - n1 * n2 / 2 - 0.5) / math.sqrt(variance)
-    return u, 0.5 * math.erfc(z / math.sqrt(2))
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def _rank_each(values: list[float]) -> tuple[list[float], float]:
+    """Each value's rank (average ranks for ties), in input order, and the tie term sum(t^3 - t)."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks, ties, i, n = [0.0] * len(values), 0.0, 0, len(values)
+    while i < n:
+        j, value = i, values[order[i]]
+        while j + 1 < n and values[order[j + 1]] == value:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        ties += (j - i + 1) ** 3 - (j - i + 1)
+        i = j + 1
+    return ranks, ties
+
+
+def design_effect(cohorts: Sequence[Sequence[Sequence[float]]]) -> float:
+    """Kish's design effect 1 + (m - 1) * ICC of values clustered in devices (``cohorts[c][device]``).
+
+    m is the size-weighted mean of the windows per device; ICC comes from a one-way ANOVA of devices nested
+    in cohorts (between-device variance within each cohort); 1 when there are not two devices in any cohort.
+    """
+    sizes = [len(g) for c in cohorts for g in c if g]
+    n, k, groups = sum(sizes), len(sizes), sum(1 for c in cohorts if any(c))
+    m_bar = sum(s * s for s in sizes) / n if n else 1.0
+    df_between, df_within = k - groups, n - k
+    if m_bar <= 1.0:
+        return 1.0
+    if df_between < 1 or df_within < 1:
+        return m_bar  # ICC taken as 1
+    between = within = weighted = 0.0
+    for cohort in cohorts:
+        present = [g for g in cohort if g]
+        if not present:
+            continue
+        total = sum(len(g) for g in present)
+        mean = sum(sum(g) for g in present) / total
+        for g in present:
+            g_mean = sum(g) / len(g)
+            between += len(g) * (g_mean - mean) ** 2
+            within += sum((v - g_mean) ** 2 for v in g)
+        weighted += sum(len(g) ** 2 for g in present) / total
+    ms_between, ms_within = between / df_between, within / df_within
+    m0 = (n - weighted) / df_between  # the ANOVA's mean group size for unequal groups
+    sigma_b = max(0.0, (ms_between - ms_within) / m0)
+    icc = sigma_b / (sigma_b + ms_within) if sigma_b + ms_within > 0 else 0.0
+    return 1.0 + (m_bar - 1.0) * icc
+
+
+def clustered_greater(x: Sequence[Sequence[float]], y: Sequence[Sequence[float]]) -> tuple[float, float, float, float]:
+    """``(U, p, deff, p_min)`` for windows grouped per device (``x[device]``): U of ``x`` over ``y`` pooled,
+    its one-sided p-value with the variance widened by the design effect ``deff``, and ``p_min``, the p-value
+    if every ``x`` window ranked above every ``y`` window (no evidence can do better: underpowered if >= alpha).
+    """
+    xs, ys = [v for g in x for v in g], [v for g in y for v in g]
+    n1, n2 = len(xs), len(ys)
+    if not n1 or not n2:
+        return 0.0, 1.0, 1.0, 1.0
+    ranks, ties = _rank_each(xs + ys)
+    u = sum(ranks[:n1]) - n1 * (n1 + 1) / 2
+    it = iter(ranks)
+    cohorts = [[[next(it) for _ in g] for g in side] for side in (x, y)]
+    deff = design_effect(cohorts)
+    return u, _p_value(u, n1, n2, ties, deff), deff, _p_value(n1 * n2, n1, n2, 0.0, deff)
 
 
 def median(values: Sequence[float]) -> float:
