@@ -41,6 +41,7 @@ REGRESSIONS: dict[str, dict[str, float]] = {
 }
 CONSECUTIVE = (1, 2, 3)
 GATE = HealthGate(settle_s=0.0, eval_interval_s=INTERVAL_S, consecutive=max(CONSECUTIVE))  # defaults otherwise
+CLUSTERED = replace(GATE, clustered=True)  # --health-clustered
 
 
 @dataclass(frozen=True)
@@ -108,13 +109,15 @@ def old_gate(devices: tuple[DeviceView, ...], deps: dict[str, DeploymentView]) -
     return None
 
 
-def new_gate(devices: tuple[DeviceView, ...], deps: dict[str, DeploymentView]) -> tuple[dict[int, int | None], int]:
+def new_gate(
+    devices: tuple[DeviceView, ...], deps: dict[str, DeploymentView], gate: HealthGate = GATE
+) -> tuple[dict[int, int | None], int]:
     """Per ``consecutive`` setting, the evaluation at which the new gate aborts (or None), and the first
     evaluation with the minimum samples."""
     aborts: dict[int, int | None] = dict.fromkeys(CONSECUTIVE)
     first = HORIZON + 1
     for k in range(1, HORIZON + 1):
-        verdict = evidence.judge(devices, deps, GATE, k * INTERVAL_S)
+        verdict = evidence.judge(devices, deps, gate, k * INTERVAL_S)
         if first > HORIZON and all(e.note != "too few windows" for e in verdict.evidence):
             first = k
         streak = max((e.streak for e in verdict.evidence), default=0)
@@ -124,6 +127,9 @@ def new_gate(devices: tuple[DeviceView, ...], deps: dict[str, DeploymentView]) -
         if all(v is not None for v in aborts.values()):
             break
     return aborts, first
+
+
+LABELS = {"old": "old (latest point, means)", "clustered": f"new, --health-clustered, consecutive={GATE.consecutive}"}
 
 
 @dataclass
@@ -151,7 +157,11 @@ class Tally:
 
 def measure(kind: str, bad: dict[str, float], runs: int, seed0: int) -> dict[str, Tally]:
     """Old and new gate (per ``consecutive``) over ``runs`` generated rollouts of one kind."""
-    tallies = {"old": Tally(delays=[]), **{f"new-{n}": Tally(delays=[]) for n in CONSECUTIVE}}
+    tallies = {
+        "old": Tally(delays=[]),
+        **{f"new-{n}": Tally(delays=[]) for n in CONSECUTIVE},
+        "clustered": Tally(delays=[]),
+    }
     for i in range(runs):
         if i % 100 == 0:
             print(f"{kind}: {i}/{runs}", file=sys.stderr, flush=True)
@@ -160,6 +170,8 @@ def measure(kind: str, bad: dict[str, float], runs: int, seed0: int) -> dict[str
         tallies["old"].add(old_gate(devices, deps), 1)
         for n in CONSECUTIVE:
             tallies[f"new-{n}"].add(aborts[n], first)
+        clustered, first = new_gate(devices, deps, CLUSTERED)
+        tallies["clustered"].add(clustered[GATE.consecutive], first)
     return tallies
 
 
@@ -167,7 +179,7 @@ def _rows(kinds: dict[str, dict[str, Tally]]) -> list[str]:
     rows = []
     for kind, tallies in kinds.items():
         for gate, t in tallies.items():
-            label = "old (latest point, means)" if gate == "old" else f"new, consecutive={gate.split('-')[1]}"
+            label = LABELS.get(gate) or f"new, consecutive={gate.split('-')[1]}"
             rows.append(f"| {kind} | {label} | {t.runs} | {t.rate()} | {t.times()} |")
     return rows
 

@@ -106,6 +106,11 @@ START_OPTIONS = [
         show_default=True,
         help="Health gate: seconds past the bake time an undecided gate may hold a stage.",
     ),
+    click.option(
+        "--health-clustered",
+        is_flag=True,
+        help="Health gate: widen each test by the design effect of windows clustered in devices (see DEFF).",
+    ),
     json_option,
 ]
 EVIDENCE_COLS = [

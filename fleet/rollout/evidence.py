@@ -82,7 +82,7 @@ class MetricEvidence:
     test: str
     statistic: float | None  # U of the updated cohort
     p_value: float | None
-    deff: float | None = None  # design effect: how much the windows' clustering in devices widened the test
+    deff: float | None = None  # design effect of the windows' clustering in devices (widens the test if clustered)
     streak: int = 0  # consecutive failed evaluations, this one included
     note: str = ""
 
@@ -196,9 +196,9 @@ def compare(sku: str, c: Cohorts, metric: Metric, gate: HealthGate) -> MetricEvi
     else:
         shifted = [[v - tolerance for v in vs] for vs in upd_dev]
         effect, shift_ok = mu - mb, True
-    u, p, deff, p_min = clustered_greater(shifted, base_dev)
+    u, p, deff, p_min = clustered_greater(shifted, base_dev, gate.clustered)
     outcome = Outcome.FAIL if p < gate.alpha and shift_ok else Outcome.PASS
-    if p_min >= gate.alpha:  # even a complete separation could not fail: too few devices for the clustering
+    if p_min >= gate.alpha:  # even a complete separation could not fail: too few devices (for the clustering)
         outcome, note = Outcome.INCONCLUSIVE, "underpowered"
     else:
         note = ""

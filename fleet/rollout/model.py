@@ -90,6 +90,7 @@ class HealthGate:
     eval_interval_s: float = 10.0  # seconds between evaluations (the devices' telemetry interval)
     max_inconclusive_s: float = 300.0  # seconds past the bake time an inconclusive gate may hold a stage
     max_samples: int = 1000  # windows per cohort and test (each device's newest first), bounding the work
+    clustered: bool = False  # widen each test by the design effect of windows clustered in devices
 
 
 @dataclass(frozen=True)
