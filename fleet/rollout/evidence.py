@@ -16,7 +16,8 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from operator import attrgetter
 from typing import Any
 
 from device_agent.protocol import DeploymentState
@@ -154,7 +155,8 @@ def cohorts(
 
 def _values(per_device: list[list[Health]], field: str, sign: float) -> list[list[float]]:
     """Per device, its windows' values of ``field`` (negated when lower is worse); devices without any left out."""
-    out = [[sign * v for w in ws if (v := getattr(w, field)) is not None] for ws in per_device]
+    get = attrgetter(field)
+    out = [[sign * v for v in map(get, ws) if v is not None] for ws in per_device]
     return [vs for vs in out if vs]
 
 
@@ -207,7 +209,7 @@ def compare(sku: str, c: Cohorts, metric: Metric, gate: HealthGate) -> MetricEvi
 
 
 def _with(e: MetricEvidence, **changes: Any) -> MetricEvidence:
-    return MetricEvidence(**{**asdict(e), **changes})
+    return replace(e, **changes)
 
 
 def evaluate(
