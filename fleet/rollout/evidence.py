@@ -4,11 +4,12 @@ its deployments succeeded against the not-yet-updated devices' windows over the 
 Each comparison is a one-sided Mann-Whitney U test (``fleet.rollout.stats``) of "the updated cohort is worse
 than the baseline by more than the tolerance" (a share of the gate's effect size: the square root of a
 ratio, half of a difference, a quarter for error rates), with three outcomes: ``inconclusive`` (too few
-devices or windows yet), ``fail`` (p < alpha, and for latency the medians also differ by
-``min_p95_delta_ms``) and ``pass``. A fail aborts only when it holds at ``consecutive`` evaluations
-``eval_interval_s`` apart; each evaluation is recomputed from the windows (evidence cut off
-``k * eval_interval_s`` before the newest updated window), so the decision keeps no state and survives a
-restart.
+devices or windows yet, or a test that could not fail whatever the windows), ``fail`` (p < alpha, and for
+latency the medians also differ by ``min_p95_delta_ms``) and ``pass``. Each comparison reports the design
+effect of the windows' clustering in devices; with ``HealthGate.clustered`` the test's variance is widened by
+it. A fail aborts only when it holds at ``consecutive`` evaluations ``eval_interval_s`` apart; each
+evaluation is recomputed from the windows (evidence cut off ``k * eval_interval_s`` before the newest updated
+window), so the decision keeps no state and survives a restart.
 """
 
 from __future__ import annotations

@@ -73,7 +73,8 @@ class HealthGate:
 
     The ``max_*`` fields are effect sizes: the regression the gate is built to catch. A metric fails when a
     one-sided Mann-Whitney U test says, at level ``alpha``, that the updated cohort is worse than the
-    baseline by more than half that effect (the tolerance), and aborts after ``consecutive`` such
+    baseline by more than half that effect (the tolerance; with ``clustered``, a test widened by the design
+    effect of windows clustered in devices), and aborts after ``consecutive`` such
     evaluations ``eval_interval_s`` apart (see ``fleet/rollout/evidence.py`` and docs/operations.md).
     """
 
