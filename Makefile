@@ -37,7 +37,7 @@ test: lint typecheck pytest
 test-embedded: install
 	EDGEFLEET_TEST_BROKER=embedded $(PY) -m pytest tests/test_mqtt_transport.py
 
-## test-field: the health gate's field acceptance (60 devices, CPU hog, noise); not yet reliable enough for CI
+## test-field: only the health gate's field acceptance (60 devices, CPU hog, noise; `make test` runs it too)
 test-field: install
 	$(PY) -m pytest -m field tests/test_health_gate_field.py
 

@@ -17,10 +17,12 @@ gate's default effect size: latency x1.5, errors +5 pp, confidence -10 pp, drift
 from __future__ import annotations
 
 import math
+import os
 import random
 import statistics
 import sys
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -41,6 +43,8 @@ REGRESSIONS: dict[str, dict[str, float]] = {
 }
 CONSECUTIVE = (1, 2, 3)
 GATE = HealthGate(settle_s=0.0, eval_interval_s=INTERVAL_S, consecutive=max(CONSECUTIVE))  # defaults otherwise
+CLUSTERED = replace(GATE, clustered=True)  # --health-clustered
+CLUSTERED_KINDS = ("good", "latency x1.5")
 
 
 @dataclass(frozen=True)
@@ -108,14 +112,16 @@ def old_gate(devices: tuple[DeviceView, ...], deps: dict[str, DeploymentView]) -
     return None
 
 
-def new_gate(devices: tuple[DeviceView, ...], deps: dict[str, DeploymentView]) -> tuple[dict[int, int | None], int]:
+def new_gate(
+    devices: tuple[DeviceView, ...], deps: dict[str, DeploymentView], gate: HealthGate = GATE
+) -> tuple[dict[int, int | None], int]:
     """Per ``consecutive`` setting, the evaluation at which the new gate aborts (or None), and the first
     evaluation with the minimum samples."""
     aborts: dict[int, int | None] = dict.fromkeys(CONSECUTIVE)
     first = HORIZON + 1
     for k in range(1, HORIZON + 1):
-        verdict = evidence.judge(devices, deps, GATE, k * INTERVAL_S)
-        if first > HORIZON and all(e.outcome is not evidence.Outcome.INCONCLUSIVE for e in verdict.evidence):
+        verdict = evidence.judge(devices, deps, gate, k * INTERVAL_S)
+        if first > HORIZON and all(e.note != "too few windows" for e in verdict.evidence):
             first = k
         streak = max((e.streak for e in verdict.evidence), default=0)
         for n in CONSECUTIVE:
@@ -124,6 +130,9 @@ def new_gate(devices: tuple[DeviceView, ...], deps: dict[str, DeploymentView]) -
         if all(v is not None for v in aborts.values()):
             break
     return aborts, first
+
+
+LABELS = {"old": "old (latest point, means)", "clustered": f"new, --health-clustered, consecutive={GATE.consecutive}"}
 
 
 @dataclass
@@ -149,17 +158,37 @@ class Tally:
         return f"{med:g} / {p95:g} ({med * INTERVAL_S:g} s / {p95 * INTERVAL_S:g} s)"
 
 
+Outcome = tuple[int | None, dict[int, int | None], int, tuple[dict[int, int | None], int] | None]
+
+
+def one(seed: int, bad: dict[str, float], clustered: bool) -> Outcome:
+    """One generated rollout: the old gate's abort, the new gate's (per ``consecutive``) and its first evaluation
+    with the minimum samples, and the same for ``--health-clustered`` when asked."""
+    devices, deps = scenario(seed, bad)
+    aborts, first = new_gate(devices, deps)
+    return old_gate(devices, deps), aborts, first, new_gate(devices, deps, CLUSTERED) if clustered else None
+
+
 def measure(kind: str, bad: dict[str, float], runs: int, seed0: int) -> dict[str, Tally]:
-    """Old and new gate (per ``consecutive``) over ``runs`` generated rollouts of one kind."""
-    tallies = {"old": Tally(delays=[]), **{f"new-{n}": Tally(delays=[]) for n in CONSECUTIVE}}
-    for i in range(runs):
-        if i % 100 == 0:
-            print(f"{kind}: {i}/{runs}", file=sys.stderr, flush=True)
-        devices, deps = scenario(seed0 + i, bad)
-        aborts, first = new_gate(devices, deps)
-        tallies["old"].add(old_gate(devices, deps), 1)
-        for n in CONSECUTIVE:
-            tallies[f"new-{n}"].add(aborts[n], first)
+    """Old and new gate (per ``consecutive``) over ``runs`` generated rollouts of one kind, one process per core
+    (each rollout is seeded, so the figures do not depend on the number of processes)."""
+    clustered = kind in CLUSTERED_KINDS  # the option's trade-off: false aborts and the hard regression
+    tallies = {
+        "old": Tally(delays=[]),
+        **{f"new-{n}": Tally(delays=[]) for n in CONSECUTIVE},
+        **({"clustered": Tally(delays=[])} if clustered else {}),
+    }
+    seeds = range(seed0, seed0 + runs)
+    with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+        outcomes = pool.map(one, seeds, [bad] * runs, [clustered] * runs, chunksize=10)
+        for i, (old, aborts, first, with_deff) in enumerate(outcomes):
+            if i % 100 == 0:
+                print(f"{kind}: {i}/{runs}", file=sys.stderr, flush=True)
+            tallies["old"].add(old, 1)
+            for n in CONSECUTIVE:
+                tallies[f"new-{n}"].add(aborts[n], first)
+            if with_deff is not None:
+                tallies["clustered"].add(with_deff[0][GATE.consecutive], with_deff[1])
     return tallies
 
 
@@ -167,7 +196,7 @@ def _rows(kinds: dict[str, dict[str, Tally]]) -> list[str]:
     rows = []
     for kind, tallies in kinds.items():
         for gate, t in tallies.items():
-            label = "old (latest point, means)" if gate == "old" else f"new, consecutive={gate.split('-')[1]}"
+            label = LABELS.get(gate) or f"new, consecutive={gate.split('-')[1]}"
             rows.append(f"| {kind} | {label} | {t.runs} | {t.rate()} | {t.times()} |")
     return rows
 
@@ -189,7 +218,8 @@ def run(good: int = GOOD, bad: int = BAD, progress: Callable[[str], None] | None
             " minimum samples (1 = that one), and in seconds at the default telemetry interval;"
             " the old gate's are from its first evaluation. New gate: the defaults (alpha"
             f" {GATE.alpha:g}, at least {GATE.min_windows} windows per cohort, tolerance half the effect size,"
-            " a quarter for errors).\n",
+            " a quarter for errors). `--health-clustered` (the test widened by the design effect of windows"
+            " clustered in devices) is measured on the good rollouts and on latency x1.5, its hardest case.\n",
             "| rollouts | gate | runs | abort rate | time to detect: evaluations (seconds) |",
             "|---|---|---|---|---|",
             *_rows(kinds),

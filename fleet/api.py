@@ -98,6 +98,7 @@ class GatesIn(BaseModel):
     health_min_windows: Annotated[int, Field(ge=1, le=100_000)] = HealthGate.min_windows
     health_interval_s: Annotated[float, Field(gt=0, le=DAY)] = HealthGate.eval_interval_s
     health_max_wait_s: Annotated[float, Field(ge=0, le=30 * DAY)] = HealthGate.max_inconclusive_s
+    health_clustered: bool = HealthGate.clustered
 
     def to_gates(self) -> Gates:
         health = HealthGate(
@@ -112,6 +113,7 @@ class GatesIn(BaseModel):
             min_windows=self.health_min_windows,
             eval_interval_s=self.health_interval_s,
             max_inconclusive_s=self.health_max_wait_s,
+            clustered=self.health_clustered,
         )
         return Gates(
             Threshold.parse(self.success),

@@ -187,9 +187,10 @@ def test_rollout_status_shows_the_health_evidence_per_sku_and_metric(
         p95 = by_key[("jetson", "p95 latency")]
         assert p95["outcome"] == "pass" and p95["devices"] == [1, 3] and p95["windows"][0] >= 5
         assert p95["test"] == "mann-whitney-u" and p95["threshold"] == 1.5 and p95["streak"] == 0
+        assert p95["deff"] == 1.0  # identical windows everywhere: nothing clustered in devices
         assert by_key[("esp", "drift")]["note"] == "not reported"
         out = fleetctl_cli(h, "rollout", "status", str(rid))
-        assert "SKU     METRIC       OUTCOME" in out
+        assert "SKU     METRIC       OUTCOME" in out and " DEFF " in out
         assert any(line.split()[:4] == ["jetson", "p95", "latency", "pass"] for line in out.splitlines())
 
 

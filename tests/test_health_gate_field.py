@@ -31,9 +31,8 @@ from tests.support.processes import BIN, background, stop_group
 from tests.test_end_to_end import TOKEN, _answers, _serve_command, log_tails, versions
 from toolchain.packaging import PackageOptions, package
 
-# Not in `make test` yet: it passed 1 of its last 3 runs (a false abort on an unchanged sku under load,
-# and a device's own probation gate tripping before the fleet's). `make test-field` runs it.
-pytestmark = [pytest.mark.slow, pytest.mark.field]
+# In `make test` (and `make test-field` alone): about 80-130 s on a loaded 2-core machine, 600 s is a hang guard.
+pytestmark = [pytest.mark.slow, pytest.mark.field, pytest.mark.timeout(600)]
 DEVICES = int(os.environ.get("EDGEFLEET_FIELD_DEVICES", "60"))
 SKUS = ("a", "b", "c")
 GATE = {"bake": 10, "health_settle": 2, "health_interval": 1, "min_p95_delta": 0}  # sub-ms model: no ms floor
@@ -96,13 +95,22 @@ def _simulate(tmp_path: Path, broker_url: str, pub: str) -> list[str]:
     )
 
 
-def _rollout(api: ApiClient, server: str, release: str) -> dict[str, Any]:
+def _rollout(api: ApiClient, server: str, release: str, seen: list[str]) -> dict[str, Any]:
+    """Start a rollout and wait for its end; ``seen`` gets the gate's evidence rows as they change (for a failure's
+    message: what the gate saw, not only what it decided)."""
     out = fleetctl(server, *argv("rollout", "start", release, stages="10,50,100", json=True, **GATE))
     rid = json.loads(out)["id"]
     ended = ("SUCCEEDED", "ABORTED", "ROLLED_BACK")
-    return wait_until(  # type: ignore[no-any-return]
-        lambda: (s := api.get(f"/rollouts/{rid}"))["state"] in ended and s, 300, f"rollout of {release} to end"
-    )
+
+    def done() -> dict[str, Any] | None:
+        status: dict[str, Any] = api.get(f"/rollouts/{rid}")
+        for e in status.get("health") or []:
+            if (e["outcome"] != "inconclusive" and e["sku"] == "b" and "latency" in e["metric"]) or e["streak"]:
+                row = {k: e[k] for k in ("sku", "metric", "outcome", "devices", "updated", "baseline", "p_value")}
+                seen.append(f"{release} stage {status['stage'] + 1}: {row} streak {e['streak']}")
+        return status if status["state"] in ended else None
+
+    return wait_until(done, 300, f"rollout of {release} to end")  # type: ignore[no-any-return]
 
 
 def test_noisy_fleet_under_cpu_load_good_release_completes_slower_one_aborts_on_sku_b_latency(
@@ -117,7 +125,7 @@ def test_noisy_fleet_under_cpu_load_good_release_completes_slower_one_aborts_on_
     port, pub = free_port(), str(key_files[1])
     server, api = f"http://127.0.0.1:{port}", ApiClient(f"http://127.0.0.1:{port}", TOKEN)
     logs = tmp_path / "serve.log", tmp_path / "simulate.log"
-    serve = _serve_command(tmp_path, broker.url, port, pub)
+    serve, seen = _serve_command(tmp_path, broker.url, port, pub), list[str]()
     with background(serve, logs[0]), background(_simulate(tmp_path, broker.url, pub), logs[1], signal.SIGINT):
         try:
             wait_until(lambda: _answers(api), 60, "fleetctl serve to answer")
@@ -125,18 +133,22 @@ def test_noisy_fleet_under_cpu_load_good_release_completes_slower_one_aborts_on_
             wait_until(lambda: Counter(versions(api).values()) == {"1.0.0": DEVICES}, 180, registered)
             for version in ("1.1.0", "1.2.0"):
                 fleetctl(server, "releases", "add", str(tmp_path / f"digits-{version}.efb"))
-            good = _rollout(api, server, "digits@1.1.0")
+            good = _rollout(api, server, "digits@1.1.0", seen)
             assert good["state"] == "SUCCEEDED", good["reason"]
-            # The success threshold (90 %) lets a few devices fail their own probation: under this load a
-            # device's 40 ms latency budget is sometimes exceeded (ROLLED_BACK probation-latency), not a gate matter.
+            # The success threshold (90 %) lets a few devices fail their own probation, not a fleet-gate matter:
+            # under this load a device's 40 ms latency budget is sometimes exceeded (probation-latency), and a
+            # noise error burst (about 5 errors in 10 inferences) early in a 20-inference probation trips its
+            # 25 % error limit (probation-errors).
             outcomes = Counter((d["state"], d["reason"]) for d in api.get(f"/rollouts/{good['id']}/deployments"))
-            assert set(outcomes) <= {("SUCCEEDED", ""), ("ROLLED_BACK", "probation-latency")}, outcomes
+            device_gates = {("ROLLED_BACK", "probation-latency"), ("ROLLED_BACK", "probation-errors")}
+            assert set(outcomes) <= {("SUCCEEDED", ""), *device_gates}, outcomes
             assert Counter(versions(api).values())["1.1.0"] >= 0.9 * DEVICES, outcomes
             before = versions(api)
-            bad = _rollout(api, server, "digits@1.2.0")
+            bad = _rollout(api, server, "digits@1.2.0", seen)
             assert bad["state"] == "ABORTED"
             assert bad["reason"].startswith("model health: sku b: p"), bad["reason"]
             assert "latency" in bad["reason"] and "sku a" not in bad["reason"] and "sku c" not in bad["reason"]
             wait_until(lambda: versions(api) == before, 120, "every device back on the version it had")
         except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{log_tails(*logs)}") from None
+            evidence = "\n".join(dict.fromkeys(seen[-300:]))  # the last distinct evidence rows
+            raise AssertionError(f"{exc}\n--- gate evidence\n{evidence}\n{log_tails(*logs)}") from None

@@ -200,3 +200,32 @@ def test_the_sample_cap_keeps_each_device_newest_windows() -> None:
     c = evidence.cohorts(v.devices, v.deployments, gate, at(v, 30))["a"]
     assert c.counts() == (2, 4, 8, 8)
     assert [w.ts for w in c.updated[0]] == [at(v, 30), at(v, 29), at(v, 28), at(v, 27)]
+
+
+def test_with_one_window_per_device_the_clustered_test_is_the_plain_one() -> None:
+    rng = random.Random(7)
+    x, y = [rng.gauss(0.5, 1.0) for _ in range(20)], [rng.gauss(0.0, 1.0) for _ in range(40)]
+    u, p, deff, _ = stats.clustered_greater([[v] for v in x], [[v] for v in y])
+    assert deff == 1.0 and (u, p) == pytest.approx(stats.greater(x, y))
+
+
+def test_one_device_per_cohort_counts_once_and_cannot_fail_a_clustered_gate() -> None:
+    _, p, deff, p_min = stats.clustered_greater([[float(v) for v in range(100, 110)]], [[float(v) for v in range(10)]])
+    assert deff == 10.0 and p_min == p and p > 0.05  # complete separation, yet one device against one
+    _, p_plain, _, _ = stats.clustered_greater([[float(v) for v in range(100, 110)]], [[0.0] * 10], clustered=False)
+    assert p_plain < 1e-3
+
+
+def test_a_device_simply_slower_than_its_neighbours_fails_only_the_unclustered_gate() -> None:
+    """Sku b's one updated device is 1.35x slower by itself (its neighbours differ by +-10 %): the windows are
+    clustered in devices (DEFF well above 1), so the clustered gate does not blame the release."""
+    devices, deps = [], {}
+    for i, slow in enumerate((1.35, 0.9, 0.95, 1.0, 1.05, 1.1)):
+        devices.append(DeviceView(f"b-{i}", "b", windows=windows(f"b-{i}", 12, slow=slow)))
+    deps["b-0"] = DeploymentView("b-0", deployment_id(1, "b-0", 1), D.SUCCEEDED, 0, sent_at=T0 - 5, finished_at=T0)
+    plain = evidence.judge(devices, deps, GATE, T0 + 12 * STEP)
+    assert [e.metric for e in plain.failures] == ["p95 latency", "p50 latency"]
+    clustered = replace(GATE, clustered=True)
+    verdict = evidence.judge(devices, deps, clustered, T0 + 12 * STEP)
+    p50 = next(e for e in verdict.evidence if e.metric == "p50 latency")
+    assert not verdict.failures and p50.deff is not None and p50.deff > 5 and p50.outcome is not Outcome.FAIL

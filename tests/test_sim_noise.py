@@ -3,6 +3,7 @@ fault does to the served model, decided on counts and recorded values, with a co
 
 from __future__ import annotations
 
+import copy
 import itertools
 import random
 from pathlib import Path
@@ -15,7 +16,15 @@ from device_agent.errors import ConfigError, InferenceError, RuntimeRunError
 from device_agent.model import LoadedModel
 from fleet.sim.config import Fault, SimulationConfig
 from fleet.sim.faults import FaultHooks, fault_plan
-from fleet.sim.noise import BURST_LENGTH, STALL_MAX_S, STALL_MIN_S, Effects, FieldRuntime, field_model
+from fleet.sim.noise import (
+    BURST_LENGTH,
+    STALL_MAX_S,
+    STALL_MIN_S,
+    Effects,
+    FieldRuntime,
+    field_model,
+    slower_model,
+)
 from tests.support.agent_harness import package_tiny
 
 
@@ -43,13 +52,32 @@ def test_valued_fault_specs_and_their_ranges() -> None:
         Fault.parse("digits@1.2.0=slower")
 
 
-def test_slower_spends_f_minus_one_times_the_inference_busy(model: LoadedModel) -> None:
+def test_slower_spends_f_minus_one_times_the_whole_inference_busy(model: LoadedModel) -> None:
     ticks = itertools.count()
-    clock = lambda: float(next(ticks))  # noqa: E731  one unit per reading: the inner run takes 1
-    runtime = FieldRuntime(model.runtime, Effects(slower=4.0), random.Random(0), clock=clock)
+    clock = lambda: float(next(ticks))  # noqa: E731  one unit per reading: the inner predict takes 1
     before = next(ticks)
-    runtime.run(sample(model))
+    slower_model(model, 4.0, clock=clock).predict(sample(model))
     assert next(ticks) - before == 2 + 3 + 1  # t0, t1, then busy until t1 + 3, the last reading past it
+
+
+def test_slower_does_not_stretch_a_noise_stall(model: LoadedModel) -> None:
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 1.0  # one unit per reading
+        return now[0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    stalling = copy.copy(model)
+    stalling.runtime = noise = FieldRuntime(model.runtime, Effects(noise=1.0), random.Random(3), sleep=sleep)
+    slow = slower_model(stalling, 4.0, noise, clock=clock)
+    t0 = now[0]
+    slow.predict(sample(model))
+    assert noise.stalled_s >= STALL_MIN_S  # every inference stalls at noise 1
+    # t0 and t1 read the clock around the stall (1 unit of work besides it), then busy for 3 units (3 readings)
+    assert now[0] - t0 == pytest.approx(2 + noise.stalled_s + 3)
 
 
 def test_noise_stalls_are_heavy_tailed_within_bounds_and_errors_come_in_bursts(model: LoadedModel) -> None:

@@ -106,9 +106,16 @@ START_OPTIONS = [
         show_default=True,
         help="Health gate: seconds past the bake time an undecided gate may hold a stage.",
     ),
+    click.option(
+        "--health-clustered",
+        is_flag=True,
+        help="Health gate: widen each test by the design effect of windows clustered in devices (see DEFF).",
+    ),
     json_option,
 ]
-EVIDENCE_COLS = ["sku", "metric", "outcome", "devices", "windows", "updated", "baseline", "effect", "p", "fails"]
+EVIDENCE_COLS = [
+    *("sku", "metric", "outcome", "devices", "windows", "updated", "baseline", "effect", "p", "deff", "fails")
+]
 
 
 @click.group(cls=Group)
@@ -178,6 +185,7 @@ def evidence_row(e: dict[str, Any]) -> dict[str, str]:
         "baseline": _num(e["baseline"], ".3g"),
         "effect": f"{'x' if ratio and effect else ''}{effect} (size {size})",
         "p": _num(e["p_value"], ".2g"),
+        "deff": _num(e.get("deff"), ".2g"),
         "fails": str(e["streak"]),
     }
 

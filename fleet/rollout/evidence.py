@@ -4,11 +4,12 @@ its deployments succeeded against the not-yet-updated devices' windows over the 
 Each comparison is a one-sided Mann-Whitney U test (``fleet.rollout.stats``) of "the updated cohort is worse
 than the baseline by more than the tolerance" (a share of the gate's effect size: the square root of a
 ratio, half of a difference, a quarter for error rates), with three outcomes: ``inconclusive`` (too few
-devices or windows yet), ``fail`` (p < alpha, and for latency the medians also differ by
-``min_p95_delta_ms``) and ``pass``. A fail aborts only when it holds at ``consecutive`` evaluations
-``eval_interval_s`` apart; each evaluation is recomputed from the windows (evidence cut off
-``k * eval_interval_s`` before the newest updated window), so the decision keeps no state and survives a
-restart.
+devices or windows yet, or a test that could not fail whatever the windows), ``fail`` (p < alpha, and for
+latency the medians also differ by ``min_p95_delta_ms``) and ``pass``. Each comparison reports the design
+effect of the windows' clustering in devices; with ``HealthGate.clustered`` the test's variance is widened by
+it. A fail aborts only when it holds at ``consecutive`` evaluations ``eval_interval_s`` apart; each
+evaluation is recomputed from the windows (evidence cut off ``k * eval_interval_s`` before the newest updated
+window), so the decision keeps no state and survives a restart.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from operator import attrgetter
 from typing import Any
 
 from device_agent.protocol import DeploymentState
 from fleet.rollout.model import DeploymentView, DeviceView, Health, HealthGate
-from fleet.rollout.stats import TEST_NAME, greater, median
+from fleet.rollout.stats import TEST_NAME, clustered_greater, median
 
 
 class Outcome(enum.StrEnum):
@@ -82,6 +84,7 @@ class MetricEvidence:
     test: str
     statistic: float | None  # U of the updated cohort
     p_value: float | None
+    deff: float | None = None  # design effect of the windows' clustering in devices (widens the test if clustered)
     streak: int = 0  # consecutive failed evaluations, this one included
     note: str = ""
 
@@ -95,7 +98,8 @@ class MetricEvidence:
         seen = f"x{self.effect:.2f}" if ratio else f"{self.effect:+.3f}"
         return (
             f"sku {self.sku}: {self.metric} {self.updated:.3f} vs {self.baseline:.3f} ({seen}, effect size {size}; "
-            f"U={self.statistic:g} p={self.p_value:.2g}, {self.devices[0]}/{self.devices[1]} devices, "
+            f"U={self.statistic:g} p={self.p_value:.2g} DEFF={self.deff or 1:.2g}, "
+            f"{self.devices[0]}/{self.devices[1]} devices, "
             f"{self.windows[0]}/{self.windows[1]} windows, {self.streak} failed evaluations in a row)"
         )
 
@@ -150,8 +154,11 @@ def cohorts(
     return out
 
 
-def _values(per_device: list[list[Health]], field: str, sign: float) -> list[float]:
-    return [sign * v for ws in per_device for w in ws if (v := getattr(w, field)) is not None]
+def _values(per_device: list[list[Health]], field: str, sign: float) -> list[list[float]]:
+    """Per device, its windows' values of ``field`` (negated when lower is worse); devices without any left out."""
+    get = attrgetter(field)
+    out = [[sign * v for v in map(get, ws) if v is not None] for ws in per_device]
+    return [vs for vs in out if vs]
 
 
 def compare(sku: str, c: Cohorts, metric: Metric, gate: HealthGate) -> MetricEvidence:
@@ -159,7 +166,8 @@ def compare(sku: str, c: Cohorts, metric: Metric, gate: HealthGate) -> MetricEvi
     threshold = metric.threshold(gate)
     tolerance = threshold**metric.share if metric.ratio else threshold * metric.share
     sign = 1.0 if metric.higher_is_worse else -1.0
-    upd, base = _values(c.updated, metric.field, sign), _values(c.baseline, metric.field, sign)
+    upd_dev, base_dev = _values(c.updated, metric.field, sign), _values(c.baseline, metric.field, sign)
+    upd, base = [v for vs in upd_dev for v in vs], [v for vs in base_dev for v in vs]
     nu, nb, _, _ = c.counts()
     blank = MetricEvidence(
         sku=sku,
@@ -185,18 +193,24 @@ def compare(sku: str, c: Cohorts, metric: Metric, gate: HealthGate) -> MetricEvi
         return _with(blank, note="too few windows")
     mu, mb = median(upd), median(base)
     if metric.ratio:
-        u, p = greater([v / tolerance for v in upd], base)
+        shifted = [[v / tolerance for v in vs] for vs in upd_dev]
         effect = mu / mb if mb > 0 else math.inf
         shift_ok = mu - mb > gate.min_p95_delta_ms
     else:
-        u, p = greater([v - tolerance for v in upd], base)
+        shifted = [[v - tolerance for v in vs] for vs in upd_dev]
         effect, shift_ok = mu - mb, True
+    u, p, deff, p_min = clustered_greater(shifted, base_dev, gate.clustered)
     outcome = Outcome.FAIL if p < gate.alpha and shift_ok else Outcome.PASS
-    return _with(blank, outcome=outcome, updated=sign * mu, baseline=sign * mb, effect=effect, statistic=u, p_value=p)
+    if p_min >= gate.alpha:  # even a complete separation could not fail: too few devices (for the clustering)
+        outcome, note = Outcome.INCONCLUSIVE, "underpowered"
+    else:
+        note = ""
+    seen = {"updated": sign * mu, "baseline": sign * mb, "effect": effect, "statistic": u, "p_value": p, "deff": deff}
+    return _with(blank, outcome=outcome, note=note, **seen)
 
 
 def _with(e: MetricEvidence, **changes: Any) -> MetricEvidence:
-    return MetricEvidence(**{**asdict(e), **changes})
+    return replace(e, **changes)
 
 
 def evaluate(

@@ -73,7 +73,8 @@ class HealthGate:
 
     The ``max_*`` fields are effect sizes: the regression the gate is built to catch. A metric fails when a
     one-sided Mann-Whitney U test says, at level ``alpha``, that the updated cohort is worse than the
-    baseline by more than half that effect (the tolerance), and aborts after ``consecutive`` such
+    baseline by more than half that effect (the tolerance; with ``clustered``, a test widened by the design
+    effect of windows clustered in devices), and aborts after ``consecutive`` such
     evaluations ``eval_interval_s`` apart (see ``fleet/rollout/evidence.py`` and docs/operations.md).
     """
 
@@ -90,6 +91,7 @@ class HealthGate:
     eval_interval_s: float = 10.0  # seconds between evaluations (the devices' telemetry interval)
     max_inconclusive_s: float = 300.0  # seconds past the bake time an inconclusive gate may hold a stage
     max_samples: int = 1000  # windows per cohort and test (each device's newest first), bounding the work
+    clustered: bool = False  # widen each test by the design effect of windows clustered in devices
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,10 @@
 - noise ``P`` (every device, whatever its release): each inference stalls with probability P by a heavy-tailed
   delay (5 ms × Pareto(2): 6 % of stalls exceed 20 ms; at most 200 ms), and with probability P/20 an error
   burst starts: each of the next 10 inferences fails with probability 1/2 (a flaky sensor, a busy bus);
-- ``slower:F``: every inference takes F times as long (the extra time is spent busy, as a slower kernel would);
+- ``slower:F``: every inference takes F times as long, as the engine times it (input conversion, the runtime,
+  output conversion: ``slower_model``); the extra time is spent busy, as a slower kernel would, and a noise stall
+  is not stretched. Timing the whole ``predict`` matters in a simulation: with many devices in one process, most
+  of a sub-millisecond inference's measured latency is waiting for the interpreter lock, not the runtime;
 - ``errors:R``: each inference fails with probability R;
 - ``drift:S``: the replayed inputs are shifted by S standard deviations (of each input tensor) before the
   engine sees them (``shift_inputs``, through ``UpdateHooks.replay_inputs``), so the device's input drift
@@ -48,8 +51,9 @@ class Effects:
 
     @property
     def runtime(self) -> bool:
-        """Whether the runtime needs wrapping (``lowconf`` wraps the model instead)."""
-        return bool(self.noise or self.slower != 1.0 or self.errors)
+        """Whether the runtime needs wrapping (``lowconf`` and ``slower`` wrap the model; ``drift`` shifts the
+        replayed inputs)."""
+        return bool(self.noise or self.errors)
 
 
 class FieldRuntime(Runtime):
@@ -60,26 +64,22 @@ class FieldRuntime(Runtime):
         inner: Runtime,
         effects: Effects,
         rng: random.Random,
-        clock: Callable[[], float] = time.perf_counter,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.inner, self.effects, self.rng, self.clock, self.sleep = inner, effects, rng, clock, sleep
+        self.inner, self.effects, self.rng, self.sleep = inner, effects, rng, sleep
         self.name = inner.name  # type: ignore[misc]
         self._version, self._inputs, self._outputs = inner.version, inner.inputs, inner.outputs
         self._burst_left = 0
+        self.stalled_s = 0.0  # the last run's stall (a device runs one inference at a time)
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         e = self.effects
         self._maybe_fail()
-        t0 = self.clock()
         outputs = self.inner.run(feeds)
-        if e.slower > 1.0:
-            t1 = self.clock()
-            until = t1 + (t1 - t0) * (e.slower - 1.0)
-            while self.clock() < until:  # busy, as a slower kernel would be
-                pass
+        self.stalled_s = 0.0
         if e.noise and self.rng.random() < e.noise:
-            self.sleep(min(STALL_MAX_S, STALL_MIN_S * self.rng.paretovariate(2.0)))
+            self.stalled_s = min(STALL_MAX_S, STALL_MIN_S * self.rng.paretovariate(2.0))
+            self.sleep(self.stalled_s)
         return outputs
 
     def _maybe_fail(self) -> None:
@@ -126,12 +126,32 @@ def low_confidence(model: LoadedModel, drop: float) -> LoadedModel:
     return lowered
 
 
+def slower_model(
+    model: LoadedModel, factor: float, noise: FieldRuntime | None = None, clock: Callable[[], float] = time.perf_counter
+) -> LoadedModel:
+    """A copy of ``model`` whose ``predict`` takes ``factor`` times as long, busy, leaving ``noise``'s stall as is."""
+    inner = model.predict
+    slowed = copy.copy(model)
+
+    def predict(feeds: Mapping[str, np.ndarray], *, raw: bool = False) -> dict[str, np.ndarray]:
+        t0 = clock()
+        outputs = inner(feeds, raw=raw)
+        t1 = clock()
+        until = t1 + max(0.0, t1 - t0 - (noise.stalled_s if noise else 0.0)) * (factor - 1.0)
+        while clock() < until:  # busy, as a slower kernel would be
+            pass
+        return outputs
+
+    slowed.predict = predict  # type: ignore[method-assign]
+    return slowed
+
+
 def field_model(model: LoadedModel, effects: Effects, rng: random.Random) -> LoadedModel:
-    """``model`` as a simulated device in the field serves it: same verified bundle, wrapped runtime."""
+    """``model`` as a simulated device in the field serves it: same verified bundle, wrapped runtime and model."""
     if effects.lowconf:
         model = low_confidence(model, effects.lowconf)
-    if not effects.runtime:
-        return model
-    wrapped = copy.copy(model)
-    wrapped.runtime = FieldRuntime(model.runtime, effects, rng)
-    return wrapped
+    noise = None
+    if effects.runtime:
+        model = copy.copy(model)
+        model.runtime = noise = FieldRuntime(model.runtime, effects, rng)
+    return slower_model(model, effects.slower, noise) if effects.slower > 1.0 else model
