@@ -9,7 +9,6 @@ and drops it afterwards. ``Managers`` starts N ``fleetctl serve`` processes on i
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 import uuid
@@ -26,7 +25,7 @@ from fleet.broker import free_port
 from fleet.client import ApiClient
 from fleet.errors import ApiError
 from tests.support.fleet_harness import TOKEN, wait_until
-from tests.support.processes import BIN
+from tests.support.processes import BIN, kill9, terminate
 
 PG_SERVER = os.environ.get("EDGEFLEET_TEST_PG_SERVER", "postgresql+psycopg://postgres@127.0.0.1:5432")
 LEASE_TTL = 5.0  # seconds: --lease-ttl of every manager in these tests
@@ -97,18 +96,12 @@ class Manager:
 
     def kill9(self) -> None:
         assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+        kill9(self.proc)
 
     def stop(self) -> None:
         """Warm stop (SIGTERM): the ingest flushes its rollups before the process exits."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc, 30)
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import time
 import uuid
@@ -25,6 +24,7 @@ import httpx
 from device_agent.errors import TransportError
 from device_agent.mqtt import MqttClient, MqttConfig
 from fleet.broker import free_port
+from tests.support.processes import kill9, terminate
 
 CLUSTER = "edgefleet"
 READY_TIMEOUT = 90.0  # seconds for a cluster to elect its JetStream leader on a loaded machine (a hang guard)
@@ -78,17 +78,11 @@ class NatsNode:
 
     def kill9(self) -> None:
         assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+        kill9(self.proc)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc, 15)
 
     def healthy(self) -> bool:
         try:

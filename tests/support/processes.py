@@ -38,6 +38,23 @@ def stop_group(proc: subprocess.Popen[bytes], sig: int, timeout: float = 30.0) -
     proc.wait()
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Warm stop of one child (SIGTERM), cold (SIGKILL) after ``timeout``; nothing if it has ended."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def kill9(proc: subprocess.Popen[bytes]) -> None:
+    """``kill -9``: the child gets no chance to clean up (a power cut, the OOM killer)."""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def _stat(pid: int) -> tuple[str, int] | None:
     """(state, ppid) of a live process, None when it is gone."""
     try:
