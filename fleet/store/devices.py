@@ -88,8 +88,8 @@ class DeviceRepository:
             for i in range(0, len(ids), CHUNK):
                 known.update(d for (d,) in conn.execute(sa.select(_D.id).where(_D.id.in_(ids[i : i + CHUNK]))))
             if known:
-                conn.execute(_TOUCH, [{"_id": d, "last_seen": last_seen[d]} for d in known])
-            for device in set(ids) - known:
+                conn.execute(_TOUCH, [{"_id": d, "last_seen": last_seen[d]} for d in sorted(known)])  # lock order
+            for device in sorted(set(ids) - known):
                 self._ensure(conn, fleet, device, last_seen[device])
 
     def all(self, fleet: str | None = None, admission: str | None = None) -> list[DeviceRow]:

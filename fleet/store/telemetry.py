@@ -11,6 +11,8 @@ from fleet.store.db import Database
 from fleet.store.rows import RollupRow
 
 CHUNK = 500  # ids per IN (...) clause
+RETRIES = 3
+TRANSIENT_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock detected (PostgreSQL)
 _C = t.telemetry_rollups.c
 
 
@@ -34,6 +36,11 @@ _MERGE = (
 )
 
 
+def _transient(exc: sa.exc.DBAPIError) -> bool:
+    """An insert race or a deadlock: retrying the whole transaction succeeds."""
+    return isinstance(exc, sa.exc.IntegrityError) or getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES
+
+
 class RollupRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -41,13 +48,18 @@ class RollupRepository:
     def add(self, rollups: Sequence[RollupRow]) -> None:
         """Merge per-minute rollups into the store (sums add up, maxima take the max).
 
-        Several ingest processes may insert the same (device, minute) at once: the loser retries,
-        and then finds the row to add to.
+        Several ingest processes (or two flushes of one) may write the same (device, minute) at once. Rows
+        are written in (device, minute) order, so concurrent writers queue on a row instead of deadlocking; a
+        loser of an insert race, or of a deadlock the database broke anyway, retries its whole (rolled back)
+        transaction and then finds the row to add to.
         """
-        try:
-            self._add(rollups)
-        except sa.exc.IntegrityError:
-            self._add(rollups)
+        for attempt in range(RETRIES):
+            try:
+                self._add(rollups)
+                return
+            except sa.exc.DBAPIError as exc:
+                if attempt == RETRIES - 1 or not _transient(exc):
+                    raise
 
     def _add(self, rollups: Sequence[RollupRow]) -> None:
         """Rows that exist are updated and new ones inserted, each kind as one executemany."""
@@ -61,8 +73,9 @@ class RollupRepository:
                 chunk = devices[i : i + CHUNK]
                 q = sa.select(_C.device_id, _C.minute).where(_C.device_id.in_(chunk), _C.minute.in_(minutes))
                 existing.update((d, m) for d, m in conn.execute(q))
-            old = [r for r in rollups if (r.device_id, r.minute) in existing]
-            new = [r for r in rollups if (r.device_id, r.minute) not in existing]
+            ordered = sorted(rollups, key=lambda r: (r.device_id, r.minute))  # one lock order for every writer
+            old = [r for r in ordered if (r.device_id, r.minute) in existing]
+            new = [r for r in ordered if (r.device_id, r.minute) not in existing]
             if old:
                 conn.execute(_MERGE, [{f"_{k}": v for k, v in r.to_dict().items()} for r in old])
             if new:
