@@ -75,6 +75,7 @@ class Sampler:
     ) -> None:
         self.store, self.identity, self.clock = store, dict(identity), clock
         self._live: _Live | None = None
+        self._hot: _Live | None = None  # what ``offer`` reads: the live policy while under the hourly cap
         self._pending: deque[_Candidate] = deque()  # appended by the hot path, taken by the worker
         self._wake = threading.Event()
         self._rng = random.Random()
@@ -84,7 +85,7 @@ class Sampler:
         self.drift_max_per_s = DRIFT_MAX_PER_S
         self._seq = 0
         self._hour: deque[float] = deque()  # times of this hour's captures
-        self.over_budget = False  # the hourly cap is reached: the hot path selects nothing
+        self._over = False  # the hourly cap is reached: the hot path selects nothing
         self.per_class: dict[int, int] = {}
         self.counts = {"offered": 0, "overflow": 0, "captured": 0, "rate_limited": 0, "quota": 0, "not_drift": 0}
 
@@ -93,6 +94,7 @@ class Sampler:
     def set_policy(self, policy: CapturePolicy | None) -> None:
         if policy is None or not policy.active(self.clock()):
             self._live = None
+            self._sync_hot()
             return
         if self._live is None or self._live.policy.id != policy.id:  # a new policy: its own quotas and cap
             self.per_class.clear()
@@ -103,6 +105,20 @@ class Sampler:
         self._to_random, self._to_drift = self._random_gap(live), every or NEVER
         self._countdown = min(self._to_random, self._to_drift)
         self._live = live
+        self._sync_hot()
+
+    @property
+    def over_budget(self) -> bool:
+        return self._over
+
+    @over_budget.setter
+    def over_budget(self, value: bool) -> None:
+        self._over = value
+        self._sync_hot()
+
+    def _sync_hot(self) -> None:
+        """Over the hourly cap the hot path returns at its first line (a capped policy is the common case)."""
+        self._hot = None if self._over else self._live
 
     @property
     def policy(self) -> CapturePolicy | None:
@@ -120,8 +136,9 @@ class Sampler:
     ) -> None:
         """Called after each inference: select (cheaply) or return. The common case is one attribute read,
         one decrement and one comparison of the top-1 confidence: the random and drift rules are a countdown
-        to the next due inference (a geometric gap for the random rate: the same law as a draw per inference)."""
-        live = self._live
+        to the next due inference (a geometric gap for the random rate: the same law as a draw per inference,
+        which a pause over the hourly cap does not change: the gap is memoryless)."""
+        live = self._hot
         if live is None:
             return
         self._countdown -= 1
@@ -238,6 +255,7 @@ class Sampler:
         self.over_budget = len(self._hour) >= live.policy.max_per_hour
         if not live.policy.active(now):
             self._live = None
+            self._sync_hot()
 
     def consider(self, cand: _Candidate) -> bool:
         """Apply the worker's rules to one candidate; True if it was stored."""
