@@ -104,7 +104,8 @@ def throughput(
     worker = threading.Thread(target=sampler.run, args=(stop,), daemon=True)
     worker.start()
     loop = _cycle(engine, feeds)
-    n = len(feeds) * max(1, round(0.05 * _median_rate(loop, 20) / len(feeds)))
+    rate = max(_median_rate(loop, 256) for _ in range(3))  # the best of three: a hiccup must not set n
+    n = len(feeds) * max(1, round(0.05 * rate / len(feeds)))
     wall: dict[bool, list[float]] = {True: [], False: []}
     cpu: dict[bool, list[float]] = {True: [], False: []}
     inferences_on = 0
