@@ -209,7 +209,9 @@ def group_commit(root: Path, written: dict[str, str]) -> None:
 
 def sync_files(root: Path, paths: list[str]) -> None:
     """Flush the files' data: one ``syncfs(2)`` of their file system on Linux (os has no wrapper; ctypes is
-    the standard library's way to the libc call), else an fsync per file."""
+    the standard library's way to the libc call), else an fsync per file. syncfs also flushes other writers'
+    dirty data on that file system: once per batch (at most ~5 a second) that is far cheaper than a flush
+    per file (measured: ~0.1-0.2 vs 0.3-0.45 ms of CPU per sample, see docs/benchmarks.md)."""
     fd = os.open(root, os.O_RDONLY)
     try:
         if _syncfs(fd):
