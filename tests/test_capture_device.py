@@ -183,10 +183,8 @@ def test_the_random_rule_selects_its_rate_and_the_drift_rule_every_nth(tmp_path:
     reasons: list[str] = []
     for _ in range(10_000):
         sampler.offer(model, feeds, outputs, None)  # no classes: only the countdown rules can select
-        while not sampler._queue.empty():
-            cand = sampler._queue.get_nowait()
-            assert cand is not None
-            reasons.append(cand.reason)
+        while sampler._pending:
+            reasons.append(sampler._pending.popleft().reason)
     # Binomial(10000, 0.1): mean 1000, sd 30 (a drift turn that coincides with a random one counts as random)
     assert 850 < reasons.count("random") < 1150
     assert 10_000 // DRIFT_EVERY * 0.85 < reasons.count("drift") <= 10_000 // DRIFT_EVERY
@@ -195,7 +193,7 @@ def test_the_random_rule_selects_its_rate_and_the_drift_rule_every_nth(tmp_path:
     drifts = 0
     for _ in range(1000):
         sampler.offer(model, feeds, outputs, None)
-        while not sampler._queue.empty():
+        while sampler._pending:
             drifts += 1
-            sampler._queue.get_nowait()
+            sampler._pending.popleft()
     assert drifts == 0  # the last one was just above: the cap holds

@@ -5,6 +5,7 @@ for untrusted bytes (no pickles, array count and size capped, ZIP bombs refused)
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import threading
@@ -41,10 +42,16 @@ MAGIC = b"\x93NUMPY\x01\x00"
 def npy_bytes(array: np.ndarray) -> bytes:
     """One array in the ``.npy`` format (version 1.0), as ``numpy.save`` writes it."""
     a = np.ascontiguousarray(array)
-    header = repr({"descr": np.lib.format.dtype_to_descr(a.dtype), "fortran_order": False, "shape": a.shape})
+    return _npy_header(a.dtype, a.shape) + a.tobytes()
+
+
+@functools.lru_cache(maxsize=64)
+def _npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
+    """The header for one dtype and shape (a capture writes the same few again and again: cached)."""
+    header = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
     raw = header.encode("latin1")
     raw += b" " * (63 - (len(MAGIC) + 2 + len(raw)) % 64) + b"\n"  # data 64-byte aligned, as numpy does
-    return MAGIC + len(raw).to_bytes(2, "little") + raw + a.tobytes()
+    return MAGIC + len(raw).to_bytes(2, "little") + raw
 
 
 def write_sample(meta: bytes, arrays: Mapping[str, np.ndarray]) -> bytes:

@@ -3,9 +3,11 @@
 On the hot path (``Sampler.offer``, called by the engine after every inference) only O(1) checks run: is a
 policy live, is the top-1 confidence below the threshold, does a random draw fall under the rate, is this
 the drift check's turn (every ``drift_every``-th inference), is the hourly budget left. Only a selected
-inference is copied and put on a bounded queue (full: counted in ``overflow``, never waited for).
+inference is copied and appended to a bounded deque (full: counted in ``overflow``, never waited for); no
+lock and no wake-up per candidate (a deque's append is atomic), the worker is woken once the deque is half full.
 
-A worker thread does the rest: the drift score (PSI of the sample's input values against the bundle's
+A worker thread does the rest in batches (every ``BATCH_S`` or when woken), so it takes the GIL and the disk
+a few times a second rather than once per sample: the drift score (PSI of the sample's input values against the bundle's
 reference histograms, the largest over the inputs: the same measure the telemetry's ``psi_max`` uses, on
 one sample), the per-class quota, the hourly cap, encoding and the store.
 """
@@ -15,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import queue
 import random
 import threading
 import time
@@ -35,6 +36,7 @@ from device_agent.stats import _Histogram, psi
 
 log = logging.getLogger("edge-agent")
 QUEUE_MAX = 64  # selected inferences waiting for the worker at most
+BATCH_S = 0.2  # the worker's pass over the waiting candidates, at least this often (and when half full)
 DRIFT_EVERY = 50  # one inference in this many is scored for drift (a sampled check keeps the hot path cheap)
 DRIFT_MAX_PER_S = 5.0  # ...and at most this many per second (18,000 an hour: far more than any hourly cap keeps)
 DRIFT_VALUES = 4096  # values of an input a drift score looks at, at most (an even stride over the tensor)
@@ -73,7 +75,9 @@ class Sampler:
     ) -> None:
         self.store, self.identity, self.clock = store, dict(identity), clock
         self._live: _Live | None = None
-        self._queue: queue.Queue[_Candidate | None] = queue.Queue(QUEUE_MAX)
+        self._hot: _Live | None = None  # what ``offer`` reads: the live policy while under the hourly cap
+        self._pending: deque[_Candidate] = deque()  # appended by the hot path, taken by the worker
+        self._wake = threading.Event()
         self._rng = random.Random()
         self._countdown = 1 << 62  # inferences until the random or the drift rule is due
         self._to_random = self._to_drift = 1 << 62
@@ -81,7 +85,7 @@ class Sampler:
         self.drift_max_per_s = DRIFT_MAX_PER_S
         self._seq = 0
         self._hour: deque[float] = deque()  # times of this hour's captures
-        self.over_budget = False  # the hourly cap is reached: the hot path selects nothing
+        self._over = False  # the hourly cap is reached: the hot path selects nothing
         self.per_class: dict[int, int] = {}
         self.counts = {"offered": 0, "overflow": 0, "captured": 0, "rate_limited": 0, "quota": 0, "not_drift": 0}
 
@@ -90,6 +94,7 @@ class Sampler:
     def set_policy(self, policy: CapturePolicy | None) -> None:
         if policy is None or not policy.active(self.clock()):
             self._live = None
+            self._sync_hot()
             return
         if self._live is None or self._live.policy.id != policy.id:  # a new policy: its own quotas and cap
             self.per_class.clear()
@@ -100,6 +105,20 @@ class Sampler:
         self._to_random, self._to_drift = self._random_gap(live), every or NEVER
         self._countdown = min(self._to_random, self._to_drift)
         self._live = live
+        self._sync_hot()
+
+    @property
+    def over_budget(self) -> bool:
+        return self._over
+
+    @over_budget.setter
+    def over_budget(self, value: bool) -> None:
+        self._over = value
+        self._sync_hot()
+
+    def _sync_hot(self) -> None:
+        """Over the hourly cap the hot path returns at its first line (a capped policy is the common case)."""
+        self._hot = None if self._over else self._live
 
     @property
     def policy(self) -> CapturePolicy | None:
@@ -117,8 +136,9 @@ class Sampler:
     ) -> None:
         """Called after each inference: select (cheaply) or return. The common case is one attribute read,
         one decrement and one comparison of the top-1 confidence: the random and drift rules are a countdown
-        to the next due inference (a geometric gap for the random rate: the same law as a draw per inference)."""
-        live = self._live
+        to the next due inference (a geometric gap for the random rate: the same law as a draw per inference,
+        which a pause over the hourly cap does not change: the gap is memoryless)."""
+        live = self._hot
         if live is None:
             return
         self._countdown -= 1
@@ -167,10 +187,13 @@ class Sampler:
             self.clock(),
         )
         self.counts["offered"] += 1
-        try:
-            self._queue.put_nowait(cand)
-        except queue.Full:
+        pending = self._pending
+        if len(pending) >= QUEUE_MAX:
             self.counts["overflow"] += 1
+            return
+        pending.append(cand)
+        if len(pending) == QUEUE_MAX // 2:
+            self._wake.set()
 
     def _random_gap(self, live: _Live) -> int:
         """Inferences until the next random capture: geometric with the policy's rate (never, at rate 0)."""
@@ -203,28 +226,24 @@ class Sampler:
     # --- the worker -------------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Evaluate and store candidates until ``stop``."""
+        """Evaluate and store candidates in batches until ``stop``."""
         while not stop.is_set():
+            self._wake.wait(BATCH_S)
+            self._wake.clear()
+            self._refresh_budget()
             try:
-                cand = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                self._refresh_budget()
-                continue
-            if cand is not None:
-                try:
-                    self.consider(cand)
-                except (ValueError, KeyError, TypeError) as exc:  # a model without usable references
-                    log.warning("capture: sample skipped: %s", exc)
+                self.drain()
+            except (ValueError, KeyError, TypeError) as exc:  # a model without usable references
+                log.warning("capture: sample skipped: %s", exc)
 
     def drain(self) -> None:
-        """Evaluate every waiting candidate now (tests and benchmarks)."""
-        while True:
-            try:
-                cand = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if cand is not None:
-                self.consider(cand)
+        """Evaluate every waiting candidate now, as one batch (the worker; tests and benchmarks)."""
+        batch: list[_Candidate] = []
+        pending = self._pending
+        while pending:
+            batch.append(pending.popleft())
+        if batch:
+            self.consider_many(batch)
 
     def _refresh_budget(self) -> None:
         live = self._live
@@ -236,35 +255,50 @@ class Sampler:
         self.over_budget = len(self._hour) >= live.policy.max_per_hour
         if not live.policy.active(now):
             self._live = None
+            self._sync_hot()
 
     def consider(self, cand: _Candidate) -> bool:
         """Apply the worker's rules to one candidate; True if it was stored."""
+        return self.consider_many([cand])[0]
+
+    def consider_many(self, cands: list[_Candidate]) -> list[bool]:
+        """Apply the worker's rules to candidates in order and store the kept ones in one batch (quota and
+        hourly cap counted as each is kept); per candidate, whether it was stored."""
         live = self._live
         if live is None:
-            return False
+            return [False] * len(cands)
         policy = live.policy
-        score = cand.conf if cand.conf is not None else 0.0
-        if cand.reason == "drift":
-            score = drift_score(cand.model, cand.feeds)
-            if score <= (policy.drift if policy.drift is not None else DRIFT_DEFAULT):
-                self.counts["not_drift"] += 1
-                return False
-        quota = policy.per_class_max
-        if cand.top1 is not None and quota is not None and self.per_class.get(cand.top1, 0) >= quota:
-            self.counts["quota"] += 1
-            return False
-        self._refresh_budget()
-        if self.over_budget:
-            self.counts["rate_limited"] += 1
-            return False
-        name, data = self.encode(cand, score)
-        if not self.store.add(name, data):
-            return False
-        self._hour.append(self.clock())
-        if cand.top1 is not None:
-            self.per_class[cand.top1] = self.per_class.get(cand.top1, 0) + 1
-        self.counts["captured"] += 1
-        return True
+        kept: list[tuple[int, _Candidate, tuple[str, bytes]]] = []
+        for i, cand in enumerate(cands):
+            score = cand.conf if cand.conf is not None else 0.0
+            if cand.reason == "drift":
+                score = drift_score(cand.model, cand.feeds)
+                if score <= (policy.drift if policy.drift is not None else DRIFT_DEFAULT):
+                    self.counts["not_drift"] += 1
+                    continue
+            quota = policy.per_class_max
+            if cand.top1 is not None and quota is not None and self.per_class.get(cand.top1, 0) >= quota:
+                self.counts["quota"] += 1
+                continue
+            self._refresh_budget()
+            if self.over_budget:
+                self.counts["rate_limited"] += 1
+                continue
+            kept.append((i, cand, self.encode(cand, score)))
+            self._hour.append(self.clock())
+            if cand.top1 is not None:
+                self.per_class[cand.top1] = self.per_class.get(cand.top1, 0) + 1
+        stored = self.store.add_many([item for _, _, item in kept]) if kept else []
+        out = [False] * len(cands)
+        for (i, cand, _), ok in zip(kept, stored, strict=True):
+            out[i] = ok
+            if ok:
+                self.counts["captured"] += 1
+            else:  # not stored after all: its place in the quota and the hourly cap back
+                self._hour.pop()  # (the cap counts stored captures; any entry of this batch will do)
+                if cand.top1 is not None:
+                    self.per_class[cand.top1] -= 1
+        return out
 
     def encode(self, cand: _Candidate, score: float) -> tuple[str, bytes]:
         """The sample as a file name (sorting oldest first) and its bytes (``npz.write_sample``)."""
