@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 from device_agent.errors import EdgefleetError
 
 JsonObject = dict[str, Any]
+MAX_DEPTH = 64  # nesting our documents never come near; enforced here, not by the interpreter's recursion limit
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -24,6 +25,29 @@ def canonical_json(obj: Any) -> bytes:
 
 def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _nesting(text: str) -> int:
+    """The deepest nesting of arrays and objects in ``text``, brackets inside strings ignored. Hand-written:
+    the stdlib parser only stops at Python's recursion limit, which any imported library may raise."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
 
 
 def loads_strict(data: bytes, *, max_bytes: int, error: type[EdgefleetError], what: str) -> Any:
@@ -45,6 +69,8 @@ def loads_strict(data: bytes, *, max_bytes: int, error: type[EdgefleetError], wh
 
     try:
         text = bytes(data).decode("utf-8")
+        if text.count("[") + text.count("{") > MAX_DEPTH and _nesting(text) > MAX_DEPTH:  # scan only when it could be
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
         return json.loads(text, object_pairs_hook=pairs, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise error(f"{what} is not valid JSON: {str(exc)[:200]}") from None

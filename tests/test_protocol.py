@@ -133,3 +133,17 @@ def test_commands_round_trip() -> None:
 def test_bad_commands(kind: str, payload: dict[str, object], message: str) -> None:
     with pytest.raises(PayloadError, match=message):
         P.parse_command(kind, json.dumps(payload).encode())
+
+
+def test_deep_nesting_is_refused_whatever_the_recursion_limit() -> None:
+    """Libraries in the same process (torch, onnx2tf) raise Python's recursion limit: the parser's own depth
+    limit must not depend on it."""
+    import sys
+
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(100_000)
+    try:
+        with pytest.raises(PayloadError, match="nested deeper than 64"):
+            P.Telemetry.parse(b"[" * 4000 + b"]" * 4000)
+    finally:
+        sys.setrecursionlimit(old)
