@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -104,6 +107,27 @@ def test_a_keras_source_is_converted_checked_and_bundled(
     assert manifest.provenance["source_sha256"] == conversion["source_sha256"]
     with np.load(tiny_models["eval"]) as npz:
         predict_equals_runtime(first, pub, {"image": npz["x"][:1]}, tmp_path)
+
+
+def test_a_saved_model_directory_is_bundled(
+    tmp_path: Path, tiny_models: dict[str, Path], key_files: tuple[Path, Path]
+) -> None:
+    """A SavedModel (tiny-digits exported by Keras, in a child so tensorflow stays out of this process)."""
+    saved = tmp_path / "saved"
+    export = (
+        f"import keras; keras.models.load_model({str(tiny_models['keras'])!r}, compile=False).export({str(saved)!r})"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    subprocess.run([sys.executable, "-c", export], check=True, capture_output=True, env=env)
+    bundle = tmp_path / "sm.efb"
+    package(saved, bundle, key_files[0], "--selftest-inputs", tiny_models["eval"])
+    manifest = read_bundle(bundle.read_bytes()).manifest
+    conversion = manifest.provenance["conversion"]
+    assert (manifest.runtime.name, conversion["source_kind"]) == ("tflite", "savedmodel")
+    assert conversion["max_abs_error"] <= SOURCE_TOLERANCE
+    (name,) = [s.name for s in manifest.inputs]
+    with np.load(tiny_models["eval"]) as npz:
+        predict_equals_runtime(bundle, key_files[1], {name: npz["x"][:1]}, tmp_path)
 
 
 def test_a_pytorch_program_is_bundled_in_the_profiles_runtime(
