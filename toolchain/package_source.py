@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -86,7 +86,8 @@ def check_against_source(result: ConvertResult, sample: Mapping[str, np.ndarray]
         feeds = [synthetic_feeds(runtime.inputs)]
         if sample is not None:
             feeds.append({k: np.asarray(v)[None, ...] if _needs_batch(runtime, k, v) else v for k, v in sample.items()})
-        cases = [(f, _run_tf(result.source, result.source_kind, f)) for f in feeds]
+        run = _tf_runner(result.source, result.source_kind)
+        cases = [(f, run(f)) for f in feeds]
     worst = 0.0
     for feeds_, want in cases:
         got = runtime.run(feeds_)
@@ -120,19 +121,20 @@ def _compare(got: Mapping[str, np.ndarray], want: Sequence[tuple[str, np.ndarray
     return worst
 
 
-def _run_tf(source: Path, kind: ModelKind, feeds: Mapping[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
-    """The TensorFlow source's outputs on ``feeds`` (inputs matched by name, else by position)."""
+def _tf_runner(source: Path, kind: ModelKind) -> Callable[[Mapping[str, np.ndarray]], list[tuple[str, np.ndarray]]]:
+    """The TensorFlow source, loaded once, as a function of feeds (inputs matched by name, else by position)."""
     from toolchain.backends import tensorflow as tfb
 
     loaded = tfb.TFSource(source, kind)
-    values = list(feeds.values())
-    args = [
-        tfb.tf.constant(feeds.get(spec.name, values[i] if i < len(values) else None))
-        for i, spec in enumerate(loaded.inputs)
-    ]
-    out = loaded.function(*args)
-    items = out.items() if isinstance(out, Mapping) else enumerate(out if isinstance(out, list | tuple) else [out])
-    return [(str(k), np.asarray(v)) for k, v in items]
+
+    def run(feeds: Mapping[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
+        values = list(feeds.values())
+        args = [tfb.tf.constant(feeds[s.name] if s.name in feeds else values[i]) for i, s in enumerate(loaded.inputs)]
+        out = loaded.function(*args)
+        items = out.items() if isinstance(out, Mapping) else enumerate(out if isinstance(out, list | tuple) else [out])
+        return [(str(k), np.asarray(v)) for k, v in items]
+
+    return run
 
 
 def _tf_tools(kind: ModelKind, target: str) -> dict[str, str]:
