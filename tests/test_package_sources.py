@@ -154,9 +154,10 @@ def test_a_source_that_cannot_be_converted_is_one_line(
     tmp_path: Path, torch_programs: dict[str, Path], key_files: tuple[Path, Path]
 ) -> None:
     out = tmp_path / "fft.efb"
-    refused = package(torch_programs["fft"], out, key_files[0], ok=False)
-    assert "DFT" in refused and "[unsupported-ops]" in refused and not out.exists()
     meta = ["--name", "x", "--version", "1.0.0", "--sequence", "1", "--key", key_files[0], "-o", out]
+    refused = edgetool("package", torch_programs["fft"], *meta, ok=False)
+    assert_one_line_error(refused, "onnx2tf cannot convert these ops: DFT", "[unsupported-ops]")
+    assert not out.exists()
     bad, unknown = tmp_path / "model.pt2", tmp_path / "model.bin"
     bad.write_bytes(b"not a model")
     unknown.write_bytes(b"\0")
