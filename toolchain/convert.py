@@ -99,9 +99,26 @@ def _convert_bytes(
     from toolchain.backends import tensorflow as tfb
 
     loaded = tfb.TFSource(source, kind)
-    return (
-        loaded.to_onnx(opset or DEFAULT_OPSET) if target == "onnx" else tfb.convert_tflite(loaded.converter())
-    ), None
+    if target == "onnx":
+        return _without_trace_name(loaded.to_onnx(opset or DEFAULT_OPSET)), None
+    return tfb.convert_tflite(loaded.converter()), None
+
+
+def _without_trace_name(data: bytes) -> bytes:
+    """tf2onnx's model with its process-wide counters taken out: the graph doc string names the traced function
+    (``__inference_serve_77``) and unknown dims are ``unk__N``; both counters grow with every conversion in a
+    process, so the same source would give other bytes. Unknown dims are renumbered by first appearance."""
+    import onnx
+
+    model = onnx.load_from_string(data)
+    model.graph.doc_string = ""
+    names: dict[str, str] = {}
+    for info in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        for dim in info.type.tensor_type.shape.dim:
+            if dim.dim_param.startswith("unk__"):
+                dim.dim_param = names.setdefault(dim.dim_param, f"unk__{len(names)}")
+    out: bytes = model.SerializeToString()
+    return out
 
 
 def _example_shapes(onnx_file: Path, shapes: list[tuple[int, ...]]) -> dict[str, tuple[int, ...]]:

@@ -15,8 +15,18 @@ from toolchain.cli import cli
 def edgetool(*args: str | Path, ok: bool = True) -> Result:
     result = CliRunner().invoke(cli, [str(a) for a in args])
     if ok:
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == 0, failure(result, args)
     return result
+
+
+def failure(result: Result, args: tuple[str | Path, ...]) -> str:
+    """What a failed command said (stdout and stderr, interleaved) and, for an uncaught exception, its traceback."""
+    import traceback
+
+    text = f"edgetool {' '.join(str(a) for a in args)} exited {result.exit_code}:\n{result.output}"
+    if result.exc_info is not None and not isinstance(result.exception, SystemExit):
+        text += "".join(traceback.format_exception(*result.exc_info))
+    return text
 
 
 def assert_one_line_error(result: Result, *fragments: str) -> None:

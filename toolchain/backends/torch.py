@@ -71,6 +71,19 @@ def example_shapes(source: Path) -> list[tuple[int, ...]]:
     return [tuple(t.shape) for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
 
 
+def example_run(source: Path, names: list[str]) -> list[tuple[dict[str, np.ndarray], list[tuple[str, np.ndarray]]]]:
+    """The program's example inputs (keyed by ``names``, in order) and its outputs on them, as numpy."""
+    torch = _torch()
+    program = load(source)
+    args, kwargs = program.example_inputs or ((), {})
+    with torch.no_grad():
+        want = program.module()(*args, **kwargs)
+    outputs = [want] if isinstance(want, torch.Tensor) else list(want)
+    tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+    feeds = {name: t.detach().numpy() for name, t in zip(names, tensors, strict=False)}
+    return [(feeds, [(str(i), o.detach().numpy()) for i, o in enumerate(outputs)])]
+
+
 def to_onnx(source: Path, opset: int) -> bytes:
     """ONNX bytes for the ExportedProgram in ``source``, checked against it on its example inputs.
 

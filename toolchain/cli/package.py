@@ -1,4 +1,5 @@
-"""``edgetool package``: a .tflite/.onnx model as a signed, reproducible bundle."""
+"""``edgetool package``: a model (.tflite/.onnx, or a Keras/SavedModel/.pt2 source converted first) as a signed,
+reproducible bundle."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import click
 
 from device_agent.bundle import read_bundle
 from device_agent.fsutil import atomic_write
-from toolchain.cli.common import echo_summary, load_keys, options
+from toolchain.cli.common import MODEL, echo_summary, load_keys, options
 
 FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 DATA = click.Path(exists=True, path_type=Path)
@@ -54,21 +55,48 @@ PACKAGE_OPTIONS = [
 ]
 
 
+SOURCE_OPTIONS = [
+    click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["tflite", "onnx"]),
+        help="Device format a Keras/SavedModel/.pt2 source is converted to; default the --profile's runtime, "
+        "else tflite.",
+    ),
+    click.option("--profile", help="Device profile (name or TOML file) whose runtime picks the default --format."),
+]
+
+
 @click.command()
-@click.argument("model", type=FILE)
-@options(PACKAGE_OPTIONS)
-def package(model: Path, output: str | None, keys: tuple[str, ...], architectures: tuple[str, ...], **kw: Any) -> None:
-    """Package MODEL (.tflite or .onnx) as a signed bundle.
+@click.argument("model", type=MODEL)
+@options([*PACKAGE_OPTIONS, *SOURCE_OPTIONS])
+def package(
+    model: Path,
+    output: str | None,
+    keys: tuple[str, ...],
+    architectures: tuple[str, ...],
+    fmt: str | None,
+    profile: str | None,
+    **kw: Any,
+) -> None:
+    """Package MODEL (.tflite, .onnx, or a .keras/.h5/SavedModel/.pt2 source) as a signed bundle.
+
+    A source is first converted to --format (toolchain/convert.py) and the result run against the
+    source in its own framework: every output within 1e-4 × max(1, |output|), else nothing is written.
 
     Reads the inputs and outputs from the runtime, runs the model on the self-test inputs (given,
     else the first calibration samples, else generated from the model's hash) to record the
     outputs a device must reproduce, and records drift references from --calibration.
     """
+    from toolchain.package_source import package_any
     from toolchain.packaging import PackageOptions
-    from toolchain.packaging import package as build
 
+    if fmt is None and profile is not None:
+        from toolchain.profiles import load_profile
+
+        fmt = load_profile(profile).runtime
     opts = PackageOptions(keys=load_keys(keys), architectures=tuple(architectures), **kw)
-    data = build(model, opts)
+    data = package_any(model, opts, fmt or "tflite")
     out = output or f"{opts.name}-{opts.version}.efb"
     atomic_write(out, data)
     bundle = read_bundle(data)
