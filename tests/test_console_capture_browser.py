@@ -144,6 +144,9 @@ def test_enable_a_policy_see_samples_label_one_and_a_viewer_sees_no_buttons(
     expect(samples).to_have_count(1)
     tab.goto("/ui/capture")
     tab.screenshot(path=str(SHOTS / "captures.png"), full_page=True)
+    tab.set_viewport_size({"width": 390, "height": 844})  # a phone: wide tables scroll inside, the page does not
+    assert tab.evaluate("document.documentElement.scrollWidth") <= 390
+    tab.screenshot(path=str(SHOTS / "captures-phone.png"), full_page=True)
     assert {s["id"]: s["label"] for s in fleet["api"].get("/capture/samples", device="b-0")} == {"s0": "7", "s2": None}
     context.close()
     assert errors == []
