@@ -20,6 +20,7 @@ from fleet.access import Role, parse_duration
 from fleet.api_capture import EnableIn, capture_of
 from fleet.capture import FleetCapture
 from fleet.errors import InvalidRequestError
+from fleet.rollout.model import Selector
 from fleet.store.captures import CaptureQuery
 from fleet.ui.actions import as_caller, checked
 from fleet.ui.console import PREFIX, Console, RefusedError, started
@@ -79,31 +80,35 @@ def sample_filter(
 
 def device_status(cap: FleetCapture, console: Console, now: float) -> tuple[list[dict[str, Any]], int]:
     """Per accepted device: the policy it should hold, whether this server delivered it, its samples. Only
-    devices with a policy or samples; at most ``DEVICES_SHOWN`` rows, and how many there are in all."""
+    devices with a policy or samples; at most ``DEVICES_SHOWN`` rows, and how many there are in all.
+
+    The fleet is read as (id, sku, tags) and prefiltered with each live policy's selector parsed once, so
+    10,000 devices stay fast; ``device_policy`` (what ``sync`` delivers) then decides each shown row."""
     store, fleet = console.service.store, console.service.fleet
     policies = store.captures.policies(fleet)
     samples = store.captures.by_device(fleet)
     if not policies and not samples:
         return [], 0
+    live = [Selector.parse(p.selector) for p in policies if p.enabled and (p.until is None or p.until > now)]
     out: list[dict[str, Any]] = []
     n = 0
-    for dev in store.devices.all(fleet, "accepted"):
-        policy = cap.policies.device_policy(dev.id, dev.sku, dev.tags or [], now, policies) if policies else None
-        if policy is None and dev.id not in samples:
+    for device, sku, tags in console.queries.accepted_devices(fleet):
+        sent = cap.policies.delivered(device)
+        if device not in samples and sent is None and not any(s.matches(sku, tags or []) for s in live):
             continue
         n += 1
         if len(out) >= DEVICES_SHOWN:
             continue
-        sent = cap.policies.delivered(dev.id) or ""
+        policy = cap.policies.device_policy(device, sku, tags or [], now, policies) if policies else None
         held = f"capture-{policy.id}-{'on' if policy.enabled else 'off'}-" if policy else None
         out.append(
             {
-                "device": dev.id,
-                "sku": dev.sku,
+                "device": device,
+                "sku": sku,
                 "policy": policy.id if policy else None,
                 "enabled": bool(policy and policy.enabled),
-                "delivered": bool(held and sent.startswith(held)),
-                "samples": samples.get(dev.id, 0),
+                "delivered": bool(held and (sent or "").startswith(held)),
+                "samples": samples.get(device, 0),
             }
         )
     return out, n
