@@ -95,6 +95,10 @@ def test_a_policy_enabled_from_the_form_is_the_apis_and_reaches_its_devices(flee
     assert post(client, "/ui/capture/policies/disable", selector="sku=b").status_code == 303
     assert not fleet.api.get("/capture/status")["policies"][0]["enabled"]
     assert "state-disabled" in client.get("/ui/capture").text
+    fleet.server.store.devices.tag("dev-a", ["lab"], [], "test")
+    assert enable(client, selector="tag=lab").status_code == 303  # a tag selector: the devices' tags are read
+    held = client.get("/ui/capture").text.split('id="held"')[1].split("</table>", maxsplit=1)[0]
+    assert "dev-a</a></td><td>a</td>\n      <td>p2 (on)" in held
 
 
 def test_samples_are_filtered_and_paged_in_sql(fleet: Harness) -> None:

@@ -92,14 +92,14 @@ def device_status(cap: FleetCapture, console: Console, now: float) -> tuple[list
     live = [Selector.parse(p.selector) for p in policies if p.enabled and (p.until is None or p.until > now)]
     out: list[dict[str, Any]] = []
     n = 0
-    for device, sku, tags in console.queries.accepted_devices(fleet):
+    for device, sku, tags in console.queries.accepted_devices(fleet, tags=any(s.tags for s in live)):
         sent = cap.policies.delivered(device)
-        if device not in samples and sent is None and not any(s.matches(sku, tags or []) for s in live):
+        if device not in samples and sent is None and not any(s.matches(sku, tags) for s in live):
             continue
         n += 1
         if len(out) >= DEVICES_SHOWN:
             continue
-        policy = cap.policies.device_policy(device, sku, tags or [], now, policies) if policies else None
+        policy = cap.policies.device_policy(device, sku, tags, now, policies) if policies else None
         held = f"capture-{policy.id}-{'on' if policy.enabled else 'off'}-" if policy else None
         out.append(
             {
