@@ -33,6 +33,7 @@ def sections() -> dict[str, Callable[[], str]]:
         capture,
         cluster,
         console,
+        console_capture,
         fleet,
         gates,
         ingest,
@@ -54,6 +55,7 @@ def sections() -> dict[str, Callable[[], str]]:
         "cluster": cluster.run,
         "console": console.run,
         "capture": capture.run,
+        "console-capture": console_capture.run,
     }
 
 

@@ -166,6 +166,10 @@ class CapturePolicies:
             self._sent.update(sent)
         return len(messages)
 
+    def delivered(self, device: str) -> str | None:
+        """The request id of the last ``cmd/capture`` this process published to ``device`` (None: none)."""
+        return self._sent.get(device)
+
     def status(self, now: float) -> dict[str, Any]:
         rows = self.store.captures.policies(self.fleet)
         return {

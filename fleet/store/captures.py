@@ -159,6 +159,18 @@ class CaptureRepository:
         sel = sa.select(t.captures).where(*self._where(fleet, q)).order_by(_S.ts, _S.device, _S.id)
         return self.db.rows(CaptureRow, sel.limit(q.limit) if q.limit else sel)
 
+    def page(self, fleet: str, q: CaptureQuery, offset: int, limit: int) -> tuple[list[CaptureRow], int]:
+        """Newest first, ``limit`` rows from ``offset`` (paged in SQL, for the console), and how many match."""
+        where = self._where(fleet, q)
+        total = int(self.db.tuples(sa.select(sa.func.count()).select_from(t.captures).where(*where))[0][0])
+        sel = sa.select(t.captures).where(*where).order_by(_S.ts.desc(), _S.device, _S.id)
+        return self.db.rows(CaptureRow, sel.offset(offset).limit(limit)), total
+
+    def by_device(self, fleet: str) -> dict[str, int]:
+        """Samples held per device."""
+        sel = sa.select(_S.device, sa.func.count()).where(_S.fleet == fleet).group_by(_S.device)
+        return {str(device): int(n) for device, n in self.db.tuples(sel)}
+
     def count(self, fleet: str) -> dict[str, Any]:
         sel = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(_S.size), 0)).where(_S.fleet == fleet)
         n, size = self.db.tuples(sel)[0]

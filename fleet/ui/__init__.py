@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 def mount(app: FastAPI, service: FleetService, auth: Authenticator) -> None:
     """Serve the console under ``/ui`` of ``app`` (the access middleware leaves ``/ui`` to the console)."""
     from fleet.ui.actions import action_routes
+    from fleet.ui.capture import capture_routes
     from fleet.ui.console import Console
     from fleet.ui.pages import page_routes
 
@@ -28,3 +29,4 @@ def mount(app: FastAPI, service: FleetService, auth: Authenticator) -> None:
     console.install(app)
     page_routes(app, console)
     action_routes(app, console)
+    capture_routes(app, console)

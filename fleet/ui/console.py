@@ -24,12 +24,13 @@ HERE = Path(__file__).resolve().parent
 PREFIX = "/ui"
 HTMX = "htmx-2.0.11.min.js"  # fleet/ui/static/VENDORED.md: where from, version, hash
 HTMX_SRI = "sha384-2OatzQy1H+Zd/IIrjr1TcuDGqLXeHhbooAyJY1KdQMKnr4LZ22k31GBLdYKHmVjg"
-# (label, path); issue 16 (field data capture) adds ("Captured data", "/ui/capture") here
+# (label, path)
 NAV: list[tuple[str, str]] = [
     ("Overview", "/ui"),
     ("Devices", "/ui/devices"),
     ("Releases", "/ui/releases"),
     ("Rollouts", "/ui/rollouts"),
+    ("Captured data", "/ui/capture"),
     ("Audit", "/ui/audit"),
 ]
 CSP = (

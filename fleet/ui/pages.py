@@ -15,6 +15,7 @@ from fleet.errors import FleetError
 from fleet.rollout.model import RolloutState
 from fleet.ui.charts import charts
 from fleet.ui.console import Console, RefusedError, Viewer, started
+from fleet.ui.gate_evidence import from_reason
 from fleet.ui.queries import ADMISSIONS, STATUSES, DeviceFilter
 from fleet.ui.session import LOGIN_COOKIE
 
@@ -162,6 +163,9 @@ def rollout_context(console: Console, who: Viewer, rollout_id: int) -> dict[str,
     """What the rollout page shows: its status as the API gives it, per-stage and per-sku progress, the
     health gate's evidence, and the verbs this viewer may use now."""
     status = _found(lambda: console.service.status(rollout_id)).to_dict()
+    recorded = not status["health"] and not RolloutState(status["state"]).active
+    if recorded:  # a stopped rollout: the gate's numbers as its abort reason recorded them
+        status["health"] = from_reason(status["reason"] or "")
     done = sum(n for state, n in status["progress"].items() if state in ("SUCCEEDED",))
     stages = [
         {"n": i + 1, "size": size, "target": target, "current": i == status["stage"]}
@@ -176,6 +180,7 @@ def rollout_context(console: Console, who: Viewer, rollout_id: int) -> dict[str,
         "unsuccessful": console.queries.deployments(rollout=rollout_id, unsuccessful=True, limit=50),
         "verbs": verbs,
         "live": _moving(status),
+        "recorded": recorded,
     }
 
 

@@ -72,6 +72,13 @@ class ConsoleQueries:
         self.choices_ttl_s = choices_ttl_s
         self._choices: dict[str, tuple[float, dict[str, list[str]]]] = {}
 
+    def accepted_devices(self, fleet: str, *, tags: bool = True) -> list[tuple[str, str | None, list[str]]]:
+        """(id, sku, tags) of the fleet's accepted devices, by id: the columns a selector reads, nothing more
+        (``tags=False``: no tags, each an empty list; decoding 10,000 JSON lists is most of the query's time)."""
+        sel = sa.select(_D.id, _D.sku, _D.tags if tags else sa.null()).where(_D.fleet == fleet)
+        rows = self.db.tuples(sel.where(_D.admission == "accepted").order_by(_D.id))
+        return [(str(i), sku, list(t or [])) for i, sku, t in rows]
+
     def devices(self, fleet: str, f: DeviceFilter, per_page: int = PER_PAGE) -> DevicePage:
         """One page of the devices ``f`` selects, by id, and how many it selects in all."""
         where = f.clauses(fleet)
