@@ -12,6 +12,7 @@ Commands, events and retained state stay on ``device_agent.mqtt`` (paho), which 
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import ssl
 import struct
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from device_agent.errors import TransportError
 from device_agent.mqtt import BrokerURL, Message
 
+log = logging.getLogger(__name__)
 RECV_BYTES = 256 * 1024  # one read takes whatever the kernel has, up to this
 MAX_PACKET = 1 << 20  # bytes: a larger packet ends the connection (telemetry is capped at 8 KiB)
 
@@ -244,12 +246,19 @@ def stream_pump(
     seconds; a lost stream is connected again (``connect`` tries the broker list) after a pause."""
     stream: TelemetryStream | None = None
     next_flush = time.monotonic() + flush_interval
+    failing = ""  # the last error logged: a broker that keeps refusing is one line, not one per retry
     while not stop():
         try:
             if stream is None:
                 stream = connect()
+                if failing:
+                    log.warning("telemetry stream connected again")
+                failing = ""
             batch = stream.read()
-        except TransportError:
+        except TransportError as exc:
+            if str(exc) != failing:
+                failing = str(exc)
+                log.warning("telemetry stream: %s (retrying every 0.5 s)", failing)
             if stream is not None:
                 stream.close()
             stream = None
