@@ -43,7 +43,9 @@ class DeviceState:
     telemetry: dict[str, float] = field(default_factory=dict)
     telemetry_at: float = 0.0  # receive time, epoch seconds
     last_seen: float = 0.0
-    windows: deque[Health] = field(default_factory=deque)  # the health gate's evidence, oldest first (bounded)
+    # the health gate's evidence, oldest first (bounded): (values, receive time), made ``Health`` only when
+    # read (``Ingest.windows``), so the hot path appends a pair instead of building an object per point
+    windows: deque[tuple[dict[str, float], float]] = field(default_factory=deque)
 
 
 def subscriptions(fleet: str, protocol_version: str | None) -> list[tuple[str, int]]:
@@ -104,7 +106,8 @@ class Ingest:
         """The device's recent telemetry windows as health points, oldest first (the health gate's evidence)."""
         with self._lock:
             state = self._latest.get(device)
-            return tuple(state.windows) if state is not None else ()
+            raw = tuple(state.windows) if state is not None else ()
+        return tuple(health_of(values, ts) for values, ts in raw)
 
     def __len__(self) -> int:
         return len(self._latest)
@@ -185,7 +188,7 @@ class Ingest:
         if isinstance(payload, proto.Telemetry):
             state.telemetry, state.telemetry_at = payload.values, now
             with self._lock:
-                state.windows.append(health_of(payload.values, now))
+                state.windows.append((payload.values, now))
             if self.owns is None or self.owns(device):
                 self._accumulate(device, payload.values, now)
             else:
@@ -215,7 +218,7 @@ class Ingest:
                     latest.move_to_end(device)
                 state.last_seen = state.telemetry_at = now
                 state.telemetry = values
-                state.windows.append(health_of(values, now))
+                state.windows.append((values, now))
                 if owns is None or owns(device):
                     self._add_point(device, values, now)
                     stored += 1
@@ -233,28 +236,21 @@ class Ingest:
     def _add_point(self, device: str, v: dict[str, float], now: float) -> None:
         """Add one point to the device's pending rollup of this minute (the caller holds the lock)."""
         key = (device, int(now // 60))
-        p95 = v.get("lat_p95_ms", 0.0)
+        get = v.get
+        p95, psi = get("lat_p95_ms", 0.0), get("psi_max", 0.0)
         acc = self._pending.get(key)
         if acc is None:
-            self._pending[key] = [
-                1,
-                v.get("inferences", 0.0),
-                v.get("errors", 0.0),
-                v.get("ips", 0.0),
-                p95,
-                p95,
-                v.get("conf_mean", 0.0),
-                v.get("psi_max", 0.0),
-            ]
+            conf = get("conf_mean", 0.0)
+            self._pending[key] = [1, get("inferences", 0.0), get("errors", 0.0), get("ips", 0.0), p95, p95, conf, psi]
             return
         acc[0] += 1
-        acc[1] += v.get("inferences", 0.0)
-        acc[2] += v.get("errors", 0.0)
-        acc[3] += v.get("ips", 0.0)
+        acc[1] += get("inferences", 0.0)
+        acc[2] += get("errors", 0.0)
+        acc[3] += get("ips", 0.0)
         acc[4] += p95
+        acc[6] += get("conf_mean", 0.0)
         acc[5] = max(acc[5], p95)
-        acc[6] += v.get("conf_mean", 0.0)
-        acc[7] = max(acc[7], v.get("psi_max", 0.0))
+        acc[7] = max(acc[7], psi)
 
     def flush(self) -> int:
         """Write pending rollups and last-seen times to the store; returns the rollups written."""

@@ -12,6 +12,7 @@ Commands, events and retained state stay on ``device_agent.mqtt`` (paho), which 
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import ssl
 import struct
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from device_agent.errors import TransportError
 from device_agent.mqtt import BrokerURL, Message
 
+log = logging.getLogger(__name__)
 RECV_BYTES = 256 * 1024  # one read takes whatever the kernel has, up to this
 MAX_PACKET = 1 << 20  # bytes: a larger packet ends the connection (telemetry is capped at 8 KiB)
 
@@ -37,6 +39,21 @@ def _packet(first: int, body: bytes) -> bytes:
         out.append(byte | (0x80 if length else 0))
         if not length:
             return bytes(out) + body
+
+
+def _length(buf: bytes, at: int, end: int) -> tuple[int, int]:
+    """A packet's remaining length (MQTT's variable-length integer) at ``buf[at]`` and where its body
+    starts; (-1, 0) when the buffer ends first. Raises: TransportError on more than 4 length bytes."""
+    length, mult = 0, 1
+    for i in range(at, min(end, at + 4)):
+        byte = buf[i]
+        length += (byte & 0x7F) * mult
+        if not byte & 0x80:
+            return length, i + 1
+        mult *= 128
+    if end - at >= 4:
+        raise TransportError("malformed packet length on the telemetry stream")
+    return -1, 0
 
 
 class TelemetryStream:
@@ -153,6 +170,9 @@ class TelemetryStream:
     def read(self) -> list[Message]:
         """The PUBLISH messages of the next read (maybe none, after at most a second); answers pings.
 
+        One pass over the buffer, packets sliced straight into messages (no intermediate packet list,
+        the usual 1- and 2-byte lengths decoded inline), QoS 1 acknowledged in one send per read.
+
         Raises:
             TransportError: the connection ended or the broker sent something malformed.
         """
@@ -160,28 +180,52 @@ class TelemetryStream:
             raise TransportError("telemetry stream not connected")
         if time.monotonic() - self._last_sent > self.keepalive / 2:
             self._send(b"\xc0\x00")  # PINGREQ
-        if not self._fill():
-            return []
-        messages = []
+        return self._publishes() if self._fill() else []
+
+    def _publishes(self) -> list[Message]:
+        """The buffer's complete PUBLISH packets as messages (the rest stays buffered)."""
+        buf, pos, end = self._buf, 0, len(self._buf)
+        messages: list[Message] = []
+        acks: list[bytes] = []
         topics = self._topics
-        for first, body in self._split():
+        while end - pos >= 2:
+            first, byte = buf[pos], buf[pos + 1]
+            if byte < 0x80:
+                length, i = byte, pos + 2
+            elif end - pos >= 3 and buf[pos + 2] < 0x80:
+                length, i = (byte & 0x7F) | (buf[pos + 2] << 7), pos + 3
+            else:
+                length, i = _length(buf, pos + 1, end)
+                if length < 0:
+                    break
+            if length > MAX_PACKET:
+                raise TransportError(f"a {length}-byte packet on the telemetry stream")
+            nxt = i + length
+            if nxt > end:
+                break
+            pos = nxt
             if first >> 4 != 3:
                 continue  # PINGRESP, SUBACK of a resubscription: nothing to do
-            qos = (first >> 1) & 3
-            start = 2 + ((body[0] << 8) | body[1])
-            raw = body[2:start]
-            topic = topics.get(raw)
-            if topic is None:
-                if len(topics) > 500_000:
-                    topics.clear()
-                topic = topics[raw] = raw.decode("utf-8", "replace")
-            mid = 0
+            start = i + 2 + ((buf[i] << 8) | buf[i + 1])
+            raw = buf[i + 2 : start]
+            topic = topics.get(raw) or self._topic(raw)
+            qos, mid = (first >> 1) & 3, 0
             if qos:
-                mid = (body[start] << 8) | body[start + 1]
-                self._send(b"\x40\x02" + body[start : start + 2])  # PUBACK at once: telemetry is at most once
+                mid = (buf[start] << 8) | buf[start + 1]
+                acks.append(b"\x40\x02" + buf[start : start + 2])  # PUBACK at once: telemetry is at most once
                 start += 2
-            messages.append(Message(topic, body[start:], qos, bool(first & 1), mid))
+            messages.append(Message(topic, buf[start:nxt], qos, bool(first & 1), mid))
+        self._buf = buf[pos:]
+        if acks:
+            self._send(b"".join(acks))
         return messages
+
+    def _topic(self, raw: bytes) -> str:
+        """A topic not seen before, decoded and remembered (devices repeat theirs)."""
+        if len(self._topics) > 500_000:
+            self._topics.clear()
+        topic = self._topics[raw] = raw.decode("utf-8", "replace")
+        return topic
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
@@ -202,12 +246,19 @@ def stream_pump(
     seconds; a lost stream is connected again (``connect`` tries the broker list) after a pause."""
     stream: TelemetryStream | None = None
     next_flush = time.monotonic() + flush_interval
+    failing = ""  # the last error logged: a broker that keeps refusing is one line, not one per retry
     while not stop():
         try:
             if stream is None:
                 stream = connect()
+                if failing:
+                    log.warning("telemetry stream connected again")
+                failing = ""
             batch = stream.read()
-        except TransportError:
+        except TransportError as exc:
+            if str(exc) != failing:
+                failing = str(exc)
+                log.warning("telemetry stream: %s (retrying every 0.5 s)", failing)
             if stream is not None:
                 stream.close()
             stream = None

@@ -213,8 +213,12 @@ class FleetServer:
         auth = {"username": c.broker_username, "password": c.broker_password}
         auth["cafile"] = str(c.broker_cafile) if c.broker_cafile else None
 
+        # the first connection now, as paho's subscription is made: subscribed before serve starts
+        # (no telemetry lost at start-up), and an unreachable broker is serve's error, not a silent retry
+        first = [connect_any(brokers, client_id, filters, **auth)]
+
         def connect() -> TelemetryStream:
-            return connect_any(brokers, client_id, filters, **auth)
+            return first.pop() if first else connect_any(brokers, client_id, filters, **auth)
 
         return lambda: stream_pump(connect, self.ingest.handle_many, self.ingest.flush, self.stop.is_set)
 

@@ -10,7 +10,7 @@ from device_agent.errors import TransportError
 from device_agent.mqtt import BrokerURL, MqttClient, MqttConfig, parse_brokers
 from device_agent.mqtt.client import first_broker
 from fleet.broker import LocalBroker, free_port
-from fleet.mqtt_stream import TelemetryStream, connect_any
+from fleet.mqtt_stream import TelemetryStream, connect_any, stream_pump
 from tests.support.fleet_harness import wait_until
 
 FILTER = [(P.subscription("f", P.TELEMETRY), 1)]
@@ -73,3 +73,18 @@ def test_a_shared_subscription_splits_the_stream(broker: LocalBroker) -> None:
         pub.disconnect()
         for reader in readers:
             reader.close()
+
+
+def test_a_stream_that_keeps_failing_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A broker that keeps refusing (e.g. a ``$share`` filter from a 3.1.1 client) is not retried in silence."""
+    dead = parse_brokers(f"mqtt://127.0.0.1:{free_port()}")  # nothing listens there
+    tries = [0]
+
+    def connect() -> TelemetryStream:
+        tries[0] += 1
+        return connect_any(dead, "lean-log", FILTER)
+
+    with caplog.at_level("WARNING", logger="fleet.mqtt_stream"):
+        stream_pump(connect, lambda batch: None, lambda: None, lambda: tries[0] >= 3)
+    lines = [r.getMessage() for r in caplog.records if r.name == "fleet.mqtt_stream"]
+    assert tries[0] == 3 and len(lines) == 1 and "cannot reach broker" in lines[0]

@@ -14,7 +14,7 @@ import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
@@ -113,8 +113,11 @@ class MqttConfig:
         )
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
+    """One received message. A named tuple, not a frozen dataclass: it is built once per message on the
+    fleet's ingest path, and a frozen dataclass costs several times as much to build (one
+    ``object.__setattr__`` per field)."""
+
     topic: str
     payload: bytes
     qos: int
