@@ -9,11 +9,8 @@ The tests share one fleet and run in file order (each starts from where the prev
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,19 +21,10 @@ from device_agent.protocol import DeploymentState as D
 from fleet.broker import start_local_broker
 from fleet.client import ApiClient
 from tests.support.bundles import simple_bundle
-from tests.support.console import ServeProcess
+from tests.support.console import SHOTS, WAIT_MS, ServeProcess, chromium, expect
 from tests.support.fleet_harness import TOKEN
 from tests.support.scripted_device import ScriptedDevice, start_fleet
 
-try:
-    from playwright import sync_api
-except ImportError:  # edgefleet[dev] has it; the browser fixture skips (fails under CI) without it
-    sync_api = None  # type: ignore[assignment]
-
-SHOTS = Path(__file__).resolve().parent.parent / "build" / "screenshots"
-CHROMIUM = os.environ.get("EDGEFLEET_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"]  # root, offline, small /dev/shm
-WAIT_MS = 90_000  # a hang guard for page state under load, not a speed assertion
 OLD = P.ModelRef("digits", "1.0.0", 1, "1" * 64)
 
 
@@ -44,25 +32,10 @@ def broken_on_b(sku: str, release: str) -> tuple[D, str] | None:
     return (D.FAILED, "selftest-failed") if sku == "b" and release == "digits@3.0.0" else None
 
 
-def expect(target: Any) -> Any:
-    return sync_api.expect(target)
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if sync_api is None:
-        if os.environ.get("EDGEFLEET_CI") == "1":
-            pytest.fail("playwright is not installed (pip install -e '.[dev]')")
-        pytest.skip("playwright is not installed (pip install -e '.[dev]')")
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("EDGEFLEET_CI") == "1":
-            pytest.fail(f"no chromium at {CHROMIUM} (.ci/run installs Debian's chromium)")
-        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
-    sync_api.expect.set_options(timeout=WAIT_MS)  # expect's own default is 5 s, too short under load
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        yield chromium
-        chromium.close()
+    with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture(scope="module")

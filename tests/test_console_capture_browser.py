@@ -6,12 +6,9 @@ store) and labels one; a viewer sees the same data and no capture button. Every 
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,39 +18,17 @@ from device_agent.bundle import PrivateKey
 from fleet.broker import start_local_broker
 from fleet.client import ApiClient
 from fleet.store import Store
-from tests.support.console import ServeProcess
+from tests.support.console import SHOTS, WAIT_MS, ServeProcess, chromium, expect
 from tests.support.fleet_harness import TOKEN, wait_until
 from tests.support.scripted_device import ScriptedDevice, start_fleet
 
-try:
-    from playwright import sync_api
-except ImportError:  # edgefleet[dev] has it; the browser fixture skips (fails under CI) without it
-    sync_api = None  # type: ignore[assignment]
-
-SHOTS = Path(__file__).resolve().parent.parent / "build" / "screenshots"
-CHROMIUM = os.environ.get("EDGEFLEET_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"]  # root, offline, small /dev/shm
-WAIT_MS = 90_000  # a hang guard for page state under load, not a speed assertion
 OLD = P.ModelRef("digits", "1.0.0", 1, "1" * 64)
-
-
-def expect(target: Any) -> Any:
-    return sync_api.expect(target)
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """As tests/test_console.py's: Debian's chromium with the flags this machine needs."""
-    if sync_api is None or not Path(CHROMIUM).exists():
-        why = "playwright is not installed" if sync_api is None else f"no chromium at {CHROMIUM}"
-        if os.environ.get("EDGEFLEET_CI") == "1":
-            pytest.fail(f"{why} (.ci/run installs both)")
-        pytest.skip(why)
-    sync_api.expect.set_options(timeout=WAIT_MS)
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        yield chromium
-        chromium.close()
+    with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture(scope="module")

@@ -2,18 +2,57 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 from fleet.broker import free_port
 from tests.support.fleet_harness import wait_until
 
+try:
+    from playwright import sync_api
+except ImportError:  # edgefleet[dev] has it; the browser fixtures skip (fail under CI) without it
+    sync_api = None  # type: ignore[assignment]
+
+SHOTS = Path(__file__).resolve().parent.parent.parent / "build" / "screenshots"
+CHROMIUM = os.environ.get("EDGEFLEET_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"]  # root, offline, small /dev/shm
+WAIT_MS = 90_000  # a hang guard for page state under load, not a speed assertion
 CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
 NONCE_RE = re.compile(r'name="nonce" value="([^"]+)"')
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """Debian's chromium driven by Playwright with the flags this machine needs (never `playwright install`);
+    without either, the test skips, and fails under CI (.ci/run installs both)."""
+    if sync_api is None or not Path(CHROMIUM).exists():
+        why = (
+            "playwright is not installed (pip install -e '.[dev]')"
+            if sync_api is None
+            else f"no chromium at {CHROMIUM}"
+        )
+        if os.environ.get("EDGEFLEET_CI") == "1":
+            pytest.fail(f"{why} (.ci/run installs both)")
+        pytest.skip(why)
+    sync_api.expect.set_options(timeout=WAIT_MS)  # expect's own default is 5 s, too short under load
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        yield browser
+        browser.close()
+
+
+def expect(target: Any) -> Any:
+    return sync_api.expect(target)
 
 
 def csrf_of(html: str) -> str:
