@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -137,13 +137,18 @@ def _p95(values: list[float]) -> float:
     return statistics.quantiles(values, n=20, method="inclusive")[-1]
 
 
-def _rows(store: str, db: str | None) -> list[str]:
+def _rows(
+    store: str, db: str | None, pages: list[tuple[str, str]] = PAGES, fill: Callable[[str], None] | None = None
+) -> list[str]:
+    """One table row per page: p50 and p95 server time, p95 wall time, the verdict; ``fill`` adds rows first."""
     if db is None:
         return [f"| {store} | (not reachable at {PG_URL}) | | | | |"]
     rows = []
     with tempfile.TemporaryDirectory() as d, _serving(db, Path(d)) as url:
+        if fill is not None:
+            fill(db)
         client = _session(url)
-        for label, path in PAGES:
+        for label, path in pages:
             server, wall = _measure(client, path)
             p95 = _p95(server)
             verdict = "pass" if p95 <= TARGET_MS else "FAIL"
