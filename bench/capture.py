@@ -149,7 +149,7 @@ def flood(path: Path, tmp: Path, key: PrivateKey, bound: int = 128 << 10, chunk:
 
     def watch() -> None:
         while not stop.is_set():
-            size = sum(p.stat().st_size for p in (tmp / "flood").glob("*.sample") if p.exists())
+            size = sum(p.stat().st_size for p in (tmp / "flood").glob("*") if p.exists())
             disk_peak[0] = max(disk_peak[0], size)
             time.sleep(0.01)
 

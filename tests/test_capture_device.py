@@ -16,7 +16,7 @@ from device_agent.capture.control import Capture
 from device_agent.capture.npz import read_sample
 from device_agent.capture.policy import CapturePolicy
 from device_agent.capture.sampler import DRIFT_EVERY, Sampler, drift_score
-from device_agent.capture.store import CaptureStore
+from device_agent.capture.store import CaptureStore, sample_names
 from device_agent.engine import InferenceEngine
 from device_agent.errors import PayloadError
 from device_agent.model import LoadedModel
@@ -54,18 +54,19 @@ def test_policy_parses_strictly_and_round_trips_through_cmd_capture() -> None:
 
 
 def test_the_store_never_exceeds_its_bounds_and_drops_the_oldest_first(tmp_path: Path) -> None:
-    store = CaptureStore(tmp_path / "s", max_bytes=10_000, max_count=5)
+    root = tmp_path / "s"
+    store = CaptureStore(root, max_bytes=10_000, max_count=5)
     for i in range(40):
         assert store.add(f"{i:013d}.sample", bytes(1500 + i))
-        on_disk = sorted(tmp_path.joinpath("s").glob("*.sample"))
-        assert sum(p.stat().st_size for p in on_disk) <= 10_000 and len(on_disk) <= 5
+        assert sum(p.stat().st_size for p in root.iterdir()) <= 10_000 and len(store) <= 5  # on disk, at once
     assert store.peak_bytes <= 10_000
-    names = [p.name for p in sorted(tmp_path.joinpath("s").glob("*.sample"))]
-    assert names == [f"{i:013d}.sample" for i in range(34, 40)][-len(names) :]  # the newest survive
+    names = list(sample_names(root))
+    assert names == store.names() == [f"{i:013d}.sample" for i in range(40 - len(names), 40)]  # the newest
     assert store.dropped == 40 - len(names)
     assert not store.add("big.sample", bytes(10_001)) and store.dropped == 41 - len(names)  # never fits: counted
-    reopened = CaptureStore(tmp_path / "s", max_bytes=4000, max_count=5)  # bounds shrank while it was off
-    assert reopened.size_bytes <= 4000 and len(reopened) == 2
+    store.close()
+    reopened = CaptureStore(root, max_bytes=4000, max_count=5)  # bounds shrank while it was off
+    assert reopened.size_bytes <= 4000 and 1 <= len(reopened) <= 2
     assert reopened.remove(["0000000000039.sample", "nope.sample"]) == 1
 
 
@@ -87,7 +88,7 @@ def test_rules_low_confidence_random_quota_and_hourly_cap(tmp_path: Path, model:
     assert sampler.counts["quota"] == len(samples) - len(store) and sampler.per_class == {
         c: min(top1.count(c), 2) for c in set(top1)
     }
-    meta, arrays = read_sample((store.root / next(iter(store._files))).read_bytes(), max_arrays=8, max_bytes=1 << 20)
+    meta, arrays = read_sample(store.oldest(1, 1 << 20)[0][1], max_arrays=8, max_bytes=1 << 20)
     assert meta["reason"] == "low-confidence" and meta["model"]["name"] == "digits" and meta["device"] == "dev-1"
     given = [next(iter(f.values())).astype(np.float32) for f in samples]
     assert any(np.array_equal(arrays[0], g) for g in given) and len(arrays) == 2  # the exact input, then the output
@@ -126,7 +127,7 @@ def test_drift_outliers_score_high_against_the_bundles_reference(tmp_path: Path,
         engine.predict(shift_inputs(samples[i % len(samples)], 3.0))
     sampler.drain()
     assert len(store) == 4
-    reasons = {read_sample(p.read_bytes(), max_arrays=8, max_bytes=1 << 20)[0]["reason"] for p in store.root.iterdir()}
+    reasons = {read_sample(data, max_arrays=8, max_bytes=1 << 20)[0]["reason"] for _, data in store.oldest(99, 1 << 30)}
     assert reasons == {"drift"}
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from device_agent.bundle import PrivateKey, read_bundle
+from device_agent.capture.store import sample_names
 from fleet.broker import LocalBroker, free_port, start_mosquitto
 from fleet.client import ApiClient
 from fleet.errors import ApiError
@@ -56,7 +57,7 @@ def _answers(api: ApiClient) -> bool:
 
 def _device_samples(workdir: Path, device: str) -> set[str]:
     """The ids of the samples a simulated device holds (captured, not yet confirmed) right now."""
-    return {p.stem for p in (workdir / device / "capture" / "samples").glob("*.sample")}
+    return {name.removesuffix(".sample") for name in sample_names(workdir / device / "capture" / "samples")}
 
 
 def _telemetry(api: ApiClient, device: str) -> dict[str, float]:

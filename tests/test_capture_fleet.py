@@ -166,7 +166,7 @@ def test_uploads_are_authorized_per_device_idempotent_and_audited(
     policy, other = _policy(h, "dev-b1"), _policy(h, "dev-b2")
     assert policy.upload_url and policy.token and other.token
     store = _samples(tmp_path / "dev", model, 6)
-    kept = {p.name: p.read_bytes() for p in (tmp_path / "dev").iterdir()}
+    kept = dict(store.oldest(100, 1 << 30))
     wrong = Uploader(store, f"{FLEET}/dev-b1").upload_once(policy.upload_url, other.token, 32)
     assert wrong.error == "HTTP 401" and len(store) == 6  # another device's token: refused, nothing deleted
     refusals = [a for a in h.api.get("/audit") if a["action"] == "capture.upload" and a["actor"] == f"{FLEET}/dev-b1"]
