@@ -37,6 +37,7 @@ def write_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
 
 
 MAGIC = b"\x93NUMPY\x01\x00"
+_U8 = np.dtype(np.uint8)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -45,7 +46,7 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return _npy_header(a.dtype, a.shape) + a.tobytes()
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=256)
 def _npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
     """The header for one dtype and shape (a capture writes the same few again and again: cached)."""
     header = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
@@ -55,8 +56,12 @@ def _npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
 
 
 def write_sample(meta: bytes, arrays: Mapping[str, np.ndarray]) -> bytes:
-    """A captured sample: ``meta`` (JSON, naming the arrays in order), then the arrays, each as ``.npy``."""
-    return b"".join([npy_bytes(np.frombuffer(meta, dtype=np.uint8)), *(npy_bytes(a) for a in arrays.values())])
+    """A captured sample: ``meta`` (JSON, naming the arrays in order), then the arrays, each as ``.npy``
+    (``tobytes`` gives C order whatever the array's layout, as the header says)."""
+    parts = [_npy_header(_U8, (len(meta),)), meta]
+    for a in arrays.values():
+        parts += (_npy_header(a.dtype, a.shape), a.tobytes())
+    return b"".join(parts)
 
 
 def read_sample(data: bytes, *, max_arrays: int, max_bytes: int) -> tuple[Any, list[np.ndarray]]:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from device_agent.bundle.manifest import TensorInfo
 from device_agent.capture.npz import write_sample
 from device_agent.capture.policy import DRIFT_DEFAULT, CapturePolicy
 from device_agent.capture.store import SUFFIX, CaptureStore
@@ -57,6 +58,7 @@ class _Live:
     drift_every: int  # 0: the drift rule is off
     queue_max: int = 0  # candidates of ``model`` that may wait for the worker (0: not known yet)
     floor: float = field(init=False)  # confidence below which an inference is selected (-inf: rule off)
+    gaps: list[int] = field(default_factory=list)  # the random rule's next gaps (geometric with ``rate``)
 
     def __post_init__(self) -> None:
         self.floor = -math.inf if self.low is None else self.low
@@ -84,7 +86,7 @@ class Sampler:
         self._hot: _Live | None = None  # what ``offer`` reads: the live policy while under the hourly cap
         self._pending: deque[_Candidate] = deque()  # appended by the hot path, taken by the worker
         self._wake = threading.Event()
-        self._rng = random.Random()
+        self._np_rng = np.random.default_rng()
         self._countdown = 1 << 62  # inferences until the random or the drift rule is due
         self._to_random = self._to_drift = 1 << 62
         self._last_drift = -1e9  # time.monotonic() of the last drift candidate
@@ -189,14 +191,15 @@ class Sampler:
             self.counts["offered"] += 1
             self.counts["overflow"] += 1
             return
-        conf = float(classes[1].min()) if classes is not None else None
-        if reason != "low-confidence" and live.low is not None and conf is not None and conf < live.low:
-            reason = "low-confidence"
-        top1 = int(classes[0].flat[0]) if classes is not None else None
+        conf = top1 = None
+        if classes is not None:
+            conf, top1 = float(classes[1].min()), int(classes[0].flat[0])
+            if conf < live.floor:
+                reason = "low-confidence"
         cand = _Candidate(
             model,
             _copy_inputs(model, feeds),
-            {k: np.array(v) for k, v in outputs.items()},
+            {k: v.copy() for k, v in outputs.items()},
             top1,
             conf,
             reason,
@@ -216,7 +219,9 @@ class Sampler:
             return NEVER
         if live.rate >= 1:
             return 1
-        return 1 + int(math.log(1.0 - self._rng.random()) / math.log(1.0 - live.rate))
+        if not live.gaps:  # drawn 256 at a time: a draw each was ~1 µs of the selected path
+            live.gaps = self._np_rng.geometric(live.rate, 256).tolist()
+        return int(live.gaps.pop())
 
     def _due(self, live: _Live) -> str:
         """The countdown ran out: which rule is due (random first), and the next countdown."""
@@ -366,13 +371,14 @@ def _copy_inputs(model: LoadedModel, feeds: Mapping[str, np.ndarray]) -> dict[st
     """The inputs by the model's input names, in the float domain (a quantized tensor is dequantized: the
     exact values, which its scale and zero-point give back), copied."""
     specs = model.manifest.inputs
-    given = {specs[0].name: next(iter(feeds.values()))} if len(feeds) == 1 == len(specs) else dict(feeds)
-    out: dict[str, np.ndarray] = {}
-    for spec in specs:
-        if spec.name in given:
-            a = np.asarray(given[spec.name])
-            out[spec.name] = dequantize(a, spec).astype(np.float32) if a.dtype.kind in "iu" else np.array(a)
-    return out
+    if len(feeds) == 1 == len(specs):  # the common case, first
+        return {specs[0].name: _float_copy(next(iter(feeds.values())), specs[0])}
+    return {spec.name: _float_copy(feeds[spec.name], spec) for spec in specs if spec.name in feeds}
+
+
+def _float_copy(value: np.ndarray, spec: TensorInfo) -> np.ndarray:
+    a = np.asarray(value)
+    return dequantize(a, spec).astype(np.float32) if a.dtype.kind in "iu" else a.copy()
 
 
 def drift_score(model: LoadedModel, inputs: Mapping[str, np.ndarray]) -> float:
