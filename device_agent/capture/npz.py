@@ -10,7 +10,7 @@ import io
 import json
 import threading
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -55,11 +55,11 @@ def _npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
     return MAGIC + len(raw).to_bytes(2, "little") + raw
 
 
-def write_sample(meta: bytes, arrays: Mapping[str, np.ndarray]) -> bytes:
+def write_sample(meta: bytes, arrays: Iterable[np.ndarray]) -> bytes:
     """A captured sample: ``meta`` (JSON, naming the arrays in order), then the arrays, each as ``.npy``
     (``tobytes`` gives C order whatever the array's layout, as the header says)."""
     parts = [_npy_header(_U8, (len(meta),)), meta]
-    for a in arrays.values():
+    for a in arrays:
         parts += (_npy_header(a.dtype, a.shape), a.tobytes())
     return b"".join(parts)
 

@@ -93,7 +93,7 @@ class Sampler:
         self._drift_gap = DRIFT_EVERY  # inferences between drift turns (grows while turns come too often)
         self.drift_max_per_s = DRIFT_MAX_PER_S
         self._seq = 0
-        self._meta_cache: tuple[Any, ...] | None = None  # (model, policy, inputs, outputs, JSON): _meta_rest
+        self._meta_cache: tuple[Any, ...] | None = None  # (model, policy, JSON): _meta_rest
         self._hour: deque[float] = deque()  # times of this hour's captures
         self._over = False  # the hourly cap is reached: the hot path selects nothing
         self.per_class: dict[int, int] = {}
@@ -338,17 +338,15 @@ class Sampler:
             f'{{"id": "{sample_id}", "ts": {ts_ms}, "reason": "{cand.reason}", "score": {_num(score)}, '
             f'"top1": {top1}, "conf": {conf}{self._meta_rest(cand)}'
         )
-        arrays = {f"in{i}": v for i, v in enumerate(cand.feeds.values())}
-        arrays |= {f"out{i}": v for i, v in enumerate(cand.outputs.values())}
+        arrays = [*cand.feeds.values(), *cand.outputs.values()]
         return f"{sample_id}{SUFFIX}", write_sample(meta.encode(), arrays)
 
     def _meta_rest(self, cand: _Candidate) -> str:
         """The metadata every sample of one model and policy shares, as the end of a JSON object (``, ...}``),
         made once: encoding it per sample was a third of what storing a sample cost."""
         policy = self._live.policy.id if self._live else None
-        key = (cand.model, policy, tuple(cand.feeds), tuple(cand.outputs))
-        cached = self._meta_cache
-        if cached is None or cached[0] is not key[0] or cached[1:4] != key[1:]:
+        cached = self._meta_cache  # a model's candidates all name the same inputs and outputs
+        if cached is None or cached[0] is not cand.model or cached[1] != policy:
             m = cand.model.manifest
             shared: dict[str, Any] = {
                 **self.identity,
@@ -357,8 +355,8 @@ class Sampler:
                 "outputs": list(cand.outputs),
                 "policy": policy,
             }
-            cached = self._meta_cache = (*key, ", " + json.dumps(shared, sort_keys=True)[1:])
-        return str(cached[4])
+            cached = self._meta_cache = (cand.model, policy, ", " + json.dumps(shared, sort_keys=True)[1:])
+        return str(cached[2])
 
 
 def _num(x: float) -> str:

@@ -176,6 +176,7 @@ class CaptureStore:
         both are counted as dropped."""
         out = [False] * len(items)
         with self._lock:
+            dropped = self.dropped
             run: list[
                 tuple[int, str, tuple[bytes, bytes]]
             ] = []  # records for one segment (a batch may fill more than one)
@@ -195,9 +196,10 @@ class CaptureStore:
                 run_bytes += size
             if run:
                 self._write_run(run, out)
-            for i, (name, _) in enumerate(items):  # written, then dropped for a later item of the batch
-                if out[i] and name not in self._samples:
-                    out[i] = False
+            if self.dropped != dropped:  # written, then dropped for a later item of the batch?
+                for i, (name, _) in enumerate(items):
+                    if out[i] and name not in self._samples:
+                        out[i] = False
         return out
 
     def _open_size(self) -> int:
