@@ -106,6 +106,7 @@ class Capture:
             "stored_bytes": s.size_bytes,
             "max_bytes": s.max_bytes,
             "dropped": s.dropped,
+            "store_errors": s.errors,  # samples a full disk (or another I/O error) refused
             "uploaded": u.uploaded,
             "upload_failures": u.failures,
             "last_upload_error": u.last_error or None,
