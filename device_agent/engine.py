@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -66,21 +66,12 @@ class InferenceEngine:
         self._drift_s = 0.0  # total time spent on drift histograms
         self.window = self._new_window(model)  # one telemetry interval
         self.model_window = self._new_window(model, drift=True)  # since the current model became active
-        self._capture: CaptureSink | None = None  # set only while a capture policy is live
-        self._offer: Callable[..., None] | None = None  # its ``offer``, bound once (the hot path calls it)
+        self.capture: CaptureSink | None = None  # set only while a capture policy is live
 
     @staticmethod
     def _new_window(model: LoadedModel, drift: bool = False) -> Window:
         """Drift histograms live only in the model window; telemetry windows need none."""
         return Window(drift_ref=model.drift_ref if drift else None, started=time.monotonic())
-
-    @property
-    def capture(self) -> CaptureSink | None:
-        return self._capture
-
-    @capture.setter
-    def capture(self, sink: CaptureSink | None) -> None:
-        self._capture, self._offer = sink, (sink.offer if sink is not None else None)
 
     @property
     def model(self) -> LoadedModel:
@@ -137,7 +128,6 @@ class InferenceEngine:
             t1 = time.perf_counter()
             model_window.record_tensors(self._drift_tensors(model, feeds, floats))
             self._drift_s += time.perf_counter() - t1
-        offer = self._offer
-        if offer is not None:
-            offer(model, feeds, floats, cls)
+        if self.capture is not None:
+            self.capture.offer(model, feeds, floats, cls)
         return Prediction(outputs=outputs, model=model, latency_ms=latency * 1000.0, classes=cls)

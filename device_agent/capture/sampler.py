@@ -235,12 +235,14 @@ class Sampler:
         if self._to_drift <= 0:
             if reason == "drift":  # at most DRIFT_MAX_PER_S drift candidates: a fast model's turns come often
                 now = time.monotonic()
-                since, self._last_drift = now - self._last_drift, now
+                since = now - self._last_drift
                 if since < 1.0 / self.drift_max_per_s:  # too soon: turns come further apart (and cost less)
-                    reason, self._last_drift = "skip", now - since
+                    reason = "skip"
                     self._drift_gap = min(self._drift_gap * 2, 1 << 24)
-                elif since > 2.0 / self.drift_max_per_s:  # ...and closer again when the model slows down
-                    self._drift_gap = max(live.drift_every, self._drift_gap // 2)
+                else:
+                    self._last_drift = now
+                    if since > 2.0 / self.drift_max_per_s:  # ...and closer again when the model slows down
+                        self._drift_gap = max(live.drift_every, self._drift_gap // 2)
             self._to_drift = self._drift_gap if live.drift_every else NEVER
         self._countdown = min(self._to_random, self._to_drift)
         return reason

@@ -91,14 +91,16 @@ class CaptureStore:
                 self._load_segment(path)
             elif path.suffix == SUFFIX:  # an earlier agent's one-sample file
                 with contextlib.suppress(OSError):
-                    self._index(path.name, str(path), [(path.name, 0, path.stat().st_size)], path.stat().st_size)
+                    size = path.stat().st_size
+                    self._index(path.name, str(path), [(path.name, 0, size)], size)
         self._make_room(0, 0)  # bounds may have shrunk since the last run
 
     def _load_segment(self, path: Path) -> None:
         try:
-            records, good = read_records(path.read_bytes())
-            if good < path.stat().st_size:  # a torn tail (a power cut): cut it off
-                log.warning("capture: %s: %d torn bytes at its end cut off", path.name, path.stat().st_size - good)
+            data = path.read_bytes()
+            records, good = read_records(data)
+            if good < len(data):  # a torn tail (a power cut): cut it off
+                log.warning("capture: %s: %d torn bytes at its end cut off", path.name, len(data) - good)
                 os.truncate(path, good)
         except OSError as exc:
             log.warning("capture: cannot read %s: %s", path.name, exc.strerror)
@@ -106,7 +108,7 @@ class CaptureStore:
         if not records:
             path.unlink(missing_ok=True)
             return
-        self._index(path.name, str(path), [(name, off, size) for name, off, size in records], good)
+        self._index(path.name, str(path), records, good)
 
     def _index(self, seg: str, path: str, records: list[tuple[str, int, int]], size: int) -> None:
         self._segments[seg] = _Segment(path, size, len(records))
@@ -177,9 +179,8 @@ class CaptureStore:
         out = [False] * len(items)
         with self._lock:
             dropped = self.dropped
-            run: list[
-                tuple[int, str, tuple[bytes, bytes]]
-            ] = []  # records for one segment (a batch may fill more than one)
+            # The records for one segment (a batch may fill more than one): (item, name, (head, sample)).
+            run: list[tuple[int, str, tuple[bytes, bytes]]] = []
             run_bytes = 0
             for i, (name, data) in enumerate(items):
                 rec = _record(name, data)  # (head, sample): joined once for the whole run
