@@ -181,14 +181,20 @@ def test_the_random_rule_selects_its_rate_and_the_drift_rule_every_nth(tmp_path:
     sampler.set_policy(CapturePolicy("p1", random=0.1, drift=0.5, max_per_hour=10**7))
     feeds = _inputs(model)[0]
     outputs = model.predict(feeds)
-    reasons: list[str] = []
-    for _ in range(10_000):
+    picked: dict[int, str] = {}  # inference number (1-based) -> the reason it was selected for
+    for n in range(1, 10_001):
         sampler.offer(model, feeds, outputs, None)  # no classes: only the countdown rules can select
         while sampler._pending:
-            reasons.append(sampler._pending.popleft().reason)
+            assert n not in picked  # one candidate per inference, whatever rules are due
+            picked[n] = sampler._pending.popleft().reason
+    reasons = list(picked.values())
     # Binomial(10000, 0.1): mean 1000, sd 30 (a drift turn that coincides with a random one counts as random)
     assert 850 < reasons.count("random") < 1150
-    assert 10_000 // DRIFT_EVERY * 0.85 < reasons.count("drift") <= 10_000 // DRIFT_EVERY
+    # every DRIFT_EVERY-th inference is a candidate (for drift, or for random when both are due), and only those
+    turns = set(range(DRIFT_EVERY, 10_001, DRIFT_EVERY))
+    assert turns <= picked.keys()
+    assert {n for n, why in picked.items() if why == "drift"} <= turns
+    assert reasons.count("drift") == len(turns) - sum(picked[n] == "random" for n in turns)
     sampler.drift_max_per_s = 1e-9  # the per-second cap: after one drift candidate, none for a long while
     sampler.set_policy(CapturePolicy("p2", drift=0.5, max_per_hour=10**7))
     drifts = 0
