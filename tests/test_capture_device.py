@@ -15,7 +15,7 @@ from device_agent.bundle import PrivateKey, TrustStore
 from device_agent.capture.control import Capture
 from device_agent.capture.npz import read_sample
 from device_agent.capture.policy import CapturePolicy
-from device_agent.capture.sampler import DRIFT_EVERY, Sampler, drift_score
+from device_agent.capture.sampler import BURST_S, DRIFT_EVERY, Sampler, drift_score
 from device_agent.capture.store import CaptureStore, sample_names
 from device_agent.engine import InferenceEngine
 from device_agent.errors import PayloadError
@@ -204,3 +204,71 @@ def test_the_random_rule_selects_its_rate_and_the_drift_rule_every_nth(tmp_path:
             drifts += 1
             sampler._pending.popleft()
     assert drifts == 0  # the last one was just above: the cap holds
+
+
+def test_the_cpu_budget_pauses_selection_while_overdrawn_and_only_a_live_policy_refills_it(
+    tmp_path: Path, model: LoadedModel
+) -> None:
+    t = [100.0]
+    sampler = Sampler(CaptureStore(tmp_path / "s", 1 << 20, 1000), IDENTITY, monotonic=lambda: t[0])
+    sampler.cpu_share = 0.02
+    policy = CapturePolicy("p1", random=1.0, max_per_hour=10**7)
+    sampler.set_policy(policy)
+    feeds = _inputs(model)[0]
+    outputs = model.predict(feeds)
+
+    def selected(n: int = 10) -> int:
+        for _ in range(n):
+            sampler.offer(model, feeds, outputs, None)
+        k = len(sampler._pending)
+        sampler._pending.clear()
+        return k
+
+    assert selected() == 10
+    sampler.charge(1.0)  # a second of capture work: 50 s of a 2 % share (the saved-up burst is far less)
+    assert selected() == 0 and sampler.paused_total_s == 0.0
+    t[0] += 20.0
+    sampler.charge(0.0)
+    assert selected() == 0 and sampler.paused_total_s == pytest.approx(20.0)  # still overdrawn by ~0.6 s
+    sampler.set_policy(None)
+    t[0] += 1000.0  # no policy: the budget does not fill, and the time is not "paused"
+    sampler.set_policy(policy)
+    sampler.charge(0.0)
+    assert selected() == 0 and sampler.paused_total_s == pytest.approx(20.0)
+    t[0] += 31.0  # 51 s of a live policy in all: the second of work is paid for
+    sampler.charge(0.0)
+    assert selected() == 10 and sampler.paused_total_s == pytest.approx(51.0)
+    t[0] += 10**6  # a long quiet spell saves up at most the burst
+    sampler.charge(0.0)
+    sampler.charge(0.051)
+    assert selected() == 0
+
+
+def test_a_flood_policy_on_a_fast_model_is_held_to_the_cpu_budget(tmp_path: Path, model: LoadedModel) -> None:
+    """Every inference selected (random 1.0, no cap) on a ~20 µs model: capture is paused for most of the
+    time, and the work charged never exceeds the share of the live time plus the burst and one batch."""
+    sampler = Sampler(CaptureStore(tmp_path / "s", 1 << 22, 100_000), IDENTITY)
+    sampler.cpu_share = 0.02
+    charged = [0.0]
+    charge = sampler.charge
+
+    def counting(cpu_s: float) -> None:
+        charged[0] += cpu_s + sampler._hot_cost
+        charge(cpu_s)
+
+    sampler.charge = counting  # type: ignore[method-assign]
+    engine = InferenceEngine(model)
+    engine.capture = sampler
+    sampler.set_policy(CapturePolicy("flood", random=1.0, max_per_hour=10**9))
+    start = sampler.monotonic()
+    feeds = _inputs(model)
+    worst_batch = 0.0
+    for i in range(20_000):
+        engine.predict(feeds[i % len(feeds)])
+        if i % 500 == 499:
+            before = charged[0]
+            sampler.drain()
+            worst_batch = max(worst_batch, charged[0] - before)
+    live = sampler.monotonic() - start
+    assert sampler.paused_total_s > 0 and sampler.counts["captured"] < 20_000
+    assert charged[0] <= 0.02 * live + BURST_S + worst_batch

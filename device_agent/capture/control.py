@@ -111,4 +111,5 @@ class Capture:
             "upload_failures": u.failures,
             "last_upload_error": u.last_error or None,
             **{f"rules_{k}": v for k, v in self.sampler.counts.items()},
+            "cpu_paused_s": round(self.sampler.paused_total_s, 1),  # selection paused: capture at its CPU share
         }

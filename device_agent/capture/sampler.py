@@ -10,6 +10,14 @@ A worker thread does the rest in batches (every ``BATCH_S`` or when woken), so i
 a few times a second rather than once per sample: the drift score (PSI of the sample's input values against the bundle's
 reference histograms, the largest over the inputs: the same measure the telemetry's ``psi_max`` uses, on
 one sample), the per-class quota, the hourly cap, encoding and the store.
+
+Capture never takes more than ``CPU_SHARE`` of one core, whatever the rules select: the time of every
+selection on the hot path and the worker's CPU time per batch are charged to a budget that fills at
+``CPU_SHARE`` of the wall-clock time while a policy is live (up to ``BURST_S`` saved). Overdrawn, selection
+pauses (the hot path returns at its first line, as over the hourly cap) until the budget is back; the time
+paused is counted (``paused_s``). A model this costs anything on is one whose inference takes tens of
+microseconds and whose rules select thousands of samples a minute: more than any store or upload keeps
+up with (the way ``perf`` lowers its sample rate when sampling takes too long).
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ BATCH_S = 0.2  # the worker's pass over the waiting candidates, at least this of
 DRIFT_EVERY = 50  # one inference in this many is scored for drift (a sampled check keeps the hot path cheap)
 DRIFT_MAX_PER_S = 5.0  # ...and at most this many per second (18,000 an hour: far more than any hourly cap keeps)
 DRIFT_VALUES = 4096  # values of an input a drift score looks at, at most (an even stride over the tensor)
+CPU_SHARE = 0.02  # of one core's time, at most, for capture's work (selection copies, rules, encoding, the store)
+BURST_S = 0.05  # capture CPU time saved up at most (a burst of selections after a quiet spell)
 HOUR = 3600.0
 NEVER = 1 << 62  # a countdown that does not run out
 
@@ -79,9 +89,13 @@ class Sampler:
     """The rules of one device's capture; ``offer`` on the hot path, ``run`` on a worker thread."""
 
     def __init__(
-        self, store: CaptureStore, identity: Mapping[str, str], clock: Callable[[], float] = time.time
+        self,
+        store: CaptureStore,
+        identity: Mapping[str, str],
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.store, self.identity, self.clock = store, dict(identity), clock
+        self.store, self.identity, self.clock, self.monotonic = store, dict(identity), clock, monotonic
         self._live: _Live | None = None
         self._hot: _Live | None = None  # what ``offer`` reads: the live policy while under the hourly cap
         self._pending: deque[_Candidate] = deque()  # appended by the hot path, taken by the worker
@@ -89,27 +103,36 @@ class Sampler:
         self._np_rng = np.random.default_rng()
         self._countdown = 1 << 62  # inferences until the random or the drift rule is due
         self._to_random = self._to_drift = 1 << 62
-        self._last_drift = -1e9  # time.monotonic() of the last drift candidate
+        self._last_drift = -1e9  # monotonic() of the last drift candidate
         self._drift_gap = DRIFT_EVERY  # inferences between drift turns (grows while turns come too often)
         self.drift_max_per_s = DRIFT_MAX_PER_S
         self._seq = 0
         self._meta_cache: tuple[Any, ...] | None = None  # (model, policy, JSON): _meta_rest
         self._hour: deque[float] = deque()  # times of this hour's captures
         self._over = False  # the hourly cap is reached: the hot path selects nothing
+        self._paused = False  # the CPU budget is overdrawn: the hot path selects nothing
+        self.cpu_share = CPU_SHARE
+        self._credit = BURST_S  # capture CPU seconds that may be spent now
+        self._credit_t = monotonic()  # when the credit was last topped up
+        self._hot_cost = 0.0  # seconds the hot path spent on selections since the worker last charged them
+        self.paused_s = 0.0  # time a live policy's selection was paused for the CPU budget (to ``_credit_t``)
+        self._last_id: str | None = None  # the last live policy: its quotas and hourly count go on if it comes back
         self.per_class: dict[int, int] = {}
         self.counts = {"offered": 0, "overflow": 0, "captured": 0, "rate_limited": 0, "quota": 0, "not_drift": 0}
 
     # --- policy ------------------------------------------------------------------------------------------
 
     def set_policy(self, policy: CapturePolicy | None) -> None:
+        self._top_up()  # the CPU budget fills only while a policy is live
         if policy is None or not policy.active(self.clock()):
             self._live = None
             self._sync_hot()
             return
-        if self._live is None or self._live.policy.id != policy.id:  # a new policy: its own quotas and cap
+        if self._last_id != policy.id:  # a new policy: its own quotas and cap
             self.per_class.clear()
             self._hour.clear()
             self.over_budget = False
+            self._last_id = policy.id
         every = DRIFT_EVERY if policy.drift is not None else 0
         live = _Live(policy, None, False, policy.low_confidence, policy.random, every)
         self._to_random, self._to_drift = self._random_gap(live), every or NEVER
@@ -128,13 +151,44 @@ class Sampler:
         self._sync_hot()
 
     def _sync_hot(self) -> None:
-        """Over the hourly cap the hot path returns at its first line (a capped policy is the common case)."""
-        self._hot = None if self._over else self._live
+        """Over the hourly cap or the CPU budget the hot path returns at its first line (a capped policy is
+        the common case)."""
+        self._hot = None if self._over or self._paused else self._live
 
     @property
     def policy(self) -> CapturePolicy | None:
         live = self._live
         return live.policy if live else None
+
+    # --- the CPU budget ---------------------------------------------------------------------------------
+
+    def _top_up(self) -> None:
+        """Credit for the time since the last top-up (and that time counted as paused if it was), both only
+        while a policy is live."""
+        now = self.monotonic()
+        if self._live is not None:
+            elapsed = now - self._credit_t
+            self._credit = min(BURST_S, self._credit + self.cpu_share * elapsed)
+            self.paused_s += elapsed if self._paused else 0.0
+        self._credit_t = now
+
+    @property
+    def paused_total_s(self) -> float:
+        """Time a live policy's selection was paused for the CPU budget, up to now."""
+        now = self.monotonic() - self._credit_t if self._live is not None and self._paused else 0.0
+        return self.paused_s + now
+
+    def charge(self, cpu_s: float) -> None:
+        """Charge the worker's ``cpu_s`` and the hot path's selections since the last charge to the budget;
+        pause or resume selection on the result (the worker, once a batch and every ``BATCH_S``)."""
+        self._top_up()
+        hot, self._hot_cost = self._hot_cost, 0.0  # a selection timed just now may be lost: a fraction of one
+        self._credit -= cpu_s + hot
+        paused = self._credit < 0
+        if paused != self._paused:
+            self._paused = paused
+            self._sync_hot()
+            log.debug("capture: selection %s (CPU budget)", "paused" if paused else "resumed")
 
     # --- the hot path -----------------------------------------------------------------------------------
 
@@ -148,7 +202,7 @@ class Sampler:
         """Called after each inference: select (cheaply) or return. The common case is one attribute read,
         one decrement and one comparison of the top-1 confidence: the random and drift rules are a countdown
         to the next due inference (a geometric gap for the random rate: the same law as a draw per inference,
-        which a pause over the hourly cap does not change: the gap is memoryless)."""
+        which a pause over the hourly cap or the CPU budget does not change: the gap is memoryless)."""
         live = self._hot
         if live is None:
             return
@@ -163,12 +217,13 @@ class Sampler:
                 if classes[1].min() >= live.floor:
                     return
             reason = "low-confidence"
+            t0 = time.perf_counter()
         else:
+            t0 = time.perf_counter()
             reason = self._due(live)
-            if reason == "skip":
-                return
-        if not self.over_budget:
+        if reason != "skip" and not self._over:
             self._select(live, model, feeds, outputs, classes, reason)
+        self._hot_cost += time.perf_counter() - t0  # for the CPU budget (``charge``)
 
     def _select(
         self,
@@ -234,7 +289,7 @@ class Sampler:
             self._to_random = self._random_gap(live)
         if self._to_drift <= 0:
             if reason == "drift":  # at most DRIFT_MAX_PER_S drift candidates: a fast model's turns come often
-                now = time.monotonic()
+                now = self.monotonic()
                 since = now - self._last_drift
                 if since < 1.0 / self.drift_max_per_s:  # too soon: turns come further apart (and cost less)
                     reason = "skip"
@@ -259,7 +314,9 @@ class Sampler:
                 self.drain()
             except (ValueError, KeyError, TypeError) as exc:  # a model without usable references
                 log.warning("capture: sample skipped: %s", exc)
+            t0 = time.thread_time()
             self.store.sync_if_due()
+            self.charge(time.thread_time() - t0)  # also resumes a paused selection once the budget is back
         self.store.sync_if_due(force=True)
 
     def drain(self) -> None:
@@ -269,7 +326,9 @@ class Sampler:
         while pending:
             batch.append(pending.popleft())
         if batch:
+            t0 = time.thread_time()  # this thread's CPU time: another thread's work is not capture's cost
             self.consider_many(batch)
+            self.charge(time.thread_time() - t0)
 
     def _refresh_budget(self) -> None:
         live = self._live
