@@ -302,16 +302,17 @@ def run() -> str:
             *_INTRO,
             *rows,
             "",
-            "Where the time goes (tiny-digits, ~10 µs per inference; `timeit` alone / inside the inference "
-            "loop, where the caches are cold): the hot path's decision ~0.08 / 0.04-0.17 µs per inference (one "
-            "countdown and a Python-float compare of the top-1 confidence; nothing while over the hourly cap); "
-            "a selected inference ~4 / 7.5 µs (the copies); the worker ~11 / 17 µs per stored sample (metadata "
-            "and `.npy` framing ~6 µs, the append to the open segment ~2-4 µs: a batch is one `write`, a "
-            "segment file per 1 MiB, a flush at most once a second). It was ~0.3 ms per sample with a file per "
-            "sample: creating, flushing and renaming a file cost the kernel 0.1-0.2 ms. At an uncapped 1 % "
-            "tiny-digits stores ~1,000 samples a second (~1 MB/s, a 20 MB store full in 20 s), which costs it "
-            "about 4 % in all; a model of ~0.3 ms per inference (MobileNetV2-96) stores ~30 a second and "
-            "keeps within 3 %, as does any model under the policy's default hourly cap.",
+            "Where the time goes (tiny-digits, ~16 µs per inference on this machine; timed alone / inside the "
+            "inference loop, where the caches are cold): the per-inference decision ~0.04 µs over an empty call "
+            "alone, 0.2-0.4 µs in the loop (one countdown and a Python-float compare of the top-1 confidence; "
+            "nothing while over the hourly cap or the CPU budget); a selected inference's copies ~5 / 16-23 µs; "
+            "the worker ~11 / 50-60 µs per stored sample (metadata and `.npy` framing, the append to the open "
+            "segment: a batch is one `write`, a segment file per 1 MiB, a flush at most once a second). At an "
+            "uncapped 1 % tiny-digits stores ~600 samples a second (a 20 MB store full in a minute): the "
+            "selections and the worker measure ~2.3 % of a core, and the model loses ~5-6 %. The rest is the "
+            "per-inference check and the caches capture leaves cold, which no timer around capture's own code "
+            "sees, so the CPU budget cannot hold it either; the default hourly cap does, for every model. A model "
+            "of ~0.5 ms per inference (MobileNetV2-96) stores ~20 a second and keeps within 3 %.",
             "",
             flood_line,
             "",
