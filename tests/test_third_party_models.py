@@ -16,11 +16,20 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from device_agent.bundle import PrivateKey, TrustStore
+from device_agent.capture.policy import CapturePolicy
+from device_agent.capture.sampler import Sampler
+from device_agent.capture.store import CaptureStore
 from device_agent.cli import cli as edge_agent
+from device_agent.engine import InferenceEngine
+from device_agent.model import LoadedModel
 from device_agent.runtime import load_runtime
 from device_agent.samples import take
+from fleet.capture.samples import load_sample, stack_samples
+from fleet.store.captures import CaptureRow
 from tests.support.quant_helpers import assert_one_line_error, edgetool
 from tests.support.thirdparty import face_images, text_images, vad_samples
+from toolchain.packaging import PackageOptions, package
 
 pytestmark = pytest.mark.slow
 
@@ -187,3 +196,58 @@ def test_voice_detector_with_a_state_and_a_scalar(
     assert_one_line_error(result, "'state' is one sample", "'input' is [6, 512]", "[data]")
     one = {s.name: take(s, stacked[s.name], 1) for s in specs}
     ship(model, tmp_path / "stacked.npz", one, key_files, tmp_path)
+
+
+def test_capture_keeps_a_third_party_models_inputs_exact_and_its_export_evaluates(
+    tmp_path: Path, third_party: dict[str, Path], release_key: PrivateKey
+) -> None:
+    """The VAD model's inputs as captured on a device: float audio, a recurrent state and an int64 sample
+    rate that is not quantized (it must stay int64: a float 16000.0 is not what the model took). Stacked
+    as ``capture export`` stacks them, the file is what ``edgetool evaluate --data`` reads."""
+    model = third_party["vad"]
+    feeds = vad_samples(6, seed=4)
+    np.savez(tmp_path / "st.npz", **feeds)
+    data = package(model, PackageOptions("vad", "1.0.0", 1, [release_key], selftest_inputs=tmp_path / "st.npz"))
+    loaded = LoadedModel.load(data, TrustStore.of([release_key.public_key]), slot="a")
+    sampler = Sampler(CaptureStore(tmp_path / "capture", 1 << 22, 100), {"fleet": "f", "device": "dev-1"})
+    sampler.set_policy(CapturePolicy("p1", random=1.0, max_per_hour=100))
+    engine = InferenceEngine(loaded)
+    engine.capture = sampler
+    specs = loaded.manifest.inputs
+    for i in range(6):
+        engine.predict({s.name: take(s, feeds[s.name], i) for s in specs})
+    sampler.drain()
+    rows = []
+    for n, (name, blob) in enumerate(sampler.store.oldest(100, 1 << 24)):
+        (tmp_path / name).write_bytes(blob)
+        meta = load_sample(blob)[1]
+        rows.append(
+            CaptureRow(
+                "f",
+                "dev-1",
+                meta["id"],
+                "b",
+                "p1",
+                "vad",
+                "1.0.0",
+                "",
+                0.0,
+                "random",
+                0.0,
+                None,
+                None,
+                None,
+                str(tmp_path / name),
+                len(blob),
+                "",
+                float(n),
+            )
+        )
+    stacked, names = stack_samples(rows)
+    assert names == ["input", "state", "sr"] and len(rows) == 6
+    for name in names:  # the exact tensors the model took, dtypes included
+        assert stacked[name].dtype == feeds[name].dtype and np.array_equal(stacked[name], feeds[name]), name
+    np.savez(tmp_path / "field.npz", **{k: v for k, v in stacked.items() if k != "y"})
+    result = edgetool("evaluate", model, "--reference", model, "--data", tmp_path / "field.npz", "--json")
+    ev = json.loads(result.stdout)["evaluation"]
+    assert ev["samples"] == 6 and all(o["cosine"] == pytest.approx(1.0) for o in ev["outputs"])

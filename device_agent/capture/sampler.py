@@ -427,8 +427,9 @@ def _num(x: float) -> str:
 
 
 def _copy_inputs(model: LoadedModel, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The inputs by the model's input names, in the float domain (a quantized tensor is dequantized: the
-    exact values, which its scale and zero-point give back), copied."""
+    """The inputs by the model's input names, copied: a quantized tensor in the float domain (dequantized:
+    the exact values, which its scale and zero-point give back), any other as it is (an integer input that
+    is not quantized, such as a sample rate or token ids, keeps its dtype)."""
     specs = model.manifest.inputs
     if len(feeds) == 1 == len(specs):  # the common case, first
         return {specs[0].name: _float_copy(next(iter(feeds.values())), specs[0])}
@@ -437,7 +438,9 @@ def _copy_inputs(model: LoadedModel, feeds: Mapping[str, np.ndarray]) -> dict[st
 
 def _float_copy(value: np.ndarray, spec: TensorInfo) -> np.ndarray:
     a = np.asarray(value)
-    return dequantize(a, spec).astype(np.float32) if a.dtype.kind in "iu" else a.copy()
+    if spec.quantization is not None and a.dtype.kind in "iu":
+        return dequantize(a, spec)  # a new float32 array
+    return a.copy()
 
 
 def drift_score(model: LoadedModel, inputs: Mapping[str, np.ndarray]) -> float:
