@@ -51,6 +51,7 @@ class CaptureSink(Protocol):
         feeds: Mapping[str, np.ndarray],
         outputs: Mapping[str, np.ndarray],
         classes: tuple[np.ndarray, np.ndarray] | None,
+        conf: float | None,
     ) -> None: ...
 
 
@@ -115,10 +116,15 @@ class InferenceEngine:
         latency = time.perf_counter() - t0
         floats = {s.name: dequantize(outputs[s.name], s) for s in model.manifest.outputs} if raw else outputs
         cls = model.classify(floats)
+        conf: float | None = None  # the least top-1 confidence, for the capture's low-confidence rule
         if cls is None:
             window.record_latency(latency)
+        elif len(cls[1]) == 1:  # one sample, the common case: Python scalars, for the window and the capture
+            conf = cls[1].item()
+            window.record_one(latency, cls[0].item(), conf)
         else:
             window.record(latency, top1=cls[0], conf=cls[1])
+            conf = float(cls[1].min())
         model_window.record_latency(latency)  # probation gates need latency and errors only
         self._infer_s += latency
         # Drift accumulates since the model became active (a slow-moving statistic), sampled within budget.
@@ -129,5 +135,5 @@ class InferenceEngine:
             model_window.record_tensors(self._drift_tensors(model, feeds, floats))
             self._drift_s += time.perf_counter() - t1
         if self.capture is not None:
-            self.capture.offer(model, feeds, floats, cls)
+            self.capture.offer(model, feeds, floats, cls, conf)
         return Prediction(outputs=outputs, model=model, latency_ms=latency * 1000.0, classes=cls)

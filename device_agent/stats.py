@@ -106,6 +106,21 @@ class Window:
                 for c in top1.tolist():
                     self.classes[c] = self.classes.get(c, 0) + 1
 
+    def record_one(self, latency_s: float, top1: int, conf: float) -> None:
+        """``record`` of one successful sample's prediction, given as Python scalars (the engine's common case:
+        a numpy reduction per inference cost more than the rest of this)."""
+        with self._lock:
+            self.inferences += 1
+            if len(self.latencies) < RESERVOIR:
+                self.latencies.append(latency_s)
+            else:
+                j = self._rng.randrange(self.inferences)
+                if j < RESERVOIR:
+                    self.latencies[j] = latency_s
+            self.conf_sum += conf
+            self.conf_n += 1
+            self.classes[top1] = self.classes.get(top1, 0) + 1
+
     def record_latency(self, latency_s: float) -> None:
         """``record`` of a successful request without prediction stats: the hot path's common case."""
         with self._lock:

@@ -189,6 +189,19 @@ def test_psi_detects_drift() -> None:
     assert w.snapshot(1.0).psi["input:x"] > 0.5
 
 
+def test_a_single_samples_prediction_stats_are_the_batch_path_s() -> None:
+    """``record_one`` (the engine's path for one sample, with Python scalars) counts what ``record`` counts."""
+    one, many = Window(), Window()
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        top1, conf = int(rng.integers(0, 5)), float(rng.random())
+        one.record_one(0.001, top1, conf)
+        many.record(0.001, top1=np.array([top1]), conf=np.array([conf], np.float32))
+    a, b = one.snapshot(1.0), many.snapshot(1.0)
+    assert one.classes == many.classes and one.inferences == many.inferences == 300
+    assert a.conf_mean == pytest.approx(b.conf_mean, abs=1e-6) and a.conf_mean is not None
+
+
 def test_reconnect_backoff_doubles_with_jitter_and_caps() -> None:
     import random
 

@@ -183,7 +183,7 @@ def test_the_random_rule_selects_its_rate_and_the_drift_rule_every_nth(tmp_path:
     outputs = model.predict(feeds)
     picked: dict[int, str] = {}  # inference number (1-based) -> the reason it was selected for
     for n in range(1, 10_001):
-        sampler.offer(model, feeds, outputs, None)  # no classes: only the countdown rules can select
+        sampler.offer(model, feeds, outputs, None, None)  # no classes: only the countdown rules can select
         while sampler._pending:
             assert n not in picked  # one candidate per inference, whatever rules are due
             picked[n] = sampler._pending.popleft().reason
@@ -199,7 +199,7 @@ def test_the_random_rule_selects_its_rate_and_the_drift_rule_every_nth(tmp_path:
     sampler.set_policy(CapturePolicy("p2", drift=0.5, max_per_hour=10**7))
     drifts = 0
     for _ in range(1000):
-        sampler.offer(model, feeds, outputs, None)
+        sampler.offer(model, feeds, outputs, None, None)
         while sampler._pending:
             drifts += 1
             sampler._pending.popleft()
@@ -219,7 +219,7 @@ def test_the_cpu_budget_pauses_selection_while_overdrawn_and_only_a_live_policy_
 
     def selected(n: int = 10) -> int:
         for _ in range(n):
-            sampler.offer(model, feeds, outputs, None)
+            sampler.offer(model, feeds, outputs, None, None)
         k = len(sampler._pending)
         sampler._pending.clear()
         return k
