@@ -96,6 +96,16 @@ class Case:
     cpu_share: float = CPU_SHARE
 
 
+def _low_threshold(engine: InferenceEngine, feeds: list[dict[str, np.ndarray]], pct: float | None) -> float | None:
+    """The low-confidence threshold at the ``pct`` percentile of the inputs' confidence, or just under the
+    lowest (None: live, never firing); None for a model that is not a classifier (no such rule)."""
+    classes = [engine.predict(f).classes for f in feeds]
+    confs = [float(c[1][0]) for c in classes if c is not None]
+    if not confs:
+        return None
+    return float(np.percentile(confs, pct)) if pct is not None else float(np.nextafter(min(confs), 0))
+
+
 def throughput(
     name: str, path: Path, tmp: Path, key: PrivateKey, case: Case = Case(), rounds: int = 101
 ) -> tuple[str, float, float]:
@@ -106,12 +116,7 @@ def throughput(
     this percentile of the inputs' confidence; None: just under the lowest (live on every inference, never
     firing on these inputs), so that the random rule's rate is the capture rate."""
     engine, feeds = _engine(path, tmp, key)
-    classes = [engine.predict(f).classes for f in feeds]
-    confs = [float(c[1][0]) for c in classes if c is not None]
-    low = None  # not a classifier: no low-confidence rule
-    if confs:
-        pct = case.low_pct
-        low = float(np.percentile(confs, pct)) if pct is not None else float(np.nextafter(min(confs), 0))
+    low = _low_threshold(engine, feeds, case.low_pct)
     sampler = Sampler(CaptureStore(tmp / "store", 20 << 20, 10_000), IDENTITY)
     policy = CapturePolicy("bench", low_confidence=low, drift=0.5, random=case.rate, max_per_hour=case.max_per_hour)
     sampler.cpu_share = case.cpu_share
@@ -279,32 +284,34 @@ _INTRO = (
 )
 
 
+def _throughput_rows(paths: dict[str, Path], tmp: Path, key: PrivateKey) -> list[str]:
+    from tests.support.thirdparty import installed
+
+    face = installed("face-detector")  # MediaPipe's BlazeFace: a third-party detector (no classifier output)
+    tiny = paths["tiny-digits"]
+    cases: list[tuple[str, Path, Case]] = [
+        ("mobilenetv2-96", paths["mobilenetv2-96"], Case()),
+        ("tiny-digits", tiny, Case()),
+        ("tiny-digits, low-conf at p1", tiny, Case(low_pct=1)),
+        ("face-detector (MediaPipe, third-party)", face, Case()),
+        ("tiny-digits, default cap 120/h", tiny, Case(max_per_hour=120)),
+        ("tiny-digits, flood (random 1.0)", tiny, Case(rate=1.0)),
+        ("tiny-digits, flood (random 1.0, no CPU budget)", tiny, Case(rate=1.0, cpu_share=math.inf)),
+        ("mobilenetv2-96, flood (random 1.0)", paths["mobilenetv2-96"], Case(rate=1.0)),
+    ]
+    rows = []
+    for i, (label, path, case) in enumerate(cases):
+        (tmp / f"case-{i}").mkdir()
+        rows.append(throughput(label, path, tmp / f"case-{i}", key, case)[0])
+    return rows
+
+
 def run() -> str:
     key = PrivateKey.generate()
     paths = models()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        rows = []
-        for name, path in paths.items():
-            (tmp / name).mkdir()
-            rows.append(throughput(name, path, tmp / name, key)[0])
-        (tmp / "p1").mkdir()
-        rows.append(
-            throughput("tiny-digits, low-conf at p1", paths["tiny-digits"], tmp / "p1", key, Case(low_pct=1))[0]
-        )
-        (tmp / "capped").mkdir()
-        from tests.support.thirdparty import installed
-
-        (tmp / "face").mkdir()
-        face = installed("face-detector")  # MediaPipe's BlazeFace: a third-party detector (no classifier output)
-        rows.append(throughput("face-detector (MediaPipe, third-party)", face, tmp / "face", key)[0])
-        capped = Case(max_per_hour=120)
-        rows.append(throughput("tiny-digits, default cap 120/h", paths["tiny-digits"], tmp / "capped", key, capped)[0])
-        for name, share in (("tiny-digits", CPU_SHARE), ("tiny-digits", math.inf), ("mobilenetv2-96", CPU_SHARE)):
-            (tmp / f"rate1-{name}-{share}").mkdir()
-            label = f"{name}, flood (random 1.0{', no CPU budget' if share == math.inf else ''})"
-            flood_case = Case(rate=1.0, cpu_share=share)
-            rows.append(throughput(label, paths[name], tmp / f"rate1-{name}-{share}", key, flood_case)[0])
+        rows = _throughput_rows(paths, tmp, key)
         (tmp / "flood").mkdir()
         flood_line, _ = flood(paths["tiny-digits"], tmp / "flood", key)
         (tmp / "upload").mkdir()

@@ -198,6 +198,29 @@ def test_voice_detector_with_a_state_and_a_scalar(
     ship(model, tmp_path / "stacked.npz", one, key_files, tmp_path)
 
 
+def _captured(model: Path, feeds: dict[str, np.ndarray], key: PrivateKey, tmp: Path) -> list[CaptureRow]:
+    """Every sample of ``feeds`` run through ``model`` on a device engine with a capture policy that keeps
+    them all, as the rows a fleet manager would index (the samples as files)."""
+    np.savez(tmp / "st.npz", **feeds)
+    data = package(model, PackageOptions("m", "1.0.0", 1, [key], selftest_inputs=tmp / "st.npz"))
+    loaded = LoadedModel.load(data, TrustStore.of([key.public_key]), slot="a")
+    sampler = Sampler(CaptureStore(tmp / "capture", 1 << 22, 100), {"fleet": "f", "device": "dev-1"})
+    sampler.set_policy(CapturePolicy("p1", random=1.0, max_per_hour=100))
+    engine = InferenceEngine(loaded)
+    engine.capture = sampler
+    n = len(next(iter(feeds.values())))
+    for i in range(n):
+        engine.predict({s.name: take(s, feeds[s.name], i) for s in loaded.manifest.inputs})
+    sampler.drain()
+    rows = []
+    for k, (name, blob) in enumerate(sampler.store.oldest(100, 1 << 24)):
+        (tmp / name).write_bytes(blob)
+        meta = load_sample(blob)[1]
+        row = ("f", "dev-1", meta["id"], "b", "p1", "m", "1.0.0", "", 0.0, "random", 0.0, None, None, None)
+        rows.append(CaptureRow(*row, str(tmp / name), len(blob), "", float(k)))
+    return rows
+
+
 def test_capture_keeps_a_third_party_models_inputs_exact_and_its_export_evaluates(
     tmp_path: Path, third_party: dict[str, Path], release_key: PrivateKey
 ) -> None:
@@ -206,43 +229,7 @@ def test_capture_keeps_a_third_party_models_inputs_exact_and_its_export_evaluate
     as ``capture export`` stacks them, the file is what ``edgetool evaluate --data`` reads."""
     model = third_party["vad"]
     feeds = vad_samples(6, seed=4)
-    np.savez(tmp_path / "st.npz", **feeds)
-    data = package(model, PackageOptions("vad", "1.0.0", 1, [release_key], selftest_inputs=tmp_path / "st.npz"))
-    loaded = LoadedModel.load(data, TrustStore.of([release_key.public_key]), slot="a")
-    sampler = Sampler(CaptureStore(tmp_path / "capture", 1 << 22, 100), {"fleet": "f", "device": "dev-1"})
-    sampler.set_policy(CapturePolicy("p1", random=1.0, max_per_hour=100))
-    engine = InferenceEngine(loaded)
-    engine.capture = sampler
-    specs = loaded.manifest.inputs
-    for i in range(6):
-        engine.predict({s.name: take(s, feeds[s.name], i) for s in specs})
-    sampler.drain()
-    rows = []
-    for n, (name, blob) in enumerate(sampler.store.oldest(100, 1 << 24)):
-        (tmp_path / name).write_bytes(blob)
-        meta = load_sample(blob)[1]
-        rows.append(
-            CaptureRow(
-                "f",
-                "dev-1",
-                meta["id"],
-                "b",
-                "p1",
-                "vad",
-                "1.0.0",
-                "",
-                0.0,
-                "random",
-                0.0,
-                None,
-                None,
-                None,
-                str(tmp_path / name),
-                len(blob),
-                "",
-                float(n),
-            )
-        )
+    rows = _captured(model, feeds, release_key, tmp_path)
     stacked, names = stack_samples(rows)
     assert names == ["input", "state", "sr"] and len(rows) == 6
     for name in names:  # the exact tensors the model took, dtypes included
