@@ -322,17 +322,18 @@ def run() -> str:
             *_INTRO,
             *rows,
             "",
-            "Where the time goes (tiny-digits, ~16 µs per inference on this machine; timed alone / inside the "
+            "Where the time goes (tiny-digits, ~13 µs per inference on this machine; timed alone / inside the "
             "inference loop, where the caches are cold): the per-inference decision ~0.04 µs over an empty call "
-            "alone, 0.2-0.4 µs in the loop (one countdown and a Python-float compare of the top-1 confidence; "
-            "nothing while over the hourly cap or the CPU budget); a selected inference's copies ~5 / 16-23 µs; "
-            "the worker ~11 / 50-60 µs per stored sample (metadata and `.npy` framing, the append to the open "
-            "segment: a batch is one `write`, a segment file per 1 MiB, a flush at most once a second). At an "
-            "uncapped 1 % tiny-digits stores ~600 samples a second (a 20 MB store full in a minute): the "
-            "selections and the worker measure ~2.3 % of a core, and the model loses ~5-6 %. The rest is the "
-            "per-inference check and the caches capture leaves cold, which no timer around capture's own code "
-            "sees, so the CPU budget cannot hold it either; the default hourly cap does, for every model. A model "
-            "of ~0.5 ms per inference (MobileNetV2-96) stores ~20 a second and keeps within 3 %.",
+            "alone, 0.13-0.20 µs in the loop (one countdown and a compare of the top-1 confidence, a Python float "
+            "the engine reads once for its own statistics too; nothing while over the hourly cap or the CPU "
+            "budget); a selected inference's copies ~5 / 16-23 µs; the worker ~9-10 / 24-30 µs per stored sample "
+            "(metadata and `.npy` framing, the append to the open segment: a batch is one `write`, a segment "
+            "file per 1 MiB, a flush at most once a second). At an uncapped 1 % tiny-digits would store ~750 "
+            "samples a second (a 20 MB store full in half a minute): the CPU budget thins that, and what it "
+            "cannot hold is the per-inference check and the caches capture leaves cold, which no timer around "
+            "capture's own code sees; the default hourly cap holds every model. A model of ~0.5 ms per "
+            "inference (MobileNetV2-96) or ~1.4 ms (the face detector) stores ~20 or ~7 a second and keeps "
+            "within 3 %.",
             "",
             flood_line,
             "",
