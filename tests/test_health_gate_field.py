@@ -35,7 +35,11 @@ from toolchain.packaging import PackageOptions, package
 pytestmark = [pytest.mark.slow, pytest.mark.field, pytest.mark.timeout(600)]
 DEVICES = int(os.environ.get("EDGEFLEET_FIELD_DEVICES", "60"))
 SKUS = ("a", "b", "c")
-GATE = {"bake": 10, "health_settle": 2, "health_interval": 1, "min_p95_delta": 0}  # sub-ms model: no ms floor
+# A CPU hog makes some devices slower than their neighbours whatever they run: a fleet with odd devices, where the
+# gate's windows are clustered in devices (docs/operations.md, "Clustering"). Without --health-clustered one such
+# device alone, in a first stage of one updated device per sku, failed sku a's p50 latency at p 0.02-0.04 in a CI run
+# (x1.79 on 1 of 14 devices), three evaluations a second apart on nearly the same windows: a good release aborted.
+GATE = {"bake": 10, "health_settle": 2, "health_interval": 1, "min_p95_delta": 0, "health_clustered": True}
 
 
 def fleetctl(server: str, *args: str) -> str:
