@@ -18,13 +18,12 @@ import device_agent
 from bench.agent import models
 from bench.capture import Case, throughput
 from device_agent.bundle import PrivateKey
-from device_agent.capture.sampler import CPU_SHARE
 
-CASES: tuple[tuple[str, float | None, int, float], ...] = (
-    ("", None, 10**7, CPU_SHARE),
-    (", low-conf at p1", 1.0, 10**7, CPU_SHARE),
-    (", default cap 120/h", None, 120, CPU_SHARE),
-    (", no CPU budget", None, 10**7, math.inf),
+CASES: tuple[tuple[str, Case], ...] = (
+    ("", Case()),
+    (", low-conf at p1", Case(low_pct=1)),
+    (", default cap 120/h", Case(max_per_hour=120)),
+    (", no CPU budget", Case(cpu_share=math.inf)),
 )
 
 
@@ -34,10 +33,10 @@ def main(tag: str) -> None:
     tree = Path(device_agent.__file__).parent.parent
     with tempfile.TemporaryDirectory() as d:
         for name in ("mobilenetv2-96", "tiny-digits"):
-            for i, (label, pct, cap, share) in enumerate(CASES):
+            for i, (label, case) in enumerate(CASES):
                 tmp = Path(d) / f"{name}-{i}"
                 tmp.mkdir()
-                row = throughput(name + label, paths[name], tmp, key, Case(0.01, cap, pct, share))[0]
+                row = throughput(name + label, paths[name], tmp, key, case)[0]
                 print(tag, tree, row, flush=True)
 
 
