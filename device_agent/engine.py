@@ -43,9 +43,13 @@ class Prediction:
 
 
 class CaptureSink(Protocol):
-    """Takes every inference and decides cheaply whether to keep it (``device_agent.capture.sampler``)."""
+    """Decides cheaply whether to keep an inference (``device_agent.capture.sampler``): the engine counts
+    ``due`` down and calls ``select`` when it runs out or the confidence is under ``floor``."""
 
-    def offer(
+    due: int
+    floor: float
+
+    def select(
         self,
         model: LoadedModel,
         feeds: Mapping[str, np.ndarray],
@@ -134,6 +138,9 @@ class InferenceEngine:
             t1 = time.perf_counter()
             model_window.record_tensors(self._drift_tensors(model, feeds, floats))
             self._drift_s += time.perf_counter() - t1
-        if self.capture is not None:
-            self.capture.offer(model, feeds, floats, cls, conf)
+        cap = self.capture
+        if cap is not None:  # capture's check, inline (a call per inference was ~1 % of a 12 µs model)
+            n = cap.due = cap.due - 1
+            if n <= 0 or (conf is not None and conf < cap.floor):
+                cap.select(model, feeds, floats, cls, conf)
         return Prediction(outputs=outputs, model=model, latency_ms=latency * 1000.0, classes=cls)
