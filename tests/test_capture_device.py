@@ -15,7 +15,7 @@ from device_agent.bundle import PrivateKey, TrustStore
 from device_agent.capture.control import Capture
 from device_agent.capture.npz import read_sample
 from device_agent.capture.policy import CapturePolicy
-from device_agent.capture.sampler import BURST_S, DRIFT_EVERY, Sampler, drift_score
+from device_agent.capture.sampler import BURST_S, DRIFT_EVERY, REASON, Sampler, drift_score
 from device_agent.capture.store import CaptureStore, sample_names
 from device_agent.engine import InferenceEngine
 from device_agent.errors import PayloadError
@@ -186,7 +186,7 @@ def test_the_random_rule_selects_its_rate_and_the_drift_rule_every_nth(tmp_path:
         sampler.offer(model, feeds, outputs, None, None)  # no classes: only the countdown rules can select
         while sampler._pending:
             assert n not in picked  # one candidate per inference, whatever rules are due
-            picked[n] = sampler._pending.popleft().reason
+            picked[n] = sampler._pending.popleft()[REASON]
     reasons = list(picked.values())
     # Binomial(10000, 0.1): mean 1000, sd 30 (a drift turn that coincides with a random one counts as random)
     assert 850 < reasons.count("random") < 1150

@@ -66,7 +66,8 @@ class _Live:
     low: float | None
     rate: float
     drift_every: int  # 0: the drift rule is off
-    queue_max: int = 0  # candidates of ``model`` that may wait for the worker (0: not known yet)
+    queue_max: int = 0  # candidates of ``model`` that may wait for the worker (0: the policy skips it)
+    wake_at: int = 0  # ...and at how many the worker is woken (half full)
     floor: float = field(init=False)  # confidence below which an inference is selected (-inf: rule off)
     gaps: list[int] = field(default_factory=list)  # the random rule's next gaps (geometric with ``rate``)
 
@@ -79,10 +80,17 @@ class _Candidate:
     model: LoadedModel
     feeds: dict[str, np.ndarray]
     outputs: dict[str, np.ndarray]
-    top: np.ndarray | None  # the top-1 classes (the first sample's is the candidate's): read by the worker
+    classes: tuple[np.ndarray, np.ndarray] | None  # top-1 classes and confidences (the first sample's counts)
     conf: float | None
     reason: str  # low-confidence | random | drift (to be scored)
     ts: float
+
+
+# A selected inference as the hot path leaves it for the worker: a plain tuple, the cheapest object to make
+# (model, feeds, outputs, classes, conf, reason, ts); ``REASON`` indexes the reason.
+_Arrays = dict[str, np.ndarray]
+_Pending = tuple[LoadedModel, _Arrays, _Arrays, tuple[np.ndarray, np.ndarray] | None, float | None, str, float]
+REASON = 5
 
 
 class Sampler:
@@ -98,7 +106,7 @@ class Sampler:
         self.store, self.identity, self.clock, self.monotonic = store, dict(identity), clock, monotonic
         self._live: _Live | None = None
         self._hot: _Live | None = None  # what ``offer`` reads: the live policy while under the hourly cap
-        self._pending: deque[_Candidate] = deque()  # appended by the hot path, taken by the worker
+        self._pending: deque[_Pending] = deque()  # appended by the hot path, taken by the worker
         self._wake = threading.Event()
         self._np_rng = np.random.default_rng()
         self.due = NEVER  # inferences until the random or the drift rule is due (the engine counts it down)
@@ -224,57 +232,56 @@ class Sampler:
         per inference was ~1 % of a 12 µs model. It reads two attributes: ``due``, a countdown to the next
         inference a countdown rule is due on (a geometric gap for the random rate: the same law as a draw per
         inference, which a pause over the hourly cap or the CPU budget does not change: the gap is
-        memoryless), and ``floor``; both say "never" while no policy is live or selection is paused."""
+        memoryless), and ``floor``; both say "never" while no policy is live or selection is paused.
+
+        A selected inference is rare, so whatever it runs is cold in the caches: each Python function, type
+        and numpy routine it touches costs memory latency, not instructions (in the inference loop the
+        copies took 6-10 µs against 1-2 µs alone). So this is one function that appends a tuple of references:
+        the feeds and outputs are not copied. The engine's callers hand them over (an API request's arrays
+        are decoded per request, replayed inputs are views of self-test samples, outputs are the runtime's
+        own copies), and the worker encodes them within ``BATCH_S``; their dicts are copied (the caller
+        keeps those)."""
         t0 = time.perf_counter()
         live = self._hot
         if live is None:  # paused or off since the check (another thread's write may have been lost)
             self.due, self.floor = NEVER, -math.inf
             return
         reason = self._due(live) if self.due <= 0 else "low-confidence"
-        if reason != "skip" and not self._over:
-            self._select(live, model, feeds, outputs, classes, conf, reason)
+        pending = self._pending
+        if reason == "skip" or self._over:
+            pass
+        elif model is live.model and len(pending) < live.queue_max:  # the common case
+            if conf is not None and conf < live.floor:
+                reason = "low-confidence"
+            pending.append((model, dict(feeds), dict(outputs), classes, conf, reason, self.clock()))
+            if len(pending) == live.wake_at:  # the worker batches every BATCH_S, or now: half full
+                self._wake.set()
+        else:
+            self._select_other(live, (model, dict(feeds), dict(outputs), classes, conf, reason, self.clock()))
         self._hot_cost += time.perf_counter() - t0  # for the CPU budget (``charge``)
 
-    def _select(
-        self,
-        live: _Live,
-        model: LoadedModel,
-        feeds: Mapping[str, np.ndarray],
-        outputs: Mapping[str, np.ndarray],
-        classes: tuple[np.ndarray, np.ndarray] | None,
-        conf: float | None,
-        reason: str,
-    ) -> None:
-        """A selected inference: copied onto the worker's queue (if the policy applies to its model)."""
+    def _select_other(self, live: _Live, cand: _Pending) -> None:
+        """A candidate of a model the policy has not seen yet (does it apply? what does one cost to hold?),
+        one the policy skips, or one for a full queue (counted, never waited for)."""
+        model = cand[0]
         if model is not live.model:
-            live.model, live.queue_max = model, 0
             m = model.manifest
-            live.applies = live.policy.applies_to(m.name, m.version)
-        if not live.applies:
+            live.model = model
+            live.queue_max = QUEUE_MAX if live.policy.applies_to(m.name, m.version) else 0
+            if live.queue_max:  # the first candidate of this model tells what one costs to hold
+                size = sum(a.nbytes for a in cand[1].values()) + sum(a.nbytes for a in cand[2].values())
+                live.queue_max = max(2, min(QUEUE_MAX, QUEUE_BYTES // max(size, 1)))
+                live.wake_at = live.queue_max // 2
+        if not live.queue_max:
             return
-        pending = self._pending
-        if len(pending) >= (live.queue_max or QUEUE_MAX):
-            self.counts["offered"] += 1
+        if len(self._pending) >= live.queue_max:
+            self.counts["offered"] += 1  # (the worker counts the queued ones)
             self.counts["overflow"] += 1
             return
+        conf = cand[4]
         if conf is not None and conf < live.floor:
-            reason = "low-confidence"
-        cand = _Candidate(
-            model,
-            _copy_inputs(model, feeds),
-            {k: v.copy() for k, v in outputs.items()},
-            None if classes is None else classes[0],  # a new array per inference (``classify``): no copy
-            conf,
-            reason,
-            self.clock(),
-        )
-        self.counts["offered"] += 1
-        if not live.queue_max:  # the first candidate of this model tells what one costs to hold
-            size = sum(a.nbytes for a in cand.feeds.values()) + sum(a.nbytes for a in cand.outputs.values())
-            live.queue_max = max(2, min(QUEUE_MAX, QUEUE_BYTES // max(size, 1)))
-        pending.append(cand)
-        if len(pending) == live.queue_max // 2:  # the worker batches every BATCH_S, or now: half full
-            self._wake.set()
+            cand = (cand[0], cand[1], cand[2], cand[3], conf, "low-confidence", cand[6])
+        self._pending.append(cand)
 
     def _random_gap(self, live: _Live) -> int:
         """Inferences until the next random capture: geometric with the policy's rate (never, at rate 0)."""
@@ -294,7 +301,8 @@ class Sampler:
         reason = "drift"
         if self._to_random <= 0:
             reason = "random"
-            self._to_random = self._random_gap(live)
+            gaps = live.gaps
+            self._to_random = gaps.pop() if gaps else self._random_gap(live)
         if self._to_drift <= 0:
             if reason == "drift":  # at most DRIFT_MAX_PER_S drift candidates: a fast model's turns come often
                 now = self.monotonic()
@@ -329,7 +337,7 @@ class Sampler:
 
     def drain(self) -> None:
         """Evaluate every waiting candidate now, as one batch (the worker; tests and benchmarks)."""
-        batch: list[_Candidate] = []
+        batch: list[_Pending] = []
         pending = self._pending
         while pending:
             batch.append(pending.popleft())
@@ -350,22 +358,24 @@ class Sampler:
             self._live = None
             self._sync_hot()
 
-    def consider(self, cand: _Candidate) -> bool:
+    def consider(self, cand: _Pending) -> bool:
         """Apply the worker's rules to one candidate; True if it was stored."""
         return self.consider_many([cand])[0]
 
-    def consider_many(self, cands: list[_Candidate]) -> list[bool]:
+    def consider_many(self, queued: list[_Pending]) -> list[bool]:
         """Apply the worker's rules to candidates in order and store the kept ones in one batch (quota and
         hourly cap counted as each is kept); per candidate, whether it was stored."""
+        self.counts["offered"] += len(queued)
         live = self._live
         if live is None:
-            return [False] * len(cands)
+            return [False] * len(queued)
+        cands = [_candidate(q) for q in queued]
         policy = live.policy
         kept: list[tuple[int, int | None, tuple[str, bytes]]] = []
         self._refresh_budget()  # once a batch (a batch spans a fraction of a second of an hour's cap)
         now, hour, cap = self.clock(), self._hour, policy.max_per_hour
         for i, cand in enumerate(cands):
-            top1 = None if cand.top is None or cand.conf is None else int(cand.top.flat[0])
+            top1 = None if cand.classes is None or cand.conf is None else int(cand.classes[0].flat[0])
             score = cand.conf if cand.conf is not None else 0.0
             if cand.reason == "drift":
                 score = drift_score(cand.model, cand.feeds)
@@ -435,21 +445,26 @@ def _num(x: float) -> str:
     return f"{x:.6g}" if x - x == 0.0 else "null"
 
 
-def _copy_inputs(model: LoadedModel, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The inputs by the model's input names, copied: a quantized tensor in the float domain (dequantized:
-    the exact values, which its scale and zero-point give back), any other as it is (an integer input that
-    is not quantized, such as a sample rate or token ids, keeps its dtype)."""
+def _candidate(q: _Pending) -> _Candidate:
+    model, feeds, outputs, classes, conf, reason, ts = q
+    return _Candidate(model, _model_inputs(model, feeds), outputs, classes, conf, reason, ts)
+
+
+def _model_inputs(model: LoadedModel, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inputs by the model's input names: a quantized tensor in the float domain (dequantized: the
+    exact values, which its scale and zero-point give back), any other as it is (an integer input that is
+    not quantized, such as a sample rate or token ids, keeps its dtype)."""
     specs = model.manifest.inputs
     if len(feeds) == 1 == len(specs):  # the common case, first
-        return {specs[0].name: _float_copy(next(iter(feeds.values())), specs[0])}
-    return {spec.name: _float_copy(feeds[spec.name], spec) for spec in specs if spec.name in feeds}
+        return {specs[0].name: _float(next(iter(feeds.values())), specs[0])}
+    return {spec.name: _float(feeds[spec.name], spec) for spec in specs if spec.name in feeds}
 
 
-def _float_copy(value: np.ndarray, spec: TensorInfo) -> np.ndarray:
+def _float(value: np.ndarray, spec: TensorInfo) -> np.ndarray:
     a = np.asarray(value)
     if spec.quantization is not None and a.dtype.kind in "iu":
         return dequantize(a, spec)  # a new float32 array
-    return a.copy()
+    return a
 
 
 def drift_score(model: LoadedModel, inputs: Mapping[str, np.ndarray]) -> float:
