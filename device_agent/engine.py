@@ -107,7 +107,10 @@ class InferenceEngine:
         return tensors | {f"output:{k}": v for k, v in outputs.items()}
 
     def predict(self, feeds: Mapping[str, np.ndarray], *, raw: bool = False) -> Prediction:
-        """Raises: InferenceError (recorded as an error in the statistics)."""
+        """Raises: InferenceError (recorded as an error in the statistics). While a capture policy is live, the
+        arrays of ``feeds`` and of the outputs are handed over: capture keeps a selected inference's arrays by
+        reference (not copied: see ``Sampler.select``) until its worker has stored them, within a fraction of
+        a second, so the caller must not write into them afterwards."""
         model = self._model
         window, model_window = self.window, self.model_window
         t0 = time.perf_counter()

@@ -37,17 +37,17 @@ def write_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
 
 
 MAGIC = b"\x93NUMPY\x01\x00"
-_U8 = np.dtype(np.uint8)
+U8 = np.dtype(np.uint8)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
     """One array in the ``.npy`` format (version 1.0), as ``numpy.save`` writes it."""
     a = np.ascontiguousarray(array)
-    return _npy_header(a.dtype, a.shape) + a.tobytes()
+    return npy_header(a.dtype, a.shape) + a.tobytes()
 
 
 @functools.lru_cache(maxsize=256)
-def _npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
+def npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
     """The header for one dtype and shape (a capture writes the same few again and again: cached)."""
     header = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
     raw = header.encode("latin1")
@@ -58,9 +58,9 @@ def _npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
 def write_sample(meta: bytes, arrays: Iterable[np.ndarray]) -> bytes:
     """A captured sample: ``meta`` (JSON, naming the arrays in order), then the arrays, each as ``.npy``
     (``tobytes`` gives C order whatever the array's layout, as the header says)."""
-    parts = [_npy_header(_U8, (len(meta),)), meta]
+    parts = [npy_header(U8, (len(meta),)), meta]
     for a in arrays:
-        parts += (_npy_header(a.dtype, a.shape), a.tobytes())
+        parts += (npy_header(a.dtype, a.shape), a.tobytes())
     return b"".join(parts)
 
 

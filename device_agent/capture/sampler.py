@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from device_agent.bundle.manifest import TensorInfo
-from device_agent.capture.npz import write_sample
+from device_agent.capture.npz import U8, npy_header
 from device_agent.capture.policy import DRIFT_DEFAULT, CapturePolicy
 from device_agent.capture.store import SUFFIX, CaptureStore
 from device_agent.model import LoadedModel
@@ -54,6 +54,7 @@ CPU_SHARE = 0.02  # of one core's time, at most, for capture's work (selection c
 BURST_S = 0.05  # capture CPU time saved up at most (a burst of selections after a quiet spell)
 HOUR = 3600.0
 NEVER = 1 << 62  # a countdown that does not run out
+_NO_FRAMES: list[tuple[Any, Any, bytes]] = [((), None, b"")]  # no cached header matches
 
 
 @dataclass
@@ -116,7 +117,8 @@ class Sampler:
         self._drift_gap = DRIFT_EVERY  # inferences between drift turns (grows while turns come too often)
         self.drift_max_per_s = DRIFT_MAX_PER_S
         self._seq = 0
-        self._meta_cache: tuple[Any, ...] | None = None  # (model, policy, JSON): _meta_rest
+        self._salt = f"{random.getrandbits(32):08x}"  # with the time and _seq, an id no other run of the agent makes
+        self._meta_cache: tuple[Any, ...] | None = None  # (model, policy, JSON, headers): _shared
         self._hour: deque[float] = deque()  # times of this hour's captures
         self._over = False  # the hourly cap is reached: the hot path selects nothing
         self._paused = False  # the CPU budget is overdrawn: the hot path selects nothing
@@ -408,22 +410,30 @@ class Sampler:
         return out
 
     def encode(self, cand: _Candidate, score: float, top1: int | None = None) -> tuple[str, bytes]:
-        """The sample as a file name (sorting oldest first) and its bytes (``npz.write_sample``)."""
+        """The sample as a file name (sorting oldest first) and its bytes (``npz.write_sample``'s format)."""
         self._seq += 1
         ts_ms = int(cand.ts * 1000)
-        sample_id = f"{ts_ms:013d}-{self._seq:08d}-{random.getrandbits(32):08x}"
+        sample_id = f"{ts_ms:013d}-{self._seq:08d}-{self._salt}"
         conf = "null" if cand.conf is None else _num(cand.conf)
         score_s = conf if score is cand.conf else _num(score)  # the score is the confidence but for drift
+        rest, frames = self._shared(cand)
         meta = (  # by hand: json.dumps of these six fields was a quarter of encoding a sample
             f'{{"id": "{sample_id}", "ts": {ts_ms}, "reason": "{cand.reason}", "score": {score_s}, '
-            f'"top1": {"null" if top1 is None else top1}, "conf": {conf}{self._meta_rest(cand)}'
-        )
+            f'"top1": {"null" if top1 is None else top1}, "conf": {conf}{rest}'
+        ).encode()
+        parts = [npy_header(U8, (len(meta),)), meta]
         arrays = [*cand.feeds.values(), *cand.outputs.values()]
-        return f"{sample_id}{SUFFIX}", write_sample(meta.encode(), arrays)
+        if len(frames) != len(arrays):
+            frames = _NO_FRAMES * len(arrays)
+        for a, (shape, dtype, head) in zip(arrays, frames, strict=True):
+            same = a.shape == shape and a.dtype is dtype  # a model's arrays keep their shapes: headers made once
+            parts += (head if same else npy_header(a.dtype, a.shape), a.tobytes())
+        return f"{sample_id}{SUFFIX}", b"".join(parts)
 
-    def _meta_rest(self, cand: _Candidate) -> str:
-        """The metadata every sample of one model and policy shares, as the end of a JSON object (``, ...}``),
-        made once: encoding it per sample was a third of what storing a sample cost."""
+    def _shared(self, cand: _Candidate) -> tuple[str, list[tuple[tuple[int, ...], np.dtype[Any], bytes]]]:
+        """What every sample of one model and policy shares, made once: the end of the metadata's JSON object
+        (``, ...}``: encoding it per sample was a third of what storing a sample cost) and each array's
+        ``.npy`` header with the shape and dtype it is for."""
         policy = self._live.policy.id if self._live else None
         cached = self._meta_cache  # a model's candidates all name the same inputs and outputs
         if cached is None or cached[0] is not cand.model or cached[1] != policy:
@@ -435,8 +445,11 @@ class Sampler:
                 "outputs": list(cand.outputs),
                 "policy": policy,
             }
-            cached = self._meta_cache = (cand.model, policy, ", " + json.dumps(shared, sort_keys=True)[1:])
-        return str(cached[2])
+            arrays = [*cand.feeds.values(), *cand.outputs.values()]
+            frames = [(a.shape, a.dtype, npy_header(a.dtype, a.shape)) for a in arrays]
+            rest = ", " + json.dumps(shared, sort_keys=True)[1:]
+            cached = self._meta_cache = (cand.model, policy, rest, frames)
+        return cached[2], cached[3]
 
 
 def _num(x: float) -> str:

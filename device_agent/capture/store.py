@@ -181,20 +181,21 @@ class CaptureStore:
             dropped = self.dropped
             # The records for one segment (a batch may fill more than one): (item, name, (head, sample)).
             run: list[tuple[int, str, tuple[bytes, bytes]]] = []
-            run_bytes = 0
+            limit = self.segment_bytes - self._open_size()  # the bytes of records the open segment takes
+            biggest = self.max_bytes - len(MAGIC)
             for i, (name, data) in enumerate(items):
                 rec = _record(name, data)  # (head, sample): joined once for the whole run
                 size = len(rec[0]) + len(data)
-                if size + len(MAGIC) > self.max_bytes:
+                if size > biggest:
                     self.dropped += 1
                     continue
-                if (run or self._open) and self._open_size() + run_bytes + size > self.segment_bytes:
+                if size > limit and (run or self._open):
                     if run:
                         self._write_run(run, out)
                     self._close_open()
-                    run, run_bytes = [], 0
+                    run, limit = [], self.segment_bytes - len(MAGIC)
                 run.append((i, name, rec))
-                run_bytes += size
+                limit -= size
             if run:
                 self._write_run(run, out)
             if self.dropped != dropped:  # written, then dropped for a later item of the batch?
