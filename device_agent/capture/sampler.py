@@ -76,17 +76,6 @@ class _Live:
         self.floor = -math.inf if self.low is None else self.low
 
 
-@dataclass(slots=True)
-class _Candidate:
-    model: LoadedModel
-    feeds: dict[str, np.ndarray]
-    outputs: dict[str, np.ndarray]
-    classes: tuple[np.ndarray, np.ndarray] | None  # top-1 classes and confidences (the first sample's counts)
-    conf: float | None
-    reason: str  # low-confidence | random | drift (to be scored)
-    ts: float
-
-
 # A selected inference as the hot path leaves it for the worker: a plain tuple, the cheapest object to make
 # (model, feeds, outputs, classes, conf, reason, ts); ``REASON`` indexes the reason.
 _Arrays = dict[str, np.ndarray]
@@ -327,15 +316,21 @@ class Sampler:
         while not stop.is_set():
             self._wake.wait(BATCH_S)
             self._wake.clear()
-            self._refresh_budget()
-            try:
-                self.drain()
-            except (ValueError, KeyError, TypeError) as exc:  # a model without usable references
-                log.warning("capture: sample skipped: %s", exc)
-            t0 = time.thread_time()
-            self.store.sync_if_due()
-            self.charge(time.thread_time() - t0)  # also resumes a paused selection once the budget is back
+            self.work()
         self.store.sync_if_due(force=True)
+
+    def work(self) -> None:
+        """One pass of the worker (every ``BATCH_S``, or when the queue is half full): the hourly cap, the
+        waiting candidates as one batch, the store's flush when due (at most once a second), the CPU budget
+        (which resumes a paused selection once it is back)."""
+        self._refresh_budget()
+        try:
+            self.drain()
+        except (ValueError, KeyError, TypeError) as exc:  # a model without usable references
+            log.warning("capture: sample skipped: %s", exc)
+        t0 = time.thread_time()
+        self.store.sync_if_due()
+        self.charge(time.thread_time() - t0)
 
     def drain(self) -> None:
         """Evaluate every waiting candidate now, as one batch (the worker; tests and benchmarks)."""
@@ -366,39 +361,44 @@ class Sampler:
 
     def consider_many(self, queued: list[_Pending]) -> list[bool]:
         """Apply the worker's rules to candidates in order and store the kept ones in one batch (quota and
-        hourly cap counted as each is kept); per candidate, whether it was stored."""
+        hourly cap counted as each is kept); per candidate, whether it was stored. One loop, no object per
+        candidate: a batch is a few hundred samples a second at most, and each is a few µs of Python."""
         self.counts["offered"] += len(queued)
         live = self._live
         if live is None:
             return [False] * len(queued)
-        cands = [_candidate(q) for q in queued]
-        policy = live.policy
+        policy, counts, per_class = live.policy, self.counts, self.per_class
         kept: list[tuple[int, int | None, tuple[str, bytes]]] = []
         self._refresh_budget()  # once a batch (a batch spans a fraction of a second of an hour's cap)
-        now, hour, cap = self.clock(), self._hour, policy.max_per_hour
-        for i, cand in enumerate(cands):
-            top1 = None if cand.classes is None or cand.conf is None else int(cand.classes[0].flat[0])
-            score = cand.conf if cand.conf is not None else 0.0
-            if cand.reason == "drift":
-                score = drift_score(cand.model, cand.feeds)
-                if score <= (policy.drift if policy.drift is not None else DRIFT_DEFAULT):
-                    self.counts["not_drift"] += 1
+        now, hour, cap, quota = self.clock(), self._hour, policy.max_per_hour, policy.per_class_max
+        threshold = policy.drift if policy.drift is not None else DRIFT_DEFAULT
+        for i, q in enumerate(queued):
+            model, feeds, _, classes, conf, reason, _ = q
+            feeds = _model_inputs(model, feeds)
+            top1 = None if classes is None or conf is None else int(classes[0].item(0))
+            score = conf if conf is not None else 0.0
+            if reason == "drift":
+                score = drift_score(model, feeds)
+                if score <= threshold:
+                    counts["not_drift"] += 1
                     continue
-            quota = policy.per_class_max
-            if top1 is not None and quota is not None and self.per_class.get(top1, 0) >= quota:
-                self.counts["quota"] += 1
+            if top1 is not None and quota is not None and per_class.get(top1, 0) >= quota:
+                counts["quota"] += 1
                 continue
             if len(hour) >= cap:
-                self.counts["rate_limited"] += 1
+                counts["rate_limited"] += 1
                 continue
-            kept.append((i, top1, self.encode(cand, score, top1)))
+            kept.append((i, top1, self.encode(q, feeds, score, top1)))
             hour.append(now)
             if top1 is not None:
-                self.per_class[top1] = self.per_class.get(top1, 0) + 1
+                per_class[top1] = per_class.get(top1, 0) + 1
         if len(hour) >= cap:
             self.over_budget = True
-        stored = self.store.add_many([item for _, _, item in kept]) if kept else []
-        out = [False] * len(cands)
+        return self._settle(kept, self.store.add_many([item for _, _, item in kept]) if kept else [], len(queued))
+
+    def _settle(self, kept: list[tuple[int, int | None, Any]], stored: list[bool], n: int) -> list[bool]:
+        """Count what the store took; give back the quota and cap places of what it did not."""
+        out = [False] * n
         for (i, top1, _), ok in zip(kept, stored, strict=True):
             out[i] = ok
             if ok:
@@ -409,20 +409,22 @@ class Sampler:
                     self.per_class[top1] -= 1
         return out
 
-    def encode(self, cand: _Candidate, score: float, top1: int | None = None) -> tuple[str, bytes]:
-        """The sample as a file name (sorting oldest first) and its bytes (``npz.write_sample``'s format)."""
+    def encode(self, q: _Pending, feeds: _Arrays, score: float, top1: int | None = None) -> tuple[str, bytes]:
+        """The sample as a file name (sorting oldest first) and its bytes (``npz.write_sample``'s format):
+        ``q`` as queued, ``feeds`` its inputs by the model's names (``_model_inputs``)."""
+        model, _, outputs, _, c, reason, ts = q
         self._seq += 1
-        ts_ms = int(cand.ts * 1000)
+        ts_ms = int(ts * 1000)
         sample_id = f"{ts_ms:013d}-{self._seq:08d}-{self._salt}"
-        conf = "null" if cand.conf is None else _num(cand.conf)
-        score_s = conf if score is cand.conf else _num(score)  # the score is the confidence but for drift
-        rest, frames = self._shared(cand)
+        conf = "null" if c is None else _num(c)
+        score_s = conf if score is c else _num(score)  # the score is the confidence but for drift
+        rest, frames = self._shared(model, feeds, outputs)
         meta = (  # by hand: json.dumps of these six fields was a quarter of encoding a sample
-            f'{{"id": "{sample_id}", "ts": {ts_ms}, "reason": "{cand.reason}", "score": {score_s}, '
+            f'{{"id": "{sample_id}", "ts": {ts_ms}, "reason": "{reason}", "score": {score_s}, '
             f'"top1": {"null" if top1 is None else top1}, "conf": {conf}{rest}'
         ).encode()
         parts = [npy_header(U8, (len(meta),)), meta]
-        arrays = [*cand.feeds.values(), *cand.outputs.values()]
+        arrays = [*feeds.values(), *outputs.values()]
         if len(frames) != len(arrays):
             frames = _NO_FRAMES * len(arrays)
         for a, (shape, dtype, head) in zip(arrays, frames, strict=True):
@@ -430,25 +432,24 @@ class Sampler:
             parts += (head if same else npy_header(a.dtype, a.shape), a.tobytes())
         return f"{sample_id}{SUFFIX}", b"".join(parts)
 
-    def _shared(self, cand: _Candidate) -> tuple[str, list[tuple[tuple[int, ...], np.dtype[Any], bytes]]]:
+    def _shared(self, model: LoadedModel, feeds: _Arrays, outputs: _Arrays) -> tuple[str, list[Any]]:
         """What every sample of one model and policy shares, made once: the end of the metadata's JSON object
         (``, ...}``: encoding it per sample was a third of what storing a sample cost) and each array's
         ``.npy`` header with the shape and dtype it is for."""
         policy = self._live.policy.id if self._live else None
         cached = self._meta_cache  # a model's candidates all name the same inputs and outputs
-        if cached is None or cached[0] is not cand.model or cached[1] != policy:
-            m = cand.model.manifest
+        if cached is None or cached[0] is not model or cached[1] != policy:
+            m = model.manifest
             shared: dict[str, Any] = {
                 **self.identity,
                 "model": {"name": m.name, "version": m.version, "sha256": m.model.sha256},
-                "inputs": list(cand.feeds),
-                "outputs": list(cand.outputs),
+                "inputs": list(feeds),
+                "outputs": list(outputs),
                 "policy": policy,
             }
-            arrays = [*cand.feeds.values(), *cand.outputs.values()]
-            frames = [(a.shape, a.dtype, npy_header(a.dtype, a.shape)) for a in arrays]
+            frames = [(a.shape, a.dtype, npy_header(a.dtype, a.shape)) for a in [*feeds.values(), *outputs.values()]]
             rest = ", " + json.dumps(shared, sort_keys=True)[1:]
-            cached = self._meta_cache = (cand.model, policy, rest, frames)
+            cached = self._meta_cache = (model, policy, rest, frames)
         return cached[2], cached[3]
 
 
@@ -456,11 +457,6 @@ def _num(x: float) -> str:
     """A float as JSON, to 6 significant digits (NaN and infinities, which JSON lacks, as null: only they
     are not 0 less themselves). One format, not round() and repr(): half the time, twice a sample."""
     return f"{x:.6g}" if x - x == 0.0 else "null"
-
-
-def _candidate(q: _Pending) -> _Candidate:
-    model, feeds, outputs, classes, conf, reason, ts = q
-    return _Candidate(model, _model_inputs(model, feeds), outputs, classes, conf, reason, ts)
 
 
 def _model_inputs(model: LoadedModel, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
