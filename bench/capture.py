@@ -279,9 +279,9 @@ _INTRO = (
     "the 64 inputs, i.e. one input in 64 below it: 1.6 % more); the face detector (MediaPipe's BlazeFace, "
     "from a PyPI package: not ours, and not a classifier) has no low-confidence rule. Every row lifts the "
     "hourly cap but the *default cap* row (120 per hour). *Paused* is the share of the on-time the CPU "
-    f"budget held selection off (capture may take {CPU_SHARE:.0%} of a core: the selections' time on the "
+    f"budget held selection off (capture may take {CPU_SHARE * 100:g} % of a core: the selections' time on the "
     "hot path and the worker's CPU time are charged; the inline per-inference check and the caches capture "
-    "leaves cold are not, which is why a model can lose more than the share). The *flood* rows select every "
+    "leaves cold are not, and cost about as much again: hence a share well under 3 %). The *flood* rows select every "
     "inference (random 1.0, cap lifted): an operator's mistaken policy, with and without the budget. "
     "Target ≥ 0.97 (all but the flood without the budget):\n",
     "| model | off (inf/s) | on (inf/s) | **on / off, wall** (IQR) | **on / off, CPU** (IQR) | captured "
@@ -328,18 +328,19 @@ def run() -> str:
             *_INTRO,
             *rows,
             "",
-            "Where the time goes (tiny-digits, 12-20 µs per inference on this machine, whose speed varies by "
-            "half from one minute to the next; timed alone / inside the inference loop, where the caches are "
-            "cold): the per-inference check is inline in the engine (a countdown and a compare of the top-1 "
-            "confidence against a floor: ~0.04 µs, no call; nothing fires while over the hourly cap or the CPU "
-            "budget); a selected inference's copies ~3-4 / 6-10 µs (median; a tenth take over 20 µs); the "
-            "worker ~10 / ~20 µs per stored sample (metadata and `.npy` framing, the append to the open segment: "
-            "a batch is one `write`, a segment file per 1 MiB, a flush at most once a second). The timers see "
-            "~2.7 % of the on-time at an uncapped 1 %; the rest of tiny-digits' ~4.5 % is what the selections "
-            "and the worker leave cold for the inferences after them, which no timer around capture's own code "
-            "sees. At an uncapped 1 % tiny-digits would store ~500-750 samples a second (a 20 MB store full in "
-            "half a minute); the default hourly cap holds every model. A model of ~0.5 ms per inference "
-            "(MobileNetV2-96) or ~1.4 ms (the face detector) stores ~20 or ~7 a second and keeps within 3 %.",
+            "Where the time goes (tiny-digits, 12-22 µs per inference on this machine, whose speed varies by "
+            "half from one minute to the next): the per-inference check is inline in the engine (a countdown "
+            "and a compare of the top-1 confidence against a floor, no call; nothing fires while over the hourly "
+            "cap or the CPU budget). A selected inference appends a tuple of references to the worker's queue "
+            "(~1.3 µs alone); in the loop it takes ~5 µs more than another inference and slows the next two by "
+            "~4 µs: a rare path is cold, and what it costs is memory latency per object it touches, which is "
+            "why it copies nothing. The worker costs ~9-10 µs per stored sample alone in a batch of 128 "
+            "(metadata and `.npy` framing, the append to the open segment: a batch is one `write`, a segment "
+            "file per 1 MiB, a flush at most once a second), two to three times that in small batches between "
+            "inferences. At an uncapped 1 % tiny-digits would store ~750-850 samples a second (a 20 MB store "
+            "full in half a minute): the CPU budget thins that; the default hourly cap holds every model. A model "
+            "of ~0.5 ms per inference (MobileNetV2-96) or ~1.4 ms (the face detector) stores ~20 or ~7 a second "
+            "and is never held back.",
             "",
             flood_line,
             "",

@@ -50,7 +50,11 @@ BATCH_S = 0.2  # the worker's pass over the waiting candidates, at least this of
 DRIFT_EVERY = 50  # one inference in this many is scored for drift (a sampled check keeps the hot path cheap)
 DRIFT_MAX_PER_S = 5.0  # ...and at most this many per second (18,000 an hour: far more than any hourly cap keeps)
 DRIFT_VALUES = 4096  # values of an input a drift score looks at, at most (an even stride over the tensor)
-CPU_SHARE = 0.02  # of one core's time, at most, for capture's work (selection copies, rules, encoding, the store)
+# Of one core's time, at most, for capture's work as timed (selections on the inference path, the worker's rules,
+# encoding and store). What capture costs the inferences around it (the caches a rare path leaves cold) no timer
+# sees; measured, it is about as much again (docs/benchmarks.md, "Field data capture"): 1.25 % keeps the total
+# within 3 % of a model's throughput.
+CPU_SHARE = 0.0125
 BURST_S = 0.05  # capture CPU time saved up at most (a burst of selections after a quiet spell)
 HOUR = 3600.0
 NEVER = 1 << 62  # a countdown that does not run out
