@@ -4,6 +4,7 @@ bounded store, and what the engine's hot path hands over."""
 from __future__ import annotations
 
 import json
+import math
 import threading
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from device_agent.bundle import PrivateKey, TrustStore
 from device_agent.capture.control import Capture
 from device_agent.capture.npz import read_sample
 from device_agent.capture.policy import CapturePolicy
-from device_agent.capture.sampler import BURST_S, DRIFT_EVERY, REASON, Sampler, drift_score
+from device_agent.capture.sampler import BURST_S, DRIFT_EVERY, NEVER, REASON, Sampler, drift_score
 from device_agent.capture.store import CaptureStore, sample_names
 from device_agent.engine import InferenceEngine
 from device_agent.errors import PayloadError
@@ -272,3 +273,35 @@ def test_a_flood_policy_on_a_fast_model_is_held_to_the_cpu_budget(tmp_path: Path
     live = sampler.monotonic() - start
     assert sampler.paused_total_s > 0 and sampler.counts["captured"] < 20_000
     assert charged[0] <= 0.02 * live + BURST_S + worst_batch
+
+
+def test_a_selected_inference_is_queued_by_reference_and_a_lost_countdown_is_rearmed(
+    tmp_path: Path, model: LoadedModel
+) -> None:
+    sampler = Sampler(CaptureStore(tmp_path / "s", 1 << 20, 1000), IDENTITY)
+    engine = InferenceEngine(model)
+    engine.capture = sampler
+    sampler.set_policy(CapturePolicy("p1", low_confidence=1.0, max_per_hour=10**7))  # every inference is under
+    feeds = _inputs(model)[0]
+    pred = engine.predict(feeds)
+    (queued,) = sampler._pending
+    name = next(iter(feeds))
+    assert queued[1][name] is feeds[name]  # handed over, not copied (the worker encodes it within BATCH_S)
+    assert all(queued[2][k] is v for k, v in pred.outputs.items()) and queued[REASON] == "low-confidence"
+    sampler._pending.clear()
+    sampler.over_budget = True  # over the hourly cap the engine's check never fires, and select does nothing
+    assert sampler.due > NEVER // 2 and sampler.floor == -math.inf
+    engine.predict(feeds)
+    sampler.select(model, feeds, pred.outputs, None, 0.0)
+    assert not sampler._pending
+    sampler.over_budget = False  # back under the cap: armed again
+    engine.predict(feeds)
+    assert len(sampler._pending) == 1
+    sampler._pending.clear()
+    sampler.set_policy(CapturePolicy("p2", random=1.0, max_per_hour=10**7))
+    sampler.due = NEVER - 1  # the engine's decrement overwrote the worker's re-arm (two threads, one attribute)
+    engine.predict(feeds)
+    assert not sampler._pending
+    sampler.work()  # the worker's next pass finds the countdown at "never" under a live policy: re-armed
+    engine.predict(feeds)
+    assert len(sampler._pending) == 1
