@@ -305,3 +305,10 @@ def test_a_selected_inference_is_queued_by_reference_and_a_lost_countdown_is_rea
     sampler.work()  # the worker's next pass finds the countdown at "never" under a live policy: re-armed
     engine.predict(feeds)
     assert len(sampler._pending) == 1
+    sampler._pending.clear()
+    sampler.set_policy(CapturePolicy("p3", random=1.0, max_per_hour=10**7))  # its first candidate sizes the queue
+    as_list = {name: feeds[name].tolist()}  # a caller may give lists (the model takes them): captured as arrays
+    engine.predict(as_list)
+    sampler.drain()
+    _, arrays = read_sample(sampler.store.oldest(1, 1 << 20)[0][1], max_arrays=8, max_bytes=1 << 20)
+    assert np.array_equal(arrays[0], np.asarray(feeds[name], np.float32))

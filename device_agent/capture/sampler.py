@@ -264,7 +264,7 @@ class Sampler:
             live.model = model
             live.queue_max = QUEUE_MAX if live.policy.applies_to(m.name, m.version) else 0
             if live.queue_max:  # the first candidate of this model tells what one costs to hold
-                size = sum(a.nbytes for a in cand[1].values()) + sum(a.nbytes for a in cand[2].values())
+                size = sum(np.asarray(a).nbytes for a in [*cand[1].values(), *cand[2].values()])  # (a list too)
                 live.queue_max = max(2, min(QUEUE_MAX, QUEUE_BYTES // max(size, 1)))
                 live.wake_at = live.queue_max // 2
         if not live.queue_max:
