@@ -1,10 +1,11 @@
 """Capture rules, split so the inference hot path pays almost nothing.
 
-On the hot path (``Sampler.offer``, called by the engine after every inference) only O(1) checks run: is a
-policy live, is the top-1 confidence below the threshold, does a random draw fall under the rate, is this
-the drift check's turn (every ``drift_every``-th inference), is the hourly budget left. Only a selected
-inference is copied and appended to a bounded deque (full: counted in ``overflow``, never waited for); no
-lock and no wake-up per candidate (a deque's append is atomic), the worker is woken once the deque is half full.
+On the hot path the engine itself checks every inference (inline, no call): a countdown to the next
+inference the random or the drift rule is due on, and the top-1 confidence against the low-confidence
+floor; both say "never" while no policy is live, over the hourly cap or paused for the CPU budget. Only an
+inference the check picks reaches ``Sampler.select``, which appends its arrays by reference to a bounded
+deque (full: counted in ``overflow``, never waited for); no lock and no wake-up per candidate (a deque's
+append is atomic), the worker is woken once the deque is half full. ``offer`` is the same check as a call.
 
 A worker thread does the rest in batches (every ``BATCH_S`` or when woken), so it takes the GIL and the disk
 a few times a second rather than once per sample: the drift score (PSI of the sample's input values against the bundle's
