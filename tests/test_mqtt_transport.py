@@ -131,3 +131,25 @@ def test_commands_survive_an_offline_device_and_a_crash_before_the_ack(broker: L
     assert msg.payload == b'{"request_id": "r-1"}'  # redelivered
     device.ack(msg)
     device.disconnect()
+
+
+def test_loop_stop_survives_the_network_thread_ending_between_pahos_check_and_its_join() -> None:
+    """paho's loop_stop checks ``_thread`` then joins it; its network thread sets ``_thread`` to None as it ends.
+    A stub client stands in for that interleaving (a real one cannot be made to hit it on demand); the race
+    itself failed a CI run in ``MqttClient.disconnect``."""
+    import threading
+
+    from device_agent.mqtt.client import _loop_stop
+
+    ended = threading.Thread(target=lambda: None)
+    ended.start()
+
+    class RacingPaho:
+        _thread: threading.Thread | None = ended
+
+        def loop_stop(self) -> None:
+            self._thread = None  # the network thread ended just after paho's check
+            raise AttributeError("'NoneType' object has no attribute 'join'")
+
+    _loop_stop(RacingPaho())  # no AttributeError: the thread taken first is joined
+    assert not ended.is_alive()

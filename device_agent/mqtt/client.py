@@ -218,7 +218,7 @@ class MqttClient:
         client.loop_start()
         if not self._connack.wait(timeout) or self._connack_error:
             client.disconnect()
-            client.loop_stop()
+            _loop_stop(client)
             raise TransportError(self._connack_error or f"broker {self.broker} did not answer CONNECT in time")
         self._client = client
 
@@ -325,15 +325,28 @@ class MqttClient:
             sock = client.socket()
             if sock is not None:
                 sock.close()
-            client.loop_stop()
+            _loop_stop(client)
         self._connected.clear()
 
     def disconnect(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             client.disconnect()
-            client.loop_stop()
+            _loop_stop(client)
         self._connected.clear()
+
+
+def _loop_stop(client: Any) -> None:
+    """``client.loop_stop()``, without paho's race: it checks ``_thread``, then joins it, and the network thread
+    sets ``_thread`` to None as it ends, which after a DISCONNECT or a closed socket it does on its own. Ending
+    between the two, loop_stop raised AttributeError ('NoneType' object has no attribute 'join', seen in CI);
+    the thread we took a reference to first is joined instead."""
+    thread = getattr(client, "_thread", None)
+    try:
+        client.loop_stop()
+    except AttributeError:
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
 
 
 def _paho_client(config: MqttConfig, broker: BrokerURL, version: str, will: Will | None) -> Any:
