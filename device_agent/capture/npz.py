@@ -37,17 +37,17 @@ def write_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
 
 
 MAGIC = b"\x93NUMPY\x01\x00"
-U8 = np.dtype(np.uint8)
+_U8 = np.dtype(np.uint8)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
     """One array in the ``.npy`` format (version 1.0), as ``numpy.save`` writes it."""
     a = np.ascontiguousarray(array)
-    return npy_header(a.dtype, a.shape) + a.tobytes()
+    return _npy_header(a.dtype, a.shape) + a.tobytes()
 
 
 @functools.lru_cache(maxsize=256)
-def npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
+def _npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
     """The header for one dtype and shape (a capture writes the same few again and again: cached)."""
     header = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
     raw = header.encode("latin1")
@@ -55,12 +55,25 @@ def npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
     return MAGIC + len(raw).to_bytes(2, "little") + raw
 
 
-def write_sample(meta: bytes, arrays: Iterable[np.ndarray]) -> bytes:
+# An array's shape, dtype and .npy header, made once for the arrays a model's samples all have (``frames``).
+Frame = tuple[tuple[int, ...], Any, bytes]
+
+
+def frames(arrays: Iterable[np.ndarray]) -> list[Frame]:
+    """Each array's header with the shape and dtype it is for (a capture writes the same few again and again:
+    the lru lookup below hashes a dtype, which costs as much as writing a small array)."""
+    return [(a.shape, a.dtype, _npy_header(a.dtype, a.shape)) for a in arrays]
+
+
+def write_sample(meta: bytes, arrays: list[np.ndarray], made: list[Frame] | None = None) -> bytes:
     """A captured sample: ``meta`` (JSON, naming the arrays in order), then the arrays, each as ``.npy``
-    (``tobytes`` gives C order whatever the array's layout, as the header says)."""
-    parts = [npy_header(U8, (len(meta),)), meta]
-    for a in arrays:
-        parts += (npy_header(a.dtype, a.shape), a.tobytes())
+    (``tobytes`` gives C order whatever the array's layout, as the header says). ``made``: ``frames`` of
+    arrays like these; a header is used where its array still has that shape and dtype."""
+    parts = [_npy_header(_U8, (len(meta),)), meta]
+    if made is None or len(made) != len(arrays):
+        made = [((), None, b"")] * len(arrays)  # no header matches
+    for a, (shape, dtype, head) in zip(arrays, made, strict=True):
+        parts += (head if a.shape == shape and a.dtype is dtype else _npy_header(a.dtype, a.shape), a.tobytes())
     return b"".join(parts)
 
 

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from device_agent.bundle.manifest import TensorInfo
-from device_agent.capture.npz import U8, npy_header
+from device_agent.capture.npz import Frame, frames, write_sample
 from device_agent.capture.policy import DRIFT_DEFAULT, CapturePolicy
 from device_agent.capture.store import SUFFIX, CaptureStore
 from device_agent.model import LoadedModel
@@ -59,7 +59,6 @@ CPU_SHARE = 0.0125
 BURST_S = 0.05  # capture CPU time saved up at most (a burst of selections after a quiet spell)
 HOUR = 3600.0
 NEVER = 1 << 62  # a countdown that does not run out
-_NO_FRAMES: list[tuple[Any, Any, bytes]] = [((), None, b"")]  # no cached header matches
 
 
 @dataclass
@@ -68,7 +67,6 @@ class _Live:
 
     policy: CapturePolicy
     model: LoadedModel | None
-    applies: bool
     low: float | None
     rate: float
     drift_every: int  # 0: the drift rule is off
@@ -100,7 +98,7 @@ class Sampler:
     ) -> None:
         self.store, self.identity, self.clock, self.monotonic = store, dict(identity), clock, monotonic
         self._live: _Live | None = None
-        self._hot: _Live | None = None  # what ``offer`` reads: the live policy while under the hourly cap
+        self._hot: _Live | None = None  # what ``select`` reads: the live policy while under the cap and budget
         self._pending: deque[_Pending] = deque()  # appended by the hot path, taken by the worker
         self._wake = threading.Event()
         self._np_rng = np.random.default_rng()
@@ -140,7 +138,7 @@ class Sampler:
             self._last_id = policy.id
         every = DRIFT_EVERY if policy.drift is not None else 0
         self._drift_gap = every
-        self._live = _Live(policy, None, False, policy.low_confidence, policy.random, every)
+        self._live = _Live(policy, None, policy.low_confidence, policy.random, every)
         self._hot = None  # armed afresh by _sync_hot
         self._sync_hot()
 
@@ -243,17 +241,17 @@ class Sampler:
             self.due, self.floor = NEVER, -math.inf
             return
         reason = self._due(live) if self.due <= 0 else "low-confidence"
-        pending = self._pending
-        if reason == "skip" or self._over:
-            pass
-        elif model is live.model and len(pending) < live.queue_max:  # the common case
-            if conf is not None and conf < live.floor:
+        if reason != "skip" and not self._over:
+            if conf is not None and conf < live.floor:  # both rules at once: the confidence says more
                 reason = "low-confidence"
-            pending.append((model, dict(feeds), dict(outputs), classes, conf, reason, self.clock()))
-            if len(pending) == live.wake_at:  # the worker batches every BATCH_S, or now: half full
-                self._wake.set()
-        else:
-            self._select_other(live, (model, dict(feeds), dict(outputs), classes, conf, reason, self.clock()))
+            cand = (model, dict(feeds), dict(outputs), classes, conf, reason, self.clock())
+            pending = self._pending
+            if model is live.model and len(pending) < live.queue_max:  # the common case
+                pending.append(cand)
+                if len(pending) == live.wake_at:  # the worker batches every BATCH_S, or now: half full
+                    self._wake.set()
+            else:
+                self._select_other(live, cand)
         self._hot_cost += time.perf_counter() - t0  # for the CPU budget (``charge``)
 
     def _select_other(self, live: _Live, cand: _Pending) -> None:
@@ -274,9 +272,6 @@ class Sampler:
             self.counts["offered"] += 1  # (the worker counts the queued ones)
             self.counts["overflow"] += 1
             return
-        conf = cand[4]
-        if conf is not None and conf < live.floor:
-            cand = (cand[0], cand[1], cand[2], cand[3], conf, "low-confidence", cand[6])
         self._pending.append(cand)
 
     def _random_gap(self, live: _Live) -> int:
@@ -423,24 +418,17 @@ class Sampler:
         sample_id = f"{ts_ms:013d}-{self._seq:08d}-{self._salt}"
         conf = "null" if c is None else _num(c)
         score_s = conf if score is c else _num(score)  # the score is the confidence but for drift
-        rest, frames = self._shared(model, feeds, outputs)
+        rest, made = self._shared(model, feeds, outputs)
         meta = (  # by hand: json.dumps of these six fields was a quarter of encoding a sample
             f'{{"id": "{sample_id}", "ts": {ts_ms}, "reason": "{reason}", "score": {score_s}, '
             f'"top1": {"null" if top1 is None else top1}, "conf": {conf}{rest}'
         ).encode()
-        parts = [npy_header(U8, (len(meta),)), meta]
-        arrays = [*feeds.values(), *outputs.values()]
-        if len(frames) != len(arrays):
-            frames = _NO_FRAMES * len(arrays)
-        for a, (shape, dtype, head) in zip(arrays, frames, strict=True):
-            same = a.shape == shape and a.dtype is dtype  # a model's arrays keep their shapes: headers made once
-            parts += (head if same else npy_header(a.dtype, a.shape), a.tobytes())
-        return f"{sample_id}{SUFFIX}", b"".join(parts)
+        return f"{sample_id}{SUFFIX}", write_sample(meta, [*feeds.values(), *outputs.values()], made)
 
-    def _shared(self, model: LoadedModel, feeds: _Arrays, outputs: _Arrays) -> tuple[str, list[Any]]:
+    def _shared(self, model: LoadedModel, feeds: _Arrays, outputs: _Arrays) -> tuple[str, list[Frame]]:
         """What every sample of one model and policy shares, made once: the end of the metadata's JSON object
         (``, ...}``: encoding it per sample was a third of what storing a sample cost) and each array's
-        ``.npy`` header with the shape and dtype it is for."""
+        ``.npy`` header with the shape and dtype it is for (``npz.frames``)."""
         policy = self._live.policy.id if self._live else None
         cached = self._meta_cache  # a model's candidates all name the same inputs and outputs
         if cached is None or cached[0] is not model or cached[1] != policy:
@@ -452,9 +440,8 @@ class Sampler:
                 "outputs": list(outputs),
                 "policy": policy,
             }
-            frames = [(a.shape, a.dtype, npy_header(a.dtype, a.shape)) for a in [*feeds.values(), *outputs.values()]]
             rest = ", " + json.dumps(shared, sort_keys=True)[1:]
-            cached = self._meta_cache = (model, policy, rest, frames)
+            cached = self._meta_cache = (model, policy, rest, frames([*feeds.values(), *outputs.values()]))
         return cached[2], cached[3]
 
 
