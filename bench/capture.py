@@ -124,6 +124,7 @@ def throughput(
     sampler = Sampler(CaptureStore(tmp / "store", 20 << 20, 10_000), IDENTITY)
     policy = CapturePolicy("bench", low_confidence=low, drift=0.5, random=case.rate, max_per_hour=case.max_per_hour)
     sampler.cpu_share = case.cpu_share
+    sampler.bind(engine)  # as the agent does: the engine has a sink only while selection is on
     sampler.set_policy(policy)
     stop = threading.Event()
     worker = threading.Thread(target=sampler.run, args=(stop,), daemon=True)
@@ -138,14 +139,13 @@ def throughput(
     for r in range(rounds):
         for on in (True, False) if r % 2 else (False, True):
             sampler.set_policy(policy if on else None)  # as the agent does: no policy, no capture (nor budget)
-            engine.capture = sampler if on else None
             w, c = _rate(loop, n, sampler.work if on else None)
             wall[on].append(w)
             cpu[on].append(c)
             inferences_on += n if on else 0
             on_s += n / w if on else 0.0
     paused = (sampler.paused_total_s - paused0) / on_s
-    engine.capture = None
+    sampler.set_policy(None)
     stop.set()
     worker.join()
     ratio, q1, q3 = _spread([a / b for a, b in zip(wall[True], wall[False], strict=True)])

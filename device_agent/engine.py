@@ -71,7 +71,7 @@ class InferenceEngine:
         self._drift_s = 0.0  # total time spent on drift histograms
         self.window = self._new_window(model)  # one telemetry interval
         self.model_window = self._new_window(model, drift=True)  # since the current model became active
-        self.capture: CaptureSink | None = None  # set only while a capture policy is live
+        self.capture: CaptureSink | None = None  # set only while a capture policy selects (``Sampler.bind``)
 
     @staticmethod
     def _new_window(model: LoadedModel, drift: bool = False) -> Window:

@@ -312,3 +312,49 @@ def test_a_selected_inference_is_queued_by_reference_and_a_lost_countdown_is_rea
     sampler.drain()
     _, arrays = read_sample(sampler.store.oldest(1, 1 << 20)[0][1], max_arrays=8, max_bytes=1 << 20)
     assert np.array_equal(arrays[0], np.asarray(feeds[name], np.float32))
+
+
+def test_a_bound_engine_has_a_sink_only_while_selection_is_on(tmp_path: Path, model: LoadedModel) -> None:
+    """No policy, over the hourly cap, or paused for the CPU budget: the engine has no capture sink, so its
+    per-inference check costs nothing; each comes back as selection resumes."""
+    t = [100.0]
+    sampler = Sampler(CaptureStore(tmp_path / "s", 1 << 20, 1000), IDENTITY, monotonic=lambda: t[0])
+    engine = InferenceEngine(model)
+    sampler.bind(engine)
+    assert engine.capture is None  # off by default
+    sampler.set_policy(CapturePolicy("p1", random=1.0, max_per_hour=2))
+    assert engine.capture is sampler
+    feeds = _inputs(model)
+    for f in feeds[:3]:
+        engine.predict(f)
+    sampler.drain()  # two stored: the hourly cap is reached
+    assert len(sampler.store) == 2 and engine.capture is None
+    engine.predict(feeds[0])
+    assert not sampler._pending
+    sampler.set_policy(CapturePolicy("p2", random=1.0, max_per_hour=10**7))  # a new policy, its own cap
+    assert engine.capture is sampler
+    sampler.charge(10.0)  # overdrawn: paused
+    assert engine.capture is None
+    t[0] += 10.0 / sampler.cpu_share + 1  # paid for
+    sampler.charge(0.0)
+    assert engine.capture is sampler
+    sampler.set_policy(None)
+    assert engine.capture is None
+
+
+def test_a_countdown_that_runs_out_selects_only_for_a_rule_that_is_on(tmp_path: Path, model: LoadedModel) -> None:
+    """'Never' is a finite countdown (a small int is cheaper to count down): when it runs out under a policy
+    whose countdown rules are off, nothing is selected and the countdown starts again."""
+    sampler = Sampler(CaptureStore(tmp_path / "s", 1 << 20, 1000), IDENTITY)
+    engine = InferenceEngine(model)
+    sampler.bind(engine)
+    sampler.set_policy(CapturePolicy("p1", low_confidence=1e-9, max_per_hour=10**7))  # random 0, drift off
+    assert sampler.due == NEVER
+    sampler.due = 1  # as after NEVER - 1 inferences
+    feeds = _inputs(model)[0]
+    engine.predict(feeds)
+    assert not sampler._pending and sampler.due == NEVER
+    sampler.set_policy(CapturePolicy("p2", low_confidence=1.0, max_per_hour=10**7))  # the rule that is on still is
+    sampler.due = 1
+    engine.predict(feeds)
+    assert [q[REASON] for q in sampler._pending] == ["low-confidence"]

@@ -53,12 +53,11 @@ class Capture:
 
     def attach(self, engine: InferenceEngine) -> None:
         self.engine = engine
+        self.sampler.bind(engine)  # the engine's sink while selection is on (``Sampler.bind``)
         self._install()
 
     def _install(self) -> None:
         self.sampler.set_policy(self.policy)
-        if self.engine is not None:
-            self.engine.capture = self.sampler if self.sampler.policy is not None else None
 
     def apply(self, policy: CapturePolicy | None) -> None:
         """Persist ``policy`` (0600: it holds the upload token), then act on it."""

@@ -58,7 +58,10 @@ DRIFT_VALUES = 4096  # values of an input a drift score looks at, at most (an ev
 CPU_SHARE = 0.0125
 BURST_S = 0.05  # capture CPU time saved up at most (a burst of selections after a quiet spell)
 HOUR = 3600.0
-NEVER = 1 << 62  # a countdown that does not run out
+# A countdown that does not run out for hours (3 at 100,000 inferences a second; then ``_due`` finds no rule due
+# and starts it again). Under 2**30, so the engine's decrement is CPython's one-digit int arithmetic: against
+# 1 << 62 it saved ~0.3 % of a 16 µs model's throughput, measured side by side.
+NEVER = (1 << 30) - 1
 
 
 @dataclass
@@ -99,6 +102,7 @@ class Sampler:
         self.store, self.identity, self.clock, self.monotonic = store, dict(identity), clock, monotonic
         self._live: _Live | None = None
         self._hot: _Live | None = None  # what ``select`` reads: the live policy while under the cap and budget
+        self._engine: Any = None  # the engine ``bind`` gave: its ``capture`` is this sampler while ``_hot``
         self._pending: deque[_Pending] = deque()  # appended by the hot path, taken by the worker
         self._wake = threading.Event()
         self._np_rng = np.random.default_rng()
@@ -151,6 +155,12 @@ class Sampler:
         self._over = value
         self._sync_hot()
 
+    def bind(self, engine: Any) -> None:
+        """Be ``engine``'s capture sink exactly while selection is on: no policy, over the hourly cap (a capped
+        policy's usual state) or paused for the CPU budget, the engine has none and its check costs nothing."""
+        self._engine = engine
+        self._sync_hot()
+
     def _sync_hot(self) -> None:
         """Over the hourly cap or the CPU budget the engine's check never fires (a capped policy is the common
         case); selection that starts again starts a new countdown (memoryless: the random rule's law holds)."""
@@ -161,6 +171,8 @@ class Sampler:
             self._to_random, self._to_drift = self._random_gap(hot), self._drift_gap if hot.drift_every else NEVER
             self.due, self.floor = min(self._to_random, self._to_drift), hot.floor
         self._hot = hot
+        if self._engine is not None:
+            self._engine.capture = None if hot is None else self
 
     @property
     def policy(self) -> CapturePolicy | None:
@@ -241,9 +253,9 @@ class Sampler:
             self.due, self.floor = NEVER, -math.inf
             return
         reason = self._due(live) if self.due <= 0 else "low-confidence"
+        if conf is not None and conf < live.floor:  # both at once, or no countdown rule due: the confidence
+            reason = "low-confidence"
         if reason != "skip" and not self._over:
-            if conf is not None and conf < live.floor:  # both rules at once: the confidence says more
-                reason = "low-confidence"
             cand = (model, dict(feeds), dict(outputs), classes, conf, reason, self.clock())
             pending = self._pending
             if model is live.model and len(pending) < live.queue_max:  # the common case
@@ -281,7 +293,7 @@ class Sampler:
         if live.rate >= 1:
             return 1
         if not live.gaps:  # drawn 256 at a time: a draw each was ~1 µs of the selected path
-            live.gaps = self._np_rng.geometric(live.rate, 256).tolist()
+            live.gaps = np.minimum(self._np_rng.geometric(live.rate, 256), NEVER - 1).tolist()
         return int(live.gaps.pop())
 
     def _due(self, live: _Live) -> str:
@@ -289,20 +301,19 @@ class Sampler:
         elapsed = min(self._to_random, self._to_drift)  # the countdown started at this and ran out
         self._to_random -= elapsed
         self._to_drift -= elapsed
-        reason = "drift"
+        reason = "skip"  # a "never" ran out (a rule that is off): nothing is due
         if self._to_random <= 0:
-            reason = "random"
+            reason = "random" if live.rate > 0 else reason
             gaps = live.gaps
             self._to_random = gaps.pop() if gaps else self._random_gap(live)
         if self._to_drift <= 0:
-            if reason == "drift":  # at most DRIFT_MAX_PER_S drift candidates: a fast model's turns come often
+            if reason == "skip" and live.drift_every:  # at most DRIFT_MAX_PER_S: a fast model's turns come often
                 now = self.monotonic()
                 since = now - self._last_drift
                 if since < 1.0 / self.drift_max_per_s:  # too soon: turns come further apart (and cost less)
-                    reason = "skip"
                     self._drift_gap = min(self._drift_gap * 2, 1 << 24)
                 else:
-                    self._last_drift = now
+                    reason, self._last_drift = "drift", now
                     if since > 2.0 / self.drift_max_per_s:  # ...and closer again when the model slows down
                         self._drift_gap = max(live.drift_every, self._drift_gap // 2)
             self._to_drift = self._drift_gap if live.drift_every else NEVER
