@@ -51,13 +51,14 @@ BATCH_S = 0.2  # the worker's pass over the waiting candidates, at least this of
 DRIFT_EVERY = 50  # one inference in this many is scored for drift (a sampled check keeps the hot path cheap)
 DRIFT_MAX_PER_S = 5.0  # ...and at most this many per second (18,000 an hour: far more than any hourly cap keeps)
 DRIFT_VALUES = 4096  # values of an input a drift score looks at, at most (an even stride over the tensor)
-# Of one core's time, at most, for capture's work as timed (selections on the inference path, the worker's rules,
-# encoding and store). What capture costs the inferences around it (the caches a rare path leaves cold) no timer
-# sees, and it is about as much again; the per-inference check is not charged either (docs/benchmarks.md, "Field
-# data capture"). On tiny-digits (~16 µs an inference) at an uncapped 1 %, three runs each side by side: 1.25 %
-# gave 0.961-0.965 of the throughput, 0.75 % 0.971-0.979, 0.5 % 0.982-0.989 (and 0.961 in a run whose spread was
-# twice the others'). A model of 0.5 ms or more an inference at 1 % stays far below 0.5 % and is never held back.
-CPU_SHARE = 0.005
+# Of one core's time, at most, for capture's work: as timed (selections on the inference path, the worker's rules,
+# encoding and store), plus ``UNTIMED_S`` per selected inference for what no timer sees: the caches a rare path
+# leaves cold for the inferences after it (~8 µs on tiny-digits) and the inline checks on the inferences before it
+# (~0.15 µs each: ~15 µs a selection at 1 %). Without it, 1.25 % let tiny-digits (~16 µs an inference) at an uncapped
+# 1 % lose 3.5-4 % of its throughput; a lower share (0.5 %) instead held back MobileNetV2-96 at 1 % (110 KB samples,
+# ~0.3 ms each to store) 38 % of the time (docs/benchmarks.md, "Capture's CPU share, third pass").
+CPU_SHARE = 0.0125
+UNTIMED_S = 25e-6
 BURST_S = 0.05  # capture CPU time saved up at most (a burst of selections after a quiet spell)
 HOUR = 3600.0
 # A countdown that does not run out for hours (3 at 100,000 inferences a second; then ``_due`` finds no rule due
@@ -266,7 +267,7 @@ class Sampler:
                     self._wake.set()
             else:
                 self._select_other(live, cand)
-        self._hot_cost += time.perf_counter() - t0  # for the CPU budget (``charge``)
+        self._hot_cost += time.perf_counter() - t0 + UNTIMED_S  # for the CPU budget (``charge``)
 
     def _select_other(self, live: _Live, cand: _Pending) -> None:
         """A candidate of a model the policy has not seen yet (does it apply? what does one cost to hold?),
