@@ -27,7 +27,7 @@ import numpy as np
 from bench.agent import _median_rate, models
 from device_agent.bundle import PrivateKey, TrustStore
 from device_agent.capture.policy import CapturePolicy
-from device_agent.capture.sampler import BATCH_S, CPU_SHARE, Sampler
+from device_agent.capture.sampler import BATCH_S, CPU_SHARE, UNTIMED_S, Sampler
 from device_agent.capture.store import CaptureStore
 from device_agent.capture.upload import Uploader
 from device_agent.engine import InferenceEngine
@@ -280,8 +280,8 @@ _INTRO = (
     "from a PyPI package: not ours, and not a classifier) has no low-confidence rule. Every row lifts the "
     "hourly cap but the *default cap* row (120 per hour). *Paused* is the share of the on-time the CPU "
     f"budget held selection off (capture may take {CPU_SHARE * 100:g} % of a core: the selections' time on the "
-    "hot path and the worker's CPU time are charged; the inline per-inference check and the caches capture "
-    "leaves cold are not, and cost about as much again: hence a share well under 3 %). The *flood* rows select every "
+    f"hot path, a fixed {UNTIMED_S * 1e6:g} µs per selection for what no timer sees (the inline checks before "
+    "it, the caches it leaves cold) and the worker's CPU time are charged). The *flood* rows select every "
     "inference (random 1.0, cap lifted): an operator's mistaken policy, with and without the budget. "
     "Target ≥ 0.97 for the 1 % rows (issue 16's acceptance); the flood rows show what the budget holds:\n",
     "| model | off (inf/s) | on (inf/s) | **on / off, wall** (IQR) | **on / off, CPU** (IQR) | captured "
