@@ -22,7 +22,7 @@ from tests.support.scripted_device import ScriptedDevice, start_fleet
 OLD = P.ModelRef("digits", "1.0.0", 1, "1" * 64)
 SLOW = MetricEvidence(
     "b", "p95 latency", Outcome.FAIL, (3, 2), (40, 31), 30.5, 10.25, 2.9756, 1.5, 1.2247, "mann-whitney-u",
-    1180.0, 0.00012, deff=1.8, streak=3,
+    1180.0, 0.00012, deff=1.8, alpha=0.0033, streak=3,
 )  # fmt: skip
 UNSURE = MetricEvidence(
     "b", "confidence", Outcome.FAIL, (3, 2), (40, 31), 0.41, 0.93, 0.52, 0.1, 0.05, "mann-whitney-u",
@@ -51,7 +51,9 @@ def test_the_abort_reason_reads_back_as_the_failed_comparisons() -> None:
         1230.5,
         3.4e-7,
     )
-    assert unsure["deff"] == 1.0 and unsure["streak"] == 3
+    assert unsure["deff"] == 1.0 and unsure["streak"] == 3 and slow["alpha"] == 0.0033 and unsure["alpha"] == 0.0
+    before = reason().replace(" at level 0.0033)", ")").replace(" at level 0)", ")")  # a reason from before the level
+    assert [r["alpha"] for r in from_reason(before)] == [None, None] and len(from_reason(before)) == 2
     assert from_reason("aborted by alice") == [] and from_reason(reason()[:120]) == []  # cut off: left out
 
 

@@ -133,6 +133,25 @@ def test_a_slower_release_aborts_after_consecutive_failed_evaluations_naming_sku
     assert "effect size x1.5" in acts[0].reason and "3 failed evaluations in a row" in acts[0].reason
 
 
+def test_each_comparison_is_decided_at_alpha_over_the_comparisons_tested() -> None:
+    """Ten comparisons (two skus, five metrics) and one abort decision: each at 0.05 / 10. A slowdown just past the
+    tolerance (p about 0.02) fails sku b's latency alone at 0.05, not as one of ten; a clear one fails both."""
+    v = rollout(8, slow=1.265)
+    verdict = evidence.judge(v.devices, v.deployments, GATE, at(v, 8))
+    tested = [e for e in verdict.evidence if e.p_value is not None]
+    assert len(tested) == 10 and {e.alpha for e in verdict.evidence} == {GATE.alpha / 10}
+    p50 = next(e for e in verdict.evidence if e.sku == "b" and e.metric == "p50 latency")
+    assert p50.p_value is not None and GATE.alpha / 10 < p50.p_value < GATE.alpha
+    assert p50.outcome is Outcome.PASS and not verdict.failures and not verdict.pending
+    cohort = evidence.cohorts(v.devices, v.deployments, GATE, at(v, 8))["b"]
+    p50_metric = next(m for m in evidence.METRICS if m.name == "p50 latency")
+    assert evidence.compare("b", cohort, p50_metric, GATE).outcome is Outcome.FAIL  # alone, at the gate's 0.05
+    clear = rollout(8, slow=1.3)
+    failed = evidence.judge(clear.devices, clear.deployments, GATE, at(clear, 8)).failures
+    assert {(e.sku, e.metric) for e in failed} == {("b", "p50 latency"), ("b", "p95 latency")}
+    assert all(e.p_value is not None and e.p_value < e.alpha == GATE.alpha / 10 for e in failed)
+
+
 @pytest.mark.parametrize(
     ("bad", "metric"),
     [({"error_rate": 0.05}, "error rate"), ({"conf_mean": -0.10}, "confidence"), ({"psi_max": 0.25}, "drift")],

@@ -74,7 +74,8 @@ START_OPTIONS = [
         type=float,
         default=0.05,
         show_default=True,
-        help="Health gate: significance level of each test (lower: fewer false aborts, slower detection).",
+        help="Health gate: significance level of one evaluation, shared by its tests (each at alpha / tests, "
+        "Bonferroni; lower: fewer false aborts, slower detection).",
     ),
     click.option(
         "--health-consecutive",

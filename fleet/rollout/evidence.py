@@ -4,8 +4,12 @@ its deployments succeeded against the not-yet-updated devices' windows over the 
 Each comparison is a one-sided Mann-Whitney U test (``fleet.rollout.stats``) of "the updated cohort is worse
 than the baseline by more than the tolerance" (a share of the gate's effect size: the square root of a
 ratio, half of a difference, a quarter for error rates), with three outcomes: ``inconclusive`` (too few
-devices or windows yet, or a test that could not fail whatever the windows), ``fail`` (p < alpha, and for
-latency the medians also differ by ``min_p95_delta_ms``) and ``pass``. Each comparison reports the design
+devices or windows yet, or a test that could not fail whatever the windows), ``fail`` (p below the comparison's
+level, and for latency the medians also differ by ``min_p95_delta_ms``) and ``pass``. ``alpha`` is the gate's
+family-wise level: an evaluation runs one test per sku and metric (15 for three skus), and an abort needs only
+one to fail, so each is decided at ``alpha / m`` (Bonferroni), m the comparisons that reached a test in that
+evaluation. Holm's step-down would reject its first comparison at the same ``alpha / m``, so the abort decision
+would be the same; it differs only in which further comparisons are listed as failed. Each comparison reports the design
 effect of the windows' clustering in devices; with ``HealthGate.clustered`` the test's variance is widened by
 it. A fail aborts only when it holds at ``consecutive`` evaluations ``eval_interval_s`` apart; each
 evaluation is recomputed from the windows (evidence cut off ``k * eval_interval_s`` before the newest updated
@@ -85,6 +89,7 @@ class MetricEvidence:
     statistic: float | None  # U of the updated cohort
     p_value: float | None
     deff: float | None = None  # design effect of the windows' clustering in devices (widens the test if clustered)
+    alpha: float | None = None  # the level this comparison was decided at: the gate's alpha / comparisons tested
     streak: int = 0  # consecutive failed evaluations, this one included
     note: str = ""
 
@@ -100,7 +105,8 @@ class MetricEvidence:
             f"sku {self.sku}: {self.metric} {self.updated:.3f} vs {self.baseline:.3f} ({seen}, effect size {size}; "
             f"U={self.statistic:g} p={self.p_value:.2g} DEFF={self.deff or 1:.2g}, "
             f"{self.devices[0]}/{self.devices[1]} devices, "
-            f"{self.windows[0]}/{self.windows[1]} windows, {self.streak} failed evaluations in a row)"
+            f"{self.windows[0]}/{self.windows[1]} windows, {self.streak} failed evaluations in a row at level "
+            f"{self.alpha or 0:.2g})"
         )
 
 
@@ -161,14 +167,38 @@ def _values(per_device: list[list[Health]], field: str, sign: float) -> list[lis
     return [vs for vs in out if vs]
 
 
-def compare(sku: str, c: Cohorts, metric: Metric, gate: HealthGate) -> MetricEvidence:
-    """One metric of one sku at one evaluation (``streak`` left 0)."""
+@dataclass(frozen=True)
+class _Tested:
+    """One comparison's test before its level is known: the evidence, the smallest p-value these cohorts could
+    give (``p_min``: a complete separation) and whether a latency shift passes the ms floor."""
+
+    evidence: MetricEvidence
+    p_min: float = 1.0
+    shift_ok: bool = True
+
+    @property
+    def ran(self) -> bool:
+        return self.evidence.p_value is not None
+
+    def decide(self, alpha: float) -> MetricEvidence:
+        """The outcome at level ``alpha`` (a comparison without a test stays as it is)."""
+        e = self.evidence
+        if e.p_value is None:
+            return e
+        if self.p_min >= alpha:  # even a complete separation could not fail: too few devices (for the clustering)
+            return _with(e, outcome=Outcome.INCONCLUSIVE, note="underpowered", alpha=alpha)
+        failed = e.p_value < alpha and self.shift_ok
+        return _with(e, outcome=Outcome.FAIL if failed else Outcome.PASS, alpha=alpha)
+
+
+def _test(sku: str, c: Cohorts, metric: Metric, gate: HealthGate) -> _Tested:
+    """One metric of one sku at one evaluation, its outcome not yet decided."""
     threshold = metric.threshold(gate)
     tolerance = threshold**metric.share if metric.ratio else threshold * metric.share
     sign = 1.0 if metric.higher_is_worse else -1.0
     upd_dev, base_dev = _values(c.updated, metric.field, sign), _values(c.baseline, metric.field, sign)
     upd, base = [v for vs in upd_dev for v in vs], [v for vs in base_dev for v in vs]
-    nu, nb, _, _ = c.counts()
+    nu, nb, wu, wb = c.counts()
     blank = MetricEvidence(
         sku=sku,
         metric=metric.name,
@@ -185,12 +215,11 @@ def compare(sku: str, c: Cohorts, metric: Metric, gate: HealthGate) -> MetricEvi
         p_value=None,
     )
     if nu < gate.min_devices or nb < gate.min_devices:
-        return _with(blank, note="too few devices")
-    _, _, wu, wb = c.counts()
+        return _Tested(_with(blank, note="too few devices"))
     if (not upd or not base) and wu >= gate.min_windows and wb >= gate.min_windows:
-        return _with(blank, note="not reported")  # the devices do not send this metric: nothing to wait for
+        return _Tested(_with(blank, note="not reported"))  # the devices do not send this metric: nothing to wait for
     if len(upd) < gate.min_windows or len(base) < gate.min_windows:
-        return _with(blank, note="too few windows")
+        return _Tested(_with(blank, note="too few windows"))
     mu, mb = median(upd), median(base)
     if metric.ratio:
         shifted = [[v / tolerance for v in vs] for vs in upd_dev]
@@ -200,13 +229,13 @@ def compare(sku: str, c: Cohorts, metric: Metric, gate: HealthGate) -> MetricEvi
         shifted = [[v - tolerance for v in vs] for vs in upd_dev]
         effect, shift_ok = mu - mb, True
     u, p, deff, p_min = clustered_greater(shifted, base_dev, gate.clustered)
-    outcome = Outcome.FAIL if p < gate.alpha and shift_ok else Outcome.PASS
-    if p_min >= gate.alpha:  # even a complete separation could not fail: too few devices (for the clustering)
-        outcome, note = Outcome.INCONCLUSIVE, "underpowered"
-    else:
-        note = ""
     seen = {"updated": sign * mu, "baseline": sign * mb, "effect": effect, "statistic": u, "p_value": p, "deff": deff}
-    return _with(blank, outcome=outcome, note=note, **seen)
+    return _Tested(_with(blank, **seen), p_min, shift_ok)
+
+
+def compare(sku: str, c: Cohorts, metric: Metric, gate: HealthGate, alpha: float | None = None) -> MetricEvidence:
+    """One metric of one sku at one evaluation, decided at ``alpha`` (the gate's own if None; ``streak`` left 0)."""
+    return _test(sku, c, metric, gate).decide(gate.alpha if alpha is None else alpha)
 
 
 def _with(e: MetricEvidence, **changes: Any) -> MetricEvidence:
@@ -216,12 +245,15 @@ def _with(e: MetricEvidence, **changes: Any) -> MetricEvidence:
 def evaluate(
     devices: Iterable[DeviceView], deployments: dict[str, DeploymentView], gate: HealthGate, until: float
 ) -> list[MetricEvidence]:
-    """Every sku's comparison of every metric with the evidence up to ``until``."""
-    return [
-        compare(sku, c, metric, gate)
+    """Every sku's comparison of every metric with the evidence up to ``until``, each decided at the gate's
+    ``alpha`` divided by the number of comparisons that reached a test (Bonferroni: see the module's doc)."""
+    tested = [
+        _test(sku, c, metric, gate)
         for sku, c in cohorts(devices, deployments, gate, until).items()
         for metric in METRICS
     ]
+    alpha = gate.alpha / max(1, sum(t.ran for t in tested))
+    return [t.decide(alpha) for t in tested]
 
 
 def judge(
@@ -248,7 +280,8 @@ def _streak(
 ) -> int:
     """How many evaluations in a row this comparison failed (up to ``consecutive``): evaluation k sees the
     windows up to ``eval_interval_s * k`` before the updated cohort's newest, so no new telemetry, no new
-    evaluation (a silent cohort cannot fail twice on the same evidence)."""
+    evaluation (a silent cohort cannot fail twice on the same evidence). Each earlier evaluation is decided at
+    this one's level (``e.alpha``)."""
     metric = next(m for m in METRICS if m.name == e.metric)
     sku_devices = tuple(d for d in devices if d.sku == e.sku)
     c = cohorts(sku_devices, deployments, gate, now)[e.sku]
@@ -256,7 +289,7 @@ def _streak(
     streak = 1
     while streak < max(1, gate.consecutive):
         c = cohorts(sku_devices, deployments, gate, newest - streak * gate.eval_interval_s)[e.sku]
-        if compare(e.sku, c, metric, gate).outcome is not Outcome.FAIL:
+        if compare(e.sku, c, metric, gate, e.alpha).outcome is not Outcome.FAIL:
             break
         streak += 1
     return streak

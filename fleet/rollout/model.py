@@ -72,10 +72,11 @@ class HealthGate:
     """Model-health comparison of the updated cohort against not-yet-updated devices of the same sku.
 
     The ``max_*`` fields are effect sizes: the regression the gate is built to catch. A metric fails when a
-    one-sided Mann-Whitney U test says, at level ``alpha``, that the updated cohort is worse than the
-    baseline by more than half that effect (the tolerance; with ``clustered``, a test widened by the design
-    effect of windows clustered in devices), and aborts after ``consecutive`` such
-    evaluations ``eval_interval_s`` apart (see ``fleet/rollout/evidence.py`` and docs/operations.md).
+    one-sided Mann-Whitney U test says, at level ``alpha`` divided by the comparisons tested in the evaluation
+    (Bonferroni), that the updated cohort is worse than the baseline by more than half that effect (the
+    tolerance; with ``clustered``, a test widened by the design effect of windows clustered in devices), and
+    aborts after ``consecutive`` such evaluations ``eval_interval_s`` apart (see ``fleet/rollout/evidence.py``
+    and docs/operations.md).
     """
 
     max_error_rate_increase: float = 0.05  # absolute increase of errors/inferences
@@ -85,7 +86,7 @@ class HealthGate:
     min_devices: int = 1  # per cohort and sku, below which the comparison is inconclusive
     settle_s: float = 10.0  # seconds after a device's success before its telemetry counts (new-model warm-up)
     min_p95_delta_ms: float = 0.5  # a latency shift only fails if the medians also differ by more ms (sub-ms noise)
-    alpha: float = 0.05  # significance level of each one-sided test
+    alpha: float = 0.05  # family-wise significance level of one evaluation (every sku and metric tested)
     consecutive: int = 3  # failed evaluations in a row before an abort
     min_windows: int = 5  # telemetry windows per cohort and sku before a test is run
     eval_interval_s: float = 10.0  # seconds between evaluations (the devices' telemetry interval)

@@ -18,7 +18,7 @@ DESCRIBED = re.compile(
     rf"sku (?P<sku>\S+): (?P<metric>[a-z0-9 ]+?) (?P<updated>{NUM}) vs (?P<baseline>{NUM}) "
     rf"\(x?(?P<effect>{NUM}), effect size x?(?P<threshold>{NUM}); U=(?P<u>{NUM}) p=(?P<p>{NUM}) "
     rf"DEFF=(?P<deff>{NUM}), (?P<d0>\d+)/(?P<d1>\d+) devices, (?P<w0>\d+)/(?P<w1>\d+) windows, "
-    r"(?P<streak>\d+) failed evaluations in a row\)"
+    rf"(?P<streak>\d+) failed evaluations in a row(?: at level (?P<alpha>{NUM}))?\)"
 )
 
 
@@ -42,6 +42,7 @@ def from_reason(reason: str) -> list[dict[str, Any]]:
             "devices": (int(m["d0"]), int(m["d1"])),
             "windows": (int(m["w0"]), int(m["w1"])),
             "streak": int(m["streak"]),
+            "alpha": float(m["alpha"]) if m["alpha"] else None,  # reasons written before the level was named lack it
             "note": f"{m['streak']} failed evaluations in a row; recorded at the abort",
         }
         for m in DESCRIBED.finditer(reason)
