@@ -3,7 +3,7 @@ with 60 devices running the real agent and LiteRT), field noise on every device 
 (a busy loop per core) on the machine the whole time.
 
 A good release (the same model, repackaged) rolls out in stages with a 10 s bake and completes; a release that is
-1.6x slower on sku b only (below the device's own probation budget, so every device commits it) is stopped by
+2.5x slower on sku b only (far below the device's own probation budget, so every device commits it) is stopped by
 the fleet's health gate, whose abort reason names sku b and latency, and every device it changed rolls back.
 `EDGEFLEET_FIELD_DEVICES` changes the fleet size (docs/development.md).
 """
@@ -90,7 +90,12 @@ def _simulate(tmp_path: Path, broker_url: str, pub: str) -> list[str]:
         bundle=tmp_path / "digits-1.0.0.efb",
         trust=pub,
         skus=",".join(SKUS),
-        fault="digits@1.2.0:b=slower:1.6",
+        # Well above the gate's effect size (x1.5), as a test of the whole path must be: under the hog, a device's
+        # latency is partly scheduling that no slowdown stretches, so x1.6 showed as x1.40-1.58 in sku b's p50 (x1.5-2.5
+        # at slower:2, x1.72-2.77 at 2.5, with a third busy loop). At x1.40, on 10 updated devices of 20, p50 was
+        # p 0.045: a pass since each comparison is decided at alpha / comparisons tested (a CI run let it through).
+        # The gate's power at its effect size is measured on generated telemetry (`python -m bench --only gates`).
+        fault="digits@1.2.0:b=slower:2.5",
         noise=0.02,
         replay_rate=10,
         telemetry_interval=1,
