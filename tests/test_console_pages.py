@@ -234,7 +234,9 @@ def test_the_gate_evidence_renders_outcome_and_numbers(fleet: Harness) -> None:
     from fleet.rollout.evidence import MetricEvidence, Outcome
     from fleet.ui.console import Console
 
-    ev = MetricEvidence("b", "p95 latency", Outcome.FAIL, (3, 3), (12, 15), 18.0, 10.0, 1.8, 1.5, 1.25, "U", 2.0, 0.003)
+    ev = MetricEvidence(
+        "b", "p95 latency", Outcome.FAIL, (3, 3), (12, 15), 18.0, 10.0, 1.8, 1.5, 1.25, "U", 2.0, 0.003, alpha=0.0033
+    )
     status = {"id": 7, "state": "RUNNING", "stage": 0, "phase": "BAKING", "reason": "", "progress": {}, "health": []}
     status["health"] = [ev.to_dict()]
     service = fleet.server.service
@@ -243,7 +245,9 @@ def test_the_gate_evidence_renders_outcome_and_numbers(fleet: Harness) -> None:
         who=None, s=status, stages=[], succeeded=0, skus=[], verbs=(), live=True, unsuccessful=[]
     )
     row = html.split('class="outcome-fail"')[1].split("</tr>")[0]
-    for text in ("<td>b</td>", "p95 latency", "<td>fail</td>", "18", "10", "1.8", "1.5", "0.003", "3/3", "12/15"):
+    texts = ("<td>b</td>", "p95 latency", "<td>fail</td>", "18", "10", "1.8", "1.5", ">0.003<", ">0.0033<")
+    texts += ("3/3", "12/15")
+    for text in texts:
         assert text in row, (text, row)
 
 

@@ -190,7 +190,8 @@ def test_rollout_status_shows_the_health_evidence_per_sku_and_metric(
         assert p95["deff"] == 1.0  # identical windows everywhere: nothing clustered in devices
         assert by_key[("esp", "drift")]["note"] == "not reported"
         out = fleetctl_cli(h, "rollout", "status", str(rid))
-        assert "SKU     METRIC       OUTCOME" in out and " DEFF " in out
+        assert "SKU     METRIC       OUTCOME" in out and " DEFF " in out and " LEVEL " in out
+        assert p95["alpha"] == pytest.approx(0.05 / sum(e["p_value"] is not None for e in status["health"]))
         assert any(line.split()[:4] == ["jetson", "p95", "latency", "pass"] for line in out.splitlines())
 
 

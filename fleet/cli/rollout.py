@@ -115,7 +115,7 @@ START_OPTIONS = [
     json_option,
 ]
 EVIDENCE_COLS = [
-    *("sku", "metric", "outcome", "devices", "windows", "updated", "baseline", "effect", "p", "deff", "fails")
+    *("sku", "metric", "outcome", "devices", "windows", "updated", "baseline", "effect", "p", "level", "deff", "fails")
 ]
 
 
@@ -186,6 +186,7 @@ def evidence_row(e: dict[str, Any]) -> dict[str, str]:
         "baseline": _num(e["baseline"], ".3g"),
         "effect": f"{'x' if ratio and effect else ''}{effect} (size {size})",
         "p": _num(e["p_value"], ".2g"),
+        "level": _num(e.get("alpha"), ".2g"),
         "deff": _num(e.get("deff"), ".2g"),
         "fails": str(e["streak"]),
     }
